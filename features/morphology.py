@@ -14,7 +14,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
 # 26-connectivity: voxels touching by a corner belong to the same lesion.
-_FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 # Below this many points the exact pairwise maximum is cheap enough without a hull.
 _BRUTE_FORCE_POINTS = 2000
 
@@ -66,7 +66,7 @@ def lesion_components(mask: np.ndarray, lesion_labels: tuple[int, ...],
     lesions: list[Lesion] = []
     unit = voxel_volume_ml(spacing_xyz)
     for label in lesion_labels:
-        components, count = ndimage.label(mask == label, structure=_FULL_CONNECTIVITY)
+        components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
         if count == 0:
             continue
         boxes = ndimage.find_objects(components)
@@ -83,3 +83,48 @@ def lesion_components(mask: np.ndarray, lesion_labels: tuple[int, ...],
             ))
     lesions.sort(key=lambda les: (-les.voxels, les.centroid_zyx))
     return lesions
+
+
+# Per-patient morphology columns (DESIGN.md 6): counts by connected components, volumes by
+# voxel counting, no mesh.
+LESION_COUNT = "lesion_count"
+LARGEST_DIAMETER_MM = "largest_lesion_diameter_mm"
+LARGEST_VOLUME_ML = "largest_lesion_volume_ml"
+TOTAL_TUMOUR_VOLUME_ML = "total_tumour_volume_ml"
+LIVER_VOLUME_ML = "liver_volume_ml"
+TUMOUR_BURDEN_PERCENT = "tumour_burden_percent"
+IMAGING_TBS = "imaging_tbs"
+PATIENT_MORPHOLOGY_COLUMNS = (LESION_COUNT, LARGEST_DIAMETER_MM, LARGEST_VOLUME_ML, TOTAL_TUMOUR_VOLUME_ML,
+                              LIVER_VOLUME_ML, TUMOUR_BURDEN_PERCENT, IMAGING_TBS)
+
+
+def patient_morphology(mask_array: np.ndarray, spacing_xyz: tuple[float, float, float],
+                       liver_label: int | None, lesion_labels: tuple[int, ...]) -> dict[str, float]:
+    """Per-patient lesion and liver morphology from a label map (z, y, x; spacing x, y, z in mm).
+
+    - lesion count: 26-connected components of the lesion labels (labels never merge);
+    - largest diameter (mm): the largest max-Feret diameter of any lesion; largest volume
+      (mL): the volume of the lesion with the most voxels; total tumour volume (mL);
+    - liver volume (mL): the whole organ, liver label plus every lesion voxel (tumours
+      included), so the burden is the share of the organ taken by tumour:
+      ``100 * total tumour / liver volume``. NaN for both when the liver label is absent;
+    - imaging TBS = sqrt(largest diameter [cm]^2 + count^2) from the measured values
+      (Sasaki et al., Ann Surg 2018;267:132; `features.scores` computes it from the
+      clinical table). No lesions give zeros.
+    """
+    unit = voxel_volume_ml(spacing_xyz)
+    lesions = lesion_components(mask_array, tuple(lesion_labels), spacing_xyz)
+    tumour_voxels = sum(les.voxels for les in lesions)
+    liver_voxels = int(np.count_nonzero(mask_array == liver_label)) if liver_label is not None else 0
+    largest_diameter = max((les.max_diameter_mm for les in lesions), default=0.0)
+    liver_ml = (liver_voxels + tumour_voxels) * unit if liver_voxels else float("nan")
+    tumour_ml = tumour_voxels * unit
+    return {
+        LESION_COUNT: len(lesions),
+        LARGEST_DIAMETER_MM: float(largest_diameter),
+        LARGEST_VOLUME_ML: lesions[0].volume_ml if lesions else 0.0,
+        TOTAL_TUMOUR_VOLUME_ML: float(tumour_ml),
+        LIVER_VOLUME_ML: float(liver_ml),
+        TUMOUR_BURDEN_PERCENT: float(100.0 * tumour_ml / liver_ml) if liver_voxels else float("nan"),
+        IMAGING_TBS: float(np.hypot(largest_diameter / 10.0, len(lesions))),
+    }

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from features import schema as s
 from pipeline import phantoms, synthesis
-from pipeline.world import LabelRoles, World
+from features.imaging import LabelRoles
+from pipeline.world import World
 
 CLINICAL_FILE = "clinical.csv"
 TRUTH_FILE = "truth.csv"

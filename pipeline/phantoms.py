@@ -26,7 +26,8 @@ from scipy import ndimage
 from scipy.special import expit, logit
 
 from features.morphology import max_feret_diameter_mm
-from pipeline.world import LabelRoles, PhantomParams, SiteParams, TraitParams, UnenhancedHU
+from features.imaging import LabelRoles
+from pipeline.world import PhantomParams, SiteParams, TraitParams, UnenhancedHU
 
 _HU_MIN, _HU_MAX = -1024, 3071          # the int16 range CT scanners store
 _MM_PER_CM = 10.0

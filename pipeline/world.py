@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from features import schema
+from features.imaging import LabelRoles
 from pipeline import settings
 
 _PROBABILITY_TOLERANCE = 1e-6
@@ -273,18 +274,6 @@ class World:
                 f"unknown site '{name}'; configured sites: {', '.join(sorted(self.sites))}"
             )
         return self.sites[name]
-
-
-@dataclass(frozen=True)
-class LabelRoles:
-    """Mask label values of the liver and of the lesions (configs/labels.yaml)."""
-
-    liver: int
-    lesion: int
-
-    def __post_init__(self) -> None:
-        if self.liver == self.lesion or min(self.liver, self.lesion) < 1:
-            raise ValueError(f"liver and lesion labels must be distinct positive integers, got {self}")
 
 
 def load_world(path: str | Path) -> World:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.world import LabelRoles, World, load_labels, load_world
+from features.imaging import LabelRoles
+from pipeline.world import World, load_labels, load_world
 
 REPO = Path(__file__).resolve().parent.parent
 

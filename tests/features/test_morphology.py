@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.morphology import lesion_components, max_feret_diameter_mm, voxel_volume_ml
+from features import morphology
+from features.morphology import lesion_components, max_feret_diameter_mm, patient_morphology, voxel_volume_ml
 
 
 def voxelised_sphere(radius_mm: float, spacing_xyz: tuple[float, float, float], centre_offset=(0.3, 0.1, 0.2)):
@@ -57,3 +58,59 @@ def test_voxel_volume_is_in_millilitres():
 def test_empty_mask_has_no_diameter():
     with pytest.raises(ValueError, match="empty"):
         max_feret_diameter_mm(np.zeros((3, 3, 3), bool), (1.0, 1.0, 1.0))
+
+
+def two_spheres_in_a_liver_box(liver_label: int = 1, lesion_label: int = 2) -> tuple[np.ndarray, tuple]:
+    """A 36 x 36 x 36 mm liver box holding spheres of radius 8 and 5 mm; spacing 1 x 1 x 2 mm."""
+    spacing = (1.0, 1.0, 2.0)
+    z, y, x = np.meshgrid(np.arange(20) * 2.0, np.arange(40) * 1.0, np.arange(40) * 1.0, indexing="ij")
+    mask = np.zeros((20, 40, 40), np.uint8)
+    mask[1:19, 2:38, 2:38] = liver_label
+    for (cz, cy, cx), radius in (((19.3, 13.2, 14.1), 8.0), ((18.6, 27.7, 28.4), 5.0)):
+        mask[(x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= radius**2] = lesion_label
+    return mask, spacing
+
+
+def test_patient_morphology_of_two_spheres_in_a_liver_box():
+    mask, spacing = two_spheres_in_a_liver_box()
+    result = patient_morphology(mask, spacing, liver_label=1, lesion_labels=(2,))
+    assert set(result) == set(morphology.PATIENT_MORPHOLOGY_COLUMNS)
+    sphere_ml = [4 / 3 * np.pi * r**3 / 1000 for r in (8.0, 5.0)]
+    box_ml = 36 * 36 * 36 / 1000                      # the whole organ: liver label plus tumours
+    assert result[morphology.LESION_COUNT] == 2
+    assert result[morphology.LARGEST_VOLUME_ML] == pytest.approx(sphere_ml[0], rel=0.03)
+    assert result[morphology.TOTAL_TUMOUR_VOLUME_ML] == pytest.approx(sum(sphere_ml), rel=0.03)
+    assert result[morphology.LIVER_VOLUME_ML] == pytest.approx(box_ml)
+    assert result[morphology.TUMOUR_BURDEN_PERCENT] == pytest.approx(100 * sum(sphere_ml) / box_ml, rel=0.03)
+    diameter = result[morphology.LARGEST_DIAMETER_MM]
+    assert 16.0 - 2.0 <= diameter <= 16.0          # centre-to-centre: within one (largest) voxel of 2r
+    # TBS = sqrt(1.6 cm^2 + 2^2) = 2.56 for the true diameter; the measured one is used.
+    assert result[morphology.IMAGING_TBS] == pytest.approx(np.sqrt((diameter / 10) ** 2 + 2**2))
+    assert np.hypot(1.4, 2) <= result[morphology.IMAGING_TBS] <= np.hypot(1.6, 2)
+
+
+def test_patient_morphology_counts_further_lesion_labels_and_configured_labels():
+    mask, spacing = two_spheres_in_a_liver_box(liver_label=3, lesion_label=5)
+    mask[2:4, 5:7, 30:32] = 7                        # a third lesion with another label
+    result = patient_morphology(mask, spacing, liver_label=3, lesion_labels=(5, 7))
+    assert result[morphology.LESION_COUNT] == 3
+    assert result[morphology.LIVER_VOLUME_ML] == pytest.approx(36 * 36 * 36 / 1000)
+    two = patient_morphology(mask, spacing, liver_label=3, lesion_labels=(5,))
+    assert result[morphology.TOTAL_TUMOUR_VOLUME_ML] == pytest.approx(two[morphology.TOTAL_TUMOUR_VOLUME_ML] + 0.016)
+
+
+def test_without_a_liver_label_liver_volume_and_burden_are_missing():
+    mask, spacing = two_spheres_in_a_liver_box()
+    mask[mask == 1] = 0
+    result = patient_morphology(mask, spacing, liver_label=1, lesion_labels=(2,))
+    assert np.isnan(result[morphology.LIVER_VOLUME_ML]) and np.isnan(result[morphology.TUMOUR_BURDEN_PERCENT])
+    assert result[morphology.LESION_COUNT] == 2 and result[morphology.TOTAL_TUMOUR_VOLUME_ML] > 0
+    assert np.isnan(patient_morphology(mask, spacing, None, (2,))[morphology.LIVER_VOLUME_ML])
+
+
+def test_a_liver_without_lesions_has_zero_burden():
+    mask, spacing = two_spheres_in_a_liver_box()
+    mask[mask == 2] = 1
+    result = patient_morphology(mask, spacing, liver_label=1, lesion_labels=())
+    assert result[morphology.LESION_COUNT] == 0
+    assert result[morphology.TUMOUR_BURDEN_PERCENT] == 0.0 and result[morphology.IMAGING_TBS] == 0.0
