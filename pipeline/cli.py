@@ -14,6 +14,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORLD = REPO_ROOT / "configs" / "world.yaml"
 DEFAULT_LABELS = REPO_ROOT / "configs" / "labels.yaml"
+DEFAULT_RADIOMICS = REPO_ROOT / "configs" / "radiomics.yaml"
+DEFAULT_EXTRACTION = REPO_ROOT / "configs" / "extraction.yaml"
 
 # Nothing in this project phones home (README "Privacy"): switch off library telemetry
 # before any of those libraries is imported by a sub-command.
@@ -51,6 +53,31 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from pipeline.extract import run_extract
+
+    run_extract(args.cohort, args.out, params=args.params, config=args.config, labels_path=args.labels,
+                jobs=args.jobs, cache=args.cache, liver_label=args.liver_label,
+                lesion_label=args.lesion_label, resample_mask=args.resample_mask or None)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.validate import run_validate
+
+    return run_validate(args.cohort, args.mapping)
+
+
+def cmd_featurize(args: argparse.Namespace) -> int:
+    from pipeline.featurize import run_featurize
+
+    extraction_dir = None if args.no_images else args.extraction
+    if extraction_dir is None and not args.no_images:
+        raise ValueError("crlm featurize needs --extraction <dir> (from crlm extract) or --no-images")
+    run_featurize(args.cohort, args.out, extraction_dir, config=args.config, mapping=args.mapping)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crlm",
@@ -69,6 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--jobs", type=_jobs, default=-1, help="parallel workers (-1: all cores)")
     syn.add_argument("--no-images", action="store_true", help="write the tables only, no CT phantoms")
     syn.set_defaults(func=cmd_synthesize)
+
+    ext = sub.add_parser("extract", help="per-lesion morphology and radiomics for a cohort (cached, parallel)")
+    ext.add_argument("--cohort", type=Path, required=True, help="CSV with patient_id, image, mask (paths relative to it)")
+    ext.add_argument("--out", type=Path, required=True, help="output folder: lesions.parquet, extraction_report.csv")
+    ext.add_argument("--params", type=Path, default=DEFAULT_RADIOMICS, help="pyradiomics parameter file")
+    ext.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="crop margin, cache, aggregation")
+    ext.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
+    ext.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
+    ext.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
+    ext.add_argument("--resample-mask", action="store_true",
+                     help="resample masks on another grid onto the image (nearest neighbour, logged)")
+    ext.add_argument("--cache", type=Path, default=None, help="per-case cache folder (default from --config)")
+    ext.add_argument("--jobs", type=_jobs, default=-1, help="parallel workers (-1: all cores)")
+    ext.set_defaults(func=cmd_extract)
+
+    val = sub.add_parser("validate", help="check a cohort's clinical table against the canonical schema")
+    val.add_argument("--cohort", type=Path, required=True, help="clinical CSV, one row per patient")
+    val.add_argument("--mapping", type=Path, default=None,
+                     help="cohort mapping (YAML), e.g. configs/mappings/tcia_crlm.yaml")
+    val.set_defaults(func=cmd_validate)
+
+    fea = sub.add_parser("featurize", help="one patient-level table: clinical features, scores, morphology, radiomics")
+    fea.add_argument("--cohort", type=Path, required=True, help="clinical CSV, one row per patient")
+    fea.add_argument("--extraction", type=Path, default=None, help="folder written by crlm extract")
+    fea.add_argument("--out", type=Path, required=True, help="features.parquet to write")
+    fea.add_argument("--mapping", type=Path, default=None, help="cohort mapping (YAML) for a non-canonical sheet")
+    fea.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="aggregation rules")
+    fea.add_argument("--no-images", action="store_true", help="clinical features and scores only")
+    fea.set_defaults(func=cmd_featurize)
     return parser
 
 
@@ -78,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SettingsError, FileExistsError, FileNotFoundError) as exc:
+    except (SettingsError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"crlm {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -30,3 +30,35 @@ def test_console_script_is_installed_and_shows_help():
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "synthesize", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--no-images" in result.stdout
+
+
+def test_featurize_without_images_maps_a_tcia_sheet_and_keeps_every_patient(tmp_path):
+    from tests.conftest import REPO
+
+    sheet = REPO / "tests" / "data" / "tcia_clinical_sample.csv"
+    out = tmp_path / "features.parquet"
+    code = main(["featurize", "--cohort", str(sheet), "--mapping", str(REPO / "configs" / "mappings" / "tcia_crlm.yaml"),
+                 "--no-images", "--out", str(out)])
+    assert code == 0
+    table = pd.read_parquet(out)
+    raw = pd.read_csv(sheet, dtype={"Patient-ID": str})
+    assert table[s.PATIENT_ID].tolist() == raw["Patient-ID"].tolist()
+    # TCIA has no lesion count: scores needing it are missing, not zero.
+    assert table["fong_score"].isna().all()
+    assert {"status", "reason", "tbs", "game_score"} <= set(table.columns)
+
+
+def test_featurize_needs_an_extraction_or_no_images(tmp_path, capsys):
+    code = main(["featurize", "--cohort", "x.csv", "--out", str(tmp_path / "f.parquet")])
+    assert code == 2
+    assert "--extraction" in capsys.readouterr().err
+
+
+def test_validate_exit_codes(tmp_path, capsys):
+    good = tmp_path / "good.csv"
+    pd.DataFrame({s.PATIENT_ID: ["a", "b"], s.CEA: [3.0, -1.0]}).to_csv(good, index=False)
+    assert main(["validate", "--cohort", str(good)]) == 0
+    assert "cea_ng_ml" in capsys.readouterr().out
+    duplicated = tmp_path / "dup.csv"
+    pd.DataFrame({s.PATIENT_ID: ["a", "a"]}).to_csv(duplicated, index=False)
+    assert main(["validate", "--cohort", str(duplicated)]) == 1

@@ -1,0 +1,38 @@
+"""``crlm featurize``: one patient-level feature table per cohort (thin stage script)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from features import patient_table
+from features.schema import PATIENT_ID
+from pipeline.extract import load_extraction_config
+from pipeline.validate import read_and_validate
+
+LESIONS_FILE = "lesions.parquet"
+REPORT_FILE = "extraction_report.csv"
+
+
+def run_featurize(cohort: Path, out: Path, extraction_dir: Path | None, config: Path,
+                  mapping: Path | None = None) -> pd.DataFrame:
+    """Write ``out`` (parquet): clinical features, scores, morphology and radiomics per patient."""
+    clinical, report = read_and_validate(cohort, mapping)
+    if report.fatal:
+        raise ValueError(f"{cohort}: cannot build features:\n{report.format()}")
+    lesions = extraction_report = None
+    if extraction_dir is not None:
+        lesions_path, report_path = extraction_dir / LESIONS_FILE, extraction_dir / REPORT_FILE
+        for path in (lesions_path, report_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found; run crlm extract --cohort {cohort} --out {extraction_dir}")
+        lesions = pd.read_parquet(lesions_path)
+        extraction_report = pd.read_csv(report_path, dtype={PATIENT_ID: str})
+    rules = load_extraction_config(config).aggregation
+    table = patient_table.patient_feature_table(clinical, report.status, lesions, extraction_report, rules)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False)
+    counts = table[patient_table.STATUS].value_counts().to_dict()
+    print(f"wrote {len(table)} patients x {table.shape[1]} columns to {out}; status: {counts}")
+    return table
