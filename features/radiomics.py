@@ -112,21 +112,29 @@ def make_extractor(params: Mapping[str, Any]) -> LesionExtractor:
 
 
 def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...]) -> tuple[np.ndarray, list[int]]:
-    """Number the connected lesions of a label map 1..n, largest first.
+    """Number the connected lesions of a label map 1..n, largest first (ties: first in memory).
 
     Returns the numbered array (0 = no lesion) and the mask label of each lesion.
     """
     numbered = np.zeros(mask.shape, dtype=np.int32)
-    found: list[tuple[int, int, np.ndarray]] = []  # (voxels, label, indices)
+    found: list[tuple[int, int, int]] = []  # (voxels, first flat index, label)
+    offset = 0
     for label in lesion_labels:
         components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
-        for index in range(1, count + 1):
-            where = np.flatnonzero(components == index)
-            found.append((where.size, label, where))
-    found.sort(key=lambda item: (-item[0], int(item[2][0])))
-    for number, (_, _, where) in enumerate(found, start=1):
-        numbered.flat[where] = number
-    return numbered, [label for _, label, _ in found]
+        if count == 0:
+            continue
+        flat = components.ravel()
+        sizes = np.bincount(flat, minlength=count + 1)
+        first = np.full(count + 1, flat.size, dtype=np.int64)
+        nonzero = np.flatnonzero(flat)
+        np.minimum.at(first, flat[nonzero], nonzero)
+        found.extend((int(sizes[k]), int(first[k]), label) for k in range(1, count + 1))
+        numbered[components > 0] = components[components > 0] + offset
+        offset += count
+    order = sorted(range(len(found)), key=lambda i: (-found[i][0], found[i][1]))
+    lookup = np.zeros(len(found) + 1, dtype=np.int32)
+    lookup[[i + 1 for i in order]] = np.arange(1, len(found) + 1)
+    return lookup[numbered], [found[i][2] for i in order]
 
 
 def crop_box(box: tuple[slice, ...], margin_mm: float, spacing_xyz: tuple[float, ...],
