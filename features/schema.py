@@ -26,6 +26,10 @@ class Column:
     maximum: float | None = None
     categories: tuple[str, ...] = ()
     role: Literal["id", "context", "input", "outcome", "image"] = "input"
+    # When the value is known: at diagnosis, before chemotherapy ("baseline"), after
+    # chemotherapy but before liver surgery ("preoperative"), or after surgery. A model
+    # predicting chemotherapy response may only use baseline inputs.
+    timing: Literal["baseline", "preoperative", "postoperative"] = "baseline"
 
 
 PATIENT_ID = "patient_id"
@@ -99,10 +103,12 @@ COLUMNS: tuple[Column, ...] = (
     Column(BRAF, "binary", "BRAF V600E mutant"),
     Column(MSI, "binary", "microsatellite instability high"),
     Column(CHEMO_REGIMEN, "category", "pre-operative chemotherapy regimen", categories=CHEMO_REGIMENS),
-    Column(CHEMO_CYCLES, "int", "pre-operative chemotherapy cycles", "cycles", 0, 60),
-    Column(PROGRESSION_ON_CHEMO, "binary", "progressive disease on pre-operative chemotherapy"),
-    Column(MONTHS_TO_SURGERY, "float", "primary resection (or diagnosis) to liver surgery", "months", 0, 600),
-    Column(MARGIN_POSITIVE, "binary", "R1 liver resection margin"),
+    Column(CHEMO_CYCLES, "int", "pre-operative chemotherapy cycles", "cycles", 0, 60, timing="preoperative"),
+    Column(PROGRESSION_ON_CHEMO, "binary", "progressive disease on pre-operative chemotherapy",
+           timing="preoperative"),
+    Column(MONTHS_TO_SURGERY, "float", "primary resection (or diagnosis) to liver surgery", "months", 0, 600,
+           timing="preoperative"),
+    Column(MARGIN_POSITIVE, "binary", "R1 liver resection margin", timing="postoperative"),
     Column(RECURRENCE_EVENT, "binary", "recurrence observed (0 = censored)", role="outcome"),
     Column(RECURRENCE_MONTHS, "float", "liver surgery to recurrence or censoring", "months", 0, 600, role="outcome"),
     Column(RECIST, "category", "RECIST 1.1 best response to pre-operative chemotherapy",
@@ -112,3 +118,4 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 CLINICAL_INPUTS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "input")
 OUTCOMES: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "outcome")
+BASELINE_INPUTS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "input" and c.timing == "baseline")

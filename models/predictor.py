@@ -1,0 +1,86 @@
+"""Fitted predictors that take a feature table and return per-patient predictions.
+
+A predictor carries everything needed at inference: the fitted pipeline, its input columns,
+the Breslow baseline (recurrence) and the training risk-group cut-points. `models.serving`
+wraps one as an MLflow pyfunc model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from features.schema import PATIENT_ID
+from models import training
+from models.survival import breslow_survival
+
+RISK = "risk"
+RISK_GROUP = "risk_group"
+RESPONSE_PROBABILITY = "response_probability"
+GROUP_NAMES = ("low", "intermediate", "high")
+
+
+def survival_column(horizon: float) -> str:
+    return f"survival_{horizon:g}m"
+
+
+def risk_groups(risk: np.ndarray, cutpoints: Sequence[float]) -> np.ndarray:
+    """'low' / 'intermediate' / 'high' by training cut-points (tertiles by default)."""
+    index = np.searchsorted(np.asarray(cutpoints, dtype=float), np.asarray(risk, dtype=float), side="right")
+    return np.asarray(GROUP_NAMES, dtype=object)[np.clip(index, 0, len(GROUP_NAMES) - 1)]
+
+
+@dataclass
+class RecurrencePredictor:
+    """Risk (log hazard ratio scale), survival at horizons and risk group per patient."""
+
+    name: str
+    pipeline: Pipeline
+    feature_columns: list[str]
+    train_risk: np.ndarray
+    y_train: np.ndarray
+    cutpoints: list[float]
+    horizons: tuple[float, ...] = (12.0, 24.0, 36.0)
+    recalibrate: bool = False
+    reference: pd.DataFrame | None = None   # training split's scores and outcomes (baselines)
+
+    def risk(self, table: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.pipeline.predict(training.model_frame(table, self.feature_columns)), dtype=float)
+
+    def survival(self, risk: np.ndarray, times: np.ndarray) -> np.ndarray:
+        return breslow_survival(self.train_risk, self.y_train, risk, times, recalibrate=self.recalibrate)
+
+    def predict_frame(self, table: pd.DataFrame) -> pd.DataFrame:
+        risk = self.risk(table)
+        survival = self.survival(risk, np.asarray(self.horizons))
+        out = pd.DataFrame({RISK: risk}, index=table.index)
+        for j, horizon in enumerate(self.horizons):
+            out[survival_column(horizon)] = survival[:, j]
+        out[RISK_GROUP] = risk_groups(risk, self.cutpoints)
+        if PATIENT_ID in table:
+            out.insert(0, PATIENT_ID, table[PATIENT_ID].to_numpy())
+        return out
+
+
+@dataclass
+class ResponsePredictor:
+    """Probability of response (CR or PR) to pre-operative chemotherapy per patient."""
+
+    name: str
+    pipeline: Pipeline
+    feature_columns: list[str]
+    reference: pd.DataFrame | None = None   # training split's scores and outcomes (baselines)
+
+    def probability(self, table: pd.DataFrame) -> np.ndarray:
+        frame = training.model_frame(table, self.feature_columns)
+        return np.asarray(self.pipeline.predict_proba(frame)[:, 1], dtype=float)
+
+    def predict_frame(self, table: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame({RESPONSE_PROBABILITY: self.probability(table)}, index=table.index)
+        if PATIENT_ID in table:
+            out.insert(0, PATIENT_ID, table[PATIENT_ID].to_numpy())
+        return out

@@ -1,0 +1,104 @@
+"""Honesty of model fitting: no leakage, a planted signal found, reproducible fits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+from sksurv.metrics import concordance_index_censored
+
+from features import schema as s
+from features.patient_table import patient_feature_table
+from models import outcomes, training
+from pipeline import synthesis
+
+FAST = {
+    "seed": 3, "cv_folds": 3, "correlation_threshold": 0.95, "k_features": [8, 20],
+    "grids": {"coxnet": {"alphas": [[0.02], [0.1]]}, "xgb_cox": {"max_depth": [1]},
+              "xgb_aft": {"max_depth": [1]}, "logistic": {"C": [0.1, 1.0]}, "xgb": {"max_depth": [1]}},
+}
+
+
+def cohort_with_measured_traits(world, n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A clinical-only synthetic cohort whose latent imaging traits are given as covariates
+    (as if radiomics measured them perfectly), plus its truth table."""
+    clinical, truth = synthesis.simulate_cohort(n, seed=seed, site="A", world=world)
+    table = patient_feature_table(clinical, pd.Series("ok", index=clinical.index))
+    for trait in synthesis.TRAITS:
+        table[f"rad_{trait}"] = truth[trait].to_numpy()
+    return table, truth
+
+
+@pytest.fixture(scope="module")
+def planted(world):
+    table, truth = cohort_with_measured_traits(world, n=900, seed=11)
+    train, test = training.split_patients(table, 0.3, seed=3)
+    fitted = {task: training.fit_task(table, task, train, test, FAST) for task in training.TASKS}
+    return table, truth, train, test, fitted
+
+
+def c_index(table: pd.DataFrame, risk) -> float:
+    y = outcomes.recurrence_outcome(table)
+    return concordance_index_censored(y["event"], y["time"], np.asarray(risk, float))[0]
+
+
+def test_recurrence_models_recover_most_of_the_oracle_gain_and_beat_fong(planted):
+    table, truth, _, test_index, fitted = planted
+    test = table.iloc[test_index]
+    oracle = c_index(test, truth[synthesis.TRUTH_RECURRENCE_LP].to_numpy()[test_index])
+    fong = c_index(test, test["fong_score"].astype(float))
+    task = fitted[training.RECURRENCE]
+    best = max(c_index(test, m.predict(training.model_frame(test, task.features))) for m in task.models.values())
+    assert best > fong + 0.03
+    assert (best - 0.5) >= 0.80 * (oracle - 0.5), (best, oracle)
+
+
+def test_response_models_recover_most_of_the_oracle_gain(planted):
+    table, truth, _, test_index, fitted = planted
+    test = table.iloc[test_index]
+    y = outcomes.response_outcome(test)
+    oracle = roc_auc_score(y, truth[synthesis.TRUTH_RESPONSE_LP].to_numpy()[test_index])
+    task = fitted[training.RESPONSE]
+    best = max(roc_auc_score(y, m.predict_proba(training.model_frame(test, task.features))[:, 1])
+               for m in task.models.values())
+    assert (best - 0.5) >= 0.80 * (oracle - 0.5), (best, oracle)
+
+
+def test_nothing_is_fitted_on_test_patients(planted):
+    table, _, train_index, _, fitted = planted
+    task = fitted[training.RECURRENCE]
+    pipeline = task.models["coxnet"]
+    numeric = pipeline.named_steps["prepare"].named_transformers_["numeric"]
+    columns = pipeline.named_steps["prepare"].transformers_[0][2]
+    train_medians = training.model_frame(table.iloc[train_index], columns).median().to_numpy()
+    all_medians = training.model_frame(table, columns).median().to_numpy()
+    np.testing.assert_allclose(numeric.named_steps["impute"].statistics_, train_medians)
+    assert not np.allclose(numeric.named_steps["impute"].statistics_, all_medians)
+
+
+def test_the_response_model_never_sees_post_treatment_information(planted):
+    *_, fitted = planted
+    features = fitted[training.RESPONSE].features
+    for leaked in (s.PROGRESSION_ON_CHEMO, s.MARGIN_POSITIVE, s.MONTHS_TO_SURGERY, s.CHEMO_CYCLES, "oslo_score"):
+        assert leaked not in features
+    assert s.PROGRESSION_ON_CHEMO in fitted[training.RECURRENCE].features
+    assert not set(features) & set(s.OUTCOMES)
+
+
+def test_same_seed_gives_the_same_models(world):
+    table, _ = cohort_with_measured_traits(world, n=200, seed=5)
+    train, test = training.split_patients(table, 0.3, seed=1)
+    assert np.array_equal(train, training.split_patients(table, 0.3, seed=1)[0])
+    first = training.fit_task(table, training.RECURRENCE, train, test, FAST)
+    again = training.fit_task(table, training.RECURRENCE, train, test, FAST)
+    frame = training.model_frame(table.iloc[test], first.features)
+    for name in first.models:
+        np.testing.assert_array_equal(first.models[name].predict(frame), again.models[name].predict(frame))
+
+
+def test_split_is_by_patient_and_stratified(world):
+    table, _ = cohort_with_measured_traits(world, n=300, seed=2)
+    train, test = training.split_patients(table, 0.3, seed=0)
+    assert not set(train) & set(test) and len(train) + len(test) == len(table)
+    assert abs(table.iloc[test][s.RECURRENCE_EVENT].mean() - table.iloc[train][s.RECURRENCE_EVENT].mean()) < 0.05
