@@ -78,6 +78,28 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipeline.tracking import run_promote
+
+    return run_promote(args.name, args.version, REPO_ROOT, alias=args.alias)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.train import run_train
+
+    tasks = ("recurrence", "response") if args.task == "all" else (args.task,)
+    run_train(args.features, args.out, args.models, args.params, tasks, truth=args.truth,
+              repo_root=REPO_ROOT, track=not args.no_tracking)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import run_evaluate
+
+    run_evaluate(args.model, args.features, args.out, args.params, truth=args.truth)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crlm",
@@ -125,6 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
     fea.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="aggregation rules")
     fea.add_argument("--no-images", action="store_true", help="clinical features and scores only")
     fea.set_defaults(func=cmd_featurize)
+
+    tra = sub.add_parser("train", help="fit recurrence and response models, evaluate on the held-out split")
+    tra.add_argument("--features", type=Path, required=True, help="features.parquet from crlm featurize")
+    tra.add_argument("--out", type=Path, required=True, help="folder for metrics.json, plots/, predictions")
+    tra.add_argument("--models", type=Path, default=REPO_ROOT / "artifacts" / "models", help="fitted predictors")
+    tra.add_argument("--task", choices=("recurrence", "response", "all"), default="all")
+    tra.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
+    tra.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="experiment knobs")
+    tra.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    tra.set_defaults(func=cmd_train)
+
+    eva = sub.add_parser("evaluate", help="validate trained models on another cohort (e.g. the external site)")
+    eva.add_argument("--model", required=True, help="models folder from crlm train, or models:/<name>@<alias>")
+    eva.add_argument("--features", type=Path, required=True, help="features.parquet of the cohort")
+    eva.add_argument("--out", type=Path, required=True, help="folder for metrics.json")
+    eva.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
+    eva.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="bootstrap settings")
+    eva.set_defaults(func=cmd_evaluate)
+
+    pro = sub.add_parser("promote", help="move a registered model's alias (default: champion) to a version")
+    pro.add_argument("--name", required=True, help="registered model, e.g. crlm-recurrence or crlm-response")
+    pro.add_argument("--version", type=_positive, required=True, help="model version to promote")
+    pro.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    pro.set_defaults(func=cmd_promote)
     return parser
 
 

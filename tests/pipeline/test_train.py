@@ -1,0 +1,98 @@
+"""crlm train / evaluate end to end on a small clinical-only synthetic cohort, tracked in a
+temporary MLflow store; permuted outcomes show no signal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from models import comparison, evaluation, outcomes, training
+from pipeline.evaluate import run_evaluate
+from pipeline.train import run_train
+from tests.models.test_training import FAST, cohort_with_measured_traits
+
+PARAMS = {"train": {**FAST, "test_fraction": 0.3, "jobs": 1}, "evaluate": {"bootstrap": 40, "seed": 0}}
+
+
+@pytest.fixture()
+def cohort_files(tmp_path, world):
+    paths = {}
+    for name, seed, n in (("train", 21, 360), ("external", 22, 200)):
+        table, truth = cohort_with_measured_traits(world, n=n, seed=seed)
+        table.to_parquet(tmp_path / f"{name}.parquet")
+        truth.to_csv(tmp_path / f"{name}_truth.csv", index=False)
+        paths[name] = (tmp_path / f"{name}.parquet", tmp_path / f"{name}_truth.csv")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(PARAMS))
+    return paths, params
+
+
+def test_train_writes_metrics_plots_models_and_tracks_them(tmp_path, cohort_files, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths, params = cohort_files
+    features, truth = paths["train"]
+    out, models = tmp_path / "reports", tmp_path / "models"
+    metrics = run_train(features, out, models, params, training.TASKS, truth=truth, repo_root=tmp_path)
+    written = json.loads((out / "metrics.json").read_text())
+    assert set(written) == {"recurrence", "response"}
+    assert {"coxnet", "xgb_cox", "xgb_aft", "fong", "oslo", "game", "tbs", "oracle"} <= set(written["recurrence"])
+    assert {"logistic", "xgb", "fong", "oslo", "game", "tbs", "oracle"} <= set(written["response"])
+    for key in ("c_index", "uno_c_index", "auc_12m", "auc_24m", "auc_36m", "ibs", "calibration_slope_24m",
+                "delta_c_vs_fong"):
+        assert set(written["recurrence"]["coxnet"][key]) == {"value", "ci_low", "ci_high"}
+    for key in ("roc_auc", "pr_auc", "brier", "calibration_intercept", "calibration_slope", "delta_auc_vs_fong"):
+        assert key in written["response"]["logistic"]
+    assert metrics["recurrence"]["oracle"]["c_index"]["value"] > metrics["recurrence"]["fong"]["c_index"]["value"]
+    for name in ("km_recurrence_model", "km_recurrence_fong", "calibration_recurrence", "td_auc_recurrence",
+                 "decision_recurrence", "roc_response", "calibration_response", "decision_response"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 5000
+        assert (out / "plots" / f"{name}.csv").is_file()
+    assert len(list(models.glob("*.joblib"))) == 5
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for name in ("crlm-recurrence", "crlm-response"):
+        version = client.get_model_version_by_alias(name, "candidate")
+        assert int(version.version) == 1
+    parent = mlflow.search_runs(filter_string="tags.mlflow.runName = 'train'", output_format="list")[0]
+    assert parent.data.tags["data.kind"] == "synthetic"
+    assert parent.data.params["train.seed"] == "3"
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  output_format="list")
+    assert len(children) == 15   # 8 recurrence + 7 response entries
+    coxnet = next(r for r in children if r.data.tags["mlflow.runName"] == "recurrence/coxnet")
+    assert "c_index_ci_low" in coxnet.data.metrics
+
+    external_features, external_truth = paths["external"]
+    result = run_evaluate(str(models), external_features, tmp_path / "external", params, truth=external_truth)
+    assert set(result) == {"recurrence", "response"}
+    assert json.loads((tmp_path / "external" / "metrics.json").read_text()).keys() == result.keys()
+    via_registry = run_evaluate("models:/crlm-response@candidate", external_features, tmp_path / "ext2", params)
+    best = next(iter(set(via_registry["response"]) & set(training.MODELS["response"])))
+    assert via_registry["response"][best]["roc_auc"]["value"] == pytest.approx(
+        result["response"][best]["roc_auc"]["value"])
+
+
+def test_permuted_outcomes_give_confidence_intervals_that_cover_chance(world):
+    table, truth = cohort_with_measured_traits(world, n=400, seed=31)
+    order = np.random.default_rng(0).permutation(len(table))
+    outcome_columns = ["recurrence_event", "recurrence_months", "recist_response"]
+    table[outcome_columns] = table[outcome_columns].to_numpy()[order]
+    train, test = training.split_patients(table, 0.3, seed=3)
+    for task, metric in ((training.RECURRENCE, "c_index"), (training.RESPONSE, "roc_auc")):
+        fitted = training.fit_task(table, task, train, test, FAST)
+        predictors = comparison.build_predictors(fitted, table)
+        predictions = comparison.task_predictions(task, predictors, table.iloc[train], table.iloc[test])
+        build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
+        result = evaluation.evaluate_task(task, build(table.iloc[train]), build(table.iloc[test]), predictions,
+                                          n_resamples=100)
+        for name in training.MODELS[task]:
+            ci = result[name][metric]
+            assert ci["ci_low"] < 0.5 < ci["ci_high"], (task, name, ci)
