@@ -20,7 +20,20 @@ from sklearn.preprocessing import OneHotEncoder, QuantileTransformer, StandardSc
 from sklearn.utils.validation import check_is_fitted
 
 
-class CorrelationFilter(TransformerMixin, BaseEstimator):
+class _ColumnSubset(TransformerMixin, BaseEstimator):
+    """A transformer that keeps the columns flagged in ``support_`` (set by ``fit``)."""
+
+    def transform(self, X):
+        check_is_fitted(self, "support_")
+        return np.asarray(X, dtype=float)[:, self.support_]
+
+    def get_feature_names_out(self, input_features=None):
+        names = np.asarray(input_features if input_features is not None
+                           else [f"x{i}" for i in range(self.n_features_in_)])
+        return names[self.support_]
+
+
+class CorrelationFilter(_ColumnSubset):
     """Drop features whose absolute Pearson correlation with an earlier kept one exceeds
     ``threshold`` (greedy, in column order)."""
 
@@ -43,15 +56,6 @@ class CorrelationFilter(TransformerMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
-    def transform(self, X):
-        check_is_fitted(self, "support_")
-        return np.asarray(X, dtype=float)[:, self.support_]
-
-    def get_feature_names_out(self, input_features=None):
-        names = np.asarray(input_features if input_features is not None
-                           else [f"x{i}" for i in range(self.n_features_in_)])
-        return names[self.support_]
-
 
 def martingale_residuals(y) -> np.ndarray:
     """Martingale residuals of the null Cox model: event - Nelson-Aalen cumulative hazard.
@@ -71,7 +75,7 @@ def martingale_residuals(y) -> np.ndarray:
     return event - hazard
 
 
-class UnivariateSelector(TransformerMixin, BaseEstimator):
+class UnivariateSelector(_ColumnSubset):
     """Keep the ``k`` features most associated with the outcome, one at a time.
 
     Time-to-event outcomes (structured arrays) are ranked by |correlation| with the null
@@ -102,15 +106,6 @@ class UnivariateSelector(TransformerMixin, BaseEstimator):
         self.support_[chosen] = True
         self.n_features_in_ = X.shape[1]
         return self
-
-    def transform(self, X):
-        check_is_fitted(self, "support_")
-        return np.asarray(X, dtype=float)[:, self.support_]
-
-    def get_feature_names_out(self, input_features=None):
-        names = np.asarray(input_features if input_features is not None
-                           else [f"x{i}" for i in range(self.n_features_in_)])
-        return names[self.support_]
 
 
 QUANTILES = 200   # grid of the rank-based normalisation (capped at the number of rows)

@@ -111,6 +111,9 @@ def _track(repo_root: Path, params: dict, features: Path, truth: Path | None, ou
                     tracking.log_metrics_with_ci(model_metrics)
                     if name == best:
                         example = table.iloc[fitted.test_index[:5]][[PATIENT_ID, *fitted.features]]
+                        # Integer columns would make the signature refuse missing values later.
+                        example = example.astype({c: float for c in fitted.features
+                                                  if pd.api.types.is_integer_dtype(example[c])})
                         info = tracking.log_pyfunc_model(PrognosisModel(predictors[name]), "model", example,
                                                          registered_name=REGISTERED[task])
                         print(f"registered {REGISTERED[task]} version {info.registered_model_version} "
