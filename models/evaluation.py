@@ -99,11 +99,16 @@ def survival_metrics(y_train, y_test, pred: SurvivalPrediction, horizons=HORIZON
     follow_up = min(time[event].max() if event.any() else 0.0, float(np.max(y_train["time"])))
     tau = min(max(horizons), follow_up - 1e-9)
     out["uno_c_index"] = _safe(lambda: concordance_index_ipcw(y_train, y_test, pred.risk, tau=tau)[0])
+    inside = [h for h in horizons if time.min() < h < time.max() and h < float(np.max(y_train["time"]))]
+    try:  # one call for all horizons: the censoring weights are computed once
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            aucs = dict(zip(inside, cumulative_dynamic_auc(y_train, y_test, pred.risk, inside)[0])) if inside else {}
+    except ValueError:
+        aucs = {}
     for horizon in horizons:
-        inside = time.min() < horizon < time.max() and horizon < float(np.max(y_train["time"]))
-        out[f"auc_{horizon:g}m"] = (_safe(lambda h=horizon: cumulative_dynamic_auc(y_train, y_test, pred.risk,
-                                                                                     [h])[0][0])
-                                    if inside else math.nan)
+        value = float(aucs.get(horizon, math.nan))
+        out[f"auc_{horizon:g}m"] = value if math.isfinite(value) else math.nan
     grid = (pred.times > time.min()) & (pred.times < time.max()) & (pred.times < float(np.max(y_train["time"])))
     out["ibs"] = (_safe(lambda: integrated_brier_score(y_train, y_test, pred.survival[:, grid], pred.times[grid]))
                   if grid.sum() >= 2 else math.nan)
