@@ -88,8 +88,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.train import run_train
 
     tasks = ("recurrence", "response") if args.task == "all" else (args.task,)
+    covariates: tuple[str, ...] = ()
+    if args.mapping is not None:
+        from features.mapping import load_mapping
+
+        covariates = tuple(column.name for column in load_mapping(args.mapping).covariate_columns())
     run_train(args.features, args.out, args.models, args.params, tasks, truth=args.truth,
-              repo_root=REPO_ROOT, track=not args.no_tracking)
+              repo_root=REPO_ROOT, track=not args.no_tracking, covariates=covariates)
     return 0
 
 
@@ -155,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--task", choices=("recurrence", "response", "all"), default="all")
     tra.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
     tra.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="experiment knobs")
+    tra.add_argument("--mapping", type=Path, default=None,
+                     help="cohort mapping whose declared covariates the models use as they are")
     tra.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     tra.set_defaults(func=cmd_train)
 

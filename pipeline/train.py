@@ -121,8 +121,12 @@ def _track(repo_root: Path, params: dict, features: Path, truth: Path | None, ou
 
 
 def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, tasks: tuple[str, ...],
-              truth: Path | None = None, repo_root: Path | None = None, track: bool = True) -> dict[str, Any]:
-    """Fit and evaluate ``tasks`` on ``features``; return the metrics dictionary."""
+              truth: Path | None = None, repo_root: Path | None = None, track: bool = True,
+              covariates: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Fit and evaluate ``tasks`` on ``features``; return the metrics dictionary.
+
+    ``covariates`` are extra columns (declared by a cohort mapping) used as they are.
+    """
     params = yaml.safe_load(Path(params_path).read_text())
     settings, evaluate = params["train"], params["evaluate"]
     table = usable_patients(pd.read_parquet(features))
@@ -137,7 +141,8 @@ def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, ta
     fitted_tasks = {}
     for task in tasks:
         start = time.perf_counter()
-        fitted = training.fit_task(table, task, train_index, test_index, settings, jobs=int(settings["jobs"]))
+        fitted = training.fit_task(table, task, train_index, test_index, settings, covariates=covariates,
+                                   jobs=int(settings["jobs"]))
         predictors = comparison.build_predictors(fitted, table)
         predictions = comparison.task_predictions(task, predictors, table.iloc[train_index],
                                                   table.iloc[test_index], truth_table)

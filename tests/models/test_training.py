@@ -102,3 +102,18 @@ def test_split_is_by_patient_and_stratified(world):
     train, test = training.split_patients(table, 0.3, seed=0)
     assert not set(train) & set(test) and len(train) + len(test) == len(table)
     assert abs(table.iloc[test][s.RECURRENCE_EVENT].mean() - table.iloc[train][s.RECURRENCE_EVENT].mean()) < 0.05
+
+
+def test_declared_covariates_are_model_inputs_and_carry_their_signal(world):
+    clinical, truth = synthesis.simulate_cohort(500, seed=8, site="A", world=world)
+    table = patient_feature_table(clinical, pd.Series("ok", index=clinical.index))
+    rng = np.random.default_rng(0)
+    table["lab_marker"] = truth[synthesis.TRUTH_RECURRENCE_IMAGING_LP].to_numpy() + rng.normal(0, 0.1, 500)
+    train, test = training.split_patients(table, 0.3, seed=3)
+    without = training.fit_task(table, training.RECURRENCE, train, test, FAST)
+    with_marker = training.fit_task(table, training.RECURRENCE, train, test, FAST, covariates=["lab_marker"])
+    assert "lab_marker" not in without.features and "lab_marker" in with_marker.features
+    frame = lambda fitted: training.model_frame(table.iloc[test], fitted.features)  # noqa: E731
+    gain = c_index(table.iloc[test], with_marker.models["coxnet"].predict(frame(with_marker)))
+    base = c_index(table.iloc[test], without.models["coxnet"].predict(frame(without)))
+    assert gain > base + 0.03
