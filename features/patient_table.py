@@ -14,7 +14,7 @@ import pandas as pd
 
 from features import aggregation, extraction, radiomics
 from features.schema import CLINICAL_INPUTS, PATIENT_ID
-from features.scores import clinical_scores
+from features.scores import clinical_scores, score_criteria
 
 STATUS = "status"
 REASON = "reason"
@@ -60,8 +60,8 @@ def patient_feature_table(clinical: pd.DataFrame, validation_status: pd.Series,
     # A cohort without some canonical input (e.g. TCIA has no lesion count) gets missing
     # scores for those patients, not an error: absent columns count as missing values.
     absent = [c for c in CLINICAL_INPUTS if c not in table]
-    scores = clinical_scores(table.reindex(columns=[*table.columns, *absent]))
-    table = pd.concat([table, scores], axis=1)
+    complete = table.reindex(columns=[*table.columns, *absent])
+    table = pd.concat([table, clinical_scores(complete), score_criteria(complete)], axis=1)
     valid = validation_status.reset_index(drop=True).astype(str)
     table[STATUS] = np.where(valid == OK, OK, "invalid")
     table[REASON] = np.where(valid == OK, "", valid.str.removeprefix("invalid: "))

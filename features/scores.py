@@ -265,6 +265,40 @@ SCORES: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
 }
 
 
+CRITERION_PREFIX = "criterion_"
+
+
+def _criterion(df: pd.DataFrame, column: str, test) -> pd.Series:
+    """1.0 / 0.0 where ``column`` is known, NaN where it is missing."""
+    x = pd.to_numeric(df[column], errors="coerce").astype("float64")
+    return test(x).astype("float64").where(x.notna())
+
+
+def score_criteria(df: pd.DataFrame) -> pd.DataFrame:
+    """The published cut-offs of the scores above as separate 0/1 features (NaN = missing input).
+
+    A model given only a continuous CEA or diameter has to learn a threshold effect from a few
+    hundred patients; the published thresholds (Fong 1999, Rees/Oslo, GAME: Margonis 2018,
+    Nordlinger 1996) are prior knowledge it may use. Only items known before treatment; items
+    equal to a canonical binary column (node-positive primary, extrahepatic disease) are not
+    repeated.
+    """
+    p = CRITERION_PREFIX
+    columns = {
+        f"{p}dfi_under_{FONG_DFI_MONTHS:g}m": _criterion(df, DFI_MONTHS, lambda x: x < FONG_DFI_MONTHS),
+        f"{p}dfi_under_{NORDLINGER_DFI_MONTHS:g}m": _criterion(df, DFI_MONTHS, lambda x: x < NORDLINGER_DFI_MONTHS),
+        f"{p}more_than_{FONG_N_LESIONS}_lesion": _criterion(df, N_LESIONS, lambda x: x > FONG_N_LESIONS),
+        f"{p}more_than_{NORDLINGER_N_LESIONS}_lesions": _criterion(df, N_LESIONS, lambda x: x > NORDLINGER_N_LESIONS),
+        f"{p}largest_over_{FONG_LARGEST_CM:g}cm": _criterion(df, LARGEST_CM, lambda x: x > FONG_LARGEST_CM),
+        f"{p}largest_over_{OSLO_LARGEST_CM:g}cm": _criterion(df, LARGEST_CM, lambda x: x > OSLO_LARGEST_CM),
+        f"{p}cea_over_{FONG_CEA_NG_ML:g}": _criterion(df, CEA, lambda x: x > FONG_CEA_NG_ML),
+        f"{p}cea_over_{OSLO_CEA_NG_ML:g}": _criterion(df, CEA, lambda x: x > OSLO_CEA_NG_ML),
+        f"{p}cea_{GAME_CEA_NG_ML:g}_or_more": _criterion(df, CEA, lambda x: x >= GAME_CEA_NG_ML),
+        f"{p}age_over_{NORDLINGER_AGE_YEARS:g}": _criterion(df, AGE, lambda x: x > NORDLINGER_AGE_YEARS),
+    }
+    return pd.DataFrame({name: column.rename(name) for name, column in columns.items()}, index=df.index)
+
+
 def clinical_scores(df: pd.DataFrame) -> pd.DataFrame:
     """All clinical scores and risk groups, one row per input row, indexed like ``df``.
 

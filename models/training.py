@@ -58,6 +58,7 @@ def feature_columns(table: pd.DataFrame, task: str, covariates: Sequence[str] = 
     """
     candidates = [c for c in s.CLINICAL_INPUTS if c in table]
     candidates += [c for c in _SCORE_INPUTS if c in table]
+    candidates += [c for c in table.columns if c.startswith(scores.CRITERION_PREFIX)]
     candidates += [c for c in table.columns if c.startswith(IMAGING_PREFIXES)]
     candidates += [c for c in covariates if c in table and c not in candidates]
     if task == RESPONSE:
@@ -130,9 +131,11 @@ class FittedTask:
     cv_scores: dict[str, float] = field(default_factory=dict)
 
 
-def _grid(name: str, grids: Mapping[str, Mapping[str, Sequence[Any]]], k_features: Sequence[int]) -> dict:
+def _grid(name: str, grids: Mapping[str, Mapping[str, Sequence[Any]]], k_features: Sequence[int],
+          select_key: str | None) -> dict:
     grid = {f"model__{key}": list(values) for key, values in grids.get(name, {}).items()}
-    grid["select__k"] = list(k_features)
+    if select_key is not None:
+        grid[select_key] = list(k_features)
     return grid
 
 
@@ -145,6 +148,10 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
     """
     columns = feature_columns(table, task, covariates)
     numeric, categorical = preprocessing.split_feature_types(table, columns)
+    imaging = [c for c in numeric if c.startswith(IMAGING_PREFIXES)]
+    select_among = str(settings.get("select_among", "all"))
+    select_key = (None if select_among == "imaging" and not imaging
+                  else preprocessing.SELECT_K.get(select_among))
     X = _model_frame(table, numeric, categorical)
     train = table.iloc[train_index]
     if task == RECURRENCE:
@@ -159,10 +166,11 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
     with tempfile.TemporaryDirectory(prefix="crlm-cv-") as cache:
         for name in MODELS[task]:
             steps = preprocessing.feature_pipeline(numeric, categorical, float(settings["correlation_threshold"]),
-                                                   int(settings["k_features"][0]))
+                                                   int(settings["k_features"][0]), imaging=imaging,
+                                                   select_among=select_among)
             # The shared pre-processing of a fold is fitted once and reused across the grid.
             pipeline = Pipeline([*steps, ("model", _estimator(name, int(settings["seed"])))], memory=cache)
-            search = GridSearchCV(pipeline, _grid(name, settings.get("grids", {}), settings["k_features"]),
+            search = GridSearchCV(pipeline, _grid(name, settings.get("grids", {}), settings["k_features"], select_key),
                                   cv=splits, n_jobs=jobs, refit=True, error_score="raise",
                                   scoring=None if task == RECURRENCE else "roc_auc")
             search.fit(X.iloc[train_index], y)

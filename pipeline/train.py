@@ -23,6 +23,8 @@ from features.schema import PATIENT_ID
 from models import comparison, evaluation, outcomes, plots, training
 
 REGISTERED = {training.RECURRENCE: "crlm-recurrence", training.RESPONSE: "crlm-response"}
+BEST_FILE = "best.json"            # in the models folder: {task: best model name}
+RUNS_FILE = "mlflow_runs.json"     # in the models folder: {"task/model": MLflow run id}
 PRIMARY_METRIC = {training.RECURRENCE: "c_index", training.RESPONSE: "roc_auc"}
 
 
@@ -33,10 +35,14 @@ def usable_patients(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[ok].reset_index(drop=True)
 
 
-def best_model(metrics: dict[str, dict[str, dict[str, float]]], task: str) -> str:
-    """The fitted model (not a baseline or the oracle) with the best held-out primary metric."""
-    fitted = [m for m in training.MODELS[task] if m in metrics]
-    return max(fitted, key=lambda m: metrics[m][PRIMARY_METRIC[task]]["value"])
+def best_model(cv_scores: dict[str, float], task: str) -> str:
+    """The fitted model with the best cross-validated score on the training split.
+
+    Chosen without looking at the held-out patients, so the held-out metrics of the chosen
+    model stay an honest estimate (picking the best test score would be optimistic).
+    """
+    fitted = [m for m in training.MODELS[task] if m in cv_scores]
+    return max(fitted, key=lambda m: cv_scores[m])
 
 
 def _source(table: pd.DataFrame, truth: pd.DataFrame | None) -> str:
@@ -87,12 +93,13 @@ def _train_risk(name: str, fitted: training.FittedTask, table: pd.DataFrame) -> 
 
 
 def _track(repo_root: Path, params: dict, features: Path, truth: Path | None, out: Path,
-           metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataFrame) -> None:
+           metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataFrame) -> dict[str, str]:
     """One MLflow parent run, a nested run per model, the best model per task registered."""
     from models.serving import PrognosisModel
     from pipeline import tracking
 
     tracking.configure(repo_root)
+    run_ids: dict[str, str] = {}
     tags = {"data.features": tracking.file_digest(features), "data.source": _source(table, None)}
     if truth is not None:
         tags["data.truth"] = tracking.file_digest(truth)
@@ -104,7 +111,8 @@ def _track(repo_root: Path, params: dict, features: Path, truth: Path | None, ou
                 tracking.mlflow.log_artifact(str(path), artifact_path=mlflow_artifact_dir)
         for task, (fitted, predictors, best) in fitted_tasks.items():
             for name, model_metrics in metrics[task].items():
-                with tracking.model_run(f"{task}/{name}", tags={"task": task, "model": name}):
+                with tracking.model_run(f"{task}/{name}", tags={"task": task, "model": name}) as run:
+                    run_ids[f"{task}/{name}"] = run.info.run_id
                     if name in chosen[task]["params"]:
                         tracking.mlflow.log_params({k: str(v) for k, v in chosen[task]["params"][name].items()})
                         tracking.mlflow.log_metric("cv_score", chosen[task]["cv"][name])
@@ -118,6 +126,7 @@ def _track(repo_root: Path, params: dict, features: Path, truth: Path | None, ou
                                                          registered_name=REGISTERED[task])
                         print(f"registered {REGISTERED[task]} version {info.registered_model_version} "
                               f"({name}) with alias candidate")
+    return run_ids
 
 
 def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, tasks: tuple[str, ...],
@@ -135,6 +144,7 @@ def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, ta
     source = _source(table, truth_table)
     out.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(parents=True, exist_ok=True)
+    (models_dir / RUNS_FILE).unlink(missing_ok=True)   # run ids of an earlier run would be wrong
     metrics: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
     predictions_out = []
@@ -152,7 +162,7 @@ def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, ta
         y_test = (outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome)(test)
         metrics[task] = evaluation.evaluate_task(task, y_train, y_test, predictions, reference="fong",
                                                  n_resamples=int(evaluate["bootstrap"]), seed=int(evaluate["seed"]))
-        best = best_model(metrics[task], task)
+        best = best_model(fitted.cv_scores, task)
         chosen[task] = {"best": best, "params": fitted.best_params, "cv": fitted.cv_scores,
                         "n_features_in": len(fitted.features), "seconds": round(time.perf_counter() - start, 1)}
         _plots(task, fitted, table, predictions, out, source, best)
@@ -169,8 +179,10 @@ def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, ta
     split = pd.DataFrame({PATIENT_ID: table[PATIENT_ID], "split": "train"})
     split.loc[test_index, "split"] = "test"
     split.to_csv(out / "split.csv", index=False)
+    (models_dir / BEST_FILE).write_text(json.dumps({task: chosen[task]["best"] for task in tasks}, indent=2))
     if track:
-        _track(repo_root or Path.cwd(), params, features, truth, out, metrics, chosen, fitted_tasks, table)
+        run_ids = _track(repo_root or Path.cwd(), params, features, truth, out, metrics, chosen, fitted_tasks, table)
+        (models_dir / RUNS_FILE).write_text(json.dumps(run_ids, indent=2))
     for task in tasks:
         best = chosen[task]["best"]
         primary = PRIMARY_METRIC[task]

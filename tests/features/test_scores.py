@@ -412,3 +412,35 @@ def test_scores_have_their_names_and_dtypes():
 def test_scores_accept_an_empty_table():
     out = clinical_scores(patients().iloc[:0])
     assert len(out) == 0 and out["fong_score"].dtype == "Int64"
+
+
+def test_score_criteria_use_the_published_cut_offs_at_their_boundaries():
+    """Fong: CEA > 200, largest > 5 cm, DFI < 12 months, > 1 lesion; Oslo: > 5.5 cm, CEA > 80;
+    GAME: CEA >= 20; Nordlinger: age > 60, DFI < 24 months, > 3 lesions. Missing stays missing."""
+    from features.scores import score_criteria
+
+    df = pd.DataFrame({
+        "cea_ng_ml": [200.0, 200.1, 20.0, 19.9, np.nan],
+        "largest_lesion_cm": [5.0, 5.01, 5.5, 5.51, 1.0],
+        "disease_free_interval_months": [12.0, 11.9, 24.0, 23.9, 0.0],
+        "n_liver_lesions": [1, 2, 3, 4, np.nan],
+        "age_years": [60.0, 60.5, 40.0, 70.0, 65.0],
+    })
+    c = score_criteria(df)
+    assert c["criterion_cea_over_200"].tolist()[:4] == [0.0, 1.0, 0.0, 0.0]
+    assert c["criterion_cea_over_80"].tolist()[:4] == [1.0, 1.0, 0.0, 0.0]
+    assert c["criterion_cea_20_or_more"].tolist()[:4] == [1.0, 1.0, 1.0, 0.0]
+    assert c["criterion_largest_over_5cm"].tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    assert c["criterion_largest_over_5.5cm"].tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
+    assert c["criterion_dfi_under_12m"].tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]
+    assert c["criterion_dfi_under_24m"].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
+    assert c["criterion_more_than_1_lesion"].tolist()[:4] == [0.0, 1.0, 1.0, 1.0]
+    assert c["criterion_more_than_3_lesions"].tolist()[:4] == [0.0, 0.0, 0.0, 1.0]
+    assert c["criterion_age_over_60"].tolist() == [0.0, 1.0, 0.0, 1.0, 1.0]
+    assert np.isnan(c["criterion_cea_over_200"].iloc[4]) and np.isnan(c["criterion_more_than_1_lesion"].iloc[4])
+    # the Fong score is the sum of its criteria plus the node-positive item
+    df["primary_node_positive"] = [1, 0, 0, 1, 0]
+    fong = fong_score(df.iloc[:4])
+    items = c[["criterion_cea_over_200", "criterion_largest_over_5cm", "criterion_dfi_under_12m",
+               "criterion_more_than_1_lesion"]].iloc[:4].sum(axis=1) + df["primary_node_positive"].iloc[:4]
+    assert fong.astype(float).tolist() == items.tolist()

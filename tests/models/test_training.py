@@ -117,3 +117,37 @@ def test_declared_covariates_are_model_inputs_and_carry_their_signal(world):
     gain = c_index(table.iloc[test], with_marker.models["coxnet"].predict(frame(with_marker)))
     base = c_index(table.iloc[test], without.models["coxnet"].predict(frame(without)))
     assert gain > base + 0.03
+
+
+def test_selection_among_imaging_keeps_every_clinical_input(world):
+    """With select_among='imaging', clinical inputs are never dropped, whatever their univariate
+    strength; the k imaging places go to the imaging columns most associated with the outcome."""
+    table, truth = cohort_with_measured_traits(world, n=300, seed=5)
+    rng = np.random.default_rng(0)
+    for j in range(60):                       # noise imaging features that crowd the ranking
+        table[f"rad_noise_{j}"] = rng.normal(size=len(table))
+    train, test = training.split_patients(table, 0.3, seed=3)
+    settings = {**FAST, "k_features": [1], "select_among": "imaging",
+                "grids": {"coxnet": {"alphas": [[0.1]]}}}
+    models = training.MODELS
+    training.MODELS = {**models, training.RECURRENCE: ("coxnet",)}
+    try:
+        fitted = training.fit_task(table, training.RECURRENCE, train, test, settings)
+    finally:
+        training.MODELS = models
+    pipeline = fitted.models["coxnet"]
+    kept = set(pipeline[:-1].get_feature_names_out())
+    clinical = [c for c in fitted.features if not c.startswith(training.IMAGING_PREFIXES)
+                and pd.api.types.is_numeric_dtype(table[c])]
+    assert set(clinical) <= kept
+    imaging_kept = sorted(c for c in kept if c.startswith(training.IMAGING_PREFIXES))
+    # the trait with the largest log hazard ratio (0.42 per SD), not noise
+    assert imaging_kept == ["rad_trait_heterogeneity"]
+    assert fitted.best_params["coxnet"]["prepare__imaging__select__k"] == 1
+
+
+def test_select_among_rejects_an_unknown_scope():
+    from models import preprocessing
+
+    with pytest.raises(ValueError, match="select_among"):
+        preprocessing.feature_pipeline(["a"], [], 0.9, 3, imaging=["rad_a"], select_among="clinical")
