@@ -4,27 +4,39 @@ Every input patient ends up in the report: one row per extracted lesion with sta
 or one row per failed lesion or case with the failure code and the reason (DESIGN.md 3).
 Each case is cached under a key made of the image hash, the mask hash and the settings hash,
 so an interrupted run resumes and a re-run on the same inputs extracts nothing.
+
+Cases run through ``pipeline.execution.map_cases``: local processes, or a Dask cluster with
+``scheduler``. The manifest, the images and masks, and the cache may be local paths or fsspec
+URLs (``file:///shared/...``, ``s3://...``); a remote image or mask is copied to a temporary
+local file for SimpleITK, inside the worker that reads it. Local paths are made absolute before
+the cases leave this process, so on a cluster they must name the same files on every worker
+(a shared file system mounted at the same path).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import posixpath
+import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pandas as pd
 import SimpleITK as sitk
-from joblib import Parallel, delayed
-from tqdm.auto import tqdm
+from fsspec.implementations.local import LocalFileSystem
 
 from features import imaging, radiomics
 from features.morphology import patient_morphology
 from features.schema import PATIENT_ID
+from pipeline.execution import map_cases
 
 STATUS = "status"
 REASON = "reason"
@@ -42,11 +54,11 @@ _CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class CaseInput:
-    """One case of a manifest: absolute image and mask paths."""
+    """One case of a manifest: image and mask as local paths or fsspec URLs (``s3://...``)."""
 
     patient_id: str
-    image: Path
-    mask: Path
+    image: Path | str
+    mask: Path | str
 
 
 @dataclass
@@ -78,30 +90,87 @@ def _failure(patient_id: str, reason: str, message: str, seconds: float, lesion=
             SECONDS: round(seconds, 3), CACHED: False}
 
 
-def _cache_path(cache_dir: Path, key: str) -> Path:
-    return cache_dir / key[:2] / f"{key}.json"
+def is_url(location: str | Path) -> bool:
+    """Whether ``location`` is an fsspec URL (``protocol://...``) rather than a local path."""
+    return isinstance(location, str) and "://" in location
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload), encoding="utf-8")
-    os.replace(tmp, path)
+def _absolute(location: str | Path) -> str | Path:
+    """URLs as they are; local paths absolute, so that every worker reads the same file."""
+    return location if is_url(location) else Path(location).absolute()
 
 
-def extract_case(case: CaseInput, options: CaseOptions, cache_dir: Path | None) -> CaseResult:
-    """Extract one case, from the cache when the same inputs and settings were seen before."""
+def _exists(location: str | Path) -> bool:
+    if not is_url(location):
+        return Path(location).exists()
+    fs, path = fsspec.core.url_to_fs(location)
+    return fs.exists(path)
+
+
+@contextmanager
+def _local_copy(location: str | Path) -> Iterator[Path]:
+    """A local path for SimpleITK: the file itself, or a temporary copy of a remote file or folder."""
+    if not is_url(location):
+        yield Path(location)
+        return
+    fs, path = fsspec.core.url_to_fs(location)
+    if isinstance(fs, LocalFileSystem):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="crlm-case-") as tmp:
+        local = Path(tmp) / posixpath.basename(path.rstrip("/"))   # keeps .nii.gz for SimpleITK
+        fs.get(path, str(local), recursive=fs.isdir(path))
+        yield local
+
+
+def _cache_location(cache_dir: str | Path, key: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = fsspec.core.url_to_fs(str(cache_dir))
+    return fs, f"{root.rstrip('/')}/{key[:2]}/{key}.json"
+
+
+def _read_cache(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
+    if not fs.isfile(path):
+        return None
+    with fs.open(path, "rb") as handle:
+        return json.load(handle)
+
+
+def _write_json_atomically(fs: fsspec.AbstractFileSystem, path: str, payload: dict) -> None:
+    """Write then rename, so a reader (or a case run twice) never sees half a file."""
+    parent = posixpath.dirname(path)
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp"
+    fs.pipe_file(tmp, json.dumps(payload).encode("utf-8"))
+    fs.mv(tmp, path)
+
+
+def extract_case(case: CaseInput, options: CaseOptions, cache_dir: str | Path | None) -> CaseResult:
+    """Extract one case, from the cache when the same inputs and settings were seen before.
+
+    ``cache_dir`` is a local folder, an fsspec URL, or None (no cache).
+    """
     start = time.perf_counter()
     pid = case.patient_id
     for path, what in ((case.image, "image"), (case.mask, "mask")):
-        if not path.exists():
+        if not _exists(path):
             message = f"patient {pid}: {what} file not found: {path}; fix the path in the cohort table"
             return CaseResult(report=[_failure(pid, "missing_file", message, time.perf_counter() - start)])
-    image_hash, mask_hash = radiomics.file_digest(case.image), radiomics.file_digest(case.mask)
+    with _local_copy(case.image) as image_path, _local_copy(case.mask) as mask_path:
+        result = _extract_local(pid, image_path, mask_path, options, cache_dir, start)
+    for local, original in ((image_path, case.image), (mask_path, case.mask)):
+        if str(local) != str(original):      # name the URL in reasons, not the temporary copy
+            for row in result.report:
+                row[REASON] = row[REASON].replace(str(local), str(original))
+    return result
+
+
+def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOptions,
+                   cache_dir: str | Path | None, start: float) -> CaseResult:
+    image_hash, mask_hash = radiomics.file_digest(image_path), radiomics.file_digest(mask_path)
     key = hashlib.sha256(f"{image_hash}|{mask_hash}|{options.digest()}".encode()).hexdigest()
-    cached = _cache_path(cache_dir, key) if cache_dir is not None else None
-    if cached is not None and cached.is_file():
-        payload = json.loads(cached.read_text(encoding="utf-8"))
+    cache = _cache_location(cache_dir, key) if cache_dir is not None else None
+    payload = _read_cache(*cache) if cache is not None else None
+    if payload is not None:
         for row in payload["lesions"] + payload["report"]:
             row[PATIENT_ID] = pid           # the cache is keyed by content, not by identifier
         for row in payload["report"]:
@@ -111,7 +180,7 @@ def extract_case(case: CaseInput, options: CaseOptions, cache_dir: Path | None) 
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        loaded = imaging.load_case(pid, case.image, case.mask, options.labels,
+        loaded = imaging.load_case(pid, image_path, mask_path, options.labels,
                                    resample_mask=options.resample_mask,
                                    segment_roles=options.labels.segment_roles or None,
                                    min_lesion_voxels=options.min_lesion_voxels)
@@ -141,34 +210,62 @@ def extract_case(case: CaseInput, options: CaseOptions, cache_dir: Path | None) 
                                **provenance})
         result.report.append({PATIENT_ID: pid, radiomics.LESION: row[radiomics.LESION], STATUS: OK,
                               REASON: "", SECONDS: seconds, CACHED: False})
-    if cached is not None:
-        _write_json_atomically(cached, {"lesions": result.lesions, "report": result.report})
+    if cache is not None:
+        _write_json_atomically(*cache, {"lesions": result.lesions, "report": result.report})
     return result
 
 
 def read_manifest(path: str | Path) -> list[CaseInput]:
-    """Cases of a cohort table: ``patient_id``, ``image``, ``mask`` (paths relative to it)."""
-    path = Path(path)
-    table = pd.read_csv(path, dtype={PATIENT_ID: str}, keep_default_na=False, na_values={"image": [""], "mask": [""]})
+    """Cases of a cohort table: ``patient_id``, ``image``, ``mask`` (paths relative to it).
+
+    ``path`` is a local path or an fsspec URL; relative image and mask paths of a URL manifest
+    become URLs next to it, and URLs in the table stay as they are.
+    """
+    if is_url(path):
+        fs, stripped = fsspec.core.url_to_fs(path)
+        with fs.open(stripped, "rb") as handle:
+            table = _read_manifest_table(handle, path)
+        base = posixpath.dirname(stripped)
+
+        def locate(value: str) -> str | Path:
+            return value if is_url(value) else fs.unstrip_protocol(posixpath.join(base, value))
+    else:
+        path = Path(path)
+        table = _read_manifest_table(path, path)
+
+        def locate(value: str) -> str | Path:
+            return value if is_url(value) else path.parent / value
+    return [CaseInput(str(pid), locate(str(image)), locate(str(mask)))
+            for pid, image, mask in table[[PATIENT_ID, "image", "mask"]].itertuples(index=False)]
+
+
+def _read_manifest_table(source, path: str | Path) -> pd.DataFrame:
+    table = pd.read_csv(source, dtype={PATIENT_ID: str}, keep_default_na=False,
+                        na_values={"image": [""], "mask": [""]})
     missing = [c for c in (PATIENT_ID, "image", "mask") if c not in table]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; a manifest needs patient_id, image, mask")
     duplicated = table[PATIENT_ID][table[PATIENT_ID].duplicated()].unique().tolist()
     if duplicated:
         raise ValueError(f"{path}: duplicated patient_id {duplicated[:5]}; each patient needs one row")
-    base = path.parent
-    return [CaseInput(str(pid), base / str(image), base / str(mask))
-            for pid, image, mask in table[[PATIENT_ID, "image", "mask"]].itertuples(index=False)]
+    return table
 
 
-def extract_cohort(cases: Sequence[CaseInput], options: CaseOptions, cache_dir: Path | None,
-                   jobs: int = 1, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Extract every case in parallel; return (lesions, report), both in input order."""
-    tasks = (delayed(extract_case)(case, options, cache_dir) for case in cases)
-    results = Parallel(n_jobs=jobs, return_as="generator")(tasks)
+def extract_cohort(cases: Sequence[CaseInput], options: CaseOptions, cache_dir: str | Path | None,
+                   jobs: int = 1, progress: bool = True, scheduler: Any = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Extract every case in parallel; return (lesions, report), both in input order.
+
+    ``jobs`` local processes, or the Dask cluster named by ``scheduler`` (an address, a
+    ``distributed.Client``; ``DASK_SCHEDULER_ADDRESS`` when None, see ``pipeline.execution``).
+    The tables are the same whichever runs the cases, apart from the ``seconds`` column.
+    """
+    cases = [CaseInput(case.patient_id, _absolute(case.image), _absolute(case.mask)) for case in cases]
+    cache = _absolute(cache_dir) if cache_dir is not None else None
+    run = partial(extract_case, options=options, cache_dir=cache)
     lesions: list[dict[str, Any]] = []
     report: list[dict[str, Any]] = []
-    for result in tqdm(results, total=len(cases), desc="radiomics", unit="case", disable=not progress):
+    for result in map_cases(run, cases, jobs=jobs, scheduler=scheduler, progress=progress, desc="radiomics"):
         lesions.extend(result.lesions)
         report.extend(result.report)
     lesion_table = pd.DataFrame(lesions)

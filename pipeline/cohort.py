@@ -13,16 +13,17 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from joblib import Parallel, delayed
-from tqdm.auto import tqdm
 
 from features import schema as s
 from pipeline import phantoms, synthesis
+from pipeline.execution import map_cases
 from features.imaging import LabelRoles
 from pipeline.world import World
 
@@ -39,6 +40,11 @@ def _write_image_atomically(image: sitk.Image, path: Path) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     sitk.WriteImage(image, str(tmp), True)
     os.replace(tmp, path)
+
+
+def _render_draw(draw: tuple, world: World, site: str, seed: int, labels: LabelRoles, out: Path) -> list[dict]:
+    """``_render_patient`` for one ``(index, patient_id, n_lesions, largest_cm, bilobar, traits)``."""
+    return _render_patient(*draw, world, site, seed, labels, out)
 
 
 def _render_patient(index: int, patient_id: str, n_lesions: int, largest_cm: float, bilobar: bool,
@@ -86,13 +92,17 @@ def _prepare_output(out: Path) -> None:
 
 
 def write_cohort(out: str | Path, n: int, seed: int, site: str, world: World, labels: LabelRoles,
-                 images: bool = True, jobs: int = 1, progress: bool = True) -> pd.DataFrame:
+                 images: bool = True, jobs: int = 1, progress: bool = True,
+                 scheduler: Any = None) -> pd.DataFrame:
     """Simulate a cohort of ``n`` patients from ``site`` and write it under ``out``.
 
     Returns the clinical table as written. With ``images=False`` only the tables are written
-    (``image`` and ``mask`` columns are then empty).
+    (``image`` and ``mask`` columns are then empty). Phantoms are rendered by ``jobs`` local
+    processes or on the Dask cluster named by ``scheduler`` (see ``pipeline.execution``); Dask
+    workers write the images themselves, so ``out`` must then be on a file system they share,
+    mounted at the same path. The bytes written are the same either way.
     """
-    out = Path(out)
+    out = Path(out).absolute()
     world.site(site)  # fail early on an unknown site
     clinical, truth = synthesis.simulate_cohort(n, seed, site, world)
     _prepare_output(out)
@@ -100,26 +110,20 @@ def write_cohort(out: str | Path, n: int, seed: int, site: str, world: World, la
     if images:
         clinical[s.IMAGE] = [f"{IMAGES_DIR}/{pid}/{IMAGE_NAME}" for pid in ids]
         clinical[s.MASK] = [f"{IMAGES_DIR}/{pid}/{MASK_NAME}" for pid in ids]
-        tasks = (
-            delayed(_render_patient)(
-                i, pid, int(row[s.N_LESIONS]), float(row[s.LARGEST_CM]), bool(row[s.BILOBAR]),
-                phantoms.LesionTraits(
-                    heterogeneity=float(truth.at[i, synthesis.TRAIT_HETEROGENEITY]),
-                    irregularity=float(truth.at[i, synthesis.TRAIT_IRREGULARITY]),
-                    rim=float(truth.at[i, synthesis.TRAIT_RIM]),
-                    necrosis=float(truth.at[i, synthesis.TRAIT_NECROSIS]),
-                ),
-                world, site, seed, labels, out,
-            )
+        draws = [
+            (i, pid, int(row[s.N_LESIONS]), float(row[s.LARGEST_CM]), bool(row[s.BILOBAR]),
+             phantoms.LesionTraits(
+                 heterogeneity=float(truth.at[i, synthesis.TRAIT_HETEROGENEITY]),
+                 irregularity=float(truth.at[i, synthesis.TRAIT_IRREGULARITY]),
+                 rim=float(truth.at[i, synthesis.TRAIT_RIM]),
+                 necrosis=float(truth.at[i, synthesis.TRAIT_NECROSIS]),
+             ))
             for i, (pid, row) in enumerate(zip(ids, clinical.to_dict("records")))
-        )
-        results = Parallel(n_jobs=jobs, return_as="generator")(tasks)
-        lesion_records = [
-            record
-            for records in tqdm(results, total=n, desc=f"phantoms site {site}", unit="patient",
-                                disable=not progress)
-            for record in records
         ]
+        render = partial(_render_draw, world=world, site=site, seed=seed, labels=labels, out=out)
+        results = map_cases(render, draws, jobs=jobs, scheduler=scheduler, progress=progress,
+                            desc=f"phantoms site {site}", unit="patient")
+        lesion_records = [record for records in results for record in records]
         pd.DataFrame(lesion_records).to_csv(out / TRUTH_LESIONS_FILE, index=False)
     else:
         clinical[s.IMAGE] = np.nan

@@ -27,11 +27,15 @@ def load_extraction_config(path: str | Path) -> ExtractionConfig:
     return settings.load(ExtractionConfig, path)
 
 
-def run_extract(cohort: Path, out: Path, params: Path, config: Path, labels_path: Path,
-                jobs: int, cache: Path | None = None, liver_label: int | None = None,
+def run_extract(cohort: str | Path, out: Path, params: Path, config: Path, labels_path: Path,
+                jobs: int, cache: str | Path | None = None, liver_label: int | None = None,
                 lesion_label: int | None = None, resample_mask: bool | None = None,
-                progress: bool = True) -> tuple[int, int]:
-    """Extract every case of ``cohort``; return (cases, lesions extracted)."""
+                progress: bool = True, scheduler: str | None = None) -> tuple[int, int]:
+    """Extract every case of ``cohort``; return (cases, lesions extracted).
+
+    ``cohort`` and ``cache`` are local paths or fsspec URLs; ``out`` is written by this process.
+    ``scheduler``: a Dask scheduler address, else ``DASK_SCHEDULER_ADDRESS``, else local processes.
+    """
     cfg = load_extraction_config(config)
     labels: LabelRoles = load_labels(labels_path)
     if liver_label is not None or lesion_label is not None:
@@ -44,9 +48,12 @@ def run_extract(cohort: Path, out: Path, params: Path, config: Path, labels_path
         min_lesion_voxels=cfg.min_lesion_voxels,
     )
     cases = extraction.read_manifest(cohort)
-    cache_dir = cache if cache is not None else Path(cfg.cache_dir)
+    cache_dir = cache if cache is not None else cfg.cache_dir
+    if not extraction.is_url(cache_dir):
+        cache_dir = Path(cache_dir)
     start = time.perf_counter()
-    lesions, report = extraction.extract_cohort(cases, options, cache_dir, jobs=jobs, progress=progress)
+    lesions, report = extraction.extract_cohort(cases, options, cache_dir, jobs=jobs, progress=progress,
+                                                scheduler=scheduler)
     extraction.write_extraction(out, lesions, report)
     failed = report.loc[report[extraction.STATUS] != extraction.OK]
     print(f"extracted {len(lesions)} lesions from {len(cases)} cases in {time.perf_counter() - start:.1f} s "

@@ -142,3 +142,30 @@ def test_manifest_keeps_identifiers_as_text(tmp_path):
     path = tmp_path / "m.csv"
     pd.DataFrame({PATIENT_ID: ["007", "Zoë"], "image": ["a", "b"], "mask": ["c", "d"]}).to_csv(path, index=False)
     assert [c.patient_id for c in extraction.read_manifest(path)] == ["007", "Zoë"]
+
+
+def test_manifest_images_and_cache_can_live_behind_an_fsspec_url(small_cohort, tmp_path, labels):
+    """A remote store (fsspec's in-process ``memory://``): images copied locally, cache written there."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    root = f"/crlm-test-{tmp_path.name}"
+    try:
+        memory.put(str(small_cohort), root, recursive=True)
+        cases = extraction.read_manifest(f"memory://{root}/{synthetic.CLINICAL_FILE}")
+        assert all(str(case.image).startswith(f"memory://{root}/images/") for case in cases)
+        local_lesions, _ = extraction.extract_cohort(extraction.read_manifest(small_cohort / synthetic.CLINICAL_FILE),
+                                                     options(labels), None, progress=False)
+        lesions, report = extraction.extract_cohort(cases, options(labels), f"memory://{root}/cache", progress=False)
+        pd.testing.assert_frame_equal(local_lesions, lesions)
+        assert not report[extraction.CACHED].any() and memory.find(f"{root}/cache")
+        _, again = extraction.extract_cohort(cases, options(labels), f"memory://{root}/cache", progress=False)
+        assert again[extraction.CACHED].all()
+        memory.pipe_file(f"{root}/truncated.nii.gz", memory.cat_file(cases[0].image)[:500])
+        bad = [extraction.CaseInput("gone", f"memory://{root}/nowhere.nii.gz", cases[0].mask),
+               extraction.CaseInput("cut", f"memory://{root}/truncated.nii.gz", cases[0].mask)]
+        _, report = extraction.extract_cohort(bad, options(labels), None, progress=False)
+        assert report[extraction.STATUS].tolist() == ["missing_file", "unreadable"]
+        assert f"memory://{root}/truncated.nii.gz" in report[extraction.REASON].iloc[1]
+    finally:
+        memory.rm(root, recursive=True)
