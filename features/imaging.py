@@ -53,8 +53,10 @@ _ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _CHUNK_BYTES = 1 << 22
 # What pydicom/highdicom raise on truncated or non-conforming files (seen: KeyError, OSError,
 # AttributeError on a cut DICOM-SEG); only the library calls are wrapped, not our own code.
+# A truncated DICOM-SEG can fail inside pydicom or highdicom with any of these (highdicom raises
+# RuntimeError for a pixel data shorter than its frames, depending on where the file is cut).
 _DICOM_ERRORS = (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, KeyError,
-                 AttributeError)
+                 AttributeError, RuntimeError)
 
 
 class CaseError(Exception):
@@ -388,6 +390,75 @@ def check_mask(mask_array: np.ndarray, labels: LabelRoles, patient_id: str, path
                             f"remove it from the mask or lower the minimum lesion size")
 
 
+# ITK's NIfTI reader turns NaN voxels into 0 (a float32 .nii.gz with NaN reads back without
+# any through SimpleITK; NRRD keeps them), so NIfTI files are checked on their stored bytes.
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}   # NIfTI datatype codes of float32 / float64 voxels
+NIFTI1_HEADER_BYTES, NIFTI2_HEADER_BYTES = 348, 540
+_READ_BYTES = 1 << 22
+
+
+def _open_nifti(path: Path):
+    import gzip
+
+    with path.open("rb") as stream:
+        compressed = stream.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if compressed else path.open("rb")
+
+
+def nifti_nonfinite_voxels(path: Path) -> tuple[int, tuple[int, int, int] | None]:
+    """Number of NaN or infinite voxels stored in a float NIfTI file and the first one's x,y,z
+    index; (0, None) for integer images (nothing to check) or files that are not NIfTI."""
+    with _open_nifti(path) as stream:
+        header = stream.read(NIFTI2_HEADER_BYTES)
+        for endian in "<>":
+            size = int(np.frombuffer(header[:4], endian + "i4")[0]) if len(header) >= 4 else 0
+            if size == NIFTI1_HEADER_BYTES:
+                datatype = int(np.frombuffer(header[70:72], endian + "i2")[0])
+                dims = np.frombuffer(header[40:56], endian + "i2").astype(int)
+                offset = int(np.frombuffer(header[108:112], endian + "f4")[0])
+                break
+            if size == NIFTI2_HEADER_BYTES:
+                datatype = int(np.frombuffer(header[12:14], endian + "i2")[0])
+                dims = np.frombuffer(header[16:80], endian + "i8").astype(int)
+                offset = int(np.frombuffer(header[168:176], endian + "i8")[0])
+                break
+        else:
+            return 0, None
+        if datatype not in NIFTI_FLOAT_TYPES:
+            return 0, None
+        dtype = np.dtype(endian + NIFTI_FLOAT_TYPES[datatype])
+        shape = [max(int(d), 1) for d in dims[1:4]]
+        stream.seek(offset)
+        count, first, position = 0, None, 0
+        leftover = b""
+        while block := stream.read(_READ_BYTES):
+            block = leftover + block
+            usable = len(block) - len(block) % dtype.itemsize
+            values, leftover = np.frombuffer(block[:usable], dtype), block[usable:]
+            bad = ~np.isfinite(values)
+            if bad.any():
+                if first is None:
+                    flat = position + int(np.flatnonzero(bad)[0])   # x fastest (NIfTI order)
+                    first = (flat % shape[0], flat // shape[0] % shape[1], flat // (shape[0] * shape[1]))
+                count += int(bad.sum())
+            position += len(values)
+    return count, first
+
+
+def check_nifti_values(path: Path, patient_id: str) -> None:
+    """Raise `CaseError` ``nan_voxels`` if a float NIfTI file stores NaN or infinite voxels."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")) or not path.is_file():
+        return
+    try:
+        count, first = nifti_nonfinite_voxels(path)
+    except (OSError, EOFError, ValueError):
+        return   # unreadable: read_image reports it with its own reason
+    if count:
+        raise CaseError(patient_id, path, "nan_voxels",
+                        f"image {path} has {count} NaN or infinite voxel(s) (first at index x,y,z {first}); "
+                        f"fill them (e.g. with -1000 HU) and export it again")
+
+
 def check_image_values(image_array: np.ndarray, patient_id: str, path: str | Path) -> None:
     """Raise `CaseError` ``nan_voxels`` if a floating-point image holds NaN or infinite voxels."""
     if image_array.dtype.kind != "f":
@@ -407,6 +478,7 @@ def load_case(patient_id: str, image_path: str | Path, mask_path: str | Path, la
     """Read and check one case: image, mask on the image grid (resampled only if allowed),
     finite image values and a usable label map. Raises `CaseError` on any problem."""
     image_path, mask_path = Path(image_path), Path(mask_path)
+    check_nifti_values(image_path, patient_id)
     image = read_image(image_path, patient_id)
     mask = read_mask(mask_path, image, patient_id, segment_roles, labels, separate_lesion_segments)
     resampled = False

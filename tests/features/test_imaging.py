@@ -200,11 +200,13 @@ def test_the_first_matching_segment_pattern_wins(dicom_case):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
 
 
-def test_a_truncated_dicom_seg_is_unreadable(dicom_case, tmp_path):
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.75])
+def test_a_truncated_dicom_seg_is_unreadable(dicom_case, tmp_path, fraction):
+    """Wherever the file is cut (header, descriptions, frames), never an uncaught library error."""
     series, seg_file = dicom_case
     cut = tmp_path / "seg.dcm"
     data = seg_file.read_bytes()
-    cut.write_bytes(data[: len(data) // 2])
+    cut.write_bytes(data[: int(len(data) * fraction)])
     expect_case_error("unreadable", "P5", imaging.read_mask, cut, imaging.read_image(series), "P5")
 
 
@@ -292,11 +294,13 @@ def test_a_missing_liver_fails_only_when_required():
                       require_liver=True)
 
 
-def test_nan_voxels_in_a_float_image_are_nan_voxels(tmp_path):
+@pytest.mark.parametrize("suffix", [".mha", ".nii", ".nii.gz"])
+def test_nan_voxels_in_a_float_image_are_nan_voxels(tmp_path, suffix):
+    """NIfTI too: ITK's NIfTI reader silently turns NaN into 0, so the stored bytes are checked."""
     values = np.random.default_rng(2).normal(size=SHAPE_ZYX).astype(np.float32)
     values[4, 5, 6] = np.nan
     values[0, 0, 0] = np.inf
-    image_path, mask_path = tmp_path / "ct.mha", tmp_path / "mask.mha"
+    image_path, mask_path = tmp_path / f"ct{suffix}", tmp_path / "mask.mha"
     sitk.WriteImage(make_image(values), str(image_path))
     sitk.WriteImage(make_image(label_map()), str(mask_path))
     error = expect_case_error("nan_voxels", "P14", imaging.load_case, "P14", image_path, mask_path, LABELS)
