@@ -121,7 +121,7 @@ def _figure(figsize: tuple[float, float] = (7.0, 5.0)) -> Figure:
     return Figure(figsize=figsize, layout="constrained")
 
 
-def _caption(fig: Figure, source: str) -> None:
+def caption(fig: Figure, source: str) -> None:
     """The data-source line at the bottom of the figure (laid out by constrained layout)."""
     text = f"Data: {source.strip() or 'source not stated'}"
     fig.supxlabel(textwrap.fill(text, CAPTION_WIDTH), x=0.01, ha="left", fontsize=8, color="0.3")
@@ -281,7 +281,7 @@ def kaplan_meier_by_risk_group(time, event, risk, cutpoints: Sequence[float],
     for spine in table.spines.values():
         spine.set_visible(False)
     table.set_title("Number at risk", loc="left", fontsize=8)
-    _caption(fig, source)
+    caption(fig, source)
 
     data.attrs.update(logrank_p=p, logrank_chisq=chisq, at_risk=at_risk,
                       at_risk_times=times_at_risk.tolist(), cutpoints=cuts.tolist())
@@ -313,7 +313,7 @@ def _calibration_figure(data: pd.DataFrame, title: str, xlabel: str, ylabel: str
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.4)
     ax.legend(loc="upper left", fontsize=8)
-    _caption(fig, source)
+    caption(fig, source)
     return fig
 
 
@@ -413,7 +413,7 @@ def roc_curves(y, probabilities: Mapping[str, np.ndarray], source: str = "") -> 
     ax.set_title(f"ROC curves (n={outcome.size}, {int(outcome.sum())} events)", fontsize=10)
     ax.grid(True, alpha=0.4)
     _legend(fig, ax, inside="lower right")
-    _caption(fig, source)
+    caption(fig, source)
     data.attrs["auc"] = auc
     return fig, data
 
@@ -461,7 +461,7 @@ def time_dependent_auc(y_train, y_test, risks: Mapping[str, np.ndarray], times: 
                  f"dashed: chance)", fontsize=10)
     ax.grid(True, alpha=0.4)
     _legend(fig, ax, inside="lower right")
-    _caption(fig, source)
+    caption(fig, source)
     data.attrs.update(mean_auc=mean_auc, dropped_times=grid[~keep].tolist())
     return fig, data
 
@@ -524,7 +524,7 @@ def _decision_figure(data: pd.DataFrame, title: str, xlabel: str, source: str) -
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.4)
     _legend(fig, ax, inside="upper right")
-    _caption(fig, source)
+    caption(fig, source)
     return fig
 
 

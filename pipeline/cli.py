@@ -16,6 +16,8 @@ DEFAULT_WORLD = REPO_ROOT / "configs" / "world.yaml"
 DEFAULT_LABELS = REPO_ROOT / "configs" / "labels.yaml"
 DEFAULT_RADIOMICS = REPO_ROOT / "configs" / "radiomics.yaml"
 DEFAULT_EXTRACTION = REPO_ROOT / "configs" / "extraction.yaml"
+SCHEDULER_HELP = ("Dask scheduler to run the cases on, e.g. tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, "
+                  "else local processes; 'local' forces local processes); see docs/cluster.md")
 
 # Nothing in this project phones home (README "Privacy"): switch off library telemetry
 # before any of those libraries is imported by a sub-command.
@@ -31,6 +33,11 @@ def _jobs(value: str) -> int:
     return jobs
 
 
+def _path_or_url(value: str) -> str | Path:
+    """A local path, or an fsspec URL (``s3://...``, ``file:///...``) kept as text."""
+    return value if "://" in value else Path(value)
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -40,13 +47,15 @@ def _positive(value: str) -> int:
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from pipeline.cohort import write_cohort
+    from pipeline.execution import resolve_scheduler
     from pipeline.world import load_labels, load_world
 
     world = load_world(args.world)
     labels = load_labels(args.labels)
     start = time.perf_counter()
     clinical = write_cohort(args.out, n=args.n, seed=args.seed, site=args.site, world=world,
-                            labels=labels, images=not args.no_images, jobs=args.jobs)
+                            labels=labels, images=not args.no_images, jobs=args.jobs,
+                            scheduler=resolve_scheduler(args.scheduler))
     seconds = time.perf_counter() - start
     print(f"wrote {len(clinical)} synthetic patients (site {args.site}, seed {args.seed}) "
           f"to {args.out} in {seconds:.1f} s")
@@ -54,11 +63,13 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from pipeline.execution import resolve_scheduler
     from pipeline.extract import run_extract
 
     run_extract(args.cohort, args.out, params=args.params, config=args.config, labels_path=args.labels,
                 jobs=args.jobs, cache=args.cache, liver_label=args.liver_label,
-                lesion_label=args.lesion_label, resample_mask=args.resample_mask or None)
+                lesion_label=args.lesion_label, resample_mask=args.resample_mask or None,
+                scheduler=resolve_scheduler(args.scheduler))
     return 0
 
 
@@ -105,6 +116,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.explain import run_explain
+
+    params = yaml.safe_load(Path(args.params).read_text()) or {}
+    run_explain(args.models, args.features, args.split, args.out, params.get("explain") or {},
+                repo_root=REPO_ROOT, track=not args.no_tracking)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import run_report
+
+    run_report(args.train, args.out, features=args.features, extraction=args.extraction,
+               external_dir=args.external, explain_dir=args.explain, truth=args.truth,
+               repo_root=REPO_ROOT, track=not args.no_tracking)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.execution import resolve_scheduler
+    from pipeline.predict import run_predict
+
+    run_predict(args.cohort, args.model, args.out, mapping=args.mapping, jobs=args.jobs,
+                chunk_size=args.chunk_size, cache=args.cache, top_k=args.top_k, repo_root=REPO_ROOT,
+                radiomics_params=args.params, extraction_config=args.config, labels=args.labels,
+                liver_label=args.liver_label, lesion_label=args.lesion_label,
+                resample_mask=args.resample_mask or None, scheduler=resolve_scheduler(args.scheduler))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crlm",
@@ -122,10 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
     syn.add_argument("--jobs", type=_jobs, default=-1, help="parallel workers (-1: all cores)")
     syn.add_argument("--no-images", action="store_true", help="write the tables only, no CT phantoms")
+    syn.add_argument("--scheduler", default=None, help=SCHEDULER_HELP)
     syn.set_defaults(func=cmd_synthesize)
 
     ext = sub.add_parser("extract", help="per-lesion morphology and radiomics for a cohort (cached, parallel)")
-    ext.add_argument("--cohort", type=Path, required=True, help="CSV with patient_id, image, mask (paths relative to it)")
+    ext.add_argument("--cohort", type=_path_or_url, required=True, help="CSV with patient_id, image, mask (paths relative to it)")
     ext.add_argument("--out", type=Path, required=True, help="output folder: lesions.parquet, extraction_report.csv")
     ext.add_argument("--params", type=Path, default=DEFAULT_RADIOMICS, help="pyradiomics parameter file")
     ext.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="crop margin, cache, aggregation")
@@ -134,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
     ext.add_argument("--resample-mask", action="store_true",
                      help="resample masks on another grid onto the image (nearest neighbour, logged)")
-    ext.add_argument("--cache", type=Path, default=None, help="per-case cache folder (default from --config)")
+    ext.add_argument("--cache", type=_path_or_url, default=None, help="per-case cache folder (default from --config)")
     ext.add_argument("--jobs", type=_jobs, default=-1, help="parallel workers (-1: all cores)")
+    ext.add_argument("--scheduler", default=None, help=SCHEDULER_HELP)
     ext.set_defaults(func=cmd_extract)
 
     val = sub.add_parser("validate", help="check a cohort's clinical table against the canonical schema")
@@ -172,6 +217,49 @@ def build_parser() -> argparse.ArgumentParser:
     eva.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
     eva.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="bootstrap settings")
     eva.set_defaults(func=cmd_evaluate)
+
+    exp = sub.add_parser("explain", help="SHAP values, global and per-patient plots of the fitted models")
+    exp.add_argument("--models", type=Path, default=REPO_ROOT / "artifacts" / "models", help="models folder from crlm train")
+    exp.add_argument("--features", type=Path, required=True, help="features.parquet the models were trained on")
+    exp.add_argument("--split", type=Path, required=True, help="split.csv written by crlm train (test = explained)")
+    exp.add_argument("--out", type=Path, required=True, help="folder for SHAP tables and plots")
+    exp.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="the explain block")
+    exp.add_argument("--no-tracking", action="store_true", help="do not log to the models' MLflow runs")
+    exp.set_defaults(func=cmd_explain)
+
+    rep = sub.add_parser("report", help="one self-contained HTML report of a run (images embedded)")
+    rep.add_argument("--train", type=Path, default=REPO_ROOT / "reports" / "train", help="crlm train --out folder")
+    rep.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "report.html", help="HTML file to write")
+    rep.add_argument("--features", type=Path, default=None, help="features.parquet (cohort summary)")
+    rep.add_argument("--extraction", type=Path, default=None, help="crlm extract --out folder (status counts)")
+    rep.add_argument("--external", type=Path, default=None, help="crlm evaluate --out folder (external site)")
+    rep.add_argument("--explain", type=Path, default=None, help="crlm explain --out folder (SHAP)")
+    rep.add_argument("--truth", type=Path, default=None, help="truth.csv: marks the data as synthetic")
+    rep.add_argument("--no-tracking", action="store_true", help="do not log the report to MLflow")
+    rep.set_defaults(func=cmd_report)
+
+    pre = sub.add_parser("predict", help="batch inference on a new cohort: predictions.csv, one row per input row")
+    pre.add_argument("--cohort", type=Path, required=True,
+                     help="clinical CSV, one row per patient (image, mask paths relative to it)")
+    pre.add_argument("--model", action="append", required=True,
+                     help="models folder from crlm train, a {task}_{model}.joblib file, or models:/<name>@<alias>; "
+                          "repeat for the other task")
+    pre.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, explanations/, summary.json")
+    pre.add_argument("--mapping", type=Path, default=None, help="cohort mapping (YAML) for a non-canonical sheet")
+    pre.add_argument("--chunk-size", type=_positive, default=32, help="patients per chunk (bounds memory)")
+    pre.add_argument("--top-k", type=_positive, default=3, help="SHAP contributions per task in predictions.csv")
+    pre.add_argument("--params", type=Path, default=DEFAULT_RADIOMICS,
+                     help="pyradiomics parameter file (the one the models were trained with)")
+    pre.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="crop margin, cache, aggregation")
+    pre.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
+    pre.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
+    pre.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
+    pre.add_argument("--resample-mask", action="store_true",
+                     help="resample masks on another grid onto the image (nearest neighbour, logged)")
+    pre.add_argument("--cache", type=Path, default=None, help="per-case cache folder (default from --config)")
+    pre.add_argument("--jobs", type=_jobs, default=-1, help="parallel extraction workers (-1: all cores)")
+    pre.add_argument("--scheduler", default=None, help=SCHEDULER_HELP)
+    pre.set_defaults(func=cmd_predict)
 
     pro = sub.add_parser("promote", help="move a registered model's alias (default: champion) to a version")
     pro.add_argument("--name", required=True, help="registered model, e.g. crlm-recurrence or crlm-response")

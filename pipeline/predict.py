@@ -1,0 +1,793 @@
+"""``crlm predict``: batch inference on a new cohort in bounded memory (DESIGN.md 8).
+
+The cohort table is read in chunks of ``chunk_size`` patients. Per chunk: identifiers are
+checked (a ``patient_id`` that appears on several rows marks *every* such row, wherever it is
+in the file), the clinical columns are validated, images are extracted (only when a model uses
+imaging features; cached per case), the patient feature table and the clinical scores are
+built, every model predicts and every prediction is explained (exact, additive contributions
+of the model's input columns). Rows are appended to ``predictions.csv`` and the chunk is
+dropped, so peak memory follows the chunk size, not the cohort size.
+
+Outputs under ``out``:
+
+- ``predictions.csv``: exactly one row per input row, in input order: ``patient_id`` (as
+  written in the input, byte for byte), ``row`` (1-based data row), ``status`` (``ok`` or a
+  reason code), ``reason`` (what is wrong, with the file/column/value and the fix), the
+  predictions, the clinical scores, the models used and the top-k contributions per task. A
+  row whose status is not ``ok`` carries no numbers (never a half-filled row).
+- ``explanations/<id>.json``: every contribution of every model for one patient.
+- ``summary.json``: counts per status, models, seconds, patients per minute.
+
+Nothing at inference is fitted on the cohort: every transformation was fitted on the training
+split, so a patient's prediction does not depend on its neighbours or on the chunking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from features import extraction, patient_table, radiomics
+from features.imaging import LabelRoles
+from features.mapping import CohortMapping, apply_mapping, load_mapping
+from features.schema import COLUMN_BY_NAME, IMAGE, MASK, PATIENT_ID
+from features.validation import Problem, validate_cohort
+from models import explain as shap_explain
+from models import training
+from models.preprocessing import split_feature_types
+from models.predictor import RESPONSE_PROBABILITY, RISK, RISK_GROUP, RecurrencePredictor, survival_column
+from pipeline.extract import load_extraction_config
+from pipeline.train import BEST_FILE   # {"recurrence": "coxnet", "response": "xgb"} in a models folder
+from pipeline.world import load_labels
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RADIOMICS = REPO_ROOT / "configs" / "radiomics.yaml"
+DEFAULT_EXTRACTION = REPO_ROOT / "configs" / "extraction.yaml"
+DEFAULT_LABELS = REPO_ROOT / "configs" / "labels.yaml"
+
+DEFAULT_CHUNK_SIZE = 32     # patients per chunk: bounds memory (images of one chunk at a time)
+DEFAULT_TOP_K = 3           # contributions per task written to predictions.csv
+PREDICTIONS_FILE = "predictions.csv"
+SUMMARY_FILE = "summary.json"
+EXPLANATIONS_DIR = "explanations"
+CV_FILE = "cv.json"         # crlm train's chosen models ({task: {"best": name, ...}}), if copied there
+# Model chosen per task from a folder without a marker: the simplest model first.
+MODEL_PREFERENCE = {training.RECURRENCE: ("coxnet", "xgb_cox", "xgb_aft"),
+                    training.RESPONSE: ("logistic", "xgb")}
+REGISTRY_SCHEMES = ("models:/", "runs:/")
+SECONDS_PER_MINUTE = 60.0
+# SHAP values + base vs the prediction, relative to max(1, |margin|): xgboost sums in float32.
+ADDITIVITY_TOLERANCE = shap_explain.ADDITIVITY_TOLERANCE
+MAX_FILE_STEM = 80          # characters of a sanitised identifier kept in a file name
+ID_HASH_CHARS = 8
+
+# Status codes (besides the extraction's: missing_file, unreadable, geometry_mismatch,
+# empty_mask, missing_lesion_label, nan_voxels, invalid_labels, lesion_too_small, ...).
+OK = "ok"
+DUPLICATE_ID = "duplicate_patient_id"
+MISSING_ID = "missing_patient_id"
+OUT_OF_RANGE = "out_of_range"
+NOT_A_NUMBER = "not_a_number"
+NOT_BINARY = "not_binary"
+UNKNOWN_CATEGORY = "unknown_category"
+EXTRACTION_ERROR = "extraction_error"
+
+ROW = "row"
+STATUS = "status"
+REASON = "reason"
+EXPLANATION = "explanation"
+SCORE_COLUMNS = ("fong_score", "fong_risk_group", "oslo_score", "game_score", "game_risk_group",
+                 "nordlinger_score", "nordlinger_risk_group", "tbs", "tbs_zone")
+BASE_VALUE = {  # what the base value of an explanation is, per kind of estimator
+    "linear": "prediction for a reference patient: numeric inputs at their training mean, categorical "
+              "inputs at their most frequent training category",
+    "tree": "mean margin over the training data, weighted by the trees' cover (TreeSHAP, tree_path_dependent)",
+}
+
+
+# --------------------------------------------------------------------------- models
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model used for prediction: the predictor (for columns and explanations) and, for a
+    registry model, the MLflow pyfunc that produces the numbers."""
+
+    task: str
+    name: str
+    version: str
+    source: str
+    predictor: Any
+    pyfunc: Any = None
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return list(self.predictor.feature_columns)
+
+    @property
+    def needs_images(self) -> bool:
+        return any(c.startswith(training.IMAGING_PREFIXES) for c in self.feature_columns)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's output frame, one row per row of ``frame`` (same index)."""
+        if self.pyfunc is not None:
+            out = self.pyfunc.predict(frame)
+        else:
+            out = self.predictor.predict_frame(frame)
+        out = out.drop(columns=PATIENT_ID, errors="ignore")
+        out.index = frame.index
+        return out
+
+
+def _task_of(predictor: Any) -> str:
+    return training.RECURRENCE if isinstance(predictor, RecurrencePredictor) else training.RESPONSE
+
+
+def _file_version(path: Path) -> str:
+    return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def _chosen_in_folder(folder: Path, task: str, names: Sequence[str]) -> str:
+    """The model of ``task`` to use from a models folder: the marker file, else the preference."""
+    for marker, read in ((BEST_FILE, lambda d: d.get(task)),
+                         (CV_FILE, lambda d: (d.get(task) or {}).get("best"))):
+        path = folder / marker
+        if path.is_file():
+            chosen = read(json.loads(path.read_text(encoding="utf-8")))
+            if chosen is not None:
+                if chosen not in names:
+                    raise FileNotFoundError(f"{path} names {chosen!r} for {task}, but {folder} has no "
+                                            f"{task}_{chosen}.joblib (it has {', '.join(sorted(names))}); "
+                                            f"run crlm train --models {folder} again")
+                return str(chosen)
+    for name in MODEL_PREFERENCE.get(task, ()):
+        if name in names:
+            return name
+    return sorted(names)[0]
+
+
+def _load_folder(folder: Path) -> list[LoadedModel]:
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.glob("*.joblib")):
+        task, _, name = path.stem.partition("_")
+        if task in training.TASKS and name:
+            found.setdefault(task, {})[name] = path
+    if not found:
+        raise FileNotFoundError(f"no trained predictors ({{task}}_{{model}}.joblib) in {folder}; "
+                                f"run crlm train --models {folder}")
+    loaded = []
+    for task in training.TASKS:
+        if task in found:
+            name = _chosen_in_folder(folder, task, list(found[task]))
+            path = found[task][name]
+            loaded.append(LoadedModel(task, name, _file_version(path), str(path), joblib.load(path)))
+    return loaded
+
+
+def _registry_version(uri: str) -> str:
+    """'crlm-recurrence v3 (@champion)' for models:/name@alias, 'name v3' for models:/name/3."""
+    from mlflow import MlflowClient
+
+    if not uri.startswith("models:/"):
+        return uri
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = MlflowClient().get_model_version_by_alias(name, alias).version
+        return f"{name} v{version} (@{alias})"
+    name, _, version = rest.partition("/")
+    return f"{name} v{version}" if version else name
+
+
+def load_models(models: Sequence[str], repo_root: Path) -> list[LoadedModel]:
+    """Models from folders written by ``crlm train`` (one per task: the one ``best.json`` names,
+    else the first of ``MODEL_PREFERENCE`` present, for folders written before best.json), single ``{task}_{name}.joblib`` files, or MLflow URIs
+    (``models:/crlm-recurrence@champion``). At most one model per task."""
+    if not models:
+        raise ValueError("give at least one model: a models folder, a .joblib file or models:/<name>@<alias>")
+    loaded: list[LoadedModel] = []
+    for spec in models:
+        spec = str(spec)
+        if spec.startswith(REGISTRY_SCHEMES):
+            import mlflow
+
+            from pipeline import tracking
+
+            tracking.configure(repo_root)
+            pyfunc = mlflow.pyfunc.load_model(spec)
+            predictor = pyfunc.unwrap_python_model().predictor
+            loaded.append(LoadedModel(_task_of(predictor), predictor.name, _registry_version(spec), spec,
+                                      predictor, pyfunc))
+            continue
+        path = Path(spec)
+        if path.is_dir():
+            loaded += _load_folder(path)
+        elif path.is_file() and path.suffix == ".joblib":
+            predictor = joblib.load(path)
+            loaded.append(LoadedModel(_task_of(predictor), predictor.name, _file_version(path), str(path), predictor))
+        else:
+            raise FileNotFoundError(f"model {spec!r} is neither a models folder, a .joblib file nor an MLflow "
+                                    f"URI (models:/<name>@<alias>); run crlm train --models <folder> first")
+    tasks = Counter(m.task for m in loaded)
+    twice = [t for t, n in tasks.items() if n > 1]
+    if twice:
+        sources = [f"{m.source} ({m.name})" for m in loaded if m.task in twice]
+        raise ValueError(f"more than one {twice[0]} model given: {', '.join(sources)}; give one model per task")
+    return loaded
+
+
+# --------------------------------------------------------------------------- explanations
+# models.explain explains with a training background (the explain stage has the training
+# split). At inference there is none: a predictor carries its fitted pipeline but not the
+# training feature matrix. TODO(explain): move `inference_shap` into models.explain as
+# ``explain(predictor, table, background=None)``.
+
+# Numeric blocks of models.preprocessing's ColumnTransformers ("numeric" when every column competes
+# for selection; "clinical" and "imaging" when only imaging columns are selected).
+NUMERIC_BLOCKS = ("numeric", "clinical", "imaging")
+
+
+def _linear_reference(pipeline: Any, width: int) -> np.ndarray:
+    """The reference patient in the estimator's input space: numeric columns at their training
+    mean (0 after the fitted StandardScaler), categorical columns at their most frequent
+    training category (the fitted imputer's statistic), one-hot encoded."""
+    prepare = pipeline.named_steps["prepare"]
+    parts = []
+    for name, transformer, columns in prepare.transformers_:
+        if name in NUMERIC_BLOCKS:       # after the fitted scaler, the training mean is 0
+            parts.append(np.zeros(len(transformer.get_feature_names_out(list(columns)))))
+        elif name == "categorical":
+            modes = transformer.named_steps["impute"].statistics_
+            one_hot = transformer.named_steps["one_hot"]
+            parts.append(np.asarray(one_hot.transform(np.asarray([modes], dtype=object))).ravel())
+        elif name != "remainder":
+            raise NotImplementedError(f"no reference patient for a pipeline with a {name!r} transformer")
+    reference = np.concatenate(parts)
+    for step in ("decorrelate", "select"):
+        if step in pipeline.named_steps:   # selection over every column (train.select_among: all)
+            reference = reference[pipeline.named_steps[step].support_]
+    if reference.shape[0] != width:
+        raise ValueError(f"the reference patient has {reference.shape[0]} model features, the model {width}")
+    return reference
+
+
+def _display_data(frame: pd.DataFrame, names: Sequence[str], sources: Sequence[str]) -> np.ndarray:
+    """Model features in original units; a one-hot feature is its 0/1 indicator (NaN if missing)."""
+    out = np.empty((len(frame), len(names)))
+    for j, (name, source) in enumerate(zip(names, sources)):
+        column = frame[source]
+        if name == source:
+            out[:, j] = pd.to_numeric(column, errors="coerce").to_numpy(float)
+        else:
+            category = name[len(source) + 1:]
+            out[:, j] = np.where(column.isna(), np.nan, (column.astype(str) == category).astype(float))
+    return out
+
+
+def _is_linear(estimator: Any) -> bool:
+    from sklearn.linear_model import LogisticRegression
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+
+    return isinstance(estimator, (LogisticRegression, CoxnetSurvivalAnalysis))
+
+
+def inference_shap(predictor: Any, frame: pd.DataFrame, typed: bool = False) -> shap_explain.ShapResult:
+    """Exact, additive SHAP values of ``predictor`` on ``frame`` without a training background.
+
+    Linear models (Coxnet, logistic): ``coef_j * (z_j - z_ref_j)`` on the fitted pre-processed
+    features, relative to a reference patient (numeric inputs at their training mean, which the
+    fitted StandardScaler maps to 0; categorical inputs at their most frequent training
+    category); the base value is the reference patient's prediction. xgboost: TreeSHAP with the
+    trees' own training cover (``tree_path_dependent``, xgboost's ``pred_contribs``); the base
+    value is the cover-weighted mean margin. Units: those of ``shap_explain.explained_quantity``
+    (AFT signs flipped to risk). Per patient, values + base equal the predictor's margin.
+    ``typed``: ``frame`` already holds the model's columns typed as fitted (`_model_input`).
+    """
+    import xgboost as xgb
+    from sklearn.linear_model import LogisticRegression
+    from xgboost import XGBClassifier
+
+    from models.survival import XGBAFTSurvival
+
+    pipeline = predictor.pipeline
+    prepare, estimator = pipeline[:-1], pipeline.steps[-1][1]
+    quantity = shap_explain.explained_quantity(estimator)
+    names, sources = shap_explain.model_features(predictor)
+    X = frame[predictor.feature_columns] if typed else training.model_frame(frame, predictor.feature_columns)
+    Z = np.asarray(prepare.transform(X), dtype=float)
+    if _is_linear(estimator):
+        function = estimator.decision_function if isinstance(estimator, LogisticRegression) else estimator.predict
+        coef = (np.asarray(estimator.coef_, dtype=float).ravel() if isinstance(estimator, LogisticRegression)
+                else np.asarray(estimator.coef_, dtype=float)[:, -1])   # sksurv: the last alpha of the path
+        reference = _linear_reference(pipeline, Z.shape[1])
+        values = coef * (Z - reference)
+        base = np.full(len(Z), float(np.asarray(function(reference[None, :]), dtype=float).ravel()[0]))
+        margin = np.asarray(function(Z), dtype=float).ravel()
+    else:
+        booster = estimator.get_booster() if isinstance(estimator, XGBClassifier) else estimator.booster_
+        contributions = booster.predict(xgb.DMatrix(Z), pred_contribs=True).astype(float)
+        margin = booster.predict(xgb.DMatrix(Z), output_margin=True).astype(float)
+        values, base = contributions[:, :-1], contributions[:, -1]
+        if isinstance(estimator, XGBAFTSurvival):
+            values, base, margin = -values, -base, -margin   # AFT margin is log time; risk = -margin
+    error = np.abs(values.sum(axis=1) + base - margin)
+    if error.size and error.max() > ADDITIVITY_TOLERANCE * max(1.0, float(np.abs(margin).max())):
+        raise RuntimeError(f"model '{predictor.name}': SHAP values do not add up to its {quantity} "
+                           f"(off by {error.max():.3g}); pipeline/predict.py cannot explain this estimator")
+    task = _task_of(predictor)
+    return shap_explain.ShapResult(predictor.name, task, quantity, names, sources, values, base, Z,
+                                   _display_data(frame, names, sources),
+                                   [str(v) for v in frame[PATIENT_ID]], n_background=0)
+
+
+# --------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class IdIndex:
+    """What the first pass over the identifier column found."""
+
+    rows: int
+    duplicated: dict[str, list[int]]   # id -> every 1-based row that carries it
+
+
+def _read_ids(path: Path, id_column: str, chunk_size: int) -> Iterator[pd.Series]:
+    """The identifier column as written (no NA parsing: 'NA' is an identifier), chunk by chunk."""
+    reader = pd.read_csv(path, usecols=[id_column], dtype=str, keep_default_na=False, na_filter=False,
+                         encoding="utf-8-sig", chunksize=chunk_size)
+    for chunk in reader:
+        yield chunk[id_column].astype(object)
+
+
+def index_ids(path: Path, id_column: str, chunk_size: int) -> IdIndex:
+    """Count the rows and find identifiers that appear on more than one row (blank ids excluded)."""
+    first: dict[str, int] = {}
+    duplicated: dict[str, list[int]] = {}
+    row = 0
+    for ids in _read_ids(path, id_column, chunk_size):
+        for value in ids:
+            row += 1
+            if not value.strip():
+                continue
+            if value in first:
+                duplicated.setdefault(value, [first[value]]).append(row)
+            else:
+                first[value] = row
+    return IdIndex(row, duplicated)
+
+
+def read_header(path: Path) -> list[str]:
+    """The cohort table's column names; errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"cohort table not found: {path}")
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as a CSV table ({exc}); save it as UTF-8 CSV") from exc
+
+
+def read_chunks(path: Path, id_column: str, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """The cohort table in chunks: values parsed as ``crlm validate`` reads them, except the
+    identifier column, which is kept exactly as written."""
+    reader = pd.read_csv(path, dtype={id_column: str}, encoding="utf-8-sig", chunksize=chunk_size)
+    for chunk, ids in zip(reader, _read_ids(path, id_column, chunk_size), strict=True):
+        chunk[id_column] = ids.to_numpy()
+        yield chunk
+
+
+# --------------------------------------------------------------------------- one chunk
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a chunk needs, fixed for the run."""
+
+    cohort: Path
+    id_column: str
+    mapping: CohortMapping | None
+    ids: IdIndex
+    models: list[LoadedModel]
+    needs_images: bool
+    options: extraction.CaseOptions | None
+    cache: Path | None
+    rules: tuple[str, ...]
+    jobs: int
+    scheduler: Any
+    top_k: int
+    columns: list[str]
+    explanations: Path
+    absent: dict[str, set[str]]   # model -> input columns the cohort table does not have (imputed)
+
+
+def _problem_code(problem: Problem) -> str:
+    """A reason code for a validation problem (its column's kind and the failed check)."""
+    column = COLUMN_BY_NAME.get(problem.column or "")
+    if "is not a number" in problem.message:
+        return NOT_A_NUMBER
+    if column is not None and column.kind == "category":
+        return UNKNOWN_CATEGORY
+    if column is not None and column.kind == "binary":
+        return NOT_BINARY
+    return OUT_OF_RANGE
+
+
+def explanation_file(patient_id: str) -> str:
+    """A safe file name for a patient's explanation: ASCII letters, digits, '.', '_', '-'; a
+    short hash of the identifier is added whenever characters had to be replaced, so two ids
+    never share a file."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", patient_id).strip("._")[:MAX_FILE_STEM]
+    if safe != patient_id or not safe:
+        digest = hashlib.sha256(patient_id.encode("utf-8")).hexdigest()[:ID_HASH_CHARS]
+        safe = f"{safe or 'patient'}-{digest}"
+    return f"{safe}.json"
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if math.isnan(float(value)) else float(value)
+    return value if isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def _fitted_types(pipeline: Any) -> tuple[list[str], list[str]] | None:
+    """Numeric and categorical input columns as fitted, from the pipeline's ColumnTransformer."""
+    prepare = getattr(pipeline, "named_steps", {}).get("prepare")
+    if prepare is None or not hasattr(prepare, "transformers_"):
+        return None
+    numeric = [c for name, _, cols in prepare.transformers_ if name in NUMERIC_BLOCKS for c in cols]
+    categorical = [c for name, _, cols in prepare.transformers_ if name == "categorical" for c in cols]
+    return numeric, categorical
+
+
+def _model_input(table: pd.DataFrame, model: LoadedModel) -> pd.DataFrame:
+    """The model's input columns, typed as the model was fitted (never by this chunk's dtypes:
+    a categorical column that happens to be empty in a chunk stays categorical)."""
+    columns = model.feature_columns
+    types = _fitted_types(model.predictor.pipeline)
+    numeric, categorical = types if types is not None else split_feature_types(table, columns)
+    text = set(categorical)
+    present = table.reindex(columns=columns)           # a column the table lacks: all missing
+    numbers = present[[c for c in columns if c not in text]]
+    try:
+        numbers = numbers.astype(float)
+    except (TypeError, ValueError):                     # text in a numeric column: missing, as in training
+        numbers = numbers.apply(pd.to_numeric, errors="coerce").astype(float)
+    texts = present[[c for c in columns if c in text]].astype(object)
+    texts = texts.where(texts.notna(), np.nan)
+    ids = table[[PATIENT_ID]].astype(object)
+    return pd.concat([ids, numbers, texts], axis=1)[[PATIENT_ID, *columns]]
+
+
+def _extract(ctx: Context, cases: list[extraction.CaseInput]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Extract a chunk's cases; if the batch fails unexpectedly, case by case, so one bad case
+    cannot stop the others (its exception becomes its reason)."""
+    try:
+        return extraction.extract_cohort(cases, ctx.options, ctx.cache, jobs=ctx.jobs, progress=False,
+                                         scheduler=ctx.scheduler)
+    except Exception:  # noqa: BLE001 - retried per case below; each failure is reported per patient
+        pass
+    lesions, reports = [], []
+    for case in cases:
+        try:
+            one_lesions, one_report = extraction.extract_cohort([case], ctx.options, ctx.cache, jobs=1,
+                                                                progress=False)
+        except Exception as exc:  # noqa: BLE001 - reported in the patient's row, never swallowed
+            message = (f"patient {case.patient_id}: extraction of image {case.image} with mask {case.mask} "
+                       f"failed ({type(exc).__name__}: {exc}); check both files open in a viewer and report "
+                       f"the error if they do")
+            one_lesions = pd.DataFrame()
+            one_report = pd.DataFrame([{PATIENT_ID: case.patient_id, radiomics.LESION: pd.NA,
+                                        extraction.STATUS: EXTRACTION_ERROR, extraction.REASON: message,
+                                        extraction.SECONDS: 0.0, extraction.CACHED: False}])
+        lesions.append(one_lesions)
+        reports.append(one_report)
+    return pd.concat(lesions, ignore_index=True), pd.concat(reports, ignore_index=True)
+
+
+def _cases(ctx: Context, valid: pd.DataFrame, status: pd.Series, reason: pd.Series) -> list[extraction.CaseInput]:
+    """Case inputs of the valid rows; a blank image or mask path is that patient's failure."""
+    base = ctx.cohort.parent
+    cases = []
+    for index, row in valid.iterrows():
+        pid = row[PATIENT_ID]
+        blank = [c for c in (IMAGE, MASK) if not isinstance(row.get(c), str) or not row[c].strip()]
+        if blank:
+            status[index] = "missing_file"
+            reason[index] = (f"patient {pid}: the {' and '.join(blank)} path is empty in {ctx.cohort}; "
+                             f"fill in the path (relative to the table) or remove the patient")
+            continue
+        cases.append(extraction.CaseInput(str(pid), base / row[IMAGE].strip(), base / row[MASK].strip()))
+    return cases
+
+
+def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.DataFrame, float]:
+    """Output rows of one chunk (input order) and the seconds spent extracting images."""
+    n = len(raw)
+    raw = raw.reset_index(drop=True)
+    ids = raw[ctx.id_column].astype(object)
+    rows = np.arange(first_row, first_row + n)
+    status = pd.Series(OK, index=raw.index, dtype=object)
+    reason = pd.Series("", index=raw.index, dtype=object)
+    for i, value in ids.items():
+        if not value.strip():
+            status[i] = MISSING_ID
+            reason[i] = (f"row {rows[i]}: {ctx.id_column} is empty in {ctx.cohort}; give every patient a "
+                         f"unique identifier")
+        elif value in ctx.ids.duplicated:
+            where = ctx.ids.duplicated[value]
+            status[i] = DUPLICATE_ID
+            reason[i] = (f"{ctx.id_column} {value!r} appears {len(where)} times in {ctx.cohort} (rows "
+                         f"{', '.join(map(str, where))}); keep the one right row per patient (or give each its "
+                         f"own identifier) and run again")
+    table = apply_mapping(raw, ctx.mapping) if ctx.mapping is not None else raw
+    table = table.copy()
+    table[PATIENT_ID] = ids.to_numpy()  # unchanged, whatever the mapping did
+
+    candidates = table.loc[status == OK]
+    valid = candidates.iloc[0:0]
+    if not candidates.empty:
+        report = validate_cohort(candidates, extra_columns=ctx.mapping.covariate_columns() if ctx.mapping else ())
+        if report.fatal:
+            raise ValueError(f"{ctx.cohort}: the table cannot be used:\n{report.format()}")
+        by_patient: dict[str, list[Problem]] = {}
+        for problem in report.problems:
+            by_patient.setdefault(str(problem.patient_id), []).append(problem)
+        for index in candidates.index[(report.status != OK).to_numpy()]:
+            problems = by_patient.get(str(table.at[index, PATIENT_ID]), [])
+            status[index] = _problem_code(problems[0]) if problems else "invalid"
+            reason[index] = ("; ".join(p.message for p in problems) or report.status[index]) + \
+                f"; correct the value(s) in {ctx.cohort} and run again"
+        valid = report.valid_rows
+
+    extraction_seconds = 0.0
+    lesions = extraction_report = None
+    if ctx.needs_images and not valid.empty:
+        cases = _cases(ctx, valid, status, reason)
+        start = time.perf_counter()
+        if cases:
+            lesions, extraction_report = _extract(ctx, cases)
+        else:
+            lesions, extraction_report = pd.DataFrame(), pd.DataFrame(columns=[PATIENT_ID, extraction.STATUS,
+                                                                               extraction.REASON])
+        extraction_seconds = time.perf_counter() - start
+        valid = valid.loc[status[valid.index] == OK]
+
+    out = pd.DataFrame(index=raw.index, columns=ctx.columns, dtype=object)
+    out[PATIENT_ID] = ids.to_numpy()
+    out[ROW] = rows
+    if not valid.empty:
+        features = patient_table.patient_feature_table(valid, pd.Series(OK, index=valid.index), lesions,
+                                                       extraction_report, ctx.rules)
+        features.index = valid.index
+        failed = features[patient_table.STATUS] != OK
+        status[features.index[failed]] = features.loc[failed, patient_table.STATUS]
+        reason[features.index[failed]] = features.loc[failed, patient_table.REASON]
+        features = features.loc[~failed]
+        if not features.empty:
+            _predict(ctx, features, out)
+    out[STATUS] = status
+    out[REASON] = reason
+    return out, extraction_seconds
+
+
+def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
+    """Predictions, scores, top contributions and explanation files of the ok patients."""
+    missing_imaging = sorted({c for m in ctx.models for c in m.feature_columns
+                              if c.startswith(training.IMAGING_PREFIXES) and c not in features})
+    if missing_imaging:
+        raise ValueError(f"the models use imaging feature(s) {missing_imaging[:5]} that extraction did not "
+                         f"produce; extract with the radiomics parameters and aggregation rules the models "
+                         f"were trained with (--radiomics-params, --extraction-config)")
+    for model in ctx.models:
+        ctx.absent.setdefault(f"{model.task}/{model.name}", set()).update(
+            c for c in model.feature_columns if c not in features)
+    index = features.index
+    for column in SCORE_COLUMNS:
+        out.loc[index, column] = features[column].astype(object).where(features[column].notna(), None)
+    documents: dict[Any, dict[str, Any]] = {
+        i: {PATIENT_ID: features.at[i, PATIENT_ID], ROW: int(out.at[i, ROW]), "models": []} for i in index}
+    for model in ctx.models:
+        frame = _model_input(features, model)
+        predicted = model.predict(frame)
+        for column in predicted.columns:
+            if column in out.columns:
+                out.loc[index, column] = predicted[column].to_numpy()
+        out.loc[index, f"{model.task}_model"] = model.name
+        out.loc[index, f"{model.task}_model_version"] = model.version
+        result = inference_shap(model.predictor, frame, typed=True)
+        served = predicted[RISK] if model.task == training.RECURRENCE else _logit(predicted[RESPONSE_PROBABILITY])
+        gap = np.abs(result.output - served.to_numpy(float))
+        if gap.size and gap.max() > ADDITIVITY_TOLERANCE * max(1.0, float(np.abs(result.output).max())):
+            raise ValueError(f"{model.source}: the unwrapped predictor disagrees with the served model (by "
+                             f"{gap.max():.3g}); its explanation would not describe its prediction")
+        if ctx.top_k:
+            top = shap_explain.top_contributions(result, ctx.top_k).drop(columns=PATIENT_ID)
+            top.index = index
+            for column in top.columns:
+                out.loc[index, f"{model.task}_{column}"] = top[column].to_numpy(dtype=object)
+        kind = "linear" if _is_linear(model.predictor.pipeline.steps[-1][1]) else "tree"
+        for position, i in enumerate(index):
+            order = np.argsort(-np.abs(result.values[position]), kind="mergesort")
+            documents[i]["models"].append({
+                "task": model.task, "model": model.name, "version": model.version, "source": model.source,
+                "explained": result.quantity, "value": float(result.output[position]),
+                "base_value": float(result.base_values[position]), "base_value_is": BASE_VALUE[kind],
+                "prediction": {c: _json_value(predicted.at[i, c]) for c in predicted.columns},
+                "contributions": [{"feature": result.feature_names[j], "column": result.source_columns[j],
+                                   "value": _json_value(result.display_data[position, j]),
+                                   "shap": float(result.values[position, j])} for j in order],
+            })
+    for i, document in documents.items():
+        name = explanation_file(str(document[PATIENT_ID]))
+        out.at[i, EXPLANATION] = f"{EXPLANATIONS_DIR}/{name}"
+        (ctx.explanations / name).write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def _logit(probability: pd.Series) -> pd.Series:
+    p = probability.astype(float)
+    return np.log(p) - np.log1p(-p)
+
+
+def output_columns(models: Sequence[LoadedModel], top_k: int) -> list[str]:
+    """The columns of predictions.csv for these models (fixed for the run)."""
+    columns = [PATIENT_ID, ROW, STATUS, REASON]
+    for model in models:
+        if model.task == training.RECURRENCE:
+            horizons = getattr(model.predictor, "horizons", ())
+            columns += [RISK, *(survival_column(h) for h in horizons), RISK_GROUP]
+        else:
+            columns += [RESPONSE_PROBABILITY]
+    columns += list(SCORE_COLUMNS)
+    for model in models:
+        columns += [f"{model.task}_model", f"{model.task}_model_version"]
+    for model in models:
+        for k in range(1, top_k + 1):
+            columns += [f"{model.task}_feature_{k}", f"{model.task}_value_{k}", f"{model.task}_shap_{k}"]
+    return columns + [EXPLANATION]
+
+
+# --------------------------------------------------------------------------- the run
+
+def _case_options(radiomics_params: Path, extraction_config: Path, labels_path: Path, liver_label: int | None,
+                  lesion_label: int | None, resample_mask: bool | None) -> tuple[extraction.CaseOptions, Any]:
+    cfg = load_extraction_config(extraction_config)
+    labels: LabelRoles = load_labels(labels_path)
+    if liver_label is not None or lesion_label is not None:
+        labels = replace(labels, liver=liver_label if liver_label is not None else labels.liver,
+                         lesion=lesion_label if lesion_label is not None else labels.lesion)
+    options = extraction.CaseOptions(
+        settings=radiomics.ExtractionSettings(radiomics.load_radiomics_params(radiomics_params), cfg.crop_margin_mm),
+        labels=labels, resample_mask=cfg.resample_mask if resample_mask is None else resample_mask,
+        min_lesion_voxels=cfg.min_lesion_voxels)
+    return options, cfg
+
+
+def _prepare_out(out: Path) -> Path:
+    """Create ``out``; remove this command's previous outputs there (and nothing else)."""
+    out.mkdir(parents=True, exist_ok=True)
+    explanations = out / EXPLANATIONS_DIR
+    if explanations.is_dir():
+        shutil.rmtree(explanations)
+    explanations.mkdir()
+    for name in (PREDICTIONS_FILE, SUMMARY_FILE):
+        (out / name).unlink(missing_ok=True)
+    return explanations
+
+
+def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | None = None, jobs: int = 1,
+                chunk_size: int = DEFAULT_CHUNK_SIZE, cache: Path | None = None, top_k: int = DEFAULT_TOP_K,
+                repo_root: Path | None = None, progress: bool = True,
+                radiomics_params: Path = DEFAULT_RADIOMICS, extraction_config: Path = DEFAULT_EXTRACTION,
+                labels: Path = DEFAULT_LABELS, liver_label: int | None = None, lesion_label: int | None = None,
+                resample_mask: bool | None = None, scheduler: Any = None) -> pd.DataFrame:
+    """Predict every patient of ``cohort`` with ``models``; write ``out/predictions.csv``,
+    ``out/explanations/*.json`` and ``out/summary.json``.
+
+    ``models``: models folders (``crlm train --models``), ``{task}_{name}.joblib`` files or
+    MLflow URIs (``models:/crlm-recurrence@champion``, store from ``pipeline.tracking``).
+    ``chunk_size``: patients per chunk (bounds memory). ``cache``: per-case extraction cache
+    (default: ``cache_dir`` of ``extraction_config``, relative to ``repo_root``). ``jobs`` /
+    ``scheduler``: where cases are extracted (`pipeline.execution`: local processes or Dask). Returns
+    ``predictions.csv`` read back once the run is over (scalars only: during the run no more
+    than one chunk is ever in memory).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 patient, got {chunk_size}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be 0 or more, got {top_k}")
+    start = time.perf_counter()
+    cohort, out = Path(cohort), Path(out)
+    repo_root = Path(repo_root) if repo_root is not None else REPO_ROOT
+    spec = load_mapping(mapping) if mapping is not None else None
+    id_column = spec.id_column if spec else PATIENT_ID
+    header = read_header(cohort)
+    if id_column not in header:
+        raise ValueError(f"{cohort}: no identifier column '{id_column}'; the table has {', '.join(header[:8])}"
+                         f"{' ...' if len(header) > 8 else ''}")
+    loaded = load_models(models, repo_root)
+    needs_images = any(m.needs_images for m in loaded)
+    options, cfg = _case_options(radiomics_params, extraction_config, labels, liver_label, lesion_label,
+                                 resample_mask)
+    if needs_images:
+        produced = {spec.rename.get(c, c) for c in header} if spec else set(header)
+        absent = [c for c in (IMAGE, MASK) if c not in produced]
+        if absent:
+            users = ", ".join(f"{m.task}/{m.name}" for m in loaded if m.needs_images)
+            raise ValueError(f"{cohort}: no {' and '.join(absent)} column, but {users} use(s) imaging features; "
+                             f"add image and mask paths (relative to the table) or use a clinical-only model")
+        cache_dir = Path(cache) if cache is not None else repo_root / cfg.cache_dir
+    else:
+        cache_dir = None
+    ids = index_ids(cohort, id_column, chunk_size)
+    explanations = _prepare_out(out)
+    ctx = Context(cohort, id_column, spec, ids, loaded, needs_images, options if needs_images else None,
+                  cache_dir, tuple(cfg.aggregation), jobs, scheduler, top_k, output_columns(loaded, top_k),
+                  explanations, {})
+
+    partial = out / f".{PREDICTIONS_FILE}.partial"
+    counts: Counter[str] = Counter()
+    extraction_seconds = 0.0
+    first_row = 1
+    try:
+        with tqdm(total=ids.rows, desc="predict", unit="patient", disable=not progress) as bar:
+            for chunk in read_chunks(cohort, id_column, chunk_size):
+                rows, seconds = process_chunk(ctx, chunk, first_row)
+                rows.to_csv(partial, mode="w" if first_row == 1 else "a", header=first_row == 1, index=False,
+                            encoding="utf-8")
+                counts.update(rows[STATUS].tolist())
+                extraction_seconds += seconds
+                first_row += len(chunk)
+                bar.update(len(chunk))
+    except BaseException:
+        partial.unlink(missing_ok=True)   # a predictions.csv on disk is always complete
+        raise
+    if first_row == 1:
+        pd.DataFrame(columns=ctx.columns).to_csv(partial, index=False, encoding="utf-8")
+    partial.replace(out / PREDICTIONS_FILE)
+
+    seconds = time.perf_counter() - start
+    n = first_row - 1
+    summary = {
+        "cohort": str(cohort), "patients": n, "ok": counts.get(OK, 0),
+        "status_counts": dict(sorted(counts.items(), key=lambda kv: (kv[0] != OK, -kv[1], kv[0]))),
+        "models": [{"task": m.task, "model": m.name, "version": m.version, "source": m.source,
+                    "uses_images": m.needs_images} for m in loaded],
+        "seconds": round(seconds, 3), "extraction_seconds": round(extraction_seconds, 3),
+        "patients_per_minute": round(n / seconds * SECONDS_PER_MINUTE, 1) if seconds > 0 else None,
+        "chunk_size": chunk_size, "jobs": jobs,
+        "absent_columns": {model: sorted(columns) for model, columns in ctx.absent.items() if columns},
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    for model, columns in summary["absent_columns"].items():
+        print(f"warning: {model} uses {len(columns)} column(s) that {cohort} does not have "
+              f"({', '.join(columns[:5])}{' ...' if len(columns) > 5 else ''}); every patient gets the training "
+              f"value the model imputes for them; add the columns (or a mapping that derives them) if you can")
+    statuses = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items())
+    print(f"predicted {n} patients in {seconds:.1f} s ({summary['patients_per_minute']} patients/min, "
+          f"{extraction_seconds / seconds:.0%} extracting images): {statuses or 'no rows'}; "
+          f"wrote {out / PREDICTIONS_FILE}")
+    return read_predictions(out / PREDICTIONS_FILE)
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A ``predictions.csv`` as written, with ``patient_id`` exactly as in the file."""
+    table = pd.read_csv(path, dtype={PATIENT_ID: str}, encoding="utf-8")
+    raw = pd.read_csv(path, usecols=[PATIENT_ID], dtype=str, keep_default_na=False, na_filter=False,
+                      encoding="utf-8")
+    table[PATIENT_ID] = raw[PATIENT_ID].astype(object).to_numpy()
+    table[REASON] = table[REASON].astype(object).fillna("")
+    return table

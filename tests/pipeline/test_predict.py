@@ -1,0 +1,297 @@
+"""crlm predict: one row per input row whatever is wrong with it, predictions that do not
+depend on chunking or neighbours, exact explanations, clinical-only and registry models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from features import extraction, radiomics
+from features.patient_table import patient_feature_table
+from features.schema import CEA, IMAGE, MASK, PATIENT_ID, PRIMARY_SITE
+from models import training
+from pipeline import cohort as synthetic
+from pipeline import synthesis
+from pipeline.predict import (DUPLICATE_ID, PREDICTIONS_FILE, SUMMARY_FILE, explanation_file, inference_shap,
+                              load_models, run_predict)
+from pipeline.train import run_train
+
+# Few, small and cheap: 4 phantoms, light radiomics (as tests/features/test_extraction.py).
+LIGHT_RADIOMICS = {
+    "setting": {"binWidth": 25, "resampledPixelSpacing": [2.0, 2.0, 2.0], "interpolator": "sitkBSpline",
+                "padDistance": 5, "label": 1},
+    "imageType": {"Original": {}},
+    "featureClass": {"shape": None, "firstorder": None, "glcm": None},
+}
+AGGREGATION = ["largest", "volume_weighted_mean"]
+CROP_MARGIN_MM = 10.0
+N_PHANTOMS = 4
+N_TRAIN = 160
+TINY_GRID = {"seed": 3, "cv_folds": 3, "correlation_threshold": 0.95, "k_features": [8], "test_fraction": 0.3,
+             "select_among": "imaging",   # as params.yaml
+             "jobs": 1, "grids": {"coxnet": {"alphas": [[0.05]]}, "xgb_cox": {"max_depth": [1], "n_estimators": [50]},
+                                  "xgb_aft": {"max_depth": [1], "n_estimators": [50]}, "logistic": {"C": [0.1]},
+                                  "xgb": {"max_depth": [1], "n_estimators": [50]}}}
+NON_ASCII_ID = "Pätient-ü1"
+TOLERANCE = 1e-12
+NUMBERS = ["risk", "survival_12m", "survival_24m", "survival_36m", "response_probability", "recurrence_shap_1",
+           "response_shap_1"]
+# patient id -> expected status of the mixed cohort's bad rows
+EXPECTED = {"BAD-missing": "missing_file", "BAD-truncated": "unreadable", "BAD-grid": "geometry_mismatch",
+            "BAD-empty": "empty_mask", "BAD-liver-only": "missing_lesion_label", "BAD-nan": "nan_voxels",
+            "BAD-cea": "out_of_range", "BAD-site": "unknown_category", "DUP-1": DUPLICATE_ID}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, world, labels) -> dict:
+    """Phantoms, light settings and two trained models folders (with and without imaging)."""
+    root = tmp_path_factory.mktemp("predict")
+    phantoms = root / "phantoms"
+    synthetic.write_cohort(phantoms, n=N_PHANTOMS, seed=5, site="B", world=world, labels=labels, jobs=1,
+                           progress=False)
+    (root / "radiomics.yaml").write_text(yaml.safe_dump(LIGHT_RADIOMICS))
+    (root / "extraction.yaml").write_text(yaml.safe_dump({
+        "crop_margin_mm": CROP_MARGIN_MM, "cache_dir": str(root / "cache"), "resample_mask": False,
+        "min_lesion_voxels": 2, "aggregation": AGGREGATION}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"train": TINY_GRID, "evaluate": {"bootstrap": 10, "seed": 0}}))
+
+    # Imaging columns exactly as extraction names them; training rows borrow (jittered) phantom values.
+    options = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_RADIOMICS, CROP_MARGIN_MM), labels)
+    lesions, report = extraction.extract_cohort(extraction.read_manifest(phantoms / synthetic.CLINICAL_FILE),
+                                                options, None, progress=False)
+    clinical = pd.read_csv(phantoms / synthetic.CLINICAL_FILE, dtype={PATIENT_ID: str})
+    imaging = patient_feature_table(clinical, pd.Series("ok", index=clinical.index), lesions, report)
+    imaging_columns = [c for c in imaging if c.startswith(training.IMAGING_PREFIXES) and c != PATIENT_ID]
+    train_clinical, _ = synthesis.simulate_cohort(N_TRAIN, seed=41, site="A", world=world)
+    table = patient_feature_table(train_clinical, pd.Series("ok", index=train_clinical.index))
+    donors = imaging[imaging_columns].to_numpy(float)[np.arange(N_TRAIN) % N_PHANTOMS]
+    jitter = np.random.default_rng(0).lognormal(0.0, 0.1, donors.shape)
+    with_imaging = pd.concat([table, pd.DataFrame(donors * jitter, columns=imaging_columns)], axis=1)
+    models = {}
+    for name, features in (("imaging", with_imaging), ("clinical", table)):
+        features.to_parquet(root / f"{name}.parquet")
+        models[name] = root / f"models_{name}"
+        run_train(root / f"{name}.parquet", root / f"train_{name}", models[name], root / "params.yaml",
+                  training.TASKS, track=False)
+    return {"root": root, "phantoms": phantoms, "clinical": clinical, "models": models}
+
+
+def predict(setup: dict, cohort: Path, out: Path, models: list[str] | None = None, **kwargs) -> pd.DataFrame:
+    root = setup["root"]
+    return run_predict(cohort, models or [str(setup["models"]["imaging"])], out, progress=False,
+                       cache=root / "cache", radiomics_params=root / "radiomics.yaml",
+                       extraction_config=root / "extraction.yaml", **kwargs)
+
+
+def _write_like(array: np.ndarray, reference: sitk.Image, path: Path) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def mixed_cohort(setup: dict, folder: Path) -> Path:
+    """The good phantoms, a non-ASCII id, every kind of bad input, and a duplicate far apart."""
+    clinical = setup["clinical"].copy()
+    for column in (IMAGE, MASK):
+        clinical[column] = [str(setup["phantoms"] / p) for p in clinical[column]]
+    image_path, mask_path = clinical.at[0, IMAGE], clinical.at[0, MASK]
+    folder.mkdir(parents=True, exist_ok=True)
+    data = Path(image_path).read_bytes()
+    (folder / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
+    mask = sitk.ReadImage(mask_path)
+    labels = sitk.GetArrayFromImage(mask)
+    empty = _write_like(np.zeros_like(labels), mask, folder / "empty.nii.gz")
+    liver_only = _write_like(np.where(labels > 0, 1, 0).astype(labels.dtype), mask, folder / "liver_only.nii.gz")
+    coarse = sitk.Resample(mask, [s // 2 for s in mask.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
+                           mask.GetOrigin(), [2 * s for s in mask.GetSpacing()], mask.GetDirection(), 0,
+                           mask.GetPixelID())
+    sitk.WriteImage(coarse, str(folder / "other_grid.nii.gz"))
+    image = sitk.ReadImage(image_path)
+    voxels = sitk.GetArrayFromImage(image).astype(np.float32)
+    voxels[0, 0, :5] = np.nan
+    nan_image = _write_like(voxels, image, folder / "nan.nii.gz")
+
+    def like_first(patient_id: str, **changes) -> pd.Series:
+        row = clinical.iloc[0].copy()
+        row[PATIENT_ID] = patient_id
+        for column, value in changes.items():
+            row[column] = value
+        return row
+
+    rows = [clinical.iloc[0], like_first("DUP-1"), like_first("BAD-missing", image=str(folder / "nowhere.nii.gz")),
+            clinical.iloc[1], like_first("BAD-truncated", image=str(folder / "truncated.nii.gz")),
+            like_first("BAD-grid", mask=str(folder / "other_grid.nii.gz")), clinical.iloc[2],
+            like_first("BAD-empty", mask=str(empty)), like_first("BAD-liver-only", mask=str(liver_only)),
+            like_first("BAD-nan", image=str(nan_image)), like_first(NON_ASCII_ID),
+            like_first("BAD-cea", **{CEA: -5.0}), clinical.iloc[3], like_first("BAD-site", **{PRIMARY_SITE: "appendix"}),
+            like_first("DUP-1")]
+    path = folder / "mixed.csv"
+    pd.DataFrame(rows).to_csv(path, index=False, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed(setup) -> dict:
+    cohort = mixed_cohort(setup, setup["root"] / "mixed")
+    out = setup["root"] / "out_chunk2"
+    return {"cohort": cohort, "out": out, "result": predict(setup, cohort, out, chunk_size=2)}
+
+
+def good_ids(setup: dict) -> list[str]:
+    return [*setup["clinical"][PATIENT_ID], NON_ASCII_ID]
+
+
+def test_every_input_row_is_in_the_output_with_its_status_and_reason(setup, mixed):
+    result = mixed["result"]
+    cohort = pd.read_csv(mixed["cohort"], dtype={PATIENT_ID: str})
+    assert len(result) == len(cohort)
+    assert result[PATIENT_ID].tolist() == cohort[PATIENT_ID].tolist()
+    assert result["row"].tolist() == list(range(1, len(cohort) + 1))
+    rows = result.set_index(PATIENT_ID)
+    for patient, status in EXPECTED.items():
+        assert set(result.loc[result[PATIENT_ID] == patient, "status"]) == {status}, patient
+    bad = result[result["status"] != "ok"]
+    assert len(bad) == len(EXPECTED) + 1                      # the duplicate has two rows
+    assert bad["reason"].str.len().gt(20).all()
+    assert bad[["risk", "response_probability", "fong_score", "recurrence_feature_1"]].isna().all().all()
+    assert "rows 2, 15" in rows.loc["DUP-1", "reason"].iloc[0]
+    assert "cea_ng_ml = -5.0" in rows.loc["BAD-cea", "reason"] and "'appendix'" in rows.loc["BAD-site", "reason"]
+    assert "nan.nii.gz" in rows.loc["BAD-nan", "reason"] and "nowhere.nii.gz" in rows.loc["BAD-missing", "reason"]
+    good = rows.loc[good_ids(setup)]
+    assert (good["status"] == "ok").all() and (good["reason"] == "").all()
+    assert good[["risk", "survival_24m", "response_probability", "fong_score"]].notna().all().all()
+    assert set(good["risk_group"]) <= {"low", "intermediate", "high"}
+    assert NON_ASCII_ID.encode("utf-8") in (mixed["out"] / PREDICTIONS_FILE).read_bytes()
+    summary = json.loads((mixed["out"] / SUMMARY_FILE).read_text(encoding="utf-8"))
+    assert summary["patients"] == len(cohort) and summary["status_counts"]["ok"] == len(good)
+    assert summary["status_counts"][DUPLICATE_ID] == 2 and summary["patients_per_minute"] > 0
+
+
+def test_chunking_and_bad_neighbours_do_not_change_predictions(setup, mixed, tmp_path):
+    one_chunk = predict(setup, mixed["cohort"], tmp_path / "chunk100", chunk_size=100)
+    pd.testing.assert_frame_equal(one_chunk, mixed["result"], check_exact=False, rtol=TOLERANCE, atol=TOLERANCE)
+    cohort = pd.read_csv(mixed["cohort"], dtype={PATIENT_ID: str})
+    in_mixed = mixed["result"].set_index(PATIENT_ID)
+    for patient in good_ids(setup):
+        alone = tmp_path / f"alone_{explanation_file(patient)}.csv"
+        cohort[cohort[PATIENT_ID] == patient].to_csv(alone, index=False, encoding="utf-8")
+        result = predict(setup, alone, tmp_path / "alone", chunk_size=1)
+        assert result[PATIENT_ID].tolist() == [patient] and result["status"].tolist() == ["ok"]
+        for column in NUMBERS:
+            assert result[column].iloc[0] == pytest.approx(in_mixed.at[patient, column], rel=TOLERANCE,
+                                                           abs=TOLERANCE), (patient, column)
+
+
+def test_explanations_are_complete_and_add_up_to_the_predictions(setup, mixed):
+    result = mixed["result"].set_index(PATIENT_ID)
+    files = sorted(p.name for p in (mixed["out"] / "explanations").iterdir())
+    assert files == sorted(explanation_file(p) for p in good_ids(setup))
+    for patient in good_ids(setup):
+        document = json.loads((mixed["out"] / result.at[patient, "explanation"]).read_text(encoding="utf-8"))
+        assert document[PATIENT_ID] == patient
+        for model in document["models"]:
+            shap = [c["shap"] for c in model["contributions"]]
+            assert model["base_value"] + sum(shap) == pytest.approx(model["value"], abs=1e-4)
+            assert [abs(v) for v in shap] == sorted((abs(v) for v in shap), reverse=True)
+            task = model["task"]
+            assert model["model"] == result.at[patient, f"{task}_model"]
+            assert result.at[patient, f"{task}_feature_1"] == model["contributions"][0]["feature"]
+            assert result.at[patient, f"{task}_shap_1"] == pytest.approx(shap[0], rel=TOLERANCE)
+        risk = next(m for m in document["models"] if m["task"] == training.RECURRENCE)["value"]
+        assert risk == pytest.approx(result.at[patient, "risk"], rel=1e-6, abs=1e-7)   # xgboost sums in float32
+
+
+def test_every_model_family_is_explained_exactly_and_a_marker_picks_the_model(setup, mixed, tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(setup["models"]["imaging"], folder)
+    (folder / "best.json").unlink()   # written by crlm train; without it, the documented default order
+    assert [m.name for m in load_models([str(folder)], tmp_path)] == ["coxnet", "logistic"]
+    (folder / "best.json").write_text(json.dumps({"recurrence": "xgb_aft", "response": "xgb"}))
+    assert [m.name for m in load_models([str(folder)], tmp_path)] == ["xgb_aft", "xgb"]
+    result = predict(setup, mixed["cohort"], tmp_path / "out", models=[str(folder)], chunk_size=4)
+    assert (result["status"] == "ok").sum() == len(good_ids(setup))
+    table = pd.read_parquet(setup["root"] / "imaging.parquet").head(20)
+    for path in sorted(folder.glob("*.joblib")):
+        model = load_models([str(path)], tmp_path)[0]
+        shap = inference_shap(model.predictor, table)   # raises unless SHAP values add up to the margin
+        prediction = model.predictor.predict_frame(table)
+        served = prediction["risk"] if "risk" in prediction else np.log(
+            prediction["response_probability"] / (1 - prediction["response_probability"]))
+        np.testing.assert_allclose(shap.output, served, rtol=1e-5, atol=1e-5, err_msg=path.name)
+
+
+def test_a_clinical_only_model_needs_no_image_columns(setup, tmp_path):
+    clinical = setup["clinical"].drop(columns=[IMAGE, MASK])
+    cohort = pd.concat([clinical, clinical.iloc[[0]].assign(**{CEA: -5.0, PATIENT_ID: "BAD-cea"}),
+                        clinical.iloc[[1]], clinical.iloc[[2]].assign(**{PATIENT_ID: ""}),
+                        clinical.iloc[[3]].assign(**{PATIENT_ID: "NA"})], ignore_index=True)
+    path = tmp_path / "clinical.csv"
+    cohort.to_csv(path, index=False)
+    result = predict(setup, path, tmp_path / "out", models=[str(setup["models"]["clinical"])], chunk_size=3)
+    assert result["status"].tolist() == ["ok", DUPLICATE_ID, "ok", "ok", "out_of_range", DUPLICATE_ID,
+                                         "missing_patient_id", "ok"]
+    assert result[PATIENT_ID].tolist() == [*cohort[PATIENT_ID].iloc[:6], "", "NA"]   # "NA" is an identifier
+    assert result.loc[result["status"] == "ok", ["risk", "response_probability"]].notna().all().all()
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert not any(m["uses_images"] for m in summary["models"])
+    with pytest.raises(ValueError, match="no image and mask column.*imaging features"):
+        predict(setup, path, tmp_path / "out2")
+
+
+def test_a_mapped_sheet_is_predicted_with_its_identifiers_unchanged(setup, tmp_path):
+    from tests.conftest import REPO
+
+    sheet = REPO / "tests" / "data" / "tcia_clinical_sample.csv"
+    result = predict(setup, sheet, tmp_path / "out", models=[str(setup["models"]["clinical"])],
+                     mapping=REPO / "configs" / "mappings" / "tcia_crlm.yaml")
+    raw = pd.read_csv(sheet, dtype=str, keep_default_na=False)
+    assert result[PATIENT_ID].tolist() == raw["Patient-ID"].tolist()
+    assert (result["status"] == "ok").all() and result[["risk", "response_probability"]].notna().all().all()
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    recurrence = next(v for k, v in summary["absent_columns"].items() if k.startswith("recurrence/"))
+    assert "n_liver_lesions" in recurrence   # TCIA has no lesion count
+
+
+def test_registry_models_give_the_same_numbers_as_the_models_folder(setup, mixed, tmp_path, monkeypatch):
+    import joblib
+    import mlflow
+
+    from models.serving import PrognosisModel
+    from pipeline import tracking
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(tmp_path / 'mlruns' / 'mlflow.db').as_posix()}")
+    monkeypatch.chdir(tmp_path)
+    tracking.configure(tmp_path)
+    table = pd.read_parquet(setup["root"] / "imaging.parquet")
+    chosen = {m.task: m.name for m in load_models([str(setup["models"]["imaging"])], tmp_path)}   # as the folder
+    with mlflow.start_run():
+        for task, registered, alias in ((training.RECURRENCE, "crlm-recurrence", "champion"),
+                                        (training.RESPONSE, "crlm-response", "candidate")):
+            predictor = joblib.load(setup["models"]["imaging"] / f"{task}_{chosen[task]}.joblib")
+            example = table.head(5)[[PATIENT_ID, *predictor.feature_columns]]
+            example = example.astype({c: float for c in predictor.feature_columns
+                                      if pd.api.types.is_integer_dtype(example[c])})
+            tracking.log_pyfunc_model(PrognosisModel(predictor), "model", example, registered, alias=alias)
+    result = predict(setup, mixed["cohort"], tmp_path / "out", repo_root=tmp_path, chunk_size=5,
+                     models=["models:/crlm-recurrence@champion", "models:/crlm-response@candidate"])
+    assert result["recurrence_model_version"].dropna().unique().tolist() == ["crlm-recurrence v1 (@champion)"]
+    local = mixed["result"]
+    assert result["status"].tolist() == local["status"].tolist()
+    pd.testing.assert_frame_equal(result[NUMBERS], local[NUMBERS], check_exact=False, rtol=TOLERANCE,
+                                  atol=TOLERANCE)
+
+
+def test_explanation_file_names_are_safe_and_distinct():
+    names = [explanation_file(p) for p in ("B5-0001", NON_ASCII_ID, "a/b", "a_b", "..", "")]
+    assert names[0] == "B5-0001.json"
+    assert len(set(names)) == len(names)
+    assert all(n.isascii() and "/" not in n and not n.startswith(".") for n in names)
