@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup test repro ui clean-venv
+.PHONY: setup test repro bench ui clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# Every benchmark in bench/ and the wall time of `dvc repro` (in a scratch copy), as one table.
+# Quick run: make bench BENCH_ARGS=--quick; also write bench/results.md: BENCH_ARGS=--write
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts

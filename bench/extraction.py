@@ -1,6 +1,6 @@
 """Per-lesion extraction cost: pyradiomics on the whole CT, with preCrop, and ours (lesion_rows).
 
-    python bench/extraction.py [--repeats N] [--threads T] [--margin-mm M]
+    python bench/extraction.py [--repeats N] [--threads T] [--margin-mm M] [--json PATH]
 
 Builds a deterministic 512 x 512 x 100 CT (int16 HU, 0.78 x 0.78 x 2.5 mm: body, fat, spine,
 liver, portal vein, correlated noise) with one ~15,000-voxel lesion, and gets the same
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import logging
 import os
 import platform
@@ -224,13 +225,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per method (median time, max memory)")
     parser.add_argument("--threads", type=int, default=1, help="SimpleITK threads per run (workers use 1)")
     parser.add_argument("--margin-mm", type=float, default=None, help="override crop_margin_mm for 'ours'")
+    parser.add_argument("--json", type=Path, default=None, help="also write the printed numbers to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
-    print(f"date     {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"machine  {machine()}")
-    print(f"software {versions()}")
+    summary: dict[str, Any] = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                               "machine": machine(), "software": versions(), "repeats": args.repeats,
+                               "threads": args.threads, "targets": TARGETS, "variants": {}}
+    print(f"date     {summary['date']}")
+    print(f"machine  {summary['machine']}")
+    print(f"software {summary['software']}")
     with tempfile.TemporaryDirectory(prefix="crlm-bench-") as tmp:
         start = time.perf_counter()
         image_path, labels_path, lesion_voxels = in_child(write_ct, Path(tmp))
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"CT       {SHAPE_ZYX[2]} x {SHAPE_ZYX[1]} x {SHAPE_ZYX[0]} int16, {SPACING_XYZ} mm, lesion "
               f"{lesion_voxels} voxels (built in {time.perf_counter() - start:.1f} s); "
               f"ours: crop margin {margin:g} mm; {args.threads} SimpleITK thread(s); {args.repeats} repeat(s)")
+        summary.update(lesion_voxels=lesion_voxels, margin_mm=margin)
         print("time: extraction of the lesion after reading the image; peak: max RSS of that process "
               "(baseline = after imports and reading)")
 
@@ -260,14 +266,25 @@ def main(argv: list[str] | None = None) -> None:
                       f"{seconds['default'] / seconds[m]:>11.1f}x{seconds['preCrop'] / seconds[m]:>11.1f}x")
             reference = runs["default"][0]["features"]
             print(f"features: {len(reference)} per method")
+            agreements = {m: agreement(reference, runs[m][0]["features"]) for m in ("preCrop", "ours")}
             for m in ("preCrop", "ours"):
-                print(f"  {m:<8} vs default: {agreement(reference, runs[m][0]['features'])}")
+                print(f"  {m:<8} vs default: {agreements[m]}")
             speedups = (seconds["default"] / seconds["ours"], seconds["preCrop"] / seconds["ours"])
+            summary["variants"][variant] = {
+                "title": title, "seconds": seconds, "peak_mb": peak, "baseline_mb": base,
+                "vs_default": {m: seconds["default"] / seconds[m] for m in METHODS},
+                "vs_preCrop": {m: seconds["preCrop"] / seconds[m] for m in METHODS},
+                "features": len(reference), "agreement": agreements,
+                "targets_met": {"vs default": speedups[0] >= TARGETS["vs default"],
+                                "vs preCrop": speedups[1] >= TARGETS["vs preCrop"],
+                                "peak MB": peak["ours"] < TARGETS["peak MB"]}}
             print(f"targets (ours, reported not asserted): >= {TARGETS['vs default']:g}x vs default "
                   f"{'met' if speedups[0] >= TARGETS['vs default'] else 'NOT met'}; "
                   f">= {TARGETS['vs preCrop']:g}x vs preCrop "
                   f"{'met' if speedups[1] >= TARGETS['vs preCrop'] else 'NOT met'}; "
                   f"peak < {TARGETS['peak MB']:g} MB {'met' if peak['ours'] < TARGETS['peak MB'] else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()
