@@ -35,7 +35,7 @@ from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking.fluent import ActiveRun
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 DEFAULT_EXPERIMENT = "crlm-prognosis"
@@ -277,12 +277,23 @@ def _requirements() -> list[str]:
     return pinned
 
 
+_NUMERIC_TYPES = (DataType.double, DataType.float, DataType.long, DataType.integer)
+
+
 def _signature(python_model: Any, input_example: pd.DataFrame):
+    """Input names and required-ness from the example; numeric inputs typed ``Any``.
+
+    MLflow refuses int64 input for a ``double`` column ("can not safely convert int64 to
+    float64"), and a CSV read by ``mlflow models predict`` gives int64 for whole-number columns
+    (ECOG, T stage, 0/1 items); declared ``long`` instead, a missing value (float NaN) would be
+    refused. The model converts its numeric inputs itself (``models.training.model_frame``).
+    """
     signature = infer_signature(input_example, python_model.predict(None, input_example))
     optional = set(getattr(python_model, "optional_columns", ()))
-    if optional and signature.inputs is not None:
+    if signature.inputs is not None:
         signature.inputs = Schema([
-            ColSpec(spec.type, spec.name, required=False) if spec.name in optional else spec
+            ColSpec(AnyType() if spec.type in _NUMERIC_TYPES else spec.type, spec.name,
+                    required=spec.name not in optional)
             for spec in signature.inputs.inputs
         ])
     return signature

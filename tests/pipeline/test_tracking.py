@@ -194,6 +194,13 @@ def test_registry_versions_aliases_and_champion_round_trip(tracking, store, caps
     assert set(inputs) == {"patient_id", *FEATURES} and not inputs["patient_id"].required
     assert model_info.signature.outputs.input_names() == ["patient_id", "response_probability"]
     assert model_info.saved_input_example_info is not None
+    # a table as `mlflow models predict -t csv` reads it: whole numbers come as int64; the served
+    # model accepts them (a `double` signature refused int64) and gives the same numbers
+    as_csv = example.copy()
+    integer_like = [c for c in FEATURES if pd.api.types.is_numeric_dtype(as_csv[c])][:1]
+    as_csv[integer_like] = as_csv[integer_like].round().astype("int64")
+    expected = first.predict(None, as_csv.astype({c: float for c in integer_like}))
+    pd.testing.assert_frame_equal(loaded.predict(as_csv).reset_index(drop=True), expected.reset_index(drop=True))
 
     assert tracking.run_promote(MODEL, 2, root) == 0
     assert "alias 'champion' moved from version 1 to version 2" in capsys.readouterr().out
