@@ -274,16 +274,21 @@ def extract_cohort(cases: Sequence[CaseInput], options: CaseOptions, cache_dir: 
     return lesion_table, report_table
 
 
-def write_extraction(out: Path, lesions: pd.DataFrame, report: pd.DataFrame) -> None:
-    """Write ``lesions.parquet`` and ``extraction_report.csv`` under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    lesions.to_parquet(out / "lesions.parquet", index=False)
-    report.to_csv(out / "extraction_report.csv", index=False)
-    (out / "extraction_summary.json").write_text(json.dumps(
-        {"cases": int(report[PATIENT_ID].nunique()),
-         "lesions_ok": int((report[STATUS] == OK).sum()),
-         "status_counts": {str(k): int(v) for k, v in report[STATUS].value_counts().items()},
-         "cached_rows": int(report[CACHED].sum())}, indent=2))
+def write_extraction(out: str | Path, lesions: pd.DataFrame, report: pd.DataFrame) -> None:
+    """Write ``lesions.parquet``, ``extraction_report.csv`` and ``extraction_summary.json``
+    under ``out``: a local folder or an fsspec URL (shared storage)."""
+    fs, root = fsspec.core.url_to_fs(str(out))
+    fs.makedirs(root, exist_ok=True)
+    summary = {"cases": int(report[PATIENT_ID].nunique()),
+               "lesions_ok": int((report[STATUS] == OK).sum()),
+               "status_counts": {str(k): int(v) for k, v in report[STATUS].value_counts().items()},
+               "cached_rows": int(report[CACHED].sum())}
+    with fs.open(f"{root}/lesions.parquet", "wb") as handle:
+        lesions.to_parquet(handle, index=False)
+    with fs.open(f"{root}/extraction_report.csv", "w", encoding="utf-8", newline="") as handle:
+        report.to_csv(handle, index=False)
+    with fs.open(f"{root}/extraction_summary.json", "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(summary, indent=2))
 
 
 def lesion_feature_columns(lesions: pd.DataFrame) -> list[str]:

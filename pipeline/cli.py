@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ext = sub.add_parser("extract", help="per-lesion morphology and radiomics for a cohort (cached, parallel)")
     ext.add_argument("--cohort", type=_path_or_url, required=True, help="CSV with patient_id, image, mask (paths relative to it)")
-    ext.add_argument("--out", type=Path, required=True, help="output folder: lesions.parquet, extraction_report.csv")
+    ext.add_argument("--out", type=_path_or_url, required=True, help="output folder: lesions.parquet, extraction_report.csv")
     ext.add_argument("--params", type=Path, default=DEFAULT_RADIOMICS, help="pyradiomics parameter file")
     ext.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="crop margin, cache, aggregation")
     ext.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")

@@ -27,13 +27,13 @@ def load_extraction_config(path: str | Path) -> ExtractionConfig:
     return settings.load(ExtractionConfig, path)
 
 
-def run_extract(cohort: str | Path, out: Path, params: Path, config: Path, labels_path: Path,
+def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path, labels_path: Path,
                 jobs: int, cache: str | Path | None = None, liver_label: int | None = None,
                 lesion_label: int | None = None, resample_mask: bool | None = None,
                 progress: bool = True, scheduler: str | None = None) -> tuple[int, int]:
     """Extract every case of ``cohort``; return (cases, lesions extracted).
 
-    ``cohort`` and ``cache`` are local paths or fsspec URLs; ``out`` is written by this process.
+    ``cohort``, ``cache`` and ``out`` are local paths or fsspec URLs; ``out`` is written by this process.
     ``scheduler``: a Dask scheduler address, else ``DASK_SCHEDULER_ADDRESS``, else local processes.
     """
     cfg = load_extraction_config(config)
@@ -58,5 +58,5 @@ def run_extract(cohort: str | Path, out: Path, params: Path, config: Path, label
     failed = report.loc[report[extraction.STATUS] != extraction.OK]
     print(f"extracted {len(lesions)} lesions from {len(cases)} cases in {time.perf_counter() - start:.1f} s "
           f"({int(report[extraction.CACHED].sum())} rows from cache); {failed[extraction.PATIENT_ID].nunique()} "
-          f"case(s) with failures, see {out / 'extraction_report.csv'}")
+          f"case(s) with failures, see {str(out).rstrip('/')}/extraction_report.csv")
     return len(cases), len(lesions)

@@ -161,6 +161,11 @@ def test_manifest_images_and_cache_can_live_behind_an_fsspec_url(small_cohort, t
         assert not report[extraction.CACHED].any() and memory.find(f"{root}/cache")
         _, again = extraction.extract_cohort(cases, options(labels), f"memory://{root}/cache", progress=False)
         assert again[extraction.CACHED].all()
+        extraction.write_extraction(f"memory://{root}/out", lesions, report)   # outputs on shared storage too
+        with memory.open(f"{root}/out/lesions.parquet", "rb") as handle:
+            pd.testing.assert_frame_equal(pd.read_parquet(handle), lesions)
+        with memory.open(f"{root}/out/extraction_report.csv", "rb") as handle:
+            assert pd.read_csv(handle, dtype={PATIENT_ID: str})[PATIENT_ID].tolist() == report[PATIENT_ID].tolist()
         memory.pipe_file(f"{root}/truncated.nii.gz", memory.cat_file(cases[0].image)[:500])
         bad = [extraction.CaseInput("gone", f"memory://{root}/nowhere.nii.gz", cases[0].mask),
                extraction.CaseInput("cut", f"memory://{root}/truncated.nii.gz", cases[0].mask)]
