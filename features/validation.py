@@ -36,6 +36,9 @@ NUMERIC_KINDS = ("float", "int", "binary")
 
 # pandera check names: the key that turns a failure case into a message.
 _NUMBER, _RANGE, _BINARY, _CATEGORY, _ID_BLANK = "number", "range", "binary", "category", "id_blank"
+# Reason codes of row problems (a patient's status in batch inference), by failed check.
+ROW_PROBLEM_CODES = {_NUMBER: "not_a_number", _RANGE: "out_of_range", _BINARY: "not_binary",
+                     _CATEGORY: "unknown_category"}
 _FATAL_CHECKS = ("column_in_dataframe", "field_uniqueness", "not_nullable", _ID_BLANK)
 
 
@@ -48,6 +51,7 @@ class Problem:
     value: Any
     allowed: str
     message: str
+    code: str = ""   # row problems: not_a_number, out_of_range, not_binary, unknown_category
 
 
 @dataclass
@@ -214,7 +218,7 @@ def _row_problem(columns: dict[str, Column], check: str, name: str, value: Any, 
         what = f"is outside {allowed}" if column.kind == "float" else f"is not {allowed}"
     else:  # binary, category
         what = f"is not {allowed}"
-    return Problem(patient, name, value, allowed, f"{who}: {name} = {shown} {what}")
+    return Problem(patient, name, value, allowed, f"{who}: {name} = {shown} {what}", ROW_PROBLEM_CODES[check])
 
 
 def _absent_columns(cases: pd.DataFrame) -> list[Problem]:

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from features import extraction, patient_table, radiomics
 from features.imaging import LabelRoles
 from features.mapping import CohortMapping, apply_mapping, load_mapping
-from features.schema import COLUMN_BY_NAME, IMAGE, MASK, PATIENT_ID
+from features.schema import IMAGE, MASK, PATIENT_ID
 from features.validation import Problem, validate_cohort
 from models import explain as shap_explain
 from models import training
@@ -80,10 +80,7 @@ ID_HASH_CHARS = 8
 OK = "ok"
 DUPLICATE_ID = "duplicate_patient_id"
 MISSING_ID = "missing_patient_id"
-OUT_OF_RANGE = "out_of_range"
-NOT_A_NUMBER = "not_a_number"
-NOT_BINARY = "not_binary"
-UNKNOWN_CATEGORY = "unknown_category"
+INVALID = "invalid"   # a validation problem without a row code (should not happen)
 EXTRACTION_ERROR = "extraction_error"
 
 ROW = "row"
@@ -411,15 +408,8 @@ class Context:
 
 
 def _problem_code(problem: Problem) -> str:
-    """A reason code for a validation problem (its column's kind and the failed check)."""
-    column = COLUMN_BY_NAME.get(problem.column or "")
-    if "is not a number" in problem.message:
-        return NOT_A_NUMBER
-    if column is not None and column.kind == "category":
-        return UNKNOWN_CATEGORY
-    if column is not None and column.kind == "binary":
-        return NOT_BINARY
-    return OUT_OF_RANGE
+    """The reason code of a validation problem (``features.validation.ROW_PROBLEM_CODES``)."""
+    return problem.code or INVALID
 
 
 def explanation_file(patient_id: str) -> str:

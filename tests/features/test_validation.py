@@ -48,22 +48,23 @@ def test_every_problem_is_reported_in_one_call():
     assert report.valid_rows.empty
 
 
-@pytest.mark.parametrize(("column", "value", "message"), [
-    (s.CEA, -3.0, "patient CRLM-CT-1002: cea_ng_ml = -3.0 is outside 0 to 1000000 ng/mL"),
-    (s.AGE, 250, "patient CRLM-CT-1002: age_years = 250 is outside 18 to 110 years"),
-    (s.SEX, "unknown", "patient CRLM-CT-1002: sex = 'unknown' is not one of male, female"),
-    (s.CEA, "12,5", "patient CRLM-CT-1002: cea_ng_ml = '12,5' is not a number (allowed: 0 to 1000000 ng/mL)"),
-    (s.NODE_POSITIVE, 2, "patient CRLM-CT-1002: primary_node_positive = 2 is not 0 or 1"),
-    (s.ECOG, 1.5, "patient CRLM-CT-1002: ecog = 1.5 is not a whole number from 0 to 4"),
+@pytest.mark.parametrize(("column", "value", "message", "code"), [
+    (s.CEA, -3.0, "patient CRLM-CT-1002: cea_ng_ml = -3.0 is outside 0 to 1000000 ng/mL", "out_of_range"),
+    (s.AGE, 250, "patient CRLM-CT-1002: age_years = 250 is outside 18 to 110 years", "out_of_range"),
+    (s.SEX, "unknown", "patient CRLM-CT-1002: sex = 'unknown' is not one of male, female", "unknown_category"),
+    (s.CEA, "12,5", "patient CRLM-CT-1002: cea_ng_ml = '12,5' is not a number (allowed: 0 to 1000000 ng/mL)",
+     "not_a_number"),
+    (s.NODE_POSITIVE, 2, "patient CRLM-CT-1002: primary_node_positive = 2 is not 0 or 1", "not_binary"),
+    (s.ECOG, 1.5, "patient CRLM-CT-1002: ecog = 1.5 is not a whole number from 0 to 4", "out_of_range"),
 ])
-def test_bad_value_marks_only_that_patient_invalid(column, value, message):
+def test_bad_value_marks_only_that_patient_invalid(column, value, message, code):
     table = cohort()
     table[column] = table[column].astype(object)
     table.loc[1, column] = value
     report = validate_cohort(table)
     assert [p.message for p in report.problems] == [message]
     problem = report.problems[0]
-    assert (problem.patient_id, problem.column, problem.value) == ("CRLM-CT-1002", column, value)
+    assert (problem.patient_id, problem.column, problem.value, problem.code) == ("CRLM-CT-1002", column, value, code)
     assert report.fatal == []
     assert report.status.tolist() == [OK, "invalid: " + message.split(": ", 1)[1], OK]
     assert report.valid_rows[s.PATIENT_ID].tolist() == ["CRLM-CT-1001", "CRLM-CT-1003"]
