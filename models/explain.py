@@ -299,6 +299,83 @@ def explain(predictor: RecurrencePredictor | ResponsePredictor, table: pd.DataFr
     return result
 
 
+def is_linear(estimator: object) -> bool:
+    """Whether ``estimator`` is one of the linear models (attributions = coefficient x difference)."""
+    return isinstance(estimator, (LogisticRegression, CoxnetSurvivalAnalysis))
+
+
+# Numeric blocks of models.preprocessing's ColumnTransformers ("numeric" when every column competes
+# for selection; "clinical" and "imaging" when only imaging columns are selected).
+NUMERIC_BLOCKS = ("numeric", "clinical", "imaging")
+
+
+def _linear_reference(pipeline: Pipeline, width: int) -> np.ndarray:
+    """The reference patient in the estimator's input space: numeric columns at their training
+    mean (0 after the fitted StandardScaler), categorical columns at their most frequent
+    training category (the fitted imputer's statistic), one-hot encoded."""
+    prepare = pipeline.named_steps["prepare"]
+    parts = []
+    for name, transformer, columns in prepare.transformers_:
+        if name in NUMERIC_BLOCKS:       # after the fitted scaler, the training mean is 0
+            parts.append(np.zeros(len(transformer.get_feature_names_out(list(columns)))))
+        elif name == "categorical":
+            modes = transformer.named_steps["impute"].statistics_
+            one_hot = transformer.named_steps["one_hot"]
+            parts.append(np.asarray(one_hot.transform(np.asarray([modes], dtype=object))).ravel())
+        elif name != "remainder":
+            raise NotImplementedError(f"no reference patient for a pipeline with a {name!r} transformer")
+    reference = np.concatenate(parts)
+    for step in ("decorrelate", "select"):
+        if step in pipeline.named_steps:   # selection over every column (train.select_among: all)
+            reference = reference[pipeline.named_steps[step].support_]
+    if reference.shape[0] != width:
+        raise ValueError(f"the reference patient has {reference.shape[0]} model features, the model {width}")
+    return reference
+
+
+def explain_without_background(predictor: RecurrencePredictor | ResponsePredictor, frame: pd.DataFrame,
+                               typed: bool = False) -> ShapResult:
+    """Exact, additive SHAP values of ``predictor`` on ``frame`` without training rows (inference).
+
+    Linear models (Coxnet, logistic): ``coef_j * (z_j - z_ref_j)`` on the fitted pre-processed
+    features, relative to a reference patient (numeric inputs at their training mean, which the
+    fitted StandardScaler maps to 0; categorical inputs at their most frequent training
+    category); the base value is the reference patient's prediction. xgboost: TreeSHAP with the
+    trees' own training cover (``tree_path_dependent``, xgboost's ``pred_contribs``); the base
+    value is the cover-weighted mean margin. Units: those of `explained_quantity` (AFT signs
+    flipped to risk). Per patient, values + base equal the predictor's margin.
+    ``typed``: ``frame`` already holds the model's columns typed as fitted.
+    """
+    import xgboost as xgb
+
+    prepare, estimator, task = _parts(predictor)
+    pipeline = predictor.pipeline
+    quantity = explained_quantity(estimator)
+    names, sources = model_features(predictor)
+    X = frame[predictor.feature_columns] if typed else training.model_frame(frame, predictor.feature_columns)
+    Z = np.asarray(prepare.transform(X), dtype=float)
+    if is_linear(estimator):
+        coef, _ = _linear_coefficients(estimator, Z.shape[1])
+        reference = _linear_reference(pipeline, Z.shape[1])
+        values = coef * (Z - reference)
+        base = np.full(len(Z), float(_margin_of_inputs(estimator, reference[None, :])[0]))
+        margin = _margin_of_inputs(estimator, Z)
+    else:
+        booster = estimator.get_booster() if isinstance(estimator, XGBClassifier) else estimator.booster_
+        contributions = booster.predict(xgb.DMatrix(Z), pred_contribs=True).astype(float)
+        margin = booster.predict(xgb.DMatrix(Z), output_margin=True).astype(float)
+        values, base = contributions[:, :-1], contributions[:, -1]
+        if isinstance(estimator, XGBAFTSurvival):
+            values, base, margin = -values, -base, -margin   # AFT margin is log time; risk = -margin
+    error = np.abs(values.sum(axis=1) + base - margin)
+    if error.size and error.max() > ADDITIVITY_TOLERANCE * max(1.0, float(np.abs(margin).max())):
+        raise RuntimeError(f"model '{predictor.name}': SHAP values do not add up to its {quantity} "
+                           f"(off by {error.max():.3g}); models/explain.py cannot explain this estimator")
+    ids = [str(v) for v in frame[PATIENT_ID]] if PATIENT_ID in frame else [str(i) for i in frame.index]
+    return ShapResult(predictor.name, task, quantity, names, sources, values, base, Z,
+                      _display_data(X, names, sources), ids, n_background=0)
+
+
 def to_explanation(result: ShapResult) -> shap.Explanation:
     """The result as a ``shap.Explanation`` (for shap's own plots), in original units."""
     return shap.Explanation(values=result.values, base_values=result.base_values, data=result.display_data,

@@ -47,6 +47,7 @@ from features.mapping import CohortMapping, apply_mapping, load_mapping
 from features.schema import IMAGE, MASK, PATIENT_ID
 from features.validation import Problem, validate_cohort
 from models import explain as shap_explain
+from models.explain import explain_without_background
 from models import training
 from models.preprocessing import split_feature_types
 from models.predictor import RESPONSE_PROBABILITY, RISK, RISK_GROUP, RecurrencePredictor, survival_column
@@ -226,110 +227,6 @@ def load_models(models: Sequence[str], repo_root: Path) -> list[LoadedModel]:
     return loaded
 
 
-# --------------------------------------------------------------------------- explanations
-# models.explain explains with a training background (the explain stage has the training
-# split). At inference there is none: a predictor carries its fitted pipeline but not the
-# training feature matrix. TODO(explain): move `inference_shap` into models.explain as
-# ``explain(predictor, table, background=None)``.
-
-# Numeric blocks of models.preprocessing's ColumnTransformers ("numeric" when every column competes
-# for selection; "clinical" and "imaging" when only imaging columns are selected).
-NUMERIC_BLOCKS = ("numeric", "clinical", "imaging")
-
-
-def _linear_reference(pipeline: Any, width: int) -> np.ndarray:
-    """The reference patient in the estimator's input space: numeric columns at their training
-    mean (0 after the fitted StandardScaler), categorical columns at their most frequent
-    training category (the fitted imputer's statistic), one-hot encoded."""
-    prepare = pipeline.named_steps["prepare"]
-    parts = []
-    for name, transformer, columns in prepare.transformers_:
-        if name in NUMERIC_BLOCKS:       # after the fitted scaler, the training mean is 0
-            parts.append(np.zeros(len(transformer.get_feature_names_out(list(columns)))))
-        elif name == "categorical":
-            modes = transformer.named_steps["impute"].statistics_
-            one_hot = transformer.named_steps["one_hot"]
-            parts.append(np.asarray(one_hot.transform(np.asarray([modes], dtype=object))).ravel())
-        elif name != "remainder":
-            raise NotImplementedError(f"no reference patient for a pipeline with a {name!r} transformer")
-    reference = np.concatenate(parts)
-    for step in ("decorrelate", "select"):
-        if step in pipeline.named_steps:   # selection over every column (train.select_among: all)
-            reference = reference[pipeline.named_steps[step].support_]
-    if reference.shape[0] != width:
-        raise ValueError(f"the reference patient has {reference.shape[0]} model features, the model {width}")
-    return reference
-
-
-def _display_data(frame: pd.DataFrame, names: Sequence[str], sources: Sequence[str]) -> np.ndarray:
-    """Model features in original units; a one-hot feature is its 0/1 indicator (NaN if missing)."""
-    out = np.empty((len(frame), len(names)))
-    for j, (name, source) in enumerate(zip(names, sources)):
-        column = frame[source]
-        if name == source:
-            out[:, j] = pd.to_numeric(column, errors="coerce").to_numpy(float)
-        else:
-            category = name[len(source) + 1:]
-            out[:, j] = np.where(column.isna(), np.nan, (column.astype(str) == category).astype(float))
-    return out
-
-
-def _is_linear(estimator: Any) -> bool:
-    from sklearn.linear_model import LogisticRegression
-    from sksurv.linear_model import CoxnetSurvivalAnalysis
-
-    return isinstance(estimator, (LogisticRegression, CoxnetSurvivalAnalysis))
-
-
-def inference_shap(predictor: Any, frame: pd.DataFrame, typed: bool = False) -> shap_explain.ShapResult:
-    """Exact, additive SHAP values of ``predictor`` on ``frame`` without a training background.
-
-    Linear models (Coxnet, logistic): ``coef_j * (z_j - z_ref_j)`` on the fitted pre-processed
-    features, relative to a reference patient (numeric inputs at their training mean, which the
-    fitted StandardScaler maps to 0; categorical inputs at their most frequent training
-    category); the base value is the reference patient's prediction. xgboost: TreeSHAP with the
-    trees' own training cover (``tree_path_dependent``, xgboost's ``pred_contribs``); the base
-    value is the cover-weighted mean margin. Units: those of ``shap_explain.explained_quantity``
-    (AFT signs flipped to risk). Per patient, values + base equal the predictor's margin.
-    ``typed``: ``frame`` already holds the model's columns typed as fitted (`_model_input`).
-    """
-    import xgboost as xgb
-    from sklearn.linear_model import LogisticRegression
-    from xgboost import XGBClassifier
-
-    from models.survival import XGBAFTSurvival
-
-    pipeline = predictor.pipeline
-    prepare, estimator = pipeline[:-1], pipeline.steps[-1][1]
-    quantity = shap_explain.explained_quantity(estimator)
-    names, sources = shap_explain.model_features(predictor)
-    X = frame[predictor.feature_columns] if typed else training.model_frame(frame, predictor.feature_columns)
-    Z = np.asarray(prepare.transform(X), dtype=float)
-    if _is_linear(estimator):
-        function = estimator.decision_function if isinstance(estimator, LogisticRegression) else estimator.predict
-        coef = (np.asarray(estimator.coef_, dtype=float).ravel() if isinstance(estimator, LogisticRegression)
-                else np.asarray(estimator.coef_, dtype=float)[:, -1])   # sksurv: the last alpha of the path
-        reference = _linear_reference(pipeline, Z.shape[1])
-        values = coef * (Z - reference)
-        base = np.full(len(Z), float(np.asarray(function(reference[None, :]), dtype=float).ravel()[0]))
-        margin = np.asarray(function(Z), dtype=float).ravel()
-    else:
-        booster = estimator.get_booster() if isinstance(estimator, XGBClassifier) else estimator.booster_
-        contributions = booster.predict(xgb.DMatrix(Z), pred_contribs=True).astype(float)
-        margin = booster.predict(xgb.DMatrix(Z), output_margin=True).astype(float)
-        values, base = contributions[:, :-1], contributions[:, -1]
-        if isinstance(estimator, XGBAFTSurvival):
-            values, base, margin = -values, -base, -margin   # AFT margin is log time; risk = -margin
-    error = np.abs(values.sum(axis=1) + base - margin)
-    if error.size and error.max() > ADDITIVITY_TOLERANCE * max(1.0, float(np.abs(margin).max())):
-        raise RuntimeError(f"model '{predictor.name}': SHAP values do not add up to its {quantity} "
-                           f"(off by {error.max():.3g}); pipeline/predict.py cannot explain this estimator")
-    task = _task_of(predictor)
-    return shap_explain.ShapResult(predictor.name, task, quantity, names, sources, values, base, Z,
-                                   _display_data(frame, names, sources),
-                                   [str(v) for v in frame[PATIENT_ID]], n_background=0)
-
-
 # --------------------------------------------------------------------------- reading
 
 @dataclass(frozen=True)
@@ -438,7 +335,7 @@ def _fitted_types(pipeline: Any) -> tuple[list[str], list[str]] | None:
     prepare = getattr(pipeline, "named_steps", {}).get("prepare")
     if prepare is None or not hasattr(prepare, "transformers_"):
         return None
-    numeric = [c for name, _, cols in prepare.transformers_ if name in NUMERIC_BLOCKS for c in cols]
+    numeric = [c for name, _, cols in prepare.transformers_ if name in shap_explain.NUMERIC_BLOCKS for c in cols]
     categorical = [c for name, _, cols in prepare.transformers_ if name == "categorical" for c in cols]
     return numeric, categorical
 
@@ -598,7 +495,7 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
                 out.loc[index, column] = predicted[column].to_numpy()
         out.loc[index, f"{model.task}_model"] = model.name
         out.loc[index, f"{model.task}_model_version"] = model.version
-        result = inference_shap(model.predictor, frame, typed=True)
+        result = explain_without_background(model.predictor, frame, typed=True)
         served = predicted[RISK] if model.task == training.RECURRENCE else _logit(predicted[RESPONSE_PROBABILITY])
         gap = np.abs(result.output - served.to_numpy(float))
         if gap.size and gap.max() > ADDITIVITY_TOLERANCE * max(1.0, float(np.abs(result.output).max())):
@@ -609,7 +506,7 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
             top.index = index
             for column in top.columns:
                 out.loc[index, f"{model.task}_{column}"] = top[column].to_numpy(dtype=object)
-        kind = "linear" if _is_linear(model.predictor.pipeline.steps[-1][1]) else "tree"
+        kind = "linear" if shap_explain.is_linear(model.predictor.pipeline.steps[-1][1]) else "tree"
         for position, i in enumerate(index):
             order = np.argsort(-np.abs(result.values[position]), kind="mergesort")
             documents[i]["models"].append({

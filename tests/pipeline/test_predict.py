@@ -17,9 +17,10 @@ from features import extraction, radiomics
 from features.patient_table import patient_feature_table
 from features.schema import CEA, IMAGE, MASK, PATIENT_ID, PRIMARY_SITE
 from models import training
+from models.explain import explain_without_background
 from pipeline import cohort as synthetic
 from pipeline import synthesis
-from pipeline.predict import (DUPLICATE_ID, PREDICTIONS_FILE, SUMMARY_FILE, explanation_file, inference_shap,
+from pipeline.predict import (DUPLICATE_ID, PREDICTIONS_FILE, SUMMARY_FILE, explanation_file,
                               load_models, run_predict)
 from pipeline.train import run_train
 
@@ -221,7 +222,7 @@ def test_every_model_family_is_explained_exactly_and_a_marker_picks_the_model(se
     table = pd.read_parquet(setup["root"] / "imaging.parquet").head(20)
     for path in sorted(folder.glob("*.joblib")):
         model = load_models([str(path)], tmp_path)[0]
-        shap = inference_shap(model.predictor, table)   # raises unless SHAP values add up to the margin
+        shap = explain_without_background(model.predictor, table)   # raises unless SHAP values add up to the margin
         prediction = model.predictor.predict_frame(table)
         served = prediction["risk"] if "risk" in prediction else np.log(
             prediction["response_probability"] / (1 - prediction["response_probability"]))
