@@ -148,6 +148,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_extraction_options(parser: argparse.ArgumentParser, cache_type=_path_or_url) -> None:
+    """The settings of image extraction, shared by crlm extract and crlm predict."""
+    parser.add_argument("--params", type=Path, default=DEFAULT_RADIOMICS,
+                        help="pyradiomics parameter file (for predict: the one the models were trained with)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="crop margin, cache, aggregation")
+    parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
+    parser.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
+    parser.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
+    parser.add_argument("--resample-mask", action="store_true",
+                        help="resample masks on another grid onto the image (nearest neighbour, logged)")
+    parser.add_argument("--cache", type=cache_type, default=None, help="per-case cache folder (default from --config)")
+    parser.add_argument("--jobs", type=_jobs, default=-1, help="parallel extraction workers (-1: all cores)")
+    parser.add_argument("--scheduler", default=None, help=SCHEDULER_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crlm",
@@ -171,16 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     ext = sub.add_parser("extract", help="per-lesion morphology and radiomics for a cohort (cached, parallel)")
     ext.add_argument("--cohort", type=_path_or_url, required=True, help="CSV with patient_id, image, mask (paths relative to it)")
     ext.add_argument("--out", type=_path_or_url, required=True, help="output folder: lesions.parquet, extraction_report.csv")
-    ext.add_argument("--params", type=Path, default=DEFAULT_RADIOMICS, help="pyradiomics parameter file")
-    ext.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="crop margin, cache, aggregation")
-    ext.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
-    ext.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
-    ext.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
-    ext.add_argument("--resample-mask", action="store_true",
-                     help="resample masks on another grid onto the image (nearest neighbour, logged)")
-    ext.add_argument("--cache", type=_path_or_url, default=None, help="per-case cache folder (default from --config)")
-    ext.add_argument("--jobs", type=_jobs, default=-1, help="parallel workers (-1: all cores)")
-    ext.add_argument("--scheduler", default=None, help=SCHEDULER_HELP)
+    _add_extraction_options(ext)
     ext.set_defaults(func=cmd_extract)
 
     val = sub.add_parser("validate", help="check a cohort's clinical table against the canonical schema")
@@ -248,17 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--mapping", type=Path, default=None, help="cohort mapping (YAML) for a non-canonical sheet")
     pre.add_argument("--chunk-size", type=_positive, default=32, help="patients per chunk (bounds memory)")
     pre.add_argument("--top-k", type=_positive, default=3, help="SHAP contributions per task in predictions.csv")
-    pre.add_argument("--params", type=Path, default=DEFAULT_RADIOMICS,
-                     help="pyradiomics parameter file (the one the models were trained with)")
-    pre.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="crop margin, cache, aggregation")
-    pre.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
-    pre.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
-    pre.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
-    pre.add_argument("--resample-mask", action="store_true",
-                     help="resample masks on another grid onto the image (nearest neighbour, logged)")
-    pre.add_argument("--cache", type=Path, default=None, help="per-case cache folder (default from --config)")
-    pre.add_argument("--jobs", type=_jobs, default=-1, help="parallel extraction workers (-1: all cores)")
-    pre.add_argument("--scheduler", default=None, help=SCHEDULER_HELP)
+    _add_extraction_options(pre, cache_type=Path)
     pre.set_defaults(func=cmd_predict)
 
     pro = sub.add_parser("promote", help="move a registered model's alias (default: champion) to a version")

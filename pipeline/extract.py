@@ -27,15 +27,11 @@ def load_extraction_config(path: str | Path) -> ExtractionConfig:
     return settings.load(ExtractionConfig, path)
 
 
-def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path, labels_path: Path,
-                jobs: int, cache: str | Path | None = None, liver_label: int | None = None,
-                lesion_label: int | None = None, resample_mask: bool | None = None,
-                progress: bool = True, scheduler: str | None = None) -> tuple[int, int]:
-    """Extract every case of ``cohort``; return (cases, lesions extracted).
-
-    ``cohort``, ``cache`` and ``out`` are local paths or fsspec URLs; ``out`` is written by this process.
-    ``scheduler``: a Dask scheduler address, else ``DASK_SCHEDULER_ADDRESS``, else local processes.
-    """
+def case_options(params: Path, config: Path, labels_path: Path, liver_label: int | None = None,
+                 lesion_label: int | None = None, resample_mask: bool | None = None
+                 ) -> tuple[extraction.CaseOptions, ExtractionConfig]:
+    """The per-case extraction settings from the radiomics parameter file, the extraction config
+    and the label roles; command-line label values and ``resample_mask`` override the files."""
     cfg = load_extraction_config(config)
     labels: LabelRoles = load_labels(labels_path)
     if liver_label is not None or lesion_label is not None:
@@ -47,6 +43,19 @@ def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path,
         resample_mask=cfg.resample_mask if resample_mask is None else resample_mask,
         min_lesion_voxels=cfg.min_lesion_voxels,
     )
+    return options, cfg
+
+
+def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path, labels_path: Path,
+                jobs: int, cache: str | Path | None = None, liver_label: int | None = None,
+                lesion_label: int | None = None, resample_mask: bool | None = None,
+                progress: bool = True, scheduler: str | None = None) -> tuple[int, int]:
+    """Extract every case of ``cohort``; return (cases, lesions extracted).
+
+    ``cohort``, ``cache`` and ``out`` are local paths or fsspec URLs; ``out`` is written by this process.
+    ``scheduler``: a Dask scheduler address, else ``DASK_SCHEDULER_ADDRESS``, else local processes.
+    """
+    options, cfg = case_options(params, config, labels_path, liver_label, lesion_label, resample_mask)
     cases = extraction.read_manifest(cohort)
     cache_dir = cache if cache is not None else cfg.cache_dir
     if not extraction.is_url(cache_dir):

@@ -32,7 +32,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features import extraction, patient_table, radiomics
-from features.imaging import LabelRoles
 from features.mapping import CohortMapping, apply_mapping, load_mapping
 from features.schema import IMAGE, MASK, PATIENT_ID
 from features.validation import Problem, validate_cohort
@@ -51,9 +50,8 @@ from models.explain import explain_without_background
 from models import training
 from models.preprocessing import split_feature_types
 from models.predictor import RESPONSE_PROBABILITY, RISK, RISK_GROUP, RecurrencePredictor, survival_column
-from pipeline.extract import load_extraction_config
+from pipeline.extract import case_options
 from pipeline.train import BEST_FILE   # {"recurrence": "coxnet", "response": "xgb"} in a models folder
-from pipeline.world import load_labels
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RADIOMICS = REPO_ROOT / "configs" / "radiomics.yaml"
@@ -549,20 +547,6 @@ def output_columns(models: Sequence[LoadedModel], top_k: int) -> list[str]:
 
 # --------------------------------------------------------------------------- the run
 
-def _case_options(radiomics_params: Path, extraction_config: Path, labels_path: Path, liver_label: int | None,
-                  lesion_label: int | None, resample_mask: bool | None) -> tuple[extraction.CaseOptions, Any]:
-    cfg = load_extraction_config(extraction_config)
-    labels: LabelRoles = load_labels(labels_path)
-    if liver_label is not None or lesion_label is not None:
-        labels = replace(labels, liver=liver_label if liver_label is not None else labels.liver,
-                         lesion=lesion_label if lesion_label is not None else labels.lesion)
-    options = extraction.CaseOptions(
-        settings=radiomics.ExtractionSettings(radiomics.load_radiomics_params(radiomics_params), cfg.crop_margin_mm),
-        labels=labels, resample_mask=cfg.resample_mask if resample_mask is None else resample_mask,
-        min_lesion_voxels=cfg.min_lesion_voxels)
-    return options, cfg
-
-
 def _prepare_out(out: Path) -> Path:
     """Create ``out``; remove this command's previous outputs there (and nothing else)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -607,7 +591,7 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
                          f"{' ...' if len(header) > 8 else ''}")
     loaded = load_models(models, repo_root)
     needs_images = any(m.needs_images for m in loaded)
-    options, cfg = _case_options(radiomics_params, extraction_config, labels, liver_label, lesion_label,
+    options, cfg = case_options(radiomics_params, extraction_config, labels, liver_label, lesion_label,
                                  resample_mask)
     if needs_images:
         produced = {spec.rename.get(c, c) for c in header} if spec else set(header)
