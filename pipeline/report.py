@@ -108,7 +108,7 @@ STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;
 max-width:1200px;padding:1em 2em;color:#1d1d1f;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0 1em;font-size:.88em}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:.88em}.scroll{overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#f2f2f2}td.num{text-align:right;white-space:nowrap}
 tr.best td{background:#e6f4ea;font-weight:600}tr.oracle td{background:#f3eefc;font-style:italic}
@@ -157,7 +157,8 @@ def table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], row_classes: Se
     for i, row in enumerate(rows):
         cells = join(tag("td", c, class_="num" if numeric[j] else None) for j, c in enumerate(row))
         body.append(tag("tr", cells, class_=row_classes[i] if row_classes else None))
-    return tag("table", join([head, tag("tbody", join(body))]))
+    # wide tables (the model tables have 9 metrics) scroll inside the page instead of overflowing it
+    return tag("div", tag("table", join([head, tag("tbody", join(body))])), class_="scroll")
 
 
 def section(title: str, body: Any, anchor: str) -> Html:
