@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from machine_info import cpu_model   # bench/machine_info.py (this folder is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 SHAPE_ZYX = (100, 512, 512)
 SPACING_XYZ = (0.78, 0.78, 2.5)
@@ -199,14 +201,7 @@ def agreement(reference: dict[str, float], other: dict[str, float]) -> str:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}, load average {load}"
 

@@ -42,6 +42,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from machine_info import cpu_model   # bench/machine_info.py (this folder is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results.md"
@@ -64,14 +66,7 @@ class Failed(Exception):
 # --------------------------------------------------------------------------- the machine
 
 def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     memory_gib = float("nan")
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
