@@ -59,14 +59,23 @@ def reference_table(train: pd.DataFrame) -> pd.DataFrame:
 
 
 def task_predictions(task: str, predictors: dict[str, object], train: pd.DataFrame, test: pd.DataFrame,
-                     truth: pd.DataFrame | None = None) -> dict[str, SurvivalPrediction | ResponsePrediction]:
-    """Predictions on ``test`` of the task's models, the baseline scores and the oracle.
+                     truth: pd.DataFrame | None = None,
+                     baselines: tuple[str, ...] | list[str] = training.BASELINES,
+                     ) -> dict[str, SurvivalPrediction | ResponsePrediction]:
+    """Predictions on ``test`` of the task's models, the ``baselines`` and the oracle.
 
     ``train`` (the training split, or its `reference_table`) calibrates the scores and the
-    oracle; the models carry their own training baseline.
+    oracle; the models carry their own training baseline. ``baselines`` are the scores that
+    :func:`models.training.baseline_availability` found computable; a patient without one
+    takes the training median (the availability status says how many).
     """
-    baselines_train = training.baseline_scores(train, task)
-    baselines_test = training.baseline_scores(test, task)
+    baselines = [b for b in baselines if b in training.BASELINES]
+    baselines_train = training.baseline_scores(train, task, baselines)
+    baselines_test = training.baseline_scores(test, task, baselines)
+    for name in baselines:
+        if name not in baselines_train or baselines_train[name].notna().sum() == 0:
+            raise ValueError(f"baseline {name!r} cannot be calibrated: no training patient has the score; "
+                             "check models.training.baseline_availability first")
     oracle = _oracle(truth, train, test, task)
     out: dict[str, SurvivalPrediction | ResponsePrediction] = {}
     if task == training.RECURRENCE:
@@ -76,7 +85,7 @@ def task_predictions(task: str, predictors: dict[str, object], train: pd.DataFra
             risk = predictor.risk(test)
             out[name] = SurvivalPrediction(risk, times, predictor.survival(risk, times))
         scores = {name: (_filled(baselines_train[name], baselines_train[name]),
-                         _filled(baselines_test[name], baselines_train[name])) for name in training.BASELINES}
+                         _filled(baselines_test[name], baselines_train[name])) for name in baselines}
         if oracle is not None:
             scores[ORACLE] = oracle
         for name, (train_risk, test_risk) in scores.items():
@@ -87,7 +96,7 @@ def task_predictions(task: str, predictors: dict[str, object], train: pd.DataFra
         y_train = outcomes.response_outcome(train)
         for name, predictor in predictors.items():
             out[name] = ResponsePrediction(predictor.probability(test))
-        for name in training.BASELINES:
+        for name in baselines:
             model = LogisticRegression(C=1e6, max_iter=1000)
             x_train = _filled(baselines_train[name], baselines_train[name]).reshape(-1, 1)
             x_test = _filled(baselines_test[name], baselines_train[name]).reshape(-1, 1)

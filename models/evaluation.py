@@ -197,3 +197,46 @@ def evaluate_task(task: str, y_train, y_test, predictions: Mapping[str, Survival
                 low = high = math.nan
             result[name][metric] = {"value": float(value), "ci_low": float(low), "ci_high": float(high)}
     return result
+
+
+# A chosen model's held-out calibration outside these bounds is flagged (docs/small_cohorts.md).
+CALIBRATION_SLOPE_RANGE = (0.5, 2.0)
+CALIBRATION_IN_THE_LARGE_MAX = 0.2   # |mean predicted - observed| probability (or survival at 24 months)
+
+
+def calibration_warning(task: str, model_metrics: Mapping[str, Mapping[str, float]],
+                        prediction: SurvivalPrediction | ResponsePrediction, y_test,
+                        horizon: float = CALIBRATION_HORIZON) -> str | None:
+    """A sentence when a model's held-out calibration is too poor to use its absolute risks, else None.
+
+    Flags a calibration slope outside ``CALIBRATION_SLOPE_RANGE`` and a mean predicted
+    survival at ``horizon`` (recurrence; observed: Kaplan-Meier) or mean predicted probability
+    (response; observed: the response rate) more than ``CALIBRATION_IN_THE_LARGE_MAX`` away
+    from what was observed. Ranking (C-index, AUC) is unaffected by either.
+    """
+    low, high = CALIBRATION_SLOPE_RANGE
+    problems = []
+    slope_key = "calibration_slope_24m" if task == "recurrence" else "calibration_slope"
+    slope = model_metrics.get(slope_key, {}).get("value")
+    if slope is not None and math.isfinite(slope) and not low <= slope <= high:
+        problems.append(f"calibration slope {slope:.2f} (outside {low:g}-{high:g})")
+    if task == "recurrence":
+        from sksurv.nonparametric import kaplan_meier_estimator
+
+        event, time = np.asarray(y_test["event"], bool), np.asarray(y_test["time"], float)
+        km_times, km_survival = kaplan_meier_estimator(event, time)
+        j = np.searchsorted(km_times, horizon, side="right") - 1
+        observed = 1.0 if j < 0 else float(km_survival[j])
+        predicted = prediction.at(horizon)
+        if abs(float(np.mean(predicted)) - observed) > CALIBRATION_IN_THE_LARGE_MAX:
+            problems.append(f"mean predicted {horizon:g}-month recurrence-free survival {np.mean(predicted):.3g} "
+                            f"(median {np.median(predicted):.2g}) against {observed:.2f} observed (Kaplan-Meier)")
+    else:
+        observed = float(np.mean(np.asarray(y_test, float)))
+        predicted = float(np.mean(prediction.probability))
+        if abs(predicted - observed) > CALIBRATION_IN_THE_LARGE_MAX:
+            problems.append(f"mean predicted response probability {predicted:.2f} against {observed:.2f} observed")
+    if not problems:
+        return None
+    return ("poorly calibrated on the held-out split: " + "; ".join(problems)
+            + ". Its ranking may still be useful; do not use its absolute risks")

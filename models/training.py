@@ -8,7 +8,9 @@ simulation's true predictors) are scored on the same test patients.
 
 from __future__ import annotations
 
+import math
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,36 +69,248 @@ def feature_columns(table: pd.DataFrame, task: str, covariates: Sequence[str] = 
     return usable
 
 
-def baseline_scores(table: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Clinical scores used as risk scores (higher = worse), per task.
+SCORE_COLUMN = {"fong": "fong_score", "oslo": "oslo_score", "game": "game_score", "tbs": "tbs"}
 
-    For response the Oslo score keeps only its pre-treatment items (largest > 5.5 cm,
-    CEA > 80 ng/mL): its other items (time to surgery, progression on chemotherapy) happen
-    after the chemotherapy whose response is predicted.
+
+def baseline_scores(table: pd.DataFrame, task: str, names: Sequence[str] = BASELINES) -> pd.DataFrame:
+    """Clinical scores used as risk scores (higher = worse), per task; missing stays missing.
+
+    Only the scores in ``names`` whose column is in ``table`` are returned. For response the
+    Oslo score keeps only its pre-treatment items (largest > 5.5 cm, CEA > 80 ng/mL): its other
+    items (time to surgery, progression on chemotherapy) happen after the chemotherapy whose
+    response is predicted.
     """
-    out = pd.DataFrame({
-        "fong": table["fong_score"].astype(float),
-        "oslo": table["oslo_score"].astype(float),
-        "game": table["game_score"].astype(float),
-        "tbs": table["tbs"].astype(float),
-    }, index=table.index)
-    if task == RESPONSE:
-        largest = pd.to_numeric(table[s.LARGEST_CM], errors="coerce")
-        cea = pd.to_numeric(table[s.CEA], errors="coerce")
-        out["oslo"] = ((largest > scores.OSLO_LARGEST_CM).astype(float)
-                       + (cea > scores.OSLO_CEA_NG_ML).astype(float)).where(largest.notna() & cea.notna())
+    out = pd.DataFrame(index=table.index)
+    for name in names:
+        column = SCORE_COLUMN[name]
+        if column in table:
+            out[name] = pd.to_numeric(table[column], errors="coerce").astype(float)
+    if task == RESPONSE and "oslo" in out:
+        largest = pd.to_numeric(table.get(s.LARGEST_CM), errors="coerce") if s.LARGEST_CM in table else None
+        cea = pd.to_numeric(table.get(s.CEA), errors="coerce") if s.CEA in table else None
+        if largest is None or cea is None:
+            out["oslo"] = np.nan
+        else:
+            out["oslo"] = ((largest > scores.OSLO_LARGEST_CM).astype(float)
+                           + (cea > scores.OSLO_CEA_NG_ML).astype(float)).where(largest.notna() & cea.notna())
     return out
 
 
-def split_patients(table: pd.DataFrame, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Patient-level train/test split stratified by recurrence event and response."""
-    strata = (table[s.RECURRENCE_EVENT].astype("Int64").astype(str) + "|"
-              + table[s.RECIST].isin(s.RESPONDER_CATEGORIES).astype(int).astype(str))
-    counts = strata.value_counts()
-    strata = strata.where(strata.map(counts) >= 2, "rare")
+@dataclass(frozen=True)
+class BaselineStatus:
+    """Whether a clinical score can serve as a baseline on a split, and why not."""
+
+    name: str
+    available: bool
+    n_patients: int
+    n_computable: int
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"available": self.available, "n_patients": self.n_patients, "n_computable": self.n_computable,
+                "reason": self.reason}
+
+
+def _missing_items_reason(table: pd.DataFrame, name: str, task: str) -> str:
+    """Which of a score's items are unknown for how many patients (most often first)."""
+    inputs = _SCORE_INPUTS[SCORE_COLUMN[name]]
+    if task == RESPONSE and name == "oslo":
+        inputs = (s.LARGEST_CM, s.CEA)
+    n = len(table)
+    counts = {c: (n if c not in table else int(table[c].isna().sum())) for c in inputs}
+    missing = sorted(((k, v) for k, v in counts.items() if v), key=lambda kv: -kv[1])
+    return "; ".join(f"{k} missing for {v}/{n} patients" for k, v in missing[:3])
+
+
+def baseline_availability(splits: Mapping[str, pd.DataFrame], task: str, min_coverage: float,
+                          names: Sequence[str] = BASELINES) -> dict[str, BaselineStatus]:
+    """Each baseline score's availability over the named ``splits`` (e.g. train and test).
+
+    A score is a baseline only where it can be computed for at least ``min_coverage`` of the
+    patients of every split; the patients it misses are then scored with the training median
+    (said in the status). Below that it is left out, with the items that are missing.
+    """
+    result: dict[str, BaselineStatus] = {}
+    for name in names:
+        n_total = n_ok = 0
+        worst = ""
+        available = True
+        for split_name, frame in splits.items():
+            values = baseline_scores(frame, task, (name,))
+            known = int(values[name].notna().sum()) if name in values else 0
+            n_total += len(frame)
+            n_ok += known
+            constant = known > 0 and values[name].nunique(dropna=True) == 1
+            if constant and available:
+                available = False
+                worst = (f"{name}: not available, the same value ({values[name].dropna().iloc[0]:g}) for every "
+                         f"{split_name} patient who has it: it cannot rank patients")
+            elif len(frame) == 0 or known < min_coverage * len(frame):
+                available = False
+                why = _missing_items_reason(frame, name, task) or f"{SCORE_COLUMN[name]} missing"
+                worst = worst or (f"{name}: not available, computable for {known}/{len(frame)} {split_name} "
+                                  f"patients (needs {min_coverage:.0%}): {why}")
+        reason = worst if not available else (
+            f"{name}: {n_total - n_ok}/{n_total} patients without a score take the training median"
+            if n_ok < n_total else "")
+        result[name] = BaselineStatus(name, available, n_total, n_ok, reason)
+    return result
+
+
+def outcome_strata(table: pd.DataFrame, tasks: Sequence[str] = TASKS) -> pd.Series:
+    """Stratum per patient from the outcomes of ``tasks`` that the table has.
+
+    Recurrence: the event (unknown as ``<NA>``); response: responder or not (unknown as
+    ``na``). With both outcomes known for everyone this is ``"event|responder"``, as before.
+    """
+    parts = []
+    if RECURRENCE in tasks and s.RECURRENCE_EVENT in table:
+        parts.append(pd.to_numeric(table[s.RECURRENCE_EVENT], errors="coerce").astype("Int64").astype(str))
+    if RESPONSE in tasks and s.RECIST in table:
+        known = table[s.RECIST].isin(s.RECIST_CATEGORIES)
+        responder = table[s.RECIST].isin(s.RESPONDER_CATEGORIES).astype(int).astype(str)
+        parts.append(responder.where(known, "na"))
+    if not parts:
+        return pd.Series("all", index=table.index)
+    strata = parts[0]
+    for part in parts[1:]:
+        strata = strata + "|" + part
+    return strata
+
+
+def split_patients(table: pd.DataFrame, test_fraction: float, seed: int,
+                   tasks: Sequence[str] = TASKS) -> tuple[np.ndarray, np.ndarray]:
+    """Patient-level train/test split stratified by the outcomes of ``tasks`` that exist.
+
+    Strata with fewer than two patients are pooled (``rare``); if the pooled strata still
+    cannot be split (a very small cohort), the recurrence event alone, then no stratification.
+    """
     index = np.arange(len(table))
-    train, test = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=strata)
+    candidates = [outcome_strata(table, tasks)]
+    if len(tasks) > 1:
+        candidates += [outcome_strata(table, (t,)) for t in tasks]
+    for strata in candidates:
+        counts = strata.value_counts()
+        strata = strata.where(strata.map(counts) >= 2, "rare")
+        counts = strata.value_counts()
+        n_test = math.ceil(test_fraction * len(table))
+        if counts.min() < 2 or n_test < len(counts) or len(table) - n_test < len(counts):
+            continue
+        train, test = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=strata)
+        return np.sort(train), np.sort(test)
+    train, test = train_test_split(index, test_size=test_fraction, random_state=seed)
     return np.sort(train), np.sort(test)
+
+
+def has_outcome(table: pd.DataFrame, task: str) -> pd.Series:
+    """Patients whose outcome for ``task`` is known (False for every patient if the column is absent)."""
+    if task == RECURRENCE:
+        if s.RECURRENCE_EVENT not in table or s.RECURRENCE_MONTHS not in table:
+            return pd.Series(False, index=table.index)
+        return outcomes.has_recurrence_outcome(table)
+    if s.RECIST not in table:
+        return pd.Series(False, index=table.index)
+    return outcomes.has_response_outcome(table)
+
+
+def usable_patients(table: pd.DataFrame, tasks: Sequence[str] = TASKS) -> pd.DataFrame:
+    """Patients with status ok and the outcome of at least one of ``tasks`` known."""
+    if "status" not in table:
+        raise ValueError("the feature table has no 'status' column; build it with crlm featurize")
+    ok = table["status"] == "ok"
+    known = pd.Series(False, index=table.index)
+    for task in tasks:
+        known |= has_outcome(table, task)
+    return table.loc[ok & known].reset_index(drop=True)
+
+
+def outcome_missing_reason(table: pd.DataFrame, task: str) -> str | None:
+    """Why ``task`` cannot be trained on ``table`` from its outcome alone, or None if it can be tried."""
+    if task == RECURRENCE:
+        absent = [c for c in (s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS) if c not in table]
+        if absent:
+            return f"the cohort has no {' or '.join(absent)} column (map them in the cohort mapping)"
+        known = has_outcome(table, task)
+        if not known.any():
+            return f"{s.RECURRENCE_EVENT} / {s.RECURRENCE_MONTHS} are blank for all {len(table)} usable patients"
+        events = int(pd.to_numeric(table.loc[known, s.RECURRENCE_EVENT], errors="coerce").sum())
+        if events == 0:
+            return f"no recurrence event among the {int(known.sum())} patients with follow-up"
+        return None
+    if s.RECIST not in table:
+        return f"the cohort has no {s.RECIST} column (RECIST CR/PR/SD/PD; map it in the cohort mapping)"
+    known = has_outcome(table, task)
+    if not known.any():
+        return f"{s.RECIST} is blank (or not CR/PR/SD/PD) for all {len(table)} usable patients"
+    responders = table.loc[known, s.RECIST].isin(s.RESPONDER_CATEGORIES)
+    if responders.all() or not responders.any():
+        only = "responders (CR/PR)" if responders.all() else "non-responders (SD/PD)"
+        return f"all {int(known.sum())} patients with a RECIST response are {only}: one class, nothing to learn"
+    return None
+
+
+# Smallest numbers a task needs (docs/small_cohorts.md): per CV validation fold and on the held-out split.
+MIN_MINORITY_PER_FOLD = 2
+MIN_CV_FOLDS = 2
+MIN_TEST_MINORITY = 2
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """What the data of one task allows: the CV folds and the selection grid, with the reasons."""
+
+    task: str
+    n_train: int
+    n_test: int
+    minority_train: int     # events (recurrence) or the rarer class (response) in the training split
+    minority_test: int
+    cv_folds: int
+    k_features: tuple[int, ...]
+    notes: tuple[str, ...] = ()
+
+
+def _minority(table: pd.DataFrame, task: str) -> int:
+    """Recurrence: the number of events (censoring may be absent); response: the rarer class."""
+    if task == RECURRENCE:
+        return int(pd.to_numeric(table[s.RECURRENCE_EVENT], errors="coerce").fillna(0).astype(bool).sum())
+    responder = table[s.RECIST].isin(s.RESPONDER_CATEGORIES)
+    return int(min(responder.sum(), (~responder).sum()))
+
+
+def plan_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index: np.ndarray,
+              settings: Mapping[str, Any]) -> TaskPlan:
+    """Check what the training and held-out patients of ``task`` allow before anything is fitted.
+
+    Adapts where it can (fewer CV folds, a smaller feature-selection grid) and says so in
+    ``notes``; raises ``ValueError`` naming the number and the fix where it cannot.
+    """
+    train, test = table.iloc[train_index], table.iloc[test_index]
+    unit = "recurrence events" if task == RECURRENCE else "patients in the rarer response class"
+    minority_train, minority_test = _minority(train, task), _minority(test, task)
+    if minority_test < MIN_TEST_MINORITY:
+        raise ValueError(f"{task}: the held-out split has {len(test)} patients with {minority_test} {unit}; "
+                         f"at least {MIN_TEST_MINORITY} are needed for any held-out metric. Fix: more patients, "
+                         f"or a larger train.test_fraction (now {settings['test_fraction']})")
+    wanted = int(settings["cv_folds"])
+    folds = min(wanted, minority_train // MIN_MINORITY_PER_FOLD)
+    notes: list[str] = []
+    if folds < MIN_CV_FOLDS:
+        raise ValueError(f"{task}: the training split has {len(train)} patients with {minority_train} {unit}; "
+                         f"cross-validation needs at least {MIN_CV_FOLDS * MIN_MINORITY_PER_FOLD} "
+                         f"({MIN_MINORITY_PER_FOLD} per fold, {MIN_CV_FOLDS} folds). Fix: more patients "
+                         f"(or events), or a smaller train.test_fraction (now {settings['test_fraction']})")
+    if folds < wanted:
+        notes.append(f"{folds} CV folds instead of {wanted}: {minority_train} {unit} in the training split "
+                     f"allow {MIN_MINORITY_PER_FOLD} per fold")
+    # Univariate selection is fitted inside each fold: keep k below the fold's training patients.
+    fold_train = len(train) - math.ceil(len(train) / folds)
+    cap = max(1, fold_train // 2)
+    requested = tuple(int(k) for k in settings["k_features"])
+    k_features = tuple(sorted({min(k, cap) for k in requested}))
+    if k_features != tuple(sorted(set(requested))):
+        notes.append(f"feature-selection grid {list(k_features)} instead of {list(requested)}: "
+                     f"{fold_train} training patients per fold allow at most {cap} selected features")
+    return TaskPlan(task, len(train), len(test), minority_train, minority_test, folds, k_features, tuple(notes))
 
 
 def _estimator(name: str, seed: int):
@@ -120,7 +334,10 @@ MODELS = {RECURRENCE: ("coxnet", "xgb_cox", "xgb_aft"), RESPONSE: ("logistic", "
 
 @dataclass
 class FittedTask:
-    """One task's fitted models and the data they were fitted and tested on."""
+    """One task's fitted models and the data they were fitted and tested on.
+
+    ``failed`` names the model families that could not be fitted on these data, with why.
+    """
 
     task: str
     features: list[str]
@@ -129,6 +346,8 @@ class FittedTask:
     models: dict[str, Pipeline] = field(default_factory=dict)
     best_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     cv_scores: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _grid(name: str, grids: Mapping[str, Mapping[str, Sequence[Any]]], k_features: Sequence[int],
@@ -139,19 +358,35 @@ def _grid(name: str, grids: Mapping[str, Mapping[str, Sequence[Any]]], k_feature
     return grid
 
 
+def _failure(exc: BaseException) -> str:
+    """The useful last line of a fit failure (GridSearchCV folds every traceback into one message)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last if ":" in last else f"{type(exc).__name__}: {last}"
+
+
 def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index: np.ndarray,
-             settings: Mapping[str, Any], covariates: Sequence[str] = (), jobs: int = 1) -> FittedTask:
+             settings: Mapping[str, Any], covariates: Sequence[str] = (), jobs: int = 1,
+             plan: TaskPlan | None = None) -> FittedTask:
     """Fit every model of ``task`` on the training rows, tuned by cross-validation there.
 
     ``settings`` is the ``train`` block of params.yaml: ``seed``, ``cv_folds``,
     ``correlation_threshold``, ``k_features`` (list), and per-model grids under ``grids``.
+    ``plan`` (from :func:`plan_task`) overrides the folds and the selection grid for a small
+    cohort. A model family whose every fit fails on these data (e.g. the Cox net's
+    ``ArithmeticError`` on a tiny cohort) is left out and named in ``failed``; grid points
+    that fail are skipped and counted in ``notes``. ``ValueError`` if no family can be fitted.
     """
     columns = feature_columns(table, task, covariates)
+    if not columns:
+        raise ValueError(f"{task}: no usable model input: every candidate column is missing for all patients")
     numeric, categorical = preprocessing.split_feature_types(table, columns)
     imaging = [c for c in numeric if c.startswith(IMAGING_PREFIXES)]
     select_among = str(settings.get("select_among", "all"))
     select_key = (None if select_among == "imaging" and not imaging
                   else preprocessing.SELECT_K.get(select_among))
+    folds_n = plan.cv_folds if plan is not None else int(settings["cv_folds"])
+    k_features = list(plan.k_features) if plan is not None else list(settings["k_features"])
     X = _model_frame(table, numeric, categorical)
     train = table.iloc[train_index]
     if task == RECURRENCE:
@@ -160,25 +395,45 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
     else:
         y = outcomes.response_outcome(train)
         strata = y
-    folds = StratifiedKFold(n_splits=int(settings["cv_folds"]), shuffle=True, random_state=int(settings["seed"]))
-    splits = list(folds.split(np.zeros(len(y)), strata))
+    folds = StratifiedKFold(n_splits=folds_n, shuffle=True, random_state=int(settings["seed"]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splits = list(folds.split(np.zeros(len(y)), strata))
     fitted = FittedTask(task, columns, train_index, test_index)
     with tempfile.TemporaryDirectory(prefix="crlm-cv-") as cache:
         for name in MODELS[task]:
             steps = preprocessing.feature_pipeline(numeric, categorical, float(settings["correlation_threshold"]),
-                                                   int(settings["k_features"][0]), imaging=imaging,
+                                                   int(k_features[0]), imaging=imaging,
                                                    select_among=select_among)
             # The shared pre-processing of a fold is fitted once and reused across the grid.
             pipeline = Pipeline([*steps, ("model", _estimator(name, int(settings["seed"])))], memory=cache)
-            search = GridSearchCV(pipeline, _grid(name, settings.get("grids", {}), settings["k_features"], select_key),
-                                  cv=splits, n_jobs=jobs, refit=True, error_score="raise",
+            search = GridSearchCV(pipeline, _grid(name, settings.get("grids", {}), k_features, select_key),
+                                  cv=splits, n_jobs=jobs, refit=True, error_score=np.nan,
                                   scoring=None if task == RECURRENCE else "roc_auc")
-            search.fit(X.iloc[train_index], y)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", category=UserWarning, message=".*fits failed.*")
+                    warnings.filterwarnings("ignore", message="One or more of the test scores are non-finite")
+                    search.fit(X.iloc[train_index], y)
+            except (ValueError, ArithmeticError, np.linalg.LinAlgError, FloatingPointError) as exc:
+                fitted.failed[name] = _failure(exc)
+                continue
+            scores_ = np.asarray(search.cv_results_["mean_test_score"], float)
+            if not np.isfinite(search.best_score_):
+                fitted.failed[name] = "no grid point gave a finite cross-validated score"
+                continue
+            if (~np.isfinite(scores_)).any():
+                fitted.notes.append(f"{name}: {int((~np.isfinite(scores_)).sum())}/{len(scores_)} grid points "
+                                    "failed to fit on these data and were skipped")
             best = search.best_estimator_
             best.memory = None   # the cache folder does not outlive this call
             fitted.models[name] = best
             fitted.best_params[name] = {k.removeprefix("model__"): v for k, v in search.best_params_.items()}
             fitted.cv_scores[name] = float(search.best_score_)
+    if not fitted.models:
+        raise ValueError(f"{task}: no model could be fitted on these {len(train_index)} training patients: "
+                         + "; ".join(f"{m}: {why}" for m, why in fitted.failed.items())
+                         + ". Fix: more patients, or stronger shrinkage in params.yaml train.grids")
     return fitted
 
 

@@ -100,19 +100,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     tasks = ("recurrence", "response") if args.task == "all" else (args.task,)
     covariates: tuple[str, ...] = ()
+    name = args.name
     if args.mapping is not None:
         from features.mapping import load_mapping
 
-        covariates = tuple(column.name for column in load_mapping(args.mapping).covariate_columns())
+        mapping = load_mapping(args.mapping)
+        covariates = tuple(column.name for column in mapping.covariate_columns())
+        name = name or getattr(mapping, "cohort", None) or None
+    if name is None and not args.no_tracking:
+        raise ValueError("name the registered models: --name NAME registers NAME-recurrence / NAME-response "
+                         "(or give a --mapping with a cohort name, or --no-tracking); "
+                         "'crlm' is the pipeline's own name")
     run_train(args.features, args.out, args.models, args.params, tasks, truth=args.truth,
-              repo_root=REPO_ROOT, track=not args.no_tracking, covariates=covariates)
+              repo_root=REPO_ROOT, track=not args.no_tracking, covariates=covariates,
+              name=name or "untracked", explicit_tasks=args.task != "all", jobs=args.jobs)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import run_evaluate
 
-    run_evaluate(args.model, args.features, args.out, args.params, truth=args.truth)
+    run_evaluate(args.model, args.features, args.out, args.params, truth=args.truth, repo_root=REPO_ROOT,
+                 track=not args.no_tracking)
     return 0
 
 
@@ -207,8 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     tra = sub.add_parser("train", help="fit recurrence and response models, evaluate on the held-out split")
     tra.add_argument("--features", type=Path, required=True, help="features.parquet from crlm featurize")
     tra.add_argument("--out", type=Path, required=True, help="folder for metrics.json, plots/, predictions")
-    tra.add_argument("--models", type=Path, default=REPO_ROOT / "artifacts" / "models", help="fitted predictors")
-    tra.add_argument("--task", choices=("recurrence", "response", "all"), default="all")
+    tra.add_argument("--models", type=Path, default=None, help="folder for the fitted predictors (default: OUT/models)")
+    tra.add_argument("--task", choices=("recurrence", "response", "all"), default="all",
+                     help="all (default): every task whose outcome the cohort has; the others are skipped, with why")
+    tra.add_argument("--name", default=None,
+                     help="registered model name prefix: NAME-recurrence, NAME-response (default: the mapping's "
+                          "cohort name; the pipeline's own run uses crlm)")
+    tra.add_argument("--jobs", type=_jobs, default=None, help="parallel fits in the grid search (default: train.jobs)")
     tra.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
     tra.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="experiment knobs")
     tra.add_argument("--mapping", type=Path, default=None,
@@ -222,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     eva.add_argument("--out", type=Path, required=True, help="folder for metrics.json")
     eva.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
     eva.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="bootstrap settings")
+    eva.add_argument("--no-tracking", action="store_true",
+                     help="do not log the external metrics to the MLflow run that trained the models")
     eva.set_defaults(func=cmd_evaluate)
 
     exp = sub.add_parser("explain", help="SHAP values, global and per-patient plots of the fitted models")

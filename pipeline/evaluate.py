@@ -9,6 +9,7 @@ Baseline scores are calibrated on the training split the models carry (never on 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,18 @@ import yaml
 from features.schema import PATIENT_ID
 from models import comparison, evaluation, outcomes, training
 from models.predictor import RecurrencePredictor
-from pipeline.train import usable_patients
+
+RUNS_FILE = "mlflow_runs.json"     # written by crlm train into the models folder: {"train": parent run id, ...}
+
+
+def is_model_uri(model: str) -> bool:
+    return "://" in model or model.startswith("models:/") or model.startswith("runs:/")
 
 
 def load_predictors(model: str) -> dict[str, dict[str, Any]]:
-    """{task: {name: predictor}} from a models folder or an MLflow model URI."""
+    """{task: {name: predictor}} from a models folder or an MLflow model URI (store configured by the caller)."""
     found: dict[str, dict[str, Any]] = {}
-    if "://" in model or model.startswith("models:/") or model.startswith("runs:/"):
+    if is_model_uri(model):
         import mlflow
 
         predictor = mlflow.pyfunc.load_model(model).unwrap_python_model().predictor
@@ -41,19 +47,144 @@ def load_predictors(model: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth: Path | None = None) -> dict:
-    """Evaluate every predictor of ``model`` on the cohort in ``features``; write metrics.json."""
+def training_run_id(model: str) -> str | None:
+    """The MLflow parent run that trained ``model`` (a models folder or a ``models:/`` URI), if recorded."""
+    if is_model_uri(model):
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        if not model.startswith("models:/"):
+            return None
+        name, _, version = model.removeprefix("models:/").partition("@")
+        client = MlflowClient()
+        try:
+            found = (client.get_model_version_by_alias(name, version) if "@" in model
+                     else client.get_model_version(*model.removeprefix("models:/").split("/", 1)))
+            run = client.get_run(found.run_id)
+        except MlflowException:
+            return None
+        return run.data.tags.get("mlflow.parentRunId", run.info.run_id)
+    runs = Path(model) / RUNS_FILE
+    if not runs.is_file():
+        return None
+    return json.loads(runs.read_text()).get("train")
+
+
+def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth: Path | None = None,
+                 repo_root: Path | None = None, track: bool = True) -> dict:
+    """Evaluate every predictor of ``model`` on the cohort in ``features``; write metrics.json.
+
+    Each task is evaluated on the status-ok patients whose outcome for it is known; a task
+    whose outcome the cohort lacks is skipped and listed under ``notes`` with the reason. A
+    baseline score is evaluated only where it is computable (``evaluate.baseline_min_coverage``)
+    in the training reference and in this cohort.
+    """
     params = yaml.safe_load(Path(params_path).read_text())["evaluate"]
-    table = usable_patients(pd.read_parquet(features))
+    if track or is_model_uri(model):
+        from pipeline import tracking
+
+        tracking.use_store(repo_root or Path.cwd())   # a models:/ URI is looked up in the project's store
+    min_coverage = float(params.get("baseline_min_coverage", 0.8))
+    reference_name = params.get("reference", "fong")
+    full = pd.read_parquet(features)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
     metrics: dict[str, Any] = {}
+    notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort", "skipped_tasks": {}}
     for task, predictors in load_predictors(model).items():
+        ok = full.loc[full["status"] == "ok"] if "status" in full else full
+        reason = training.outcome_missing_reason(ok, task)
+        if reason is not None:
+            notes["skipped_tasks"][task] = reason
+            print(f"{task}: not evaluated: {reason}")
+            continue
+        table = training.usable_patients(full, (task,))
+        table = table.loc[training.has_outcome(table, task)].reset_index(drop=True)
         reference = next(iter(predictors.values())).reference
-        predictions = comparison.task_predictions(task, predictors, reference, table, truth_table)
+        availability = training.baseline_availability({"training": reference, "this cohort's": table}, task,
+                                                      min_coverage)
+        baselines = [b for b, status in availability.items() if status.available]
+        delta_reference = reference_name if reference_name in baselines else ""
+        predictions = comparison.task_predictions(task, predictors, reference, table, truth_table, baselines=baselines)
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
-        metrics[task] = evaluation.evaluate_task(task, build(reference), build(table), predictions, reference="fong",
+        metrics[task] = evaluation.evaluate_task(task, build(reference), build(table), predictions,
+                                                 reference=delta_reference,
                                                  n_resamples=int(params["bootstrap"]), seed=int(params["seed"]))
+        notes[task] = {"n_patients": len(table), "reference": delta_reference or None,
+                       "baselines": {b: status.as_dict() for b, status in availability.items()}}
+        for status in availability.values():
+            if status.reason:
+                print(f"{task}: {status.reason}")
+    if not metrics:
+        raise ValueError(f"{features}: no task of {model} can be evaluated on this cohort: "
+                         + "; ".join(f"{t}: {r}" for t, r in notes["skipped_tasks"].items()))
+    metrics["notes"] = notes
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
-    print(f"evaluated {', '.join(metrics)} on {len(table)} patients of {features}; wrote {out / 'metrics.json'}")
+    summary = _summary(metrics, model)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=True))
+    if track:
+        _log_to_training_run(model, metrics, summary, features, notes)
+    counts = ", ".join(f"{t} on {notes[t]['n_patients']} patients" for t in metrics if t != "notes")
+    print(f"evaluated {counts} of {features}; wrote {out / 'metrics.json'}")
     return metrics
+
+
+SUMMARY_FILE = "summary.json"
+PRIMARY_METRIC = {training.RECURRENCE: "c_index", training.RESPONSE: "roc_auc"}
+
+
+def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
+    """Flat keys: the chosen model's primary metric per task (``ext_rec_c``, ``ext_resp_auc``), 3 decimals.
+
+    The chosen model is the one ``crlm train`` chose (``best.json`` in a models folder), or the
+    registered model's.
+    """
+    best_file = Path(model) / "best.json"
+    chosen = json.loads(best_file.read_text()) if not is_model_uri(model) and best_file.is_file() else {}
+    summary: dict[str, Any] = {}
+    for task, task_metrics in metrics.items():
+        if task == "notes":
+            continue
+        fitted = [m for m in training.MODELS[task] if m in task_metrics]
+        best = chosen.get(task) if chosen.get(task) in task_metrics else (fitted[0] if len(fitted) == 1 else None)
+        if best is None:
+            continue
+        primary = PRIMARY_METRIC[task]
+        key = f"ext_{'rec' if task == training.RECURRENCE else 'resp'}_{'c' if primary == 'c_index' else 'auc'}"
+        value = task_metrics[best][primary]["value"]
+        summary[key] = round(value, 3) if isinstance(value, float) and math.isfinite(value) else value
+    return summary
+
+
+def _log_to_training_run(model: str, metrics: dict[str, Any], summary: dict[str, Any], features: Path,
+                         notes: dict[str, Any]) -> None:
+    """The external figures as ``external.*`` metrics of the run that trained the models (one row in the UI)."""
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    run_id = training_run_id(model)
+    if run_id is None:
+        print("external metrics not logged to MLflow: the training run is not recorded "
+              f"({RUNS_FILE} missing in {model}, or the model has no run)")
+        return
+    client = MlflowClient()
+    for task, task_metrics in metrics.items():
+        if task == "notes":
+            continue
+        primary = PRIMARY_METRIC[task]
+        for name, entry in task_metrics.items():
+            for key in (primary, *(k for k in entry if k.startswith("delta_"))):
+                for part in ("value", "ci_low", "ci_high"):
+                    value = entry[key][part]
+                    if isinstance(value, float) and math.isfinite(value):
+                        suffix = "" if part == "value" else f"_{part}"
+                        client.log_metric(run_id, f"external.{task}.{name}.{key}{suffix}", value)
+        client.set_tag(run_id, f"external.{task}.n_patients", str(notes[task]["n_patients"]))
+    for key, value in summary.items():
+        if isinstance(value, float) and math.isfinite(value):
+            client.log_metric(run_id, key, value)
+    n = max((notes[t]["n_patients"] for t in metrics if t != "notes"), default=0)
+    tracking.log_dataset(features, f"{Path(features).parent.name}/{Path(features).name} (external)", "external",
+                         n, run_id=run_id)
+    print(f"external metrics logged to MLflow run {run_id}")

@@ -68,7 +68,8 @@ MAX_EXAMPLE_IDS = 5               # patient ids listed per status row
 MAX_OTHER_COLUMNS = 30            # unrecognised feature columns listed by name
 TOP_IMPORTANCE_ROWS = 15          # rows of importance.csv shown
 
-REFERENCE = "fong"                # the reference of the paired differences (pipeline/train.py)
+REFERENCE = "fong"                # the default reference of the paired differences (params.yaml evaluate.reference)
+NOTES = "notes"                   # metrics.json: skipped tasks, baselines left out, flags (pipeline/train.py)
 TASK_TITLES = {"recurrence": "Recurrence after liver resection (time to event)",
                "response": "Response to pre-operative chemotherapy (CR/PR vs SD/PD)"}
 
@@ -114,7 +115,7 @@ th{background:#f2f2f2}td.num{text-align:right;white-space:nowrap}
 tr.best td{background:#e6f4ea;font-weight:600}tr.oracle td{background:#f3eefc;font-style:italic}
 tr.baseline td{background:#fafafa}.ci{color:#555;font-weight:normal}
 .banner{padding:.7em 1em;border-radius:6px;margin:.6em 0;font-weight:600}
-.synthetic{background:#fff4ce;border:2px solid #c99a00}.real{background:#e8f0fe;border:2px solid #3b6fd8}
+.warning{background:#fdecea;border-left:4px solid #c5221f;padding:4px 8px}.synthetic{background:#fff4ce;border:2px solid #c99a00}.real{background:#e8f0fe;border:2px solid #3b6fd8}
 .warn{background:#fdecea;border:1px solid #d93025;padding:.5em 1em;border-radius:6px}
 .na{color:#8a1c1c;font-style:italic}figure{margin:1em 0;display:inline-block;max-width:100%;
 vertical-align:top}figure img{max-width:100%;border:1px solid #ddd}
@@ -571,8 +572,12 @@ def _model_order(task: str, names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(n, unknown), n))
 
 
-def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best: str | None) -> Html:
-    """One row per model: every metric with its CI, the paired delta vs Fong, the oracle-gain share."""
+def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best: str | None,
+                  reference: str | None = REFERENCE) -> Html:
+    """One row per model: every metric with its CI, the paired delta vs ``reference``, the oracle-gain share.
+
+    Without a reference baseline (``None``: the cohort cannot compute it) there is no delta column.
+    """
     names = _model_order(task, task_metrics)
     metric_names: list[str] = []
     for name in names:
@@ -581,8 +586,10 @@ def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best
                 metric_names.append(metric)
     primary = PRIMARY_METRIC.get(task, metric_names[0] if metric_names else "")
     oracle = task_metrics.get(ORACLE, {}).get(primary, {}).get("value") if ORACLE in task_metrics else None
-    headers: list[Any] = ["model", "role", *(METRIC_LABELS.get(m, m) for m in metric_names),
-                          f"difference in {METRIC_LABELS.get(primary, primary)} vs Fong"]
+    has_delta = reference is not None and reference in task_metrics
+    headers: list[Any] = ["model", "role", *(METRIC_LABELS.get(m, m) for m in metric_names)]
+    if has_delta:
+        headers.append(f"difference in {METRIC_LABELS.get(primary, primary)} vs {reference}")
     if oracle is not None:
         headers.append("share of the oracle's gain over chance")
     rows, classes = [], []
@@ -591,8 +598,9 @@ def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best
         role, css = _role(task, name)
         label = join([name, " (best)"]) if name == best else esc(name)
         row: list[Any] = [label, role, *(fmt_ci(entry.get(m)) for m in metric_names)]
-        delta = next((v for k, v in entry.items() if str(k).startswith("delta_")), None)
-        row.append("reference" if name == REFERENCE else fmt_ci(delta, signed=True))
+        if has_delta:
+            delta = next((v for k, v in entry.items() if str(k).startswith("delta_")), None)
+            row.append("reference" if name == reference else fmt_ci(delta, signed=True))
         if oracle is not None:
             share = None if name == ORACLE else oracle_gain_share(entry.get(primary, {}).get("value"), oracle)
             row.append("-" if name == ORACLE else fmt_percent(share, SHARE_DECIMALS))
@@ -602,10 +610,12 @@ def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best
     return table(headers, rows, classes, numeric)
 
 
-def _metrics_legend(task: str, has_oracle: bool, patients: str = "the held-out patients") -> Html:
+def _metrics_legend(task: str, has_oracle: bool, patients: str = "the held-out patients",
+                    reference: str | None = REFERENCE) -> Html:
     primary = PRIMARY_METRIC.get(task, "")
-    text = (f"Values on {patients} with bootstrap 95% CIs in brackets. The difference vs Fong is "
-            f"paired (same bootstrap resamples). ")
+    text = f"Values on {patients} with bootstrap 95% CIs in brackets. "
+    if reference is not None:
+        text += f"The difference vs {reference} is paired (same bootstrap resamples). "
     if has_oracle:
         text += (f"Share of the oracle's gain = ({primary} - 0.5) / ({primary} of the oracle - 0.5), a point "
                  f"estimate. ")
@@ -643,15 +653,46 @@ def caption(stem: str, source: str) -> str:
     return PLOT_CAPTIONS.get(stem, stem.replace("_", " ")) + f" ({source})"
 
 
+def task_notes(task: str, notes: Mapping[str, Any]) -> Html:
+    """What the data allowed for ``task``: baselines left out, adaptations, failed models, warnings."""
+    entry = notes.get(task) if isinstance(notes, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return join([])
+    items: list[str] = []
+    warning = entry.get("calibration_warning")
+    parts: list[Any] = []
+    if warning:
+        parts.append(tag("p", f"Warning: the chosen model {entry.get('chosen', '')} is {warning}.",
+                         class_="warning"))
+    for name, status in (entry.get("baselines") or {}).items():
+        if isinstance(status, Mapping) and status.get("reason"):
+            items.append(str(status["reason"]))
+    if entry.get("reference_note"):
+        items.append(str(entry["reference_note"]))
+    items += [str(a) for a in entry.get("adaptations") or []]
+    items += [f"{m}: not fitted: {why}" for m, why in (entry.get("failed_models") or {}).items()]
+    items += [str(p) for p in entry.get("plots_skipped") or []]
+    if items:
+        parts += [tag("p", "What these data allowed:"), tag("ul", join(tag("li", i) for i in items))]
+    return join(parts)
+
+
 def models_section(metrics: Mapping[str, Any], cv: Mapping[str, Any] | None, train_dir: Path) -> Html:
-    """Per task: the metrics table, the best model, the plots."""
+    """Per task: what the data allowed, the metrics table, the best model, the plots."""
     plot_dir = train_dir / "plots"
     parts: list[Any] = []
     shown: set[Path] = set()
+    notes = metrics.get(NOTES, {})
+    for task, reason in (notes.get("skipped_tasks") or {}).items():
+        parts.append(tag("p", f"{TASK_TITLES.get(task, task)}: not trained: {reason}.", class_="warning"))
     for task, task_metrics in metrics.items():
+        if task == NOTES:
+            continue
         best = (cv or {}).get(task, {}).get("best") if isinstance((cv or {}).get(task), dict) else None
-        parts += [tag("h3", TASK_TITLES.get(task, task)), metrics_table(task, task_metrics, best),
-                  _metrics_legend(task, ORACLE in task_metrics), _best_line(task, cv)]
+        reference = (notes.get(task) or {}).get("reference", REFERENCE) if NOTES in metrics else REFERENCE
+        parts += [tag("h3", TASK_TITLES.get(task, task)), task_notes(task, notes),
+                  metrics_table(task, task_metrics, best, reference),
+                  _metrics_legend(task, ORACLE in task_metrics, reference=reference), _best_line(task, cv)]
         pngs = plots_for(task, plot_dir) if plot_dir.is_dir() else []
         shown.update(pngs)
         if pngs:
@@ -679,12 +720,16 @@ def external_section(external_dir: Path | None, internal: Mapping[str, Any], cv:
         return section(title, not_available(f"external validation: {problem or 'not a mapping'}; "
                                             f"run crlm evaluate --out {external_dir}"), "external")
     parts: list[Any] = [tag("p", f"The trained models applied unchanged to another cohort ({path}).")]
+    external_notes = external.get(NOTES, {}) if isinstance(external.get(NOTES), dict) else {}
+    for task, reason in (external_notes.get("skipped_tasks") or {}).items():
+        parts.append(tag("p", f"{TASK_TITLES.get(task, task)}: not evaluated: {reason}.", class_="warning"))
     for task, task_metrics in external.items():
-        if not isinstance(task_metrics, dict):
+        if not isinstance(task_metrics, dict) or task == NOTES:
             continue
+        reference = (external_notes.get(task) or {}).get("reference", REFERENCE) if external_notes else REFERENCE
         primary = PRIMARY_METRIC.get(task, "c_index")
         best = (cv or {}).get(task, {}).get("best") if isinstance((cv or {}).get(task), dict) else None
-        names = _model_order(task, set(task_metrics) | set(internal.get(task, {})))
+        names = _model_order(task, set(task_metrics) | set(internal.get(task, {})) - {NOTES})
         rows, classes = [], []
         for name in names:
             inside = internal.get(task, {}).get(name, {}).get(primary)
@@ -698,8 +743,9 @@ def external_section(external_dir: Path | None, internal: Mapping[str, Any], cv:
         parts += [tag("h3", f"{TASK_TITLES.get(task, task)}: {label}, internal vs external"),
                   table(["model", "role", f"internal {label}", f"external {label}", "external - internal"],
                         rows, classes, [False, False, True, True, True]),
-                  tag("h4", "All external metrics"), metrics_table(task, task_metrics, best),
-                  _metrics_legend(task, ORACLE in task_metrics, "every usable patient of the external cohort")]
+                  tag("h4", "All external metrics"), metrics_table(task, task_metrics, best, reference),
+                  _metrics_legend(task, ORACLE in task_metrics, "every usable patient of the external cohort",
+                                  reference=reference)]
     return section(title, join(parts), "external")
 
 

@@ -39,6 +39,12 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 DEFAULT_EXPERIMENT = "crlm-prognosis"
+# MLflow 3's UI opens an experiment on its runs table when it is of this kind (not on the GenAI overview).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Files whose changes do not make a run "dirty": dvc.lock records the hashes of generated outputs, which
+# can differ by a few bytes across CPUs for the same seed (README "Comparing runs").
+NOT_USER_CHANGES = ("dvc.lock",)
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 
@@ -69,6 +75,11 @@ def _default_tracking_uri(repo_root: Path) -> str:
 def tracking_uri(repo_root: Path) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the repository's SQLite store (absolute path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or _default_tracking_uri(repo_root)
+
+
+def use_store(repo_root: Path) -> str:
+    """Point MLflow at the project's store (or ``MLFLOW_TRACKING_URI``) without choosing an experiment."""
+    return _use_store(repo_root)[0]
 
 
 def _use_store(repo_root: Path) -> tuple[str, bool]:
@@ -110,6 +121,9 @@ def configure(repo_root: Path, experiment: str = DEFAULT_EXPERIMENT) -> str:
                          f"{found.experiment_id}`) or choose another experiment name")
     else:
         experiment_id = found.experiment_id
+    kind = client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG)
+    if kind is None:   # a kind the user set in the UI is kept
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -121,7 +135,8 @@ def git_revision(repo_root: Path) -> str:
     """Commit hash of ``repo_root``, with ``-dirty`` if files differ from it; ``unknown`` outside git.
 
     Untracked files that git does not ignore count as changes (code that ran but is not in
-    the commit), and so does a status git cannot report. Never raises, never takes git's
+    the commit), and so does a status git cannot report. ``dvc.lock`` alone does not: running the
+    pipeline rewrites it (``NOT_USER_CHANGES``). Never raises, never takes git's
     index lock (``GIT_OPTIONAL_LOCKS=0``), so concurrent git commands are not disturbed.
     """
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
@@ -139,7 +154,10 @@ def git_revision(repo_root: Path) -> str:
         return "unknown"
     status = git("status", "--porcelain")
     # A tree whose status cannot be read is not known to be clean.
-    return commit if status == "" else f"{commit}-dirty"
+    if status is None:
+        return f"{commit}-dirty"
+    changed = [line.split(maxsplit=1)[-1].strip('"') for line in status.splitlines() if line.strip()]
+    return commit if all(path in NOT_USER_CHANGES for path in changed) else f"{commit}-dirty"
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
@@ -231,6 +249,31 @@ def log_metrics_with_ci(metrics: Mapping[str, Mapping[str, float]], prefix: str 
 
 
 # --------------------------------------------------------------------------- runs
+
+
+def log_dataset(path: str | Path, name: str, context: str, n_patients: int, site: str = "",
+                run_id: str | None = None) -> None:
+    """Log a feature table as an MLflow dataset input: name, file digest, source path, patients, site.
+
+    Only metadata is logged (``MetaDataset``), never the patients' data.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.tracking.fluent import _create_dataset_input
+
+    dataset = MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name, digest=file_digest(path))
+    tags = {"n_patients": str(int(n_patients))}
+    if site:
+        tags["site"] = site
+    target = run_id or _require_active_run("log_dataset").info.run_id
+    MlflowClient().log_inputs(target, datasets=[_create_dataset_input(dataset, context, tags)])
+
+
+def link_model(run_id: str, model_id: str) -> None:
+    """Show a logged model under ``run_id`` too (MLflow's Models column), e.g. the parent run."""
+    from mlflow.entities import LoggedModelOutput
+
+    MlflowClient().log_outputs(run_id, models=[LoggedModelOutput(model_id=model_id, step=0)])
 
 
 @contextmanager

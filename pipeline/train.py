@@ -9,6 +9,7 @@ pyfunc model and registered (alias ``candidate``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -19,20 +20,20 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from features.schema import PATIENT_ID
+from features.schema import PATIENT_ID, SITE
 from models import comparison, evaluation, outcomes, plots, training
 
-REGISTERED = {training.RECURRENCE: "crlm-recurrence", training.RESPONSE: "crlm-response"}
+PIPELINE_NAME = "crlm"            # the pipeline's own registered models: crlm-recurrence, crlm-response
 BEST_FILE = "best.json"            # in the models folder: {task: best model name}
 RUNS_FILE = "mlflow_runs.json"     # in the models folder: {"task/model": MLflow run id}
 PRIMARY_METRIC = {training.RECURRENCE: "c_index", training.RESPONSE: "roc_auc"}
+NOTES = "notes"                    # metrics.json: what was skipped, left out or flagged, and why
+SUMMARY_FILE = "summary.json"      # headline numbers per task: what `dvc metrics show` / `dvc exp show` display
 
 
-def usable_patients(table: pd.DataFrame) -> pd.DataFrame:
-    """Patients with status ok and both outcomes known."""
-    ok = table["status"] == "ok"
-    ok &= outcomes.has_recurrence_outcome(table) & outcomes.has_response_outcome(table)
-    return table.loc[ok].reset_index(drop=True)
+def registered_name(name: str, task: str) -> str:
+    """The registry name of ``task``'s model in a run named ``name`` (``crlm`` -> ``crlm-recurrence``)."""
+    return f"{name}-{task}"
 
 
 def best_model(cv_scores: dict[str, float], task: str) -> str:
@@ -52,127 +53,340 @@ def _source(table: pd.DataFrame, truth: pd.DataFrame | None) -> str:
 
 
 def _plots(task: str, fitted: training.FittedTask, table: pd.DataFrame, predictions: dict, out: Path,
-           source: str, best: str) -> None:
+           source: str, best: str, reference: str | None, oracle: bool) -> list[str]:
+    """Every plot of ``task``; a plot the data cannot support is skipped and its reason returned."""
     train, test = table.iloc[fitted.train_index], table.iloc[fitted.test_index]
     folder = out / "plots"
+    skipped: list[str] = []
+
+    def draw(name: str, make) -> None:
+        try:
+            fig, data = make()
+        except ValueError as err:
+            skipped.append(f"plot {name} not drawn: {err}")
+            return
+        plots.save_plot(fig, data, folder, name)
+
     if task == training.RECURRENCE:
         y_train, y_test = outcomes.recurrence_outcome(train), outcomes.recurrence_outcome(test)
-        for name in (best, "fong"):
+        for name, label in ((best, "model"), (reference, "fong")):
+            if name is None or name not in predictions:
+                continue
             pred = predictions[name]
             cut = plots.risk_group_cutpoints(_train_risk(name, fitted, table))
-            fig, data = plots.kaplan_meier_by_risk_group(y_test["time"], y_test["event"], pred.risk, cut,
-                                                         source=f"{source}; {name}")
-            plots.save_plot(fig, data, folder, f"km_{task}_{'fong' if name == 'fong' else 'model'}")
-        at24 = {n: p.survival[:, np.searchsorted(p.times, 24.0, side="right") - 1] for n, p in predictions.items()}
-        fig, data = plots.survival_calibration(y_test["time"], y_test["event"], at24[best], 24.0,
-                                               source=f"{source}; {best}")
-        plots.save_plot(fig, data, folder, f"calibration_{task}")
-        fig, data = plots.time_dependent_auc(y_train, y_test, {n: p.risk for n, p in predictions.items()},
-                                             np.arange(6.0, 49.0, 3.0), source=source)
-        plots.save_plot(fig, data, folder, f"td_auc_{task}")
-        fig, data = plots.survival_decision_curve(y_test["time"], y_test["event"], 1 - at24[best], 24.0,
-                                                  np.linspace(0.05, 0.95, 19), source=f"{source}; {best}")
-        plots.save_plot(fig, data, folder, f"decision_{task}")
+            file = "km_recurrence_model" if label == "model" else f"km_recurrence_{name}"
+            draw(file, lambda pred=pred, cut=cut, name=name: plots.kaplan_meier_by_risk_group(
+                y_test["time"], y_test["event"], pred.risk, cut, source=f"{source}; {name}"))
+        at24 = {n: p.at(evaluation.CALIBRATION_HORIZON) for n, p in predictions.items()}
+        draw(f"calibration_{task}", lambda: plots.survival_calibration(
+            y_test["time"], y_test["event"], at24[best], evaluation.CALIBRATION_HORIZON, source=f"{source}; {best}"))
+        draw(f"td_auc_{task}", lambda: plots.time_dependent_auc(
+            y_train, y_test, {n: p.risk for n, p in predictions.items()}, np.arange(6.0, 49.0, 3.0), source=source))
+        draw(f"decision_{task}", lambda: plots.survival_decision_curve(
+            y_test["time"], y_test["event"], 1 - at24[best], evaluation.CALIBRATION_HORIZON,
+            np.linspace(0.05, 0.95, 19), source=f"{source}; {best}"))
     else:
         y_test = outcomes.response_outcome(test)
         probabilities = {n: p.probability for n, p in predictions.items()}
-        fig, data = plots.roc_curves(y_test, probabilities, source=source)
-        plots.save_plot(fig, data, folder, f"roc_{task}")
-        fig, data = plots.binary_calibration(y_test, probabilities[best], bins=5, source=f"{source}; {best}")
-        plots.save_plot(fig, data, folder, f"calibration_{task}")
-        fig, data = plots.decision_curve(y_test, {n: probabilities[n] for n in (best, "fong", "oracle")
-                                                  if n in probabilities}, source=source)
-        plots.save_plot(fig, data, folder, f"decision_{task}")
+        draw(f"roc_{task}", lambda: plots.roc_curves(y_test, probabilities, source=source))
+        draw(f"calibration_{task}", lambda: plots.binary_calibration(y_test, probabilities[best], bins=5,
+                                                                    source=f"{source}; {best}"))
+        shown = [n for n in (best, reference, comparison.ORACLE if oracle else None) if n in probabilities]
+        draw(f"decision_{task}", lambda: plots.decision_curve(y_test, {n: probabilities[n] for n in shown},
+                                                             source=source))
+    return skipped
 
 
 def _train_risk(name: str, fitted: training.FittedTask, table: pd.DataFrame) -> np.ndarray:
     train = table.iloc[fitted.train_index]
     if name in fitted.models:
         return np.asarray(fitted.models[name].predict(training.model_frame(train, fitted.features)), dtype=float)
-    return training.baseline_scores(train, fitted.task)[name].fillna(0).to_numpy(float)
+    values = training.baseline_scores(train, fitted.task, (name,))[name]
+    return values.fillna(values.median()).to_numpy(float)
 
 
-def _track(repo_root: Path, params: dict, features: Path, truth: Path | None, out: Path,
-           metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataFrame) -> dict[str, str]:
-    """One MLflow parent run, a nested run per model, the best model per task registered."""
+def headline(metrics: dict[str, Any], task: str) -> dict[str, Any]:
+    """The few numbers that compare runs (MLflow parent run, ``summary.json``): flat keys, no CIs of baselines.
+
+    Per task: the chosen model, its primary metric with CI, the paired difference to the
+    reference baseline with CI (if there is one), and the share of the oracle's gain over
+    chance (synthetic data only).
+    """
+    notes = metrics[NOTES][task]
+    best, primary = notes["chosen"], PRIMARY_METRIC[task]
+    entry = metrics[task][best]
+    out: dict[str, Any] = {"model": best, primary: entry[primary]["value"],
+                           f"{primary}_ci_low": entry[primary]["ci_low"], f"{primary}_ci_high": entry[primary]["ci_high"]}
+    reference = notes.get("reference")
+    delta = next((k for k in entry if k.startswith("delta_")), None)
+    if reference and delta:
+        out[delta] = entry[delta]["value"]
+        out[f"{delta}_ci_low"], out[f"{delta}_ci_high"] = entry[delta]["ci_low"], entry[delta]["ci_high"]
+    if comparison.ORACLE in metrics[task]:
+        oracle = metrics[task][comparison.ORACLE][primary]["value"]
+        value = entry[primary]["value"]
+        if oracle is not None and value is not None and oracle - 0.5 > 0:
+            out["oracle_gain_share"] = (value - 0.5) / (oracle - 0.5)
+    return out
+
+
+SUMMARY_PREFIX = {training.RECURRENCE: "rec", training.RESPONSE: "resp"}
+SUMMARY_METRIC = {"c_index": "c", "roc_auc": "auc"}
+
+
+def summary_row(row: dict[str, Any], task: str) -> dict[str, Any]:
+    """One task's headline with short flat keys: ``rec_model``, ``rec_c`` and ``rec_dc`` (the paired
+    difference to the reference baseline), 3 decimals.
+
+    Deliberately narrow, so that ``dvc exp show --only-changed`` fits a 120-column terminal with the
+    external site's two numbers beside it (docs/comparing_runs.md); CIs and the oracle share are in
+    ``metrics.json`` and on the MLflow run.
+    """
+    prefix, primary = SUMMARY_PREFIX[task], PRIMARY_METRIC[task]
+    short = SUMMARY_METRIC[primary]
+    out: dict[str, Any] = {f"{prefix}_model": row["model"], f"{prefix}_{short}": row[primary]}
+    delta = next((k for k in row if k.startswith("delta_") and not k.endswith(("_ci_low", "_ci_high"))), None)
+    if delta:
+        out[f"{prefix}_d{short}"] = row[delta]
+    return {k: round(v, 3) if isinstance(v, float) and np.isfinite(v) else v for k, v in out.items()}
+
+
+def write_summary(metrics: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``summary.json``: the headline numbers, flat keys, 3 decimals (what ``dvc exp show`` shows)."""
+    summary: dict[str, Any] = {}
+    for task in metrics:
+        if task == NOTES or task not in metrics[NOTES]:
+            continue
+        summary.update(summary_row(headline(metrics, task), task))
+    path.write_text(json.dumps(summary, indent=2, allow_nan=True))
+    return summary
+
+
+def _log_models(metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataFrame, name: str,
+                parent_id: str) -> dict[str, str]:
+    """A nested run per model under the active parent; the best model per task registered and linked."""
     from models.serving import PrognosisModel
     from pipeline import tracking
 
-    tracking.configure(repo_root)
-    run_ids: dict[str, str] = {}
-    tags = {"data.features": tracking.file_digest(features), "data.source": _source(table, None)}
-    if truth is not None:
-        tags["data.truth"] = tracking.file_digest(truth)
-        tags["data.kind"] = "synthetic"
-    with tracking.pipeline_run("train", {k: params[k] for k in ("train", "evaluate") if k in params}, tags):
-        for path in sorted(out.rglob("*")):
-            if path.is_file():
-                mlflow_artifact_dir = str(path.parent.relative_to(out)) if path.parent != out else None
-                tracking.mlflow.log_artifact(str(path), artifact_path=mlflow_artifact_dir)
-        for task, (fitted, predictors, best) in fitted_tasks.items():
-            for name, model_metrics in metrics[task].items():
-                with tracking.model_run(f"{task}/{name}", tags={"task": task, "model": name}) as run:
-                    run_ids[f"{task}/{name}"] = run.info.run_id
-                    if name in chosen[task]["params"]:
-                        tracking.mlflow.log_params({k: str(v) for k, v in chosen[task]["params"][name].items()})
-                        tracking.mlflow.log_metric("cv_score", chosen[task]["cv"][name])
-                    tracking.log_metrics_with_ci(model_metrics)
-                    if name == best:
-                        example = table.iloc[fitted.test_index[:5]][[PATIENT_ID, *fitted.features]]
-                        # Integer columns would make the signature refuse missing values later.
-                        example = example.astype({c: float for c in fitted.features
-                                                  if pd.api.types.is_integer_dtype(example[c])})
-                        info = tracking.log_pyfunc_model(PrognosisModel(predictors[name]), "model", example,
-                                                         registered_name=REGISTERED[task])
-                        print(f"registered {REGISTERED[task]} version {info.registered_model_version} "
-                              f"({name}) with alias candidate")
+    run_ids: dict[str, str] = {"train": parent_id}
+    for task, (fitted, predictors, best) in fitted_tasks.items():
+        for model_name, model_metrics in metrics[task].items():
+            with tracking.model_run(f"{task}/{model_name}", tags={"task": task, "model": model_name}) as run:
+                run_ids[f"{task}/{model_name}"] = run.info.run_id
+                if model_name in chosen[task]["params"]:
+                    tracking.mlflow.log_params({k: str(v) for k, v in chosen[task]["params"][model_name].items()})
+                    tracking.mlflow.log_metric("cv_score", chosen[task]["cv"][model_name])
+                tracking.log_metrics_with_ci(model_metrics)
+                if model_name == best:
+                    warning = metrics[NOTES][task].get("calibration_warning")
+                    if warning:
+                        tracking.mlflow.set_tag("calibration_warning", warning[:5000])
+                    example = table.iloc[fitted.test_index[:5]][[PATIENT_ID, *fitted.features]]
+                    # Integer columns would make the signature refuse missing values later.
+                    example = example.astype({c: float for c in fitted.features
+                                              if pd.api.types.is_integer_dtype(example[c])})
+                    registered = registered_name(name, task)
+                    info = tracking.log_pyfunc_model(PrognosisModel(predictors[model_name]), "model", example,
+                                                     registered_name=registered)
+                    tracking.link_model(parent_id, info.model_id)
+                    print(f"registered {registered} version {info.registered_model_version} "
+                          f"({model_name}) with alias candidate")
     return run_ids
 
 
-def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, tasks: tuple[str, ...],
+def _log_parent(metrics: dict, out: Path, features: Path, table: pd.DataFrame, split: pd.Series) -> None:
+    """Headline metrics, the datasets and every output file on the parent run."""
+    from pipeline import tracking
+
+    flat: dict[str, float] = {}
+    for task in metrics:
+        if task == NOTES:
+            continue
+        row = headline(metrics, task)
+        tracking.mlflow.set_tag(f"{task}.model", row.pop("model"))
+        flat.update({f"{task}.{k}": float(v) for k, v in row.items() if v is not None and np.isfinite(v)})
+        warning = metrics[NOTES][task].get("calibration_warning")
+        if warning:
+            tracking.mlflow.set_tag(f"{task}.calibration_warning", warning[:5000])
+    if flat:
+        tracking.mlflow.log_metrics(flat)
+    site = ", ".join(sorted(map(str, table[SITE].dropna().unique()))) if SITE in table else ""
+    for context, mask in (("training", split == "train"), ("evaluation", split == "test")):
+        tracking.log_dataset(features, f"{Path(features).parent.name}/{Path(features).name} ({context} split)",
+                             context, int(mask.sum()), site)
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and "models" not in path.relative_to(out).parts[:1]:
+            mlflow_artifact_dir = str(path.parent.relative_to(out)) if path.parent != out else None
+            tracking.mlflow.log_artifact(str(path), artifact_path=mlflow_artifact_dir)
+
+
+def _task_table(table: pd.DataFrame, task: str, train_index: np.ndarray,
+                test_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The split's rows (positions in ``table``) whose outcome for ``task`` is known."""
+    known = training.has_outcome(table, task).to_numpy()
+    return train_index[known[train_index]], test_index[known[test_index]]
+
+
+def plan_tasks(table: pd.DataFrame, tasks: tuple[str, ...], explicit: bool) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The tasks whose outcome the usable patients have, and why the others are skipped.
+
+    With ``explicit`` (``--task recurrence``) a task that cannot be trained is an error.
+    """
+    ok = table.loc[table["status"] == "ok"] if "status" in table else table
+    trainable, skipped = [], {}
+    for task in tasks:
+        reason = training.outcome_missing_reason(ok, task)
+        if reason is None:
+            trainable.append(task)
+        elif explicit:
+            raise ValueError(f"--task {task}: cannot train: {reason}")
+        else:
+            skipped[task] = reason
+    if not trainable:
+        raise ValueError("no task can be trained on this cohort: "
+                         + "; ".join(f"{t}: {r}" for t, r in skipped.items()))
+    return tuple(trainable), skipped
+
+
+def run_train(features: Path, out: Path, models_dir: Path | None, params_path: Path, tasks: tuple[str, ...],
               truth: Path | None = None, repo_root: Path | None = None, track: bool = True,
-              covariates: tuple[str, ...] = ()) -> dict[str, Any]:
+              covariates: tuple[str, ...] = (), name: str = PIPELINE_NAME, explicit_tasks: bool = False,
+              jobs: int | None = None) -> dict[str, Any]:
     """Fit and evaluate ``tasks`` on ``features``; return the metrics dictionary.
 
-    ``covariates`` are extra columns (declared by a cohort mapping) used as they are.
+    ``covariates`` are extra columns (declared by a cohort mapping) used as they are. Tasks
+    whose outcome the cohort lacks are skipped and listed under ``metrics["notes"]`` (an error
+    with ``explicit_tasks``). The best model of each task is registered as ``{name}-{task}``.
+    ``models_dir`` defaults to ``out/models``. ``jobs`` overrides ``train.jobs``.
     """
     params = yaml.safe_load(Path(params_path).read_text())
+    for block in ("train", "evaluate"):
+        if block not in (params or {}):
+            raise ValueError(f"{params_path}: no '{block}' block; copy it from the project's params.yaml")
     settings, evaluate = params["train"], params["evaluate"]
-    table = usable_patients(pd.read_parquet(features))
+    models_dir = Path(models_dir) if models_dir is not None else Path(out) / "models"
+    full = pd.read_parquet(features)
+    if "status" not in full:
+        raise ValueError(f"{features}: no 'status' column; build the feature table with crlm featurize")
+    tasks, skipped = plan_tasks(full, tuple(tasks), explicit_tasks)
+    for task, reason in skipped.items():
+        print(f"{task}: skipped: {reason}")
+    not_ok = int((full["status"] != "ok").sum())
+    table = training.usable_patients(full, tasks)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
-    train_index, test_index = training.split_patients(table, float(settings["test_fraction"]), int(settings["seed"]))
+    train_index, test_index = training.split_patients(table, float(settings["test_fraction"]), int(settings["seed"]),
+                                                      tasks)
     source = _source(table, truth_table)
+    # Everything the data allow is checked before the first fit (no model is written for nothing).
+    plans = {}
+    for task in tasks:
+        task_train, task_test = _task_table(table, task, train_index, test_index)
+        plans[task] = training.plan_task(table, task, task_train, task_test, settings)
+        for note in plans[task].notes:
+            print(f"{task}: {note}")
     out.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / RUNS_FILE).unlink(missing_ok=True)   # run ids of an earlier run would be wrong
+    for task in training.TASKS:                        # models of a task not trained this time
+        for model_name in (*training.MODELS[task], *training.BASELINES):
+            (models_dir / f"{task}_{model_name}.joblib").unlink(missing_ok=True)
+    with contextlib.ExitStack() as stack:
+        parent_id = None
+        if track:   # opened before the first fit, so that the run's duration is the training's
+            from pipeline import tracking
+
+            tracking.configure(repo_root or Path.cwd())
+            tags = {"data.features": tracking.file_digest(features), "data.source": source}
+            if truth is not None:
+                tags["data.truth"] = tracking.file_digest(truth)
+                tags["data.kind"] = "synthetic"
+            for task, reason in skipped.items():
+                tags[f"skipped.{task}"] = reason[:5000]
+            parent = stack.enter_context(tracking.pipeline_run(
+                "train", {k: params[k] for k in ("train", "evaluate") if k in params}, tags))
+            parent_id = parent.info.run_id
+        metrics = _fit_and_write(table, full, features, truth_table, tasks, skipped, plans, train_index, test_index,
+                                 settings, evaluate, covariates, n_jobs=int(jobs if jobs is not None else settings["jobs"]),
+                                 out=out, models_dir=models_dir, source=source, not_ok=not_ok)
+        fitted_tasks = metrics.pop("_fitted")
+        if track:
+            split = pd.read_csv(out / "split.csv", dtype={PATIENT_ID: str})["split"]
+            _log_parent(metrics, out, features, table, split)
+            chosen = json.loads((out / "cv.json").read_text())
+            run_ids = _log_models(metrics, chosen, fitted_tasks, table, name, parent_id)
+            (models_dir / RUNS_FILE).write_text(json.dumps(run_ids, indent=2))
+    for task in tasks:
+        notes = metrics[NOTES][task]
+        best, primary = notes["chosen"], PRIMARY_METRIC[task]
+        others = [f"{b} {metrics[task][b][primary]['value']:.3f}" for b in (notes["reference"], comparison.ORACLE)
+                  if b and b in metrics[task]]
+        print(f"{task}: best {best} {primary} {metrics[task][best][primary]['value']:.3f}"
+              + (f" ({', '.join(others)})" if others else ""))
+    return metrics
+
+
+def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, truth_table: pd.DataFrame | None,
+                   tasks: tuple[str, ...], skipped: dict[str, str], plans: dict, train_index: np.ndarray,
+                   test_index: np.ndarray, settings: dict, evaluate: dict, covariates: tuple[str, ...], n_jobs: int,
+                   out: Path, models_dir: Path, source: str, not_ok: int) -> dict[str, Any]:
+    """Fit, evaluate, plot and write every output of ``tasks``; ``metrics["_fitted"]`` keeps the fits."""
+    min_coverage = float(evaluate.get("baseline_min_coverage", 0.8))
+    reference_name = evaluate.get("reference", "fong")
+    notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort",
+                             "patients": {"in_table": len(full), "not_ok": not_ok, "usable": len(table)},
+                             "skipped_tasks": skipped}
     metrics: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
     predictions_out = []
     fitted_tasks = {}
     for task in tasks:
         start = time.perf_counter()
-        fitted = training.fit_task(table, task, train_index, test_index, settings, covariates=covariates,
-                                   jobs=int(settings["jobs"]))
+        task_train, task_test = _task_table(table, task, train_index, test_index)
+        plan = plans[task]
+        fitted = training.fit_task(table, task, task_train, task_test, settings, covariates=covariates,
+                                   jobs=n_jobs, plan=plan)
+        train, test = table.iloc[task_train], table.iloc[task_test]
+        availability = training.baseline_availability({"training": train, "held-out": test}, task, min_coverage)
+        baselines = [b for b, status in availability.items() if status.available]
+        for status in availability.values():
+            if status.reason:
+                print(f"{task}: {status.reason}")
+        reference = reference_name if reference_name in baselines else None
         predictors = comparison.build_predictors(fitted, table)
-        predictions = comparison.task_predictions(task, predictors, table.iloc[train_index],
-                                                  table.iloc[test_index], truth_table)
-        test = table.iloc[test_index]
-        y_train = (outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome)(
-            table.iloc[train_index])
-        y_test = (outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome)(test)
-        metrics[task] = evaluation.evaluate_task(task, y_train, y_test, predictions, reference="fong",
+        predictions = comparison.task_predictions(task, predictors, train, test, truth_table, baselines=baselines)
+        build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
+        y_train, y_test = build(train), build(test)
+        metrics[task] = evaluation.evaluate_task(task, y_train, y_test, predictions, reference=reference or "",
                                                  n_resamples=int(evaluate["bootstrap"]), seed=int(evaluate["seed"]))
         best = best_model(fitted.cv_scores, task)
+        warning = evaluation.calibration_warning(task, metrics[task][best], predictions[best], y_test)
+        if warning:
+            print(f"{task}: WARNING: the chosen model {best} is {warning}")
         chosen[task] = {"best": best, "params": fitted.best_params, "cv": fitted.cv_scores,
                         "n_features_in": len(fitted.features), "seconds": round(time.perf_counter() - start, 1)}
-        _plots(task, fitted, table, predictions, out, source, best)
-        for name, predictor in predictors.items():
-            joblib.dump(predictor, models_dir / f"{task}_{name}.joblib")
-        for name, pred in predictions.items():
+        skipped_plots = _plots(task, fitted, table, predictions, out, source, best, reference,
+                               comparison.ORACLE in predictions)
+        notes[task] = {
+            "chosen": best, "n_train": plan.n_train, "n_test": plan.n_test, "cv_folds": plan.cv_folds,
+            "reference": reference,
+            "reference_note": (None if reference else
+                               f"no paired difference: the reference baseline {reference_name!r} is not available"
+                               + (f" ({availability[reference_name].reason})" if reference_name in availability
+                                  else "")),
+            "baselines": {b: status.as_dict() for b, status in availability.items()},
+            "failed_models": fitted.failed, "adaptations": [*plan.notes, *fitted.notes],
+            "calibration_warning": warning, "plots_skipped": skipped_plots,
+        }
+        for note in skipped_plots:
+            print(f"{task}: {note}")
+        for model_name, predictor in predictors.items():
+            joblib.dump(predictor, models_dir / f"{task}_{model_name}.joblib")
+        for model_name, pred in predictions.items():
             value = pred.risk if task == training.RECURRENCE else pred.probability
             predictions_out.append(pd.DataFrame({PATIENT_ID: test[PATIENT_ID].to_numpy(), "task": task,
-                                                 "model": name, "prediction": value}))
+                                                 "model": model_name, "prediction": value}))
         fitted_tasks[task] = (fitted, predictors, best)
+    metrics[NOTES] = notes
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     (out / "cv.json").write_text(json.dumps(chosen, indent=2, default=str))
     pd.concat(predictions_out).to_csv(out / "predictions_test.csv", index=False)
@@ -180,15 +394,6 @@ def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, ta
     split.loc[test_index, "split"] = "test"
     split.to_csv(out / "split.csv", index=False)
     (models_dir / BEST_FILE).write_text(json.dumps({task: chosen[task]["best"] for task in tasks}, indent=2))
-    if track:
-        run_ids = _track(repo_root or Path.cwd(), params, features, truth, out, metrics, chosen, fitted_tasks, table)
-        (models_dir / RUNS_FILE).write_text(json.dumps(run_ids, indent=2))
-    for task in tasks:
-        best = chosen[task]["best"]
-        primary = PRIMARY_METRIC[task]
-        print(f"{task}: best {best} {primary} {metrics[task][best][primary]['value']:.3f} "
-              f"(fong {metrics[task]['fong'][primary]['value']:.3f}"
-              + (f", oracle {metrics[task]['oracle'][primary]['value']:.3f}" if "oracle" in metrics[task] else "")
-              + ")")
+    write_summary(metrics, out / SUMMARY_FILE)
+    metrics["_fitted"] = fitted_tasks
     return metrics
-

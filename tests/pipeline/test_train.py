@@ -38,7 +38,8 @@ def test_train_writes_metrics_plots_models_and_tracks_them(tmp_path, cohort_file
     out, models = tmp_path / "reports", tmp_path / "models"
     metrics = run_train(features, out, models, params, training.TASKS, truth=truth, repo_root=tmp_path)
     written = json.loads((out / "metrics.json").read_text())
-    assert set(written) == {"recurrence", "response"}
+    assert set(written) == {"recurrence", "response", "notes"}
+    assert written["notes"]["data"] == "synthetic" and written["notes"]["skipped_tasks"] == {}
     assert {"coxnet", "xgb_cox", "xgb_aft", "fong", "oslo", "game", "tbs", "oracle"} <= set(written["recurrence"])
     assert {"logistic", "xgb", "fong", "oslo", "game", "tbs", "oracle"} <= set(written["response"])
     for key in ("c_index", "uno_c_index", "auc_12m", "auc_24m", "auc_36m", "ibs", "calibration_slope_24m",
@@ -71,7 +72,7 @@ def test_train_writes_metrics_plots_models_and_tracks_them(tmp_path, cohort_file
 
     external_features, external_truth = paths["external"]
     result = run_evaluate(str(models), external_features, tmp_path / "external", params, truth=external_truth)
-    assert set(result) == {"recurrence", "response"}
+    assert set(result) == {"recurrence", "response", "notes"}
     assert json.loads((tmp_path / "external" / "metrics.json").read_text()).keys() == result.keys()
     via_registry = run_evaluate("models:/crlm-response@candidate", external_features, tmp_path / "ext2", params)
     best = next(iter(set(via_registry["response"]) & set(training.MODELS["response"])))

@@ -1,0 +1,137 @@
+"""Comparing runs (issue 15): what the MLflow runs table and `dvc metrics show` / `dvc exp show` get."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from models import training
+from pipeline import tracking
+from pipeline.evaluate import run_evaluate
+from pipeline.train import SUMMARY_FILE, run_train
+from tests.models.test_training import FAST, cohort_with_measured_traits
+
+PARAMS = {"train": {**FAST, "test_fraction": 0.3, "jobs": 1},
+          "evaluate": {"bootstrap": 20, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}}
+TERMINAL = 120
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, world):
+    """One tracked training run and its external evaluation, in a temporary SQLite store."""
+    root = tmp_path_factory.mktemp("compare")
+    previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    for name, seed, n in (("train", 31, 240), ("external", 32, 120)):
+        table, truth = cohort_with_measured_traits(world, n=n, seed=seed)
+        table["site"] = "A" if name == "train" else "B"
+        table.to_parquet(root / f"{name}.parquet")
+        truth.to_csv(root / f"{name}_truth.csv", index=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    started = time.time() * 1000
+    metrics = run_train(root / "train.parquet", root / "reports", root / "models", root / "params.yaml",
+                        training.TASKS, truth=root / "train_truth.csv", repo_root=root)
+    external = run_evaluate(str(root / "models"), root / "external.parquet", root / "external", root / "params.yaml",
+                            truth=root / "external_truth.csv", repo_root=root)
+    tracking.configure(root)
+    parent = mlflow.search_runs(filter_string="tags.mlflow.runName = 'train'", output_format="list")[0]
+    yield {"root": root, "metrics": metrics, "external": external, "parent": parent, "started": started}
+    if previous is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def test_the_experiment_opens_on_the_runs_table(tracked):
+    experiment = MlflowClient().get_experiment(tracked["parent"].info.experiment_id)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+
+
+def test_the_parent_run_lasts_the_whole_training_and_carries_the_headline(tracked):
+    parent, metrics = tracked["parent"], tracked["metrics"]
+    cv = json.loads((tracked["root"] / "reports" / "cv.json").read_text())
+    fitting = sum(task["seconds"] for task in cv.values())
+    assert parent.info.start_time >= tracked["started"]
+    assert (parent.info.end_time - parent.info.start_time) / 1000 >= fitting   # opened before the fits
+    data = parent.data
+    for task, primary in (("recurrence", "c_index"), ("response", "roc_auc")):
+        best = metrics["notes"][task]["chosen"]
+        assert data.tags[f"{task}.model"] == best
+        assert data.metrics[f"{task}.{primary}"] == pytest.approx(metrics[task][best][primary]["value"])
+        assert f"{task}.{primary}_ci_low" in data.metrics and f"{task}.{primary}_ci_high" in data.metrics
+        delta = "delta_c_vs_fong" if task == "recurrence" else "delta_auc_vs_fong"
+        assert data.metrics[f"{task}.{delta}"] == pytest.approx(metrics[task][best][delta]["value"])
+        assert 0 < data.metrics[f"{task}.oracle_gain_share"] < 1.5   # synthetic: the oracle is known
+        # the external site's figures are on the same row
+        external_best = tracked["external"][task][best][primary]["value"]
+        assert data.metrics[f"external.{task}.{best}.{primary}"] == pytest.approx(external_best)
+
+
+def test_datasets_are_logged_as_inputs_with_patients_and_site(tracked):
+    run = MlflowClient().get_run(tracked["parent"].info.run_id)
+    inputs = {d.tags[0].value if d.tags else "": d for d in run.inputs.dataset_inputs}
+    contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+    assert contexts == {"training", "evaluation", "external"}
+    for entry in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in entry.tags}
+        assert int(tags["n_patients"]) > 0
+        assert entry.dataset.digest and entry.dataset.source
+    training_input = next(d for d in run.inputs.dataset_inputs
+                          if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "training")
+    assert {t.key: t.value for t in training_input.tags}["site"] == "A"
+    assert inputs
+
+
+def test_the_registered_models_are_linked_to_the_parent_run(tracked):
+    run = MlflowClient().get_run(tracked["parent"].info.run_id)
+    linked = {o.model_id for o in run.outputs.model_outputs} if run.outputs else set()
+    assert len(linked) == 2
+    for name in ("crlm-recurrence", "crlm-response"):
+        version = MlflowClient().get_model_version_by_alias(name, "candidate")
+        assert version.source.removeprefix("models:/") in linked
+
+
+def test_summary_file_has_the_headline_keys(tracked):
+    summary = json.loads((tracked["root"] / "reports" / SUMMARY_FILE).read_text())
+    assert set(summary) == {"rec_model", "rec_c", "rec_dc", "resp_model", "resp_auc", "resp_dauc"}
+    metrics = tracked["metrics"]
+    best = metrics["notes"]["recurrence"]["chosen"]
+    assert summary["rec_c"] == round(metrics["recurrence"][best]["c_index"]["value"], 3)
+    external = json.loads((tracked["root"] / "external" / SUMMARY_FILE).read_text())
+    assert set(external) == {"ext_rec_c", "ext_resp_auc"}
+
+
+def test_dvc_metrics_show_on_the_summaries_fits_a_terminal(tracked, tmp_path):
+    shutil.copy(tracked["root"] / "reports" / SUMMARY_FILE, tmp_path / "train_summary.json")
+    shutil.copy(tracked["root"] / "external" / SUMMARY_FILE, tmp_path / "external_summary.json")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "COLUMNS": str(TERMINAL)}
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+    for name in ("train_summary.json", "external_summary.json"):
+        shown = subprocess.run(["dvc", "metrics", "show", name], cwd=tmp_path, check=True, env=env,
+                               capture_output=True, text=True).stdout
+        width = max(len(line) for line in shown.splitlines())
+        assert width <= TERMINAL, shown
+        assert "…" not in shown
+
+
+def test_a_dvc_lock_rewritten_by_repro_does_not_make_the_run_dirty(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "dvc.lock").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    commit = tracking.git_revision(tmp_path)
+    (tmp_path / "dvc.lock").write_text("b\n")     # other bytes of the same data on another CPU
+    assert tracking.git_revision(tmp_path) == commit
+    (tmp_path / "code.py").write_text("x = 2\n")  # a user's change
+    assert tracking.git_revision(tmp_path) == f"{commit}-dirty"
