@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -135,3 +136,20 @@ def test_a_dvc_lock_rewritten_by_repro_does_not_make_the_run_dirty(tmp_path):
     assert tracking.git_revision(tmp_path) == commit
     (tmp_path / "code.py").write_text("x = 2\n")  # a user's change
     assert tracking.git_revision(tmp_path) == f"{commit}-dirty"
+
+
+def test_evaluate_finds_a_registered_model_in_a_fresh_process(tracked, tmp_path):
+    """`crlm evaluate --model models:/...` configures the project's store itself (it used to look in ./mlflow.db)."""
+    import sys
+
+    root = tracked["root"]
+    code = ("from pathlib import Path; from pipeline.evaluate import run_evaluate; "
+            f"run_evaluate('models:/crlm-response@candidate', Path({str(root / 'external.parquet')!r}), "
+            f"Path({str(tmp_path / 'out')!r}), Path({str(root / 'params.yaml')!r}), repo_root=Path({str(root)!r}), "
+            "track=False)")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["response"]
+    assert not (tmp_path / "mlflow.db").exists()
