@@ -45,6 +45,7 @@ T_STAGE = "primary_t_stage"
 SYNCHRONOUS = "synchronous"
 DFI_MONTHS = "disease_free_interval_months"
 N_LESIONS = "n_liver_lesions"
+MULTIPLE_LESIONS = "multiple_liver_lesions"
 LARGEST_CM = "largest_lesion_cm"
 BILOBAR = "bilobar"
 CEA = "cea_ng_ml"
@@ -94,6 +95,8 @@ COLUMNS: tuple[Column, ...] = (
     Column(SYNCHRONOUS, "binary", "liver metastases found with or before the primary"),
     Column(DFI_MONTHS, "float", "primary resection to detection of liver metastases", "months", 0, 600),
     Column(N_LESIONS, "int", "number of liver metastases", "", 1, 200),
+    Column(MULTIPLE_LESIONS, "binary", "more than one liver metastasis (0/1); a sheet without a lesion "
+           "count often has this flag (e.g. TCIA multiple_metastases)"),
     Column(LARGEST_CM, "float", "largest liver metastasis, maximum diameter", "cm", 0.1, 40),
     Column(BILOBAR, "binary", "metastases in both liver lobes"),
     Column(CEA, "float", "pre-operative carcinoembryonic antigen", "ng/mL", 0, 1e6),
