@@ -167,13 +167,13 @@ def test_tcia_sample_maps_to_exact_canonical_values():
         s.NODE_POSITIVE: pd.array([1, 0, NA, 1, 0, 0, 1, 1], dtype="Int64"),
         s.SYNCHRONOUS: pd.array([1, 0, 1, 0, 1, 0, 1, 0], dtype="Int64"),
         s.DFI_MONTHS: [0.0, nan, 0.0, nan, 0.0, nan, 0.0, nan],
+        s.MULTIPLE_LESIONS: pd.array([1, 0, 1, 1, 0, 1, 1, 0], dtype="Int64"),
         s.LARGEST_CM: [4.2, 6.0, 2.5, 1.8, 10.5, 3.3, 7.0, 0.9],
         s.BILOBAR: pd.array([1, 0, 0, 1, 0, 1, 1, 0], dtype="Int64"),
         s.CEA: [12.5, 250.0, nan, 5.1, 3.0, 800.4, 45.0, 0.5],
         s.EXTRAHEPATIC: pd.array([0, 0, 0, 1, NA, 0, 0, 0], dtype="Int64"),
         s.RECURRENCE_EVENT: pd.array([1, 0, 1, 1, NA, 0, 1, 0], dtype="Int64"),
         s.RECURRENCE_MONTHS: [14.3, 72.5, 6.1, 22.0, nan, 40.0, 3.2, 101.0],
-        "multiple_metastases": [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0],
         "tcia_fong_score": [3.0, 1.0, nan, 3.0, 2.0, 2.0, 4.0, 2.0],
         "chemo_before_liver_resection": [1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0],
         "total_response_percent": [90.0, nan, 35.0, 100.0, 12.5, nan, 50.0, 5.5],
@@ -182,7 +182,8 @@ def test_tcia_sample_maps_to_exact_canonical_values():
         "mucin_percent": [0.0, nan, nan, 0.0, 0.0, nan, 5.0, 0.0],
     })
     pd.testing.assert_frame_equal(out, expected, check_dtype=False)
-    for column in (s.NODE_POSITIVE, s.SYNCHRONOUS, s.BILOBAR, s.EXTRAHEPATIC, s.RECURRENCE_EVENT):
+    for column in (s.NODE_POSITIVE, s.SYNCHRONOUS, s.MULTIPLE_LESIONS, s.BILOBAR, s.EXTRAHEPATIC,
+                   s.RECURRENCE_EVENT):
         assert str(out[column].dtype) == "Int64", column
 
 
