@@ -129,8 +129,8 @@ def test_unparseable_values_are_kept_for_validation_to_report():
     assert out[s.AGE].tolist() == [61.0, "sixty", 70.0]
     report = validate_cohort(out)
     assert [p.message for p in report.problems] == [
-        "patient P-2: age_years = 'sixty' is not a number (allowed: 18 to 110 years)",
-        "patient P-3: sex = 'unknown' is not one of male, female"]
+        "patient P-2 (row 2): age_years = 'sixty' is not a number (allowed: 18 to 110 years)",
+        "patient P-3 (row 3): sex = 'unknown' is not one of male, female"]
 
 
 def test_a_mapped_column_absent_from_the_sheet_is_an_error_naming_the_nearest():
@@ -211,8 +211,8 @@ def test_run_validate_reports_row_problems_but_exits_0(tmp_path):
     assert run_validate(csv, None, out=out) == 0
     lines = out.getvalue().splitlines()
     assert lines[1] == "3 patients: 1 ok, 2 invalid; 0 fatal problem(s), 2 row problem(s)"
-    assert "  patient 007: cea_ng_ml = -3 is outside 0 to 1000000 ng/mL" in lines
-    assert "  patient 008: sex = 'unknown' is not one of male, female" in lines
+    assert "  patient 007 (row 1): cea_ng_ml = -3 is outside 0 to 1000000 ng/mL" in lines
+    assert "  patient 008 (row 2): sex = 'unknown' is not one of male, female" in lines
 
 
 def test_run_validate_exits_1_on_fatal_problems(tmp_path):
