@@ -184,3 +184,54 @@ def test_bad_ranges_are_errors_naming_the_key(tmp_path, capsys, ranges, message)
     assert main(["validate", "--cohort", str(path), "--mapping", str(mapping)]) == 2
     err = capsys.readouterr().err
     assert message in err and "ranges" in err and str(mapping) in err
+
+
+# --- GBSG2: a real cohort a dependency ships (issue 10, item 9, the mapping part) --------------
+
+GBSG2_MAPPING = REPO / "configs" / "mappings" / "gbsg2.yaml"
+DAYS_PER_MONTH = 30.4375
+
+
+def write_gbsg2_csv(path):
+    """scikit-survival's GBSG2 cohort as a CSV: its 8 columns, patient_id 1..686, time (days),
+    cens (1 = event). The same as the one-liner in docs/mappings.md."""
+    from sksurv.datasets import load_gbsg2
+
+    x, y = load_gbsg2()
+    x.insert(0, "patient_id", range(1, len(x) + 1))
+    x.assign(time=y["time"], cens=y["cens"].astype(int)).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gbsg2_csv(tmp_path_factory):
+    return write_gbsg2_csv(tmp_path_factory.mktemp("gbsg2") / "gbsg2.csv")
+
+
+def test_gbsg2_validates_and_featurizes_every_patient_without_a_crlm_score(gbsg2_csv, tmp_path, capsys):
+    from features.mapping import load_mapping
+    from features.scores import score_availability
+
+    assert load_mapping(GBSG2_MAPPING).cohort == "gbsg2"
+    assert main(["validate", "--cohort", str(gbsg2_csv), "--mapping", str(GBSG2_MAPPING)]) == 0
+    assert "686 patients: 686 ok, 0 invalid; 0 fatal problem(s), 0 row problem(s)" in capsys.readouterr().out
+    out = tmp_path / "features.parquet"
+    assert main(["featurize", "--cohort", str(gbsg2_csv), "--mapping", str(GBSG2_MAPPING), "--no-images",
+                 "--out", str(out)]) == 0
+    assert "wrote 686 patients" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    raw = pd.read_csv(gbsg2_csv)
+    assert table[s.PATIENT_ID].tolist() == raw["patient_id"].astype(str).tolist()
+    assert table["status"].value_counts().to_dict() == {"ok": 686}
+    assert int(table[s.RECURRENCE_EVENT].sum()) == 299
+    assert table[s.RECURRENCE_MONTHS].to_numpy() == pytest.approx(raw["time"].to_numpy() / DAYS_PER_MONTH, rel=1e-12)
+    assert table[s.AGE].tolist() == raw["age"].tolist()
+    assert table["hormone_therapy"].tolist() == (raw["horTh"] == "yes").astype(float).tolist()
+    assert table["tumour_grade"].tolist() == raw["tgrade"].map({"I": 1.0, "II": 2.0, "III": 3.0}).tolist()
+    assert s.RECIST not in table and s.N_LESIONS not in table
+    availability = score_availability(table)
+    assert {name: a.n_computable for name, a in availability.items()} == dict.fromkeys(availability, 0)
+    assert availability["fong"].reason.startswith("cea_ng_ml missing for 686/686 patients")
+    assert "n_liver_lesions or multiple_liver_lesions missing for 686/686 patients" in availability["tbs"].reason
+    for name in ("fong_score", "oslo_score", "game_score", "nordlinger_score", "tbs"):
+        assert table[name].isna().all(), name
