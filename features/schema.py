@@ -121,4 +121,7 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 CLINICAL_INPUTS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "input")
 OUTCOMES: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "outcome")
+# Inputs that stand in for another where a sheet lacks it (features.scores.ITEMS, docs/scores.md):
+# a table that has the count need not have the flag (the synthetic cohorts do not).
+STAND_IN_INPUTS: tuple[str, ...] = (MULTIPLE_LESIONS,)
 BASELINE_INPUTS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "input" and c.timing == "baseline")

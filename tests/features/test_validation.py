@@ -143,7 +143,7 @@ def test_report_format_gives_counts_then_one_line_per_problem():
 def test_synthetic_cohort_validates_with_zero_problems():
     clinical, _ = simulate_cohort(n=200, seed=11, site="A", world=load_world(REPO / "configs" / "world.yaml"))
     # multiple_liver_lesions stands in for a lesion count a sheet lacks; the simulation has the count
-    required = tuple(c for c in s.CLINICAL_INPUTS if c != s.MULTIPLE_LESIONS) + s.OUTCOMES
+    required = tuple(c for c in s.CLINICAL_INPUTS if c not in s.STAND_IN_INPUTS) + s.OUTCOMES
     report = validate_cohort(clinical, required=required)
     assert report.fatal == [] and report.problems == [], report.format()
     assert len(report.valid_rows) == 200
