@@ -11,15 +11,19 @@ import pytest
 from features.schema import (
     AGE,
     CEA,
+    CHEMO_CYCLES,
+    CHEMO_REGIMEN,
     COLUMN_BY_NAME,
     DFI_MONTHS,
     EXTRAHEPATIC,
     LARGEST_CM,
     MONTHS_TO_SURGERY,
+    MULTIPLE_LESIONS,
     N_LESIONS,
     NODE_POSITIVE,
     PROGRESSION_ON_CHEMO,
     RAS,
+    SYNCHRONOUS,
     T_STAGE,
 )
 from features.scores import (
@@ -29,14 +33,17 @@ from features.scores import (
     OSLO_INPUTS,
     SCORES,
     TBS_INPUTS,
+    ScoreAvailability,
     clinical_scores,
     fong_risk_group,
     fong_score,
     game_risk_group,
     game_score,
+    item_points,
     nordlinger_risk_group,
     nordlinger_score,
     oslo_score,
+    score_availability,
     tbs_zone,
     tumour_burden_score,
 )
@@ -450,9 +457,6 @@ def test_score_criteria_use_the_published_cut_offs_at_their_boundaries():
 
 
 # --- an item known from any input that defines it (docs/scores.md) --------------------------
-
-from features.schema import CHEMO_REGIMEN, CHEMO_CYCLES, MULTIPLE_LESIONS, SYNCHRONOUS  # noqa: E402
-from features.scores import ScoreAvailability, item_points, score_availability  # noqa: E402
 
 
 def _without_count(*flags):
