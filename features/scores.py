@@ -504,11 +504,16 @@ def score_criteria(df: pd.DataFrame) -> pd.DataFrame:
     repeated.
     """
     p = CRITERION_PREFIX
+    # Interval and lesion-count items from their scores' items, so that a stand-in input (the
+    # multiple-lesion flag, synchronous disease) sets them as it sets the scores.
+    fong = item_points(df, "fong", strict=False)
+    nordlinger = item_points(df, "nordlinger", strict=False)
+    fong_items, nordlinger_items = ITEMS["fong"], ITEMS["nordlinger"]
     columns = {
-        f"{p}dfi_under_{FONG_DFI_MONTHS:g}m": _criterion(df, DFI_MONTHS, lambda x: x < FONG_DFI_MONTHS),
-        f"{p}dfi_under_{NORDLINGER_DFI_MONTHS:g}m": _criterion(df, DFI_MONTHS, lambda x: x < NORDLINGER_DFI_MONTHS),
-        f"{p}more_than_{FONG_N_LESIONS}_lesion": _criterion(df, N_LESIONS, lambda x: x > FONG_N_LESIONS),
-        f"{p}more_than_{NORDLINGER_N_LESIONS}_lesions": _criterion(df, N_LESIONS, lambda x: x > NORDLINGER_N_LESIONS),
+        f"{p}dfi_under_{FONG_DFI_MONTHS:g}m": fong[fong_items[1].wording],
+        f"{p}dfi_under_{NORDLINGER_DFI_MONTHS:g}m": nordlinger[nordlinger_items[3].wording],
+        f"{p}more_than_{FONG_N_LESIONS}_lesion": fong[fong_items[2].wording],
+        f"{p}more_than_{NORDLINGER_N_LESIONS}_lesions": nordlinger[nordlinger_items[4].wording],
         f"{p}largest_over_{FONG_LARGEST_CM:g}cm": _criterion(df, LARGEST_CM, lambda x: x > FONG_LARGEST_CM),
         f"{p}largest_over_{OSLO_LARGEST_CM:g}cm": _criterion(df, LARGEST_CM, lambda x: x > OSLO_LARGEST_CM),
         f"{p}cea_over_{FONG_CEA_NG_ML:g}": _criterion(df, CEA, lambda x: x > FONG_CEA_NG_ML),

@@ -548,3 +548,16 @@ def test_score_availability_of_a_featurized_table_counts_what_is_missing():
                            "missing for 1/3 patients")
     complete = score_availability(table.iloc[:1])["fong"]
     assert complete.reason == "" and complete.missing_items == {} and complete.available
+
+
+def test_score_criteria_take_stand_in_inputs_as_the_scores_do():
+    from features.scores import score_criteria
+
+    df = _without_count(1, 0, pd.NA)
+    df[DFI_MONTHS] = np.nan
+    df[SYNCHRONOUS] = pd.array([1, 0, pd.NA], dtype="Int64")
+    out = score_criteria(df)
+    assert out["criterion_more_than_1_lesion"].tolist()[:2] == [1.0, 0.0]
+    assert np.isnan(out["criterion_more_than_1_lesion"].iloc[2])
+    assert out["criterion_more_than_3_lesions"].iloc[1] == 0.0 and np.isnan(out["criterion_more_than_3_lesions"].iloc[0])
+    assert out["criterion_dfi_under_12m"].iloc[0] == 1.0 and out["criterion_dfi_under_12m"].iloc[1:].isna().all()
