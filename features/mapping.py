@@ -17,6 +17,15 @@ unknown derivation rules are errors that name the nearest valid name. Keys:
 - ``covariates: {name: {kind: numeric | categorical, unit, minimum, maximum, description}}``:
   extra model inputs kept as they are (numeric ones parsed to numbers).
 - ``keep_unmapped: false``: drop every column that is neither canonical nor a covariate.
+- ``ranges: {column: [minimum, maximum]}``: the cohort's own plausibility range of a canonical
+  numeric column, replacing the schema's default (e.g. ``age_years: [0, 120]`` for a cohort that
+  is not adult CRLM); ``null`` leaves that side open.
+- ``cohort: name``: the cohort's short name (lower-case letters, digits, ``-``, ``_``), e.g. for
+  the name a trained model is registered under.
+
+Headers are matched as people write them (``sheet_headers``): after trimming spaces and ignoring
+case (`` AGE_YEARS `` is ``age_years``). Two headers that become one, or a header that is a near
+miss of a canonical column that is absent (``age_yrs`` for ``age_years``), are errors naming both.
 
 ``apply_mapping`` is pure and never drops a patient. Values it cannot parse (e.g. "abc" in a
 numeric column) are kept as given, so that ``features.validation`` reports them per patient.
@@ -28,7 +37,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,12 +59,18 @@ from pipeline import settings
 from pipeline.settings import SettingsError
 
 COVARIATE_KINDS = ("numeric", "categorical")
+COHORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+NEAR_MISS_CUTOFF = 0.8   # difflib ratio above which an unknown header is taken for a canonical one
 NUMERIC_KINDS = ("float", "int", "binary")
 WHOLE_KINDS = ("int", "binary")
 
 
 class MappingError(ValueError):
     """A clinical sheet does not match its mapping (e.g. a mapped column is absent)."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "_", text.strip().lower()).strip("_-") or "my_cohort"
 
 
 def _nearest(name: str, valid: Iterable[str], what: str) -> str:
@@ -190,8 +206,28 @@ class CohortMapping:
     derive: tuple[Derivation, ...] = ()
     covariates: dict[str, Covariate] = field(default_factory=dict)
     keep_unmapped: bool = False
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    cohort: str = ""
 
     def __post_init__(self) -> None:
+        if self.cohort and not COHORT_NAME.match(self.cohort):
+            raise ValueError(f"cohort: '{self.cohort}' must be lower-case letters, digits, '-' or '_' "
+                             f"(it names the cohort's models), e.g. '{_slug(self.cohort)}'")
+        ranged = sorted(c.name for c in COLUMN_BY_NAME.values() if c.kind in ("float", "int"))
+        for name, (low, high) in self.ranges.items():
+            if name in self.covariates:
+                raise ValueError(f"ranges: '{name}' is a covariate; give its minimum and maximum under "
+                                 f"covariates.{name}")
+            if name not in ranged:
+                what = ("has no range (binary or category)" if name in COLUMN_BY_NAME
+                        else "is not a canonical column")
+                raise ValueError(f"ranges: '{name}' {what}; {_nearest(name, ranged, 'numeric canonical columns')}")
+            for bound in (low, high):
+                if bound is not None and not math.isfinite(bound):
+                    raise ValueError(f"ranges: '{name}': bounds must be finite numbers or null, got {bound}")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"ranges: '{name}': minimum {low:g} is above maximum {high:g}; write [minimum, "
+                                 f"maximum]")
         for name in self.covariates:
             if name in COLUMN_BY_NAME:
                 raise ValueError(f"covariates: '{name}' is a canonical column; map it under rename instead")
@@ -297,6 +333,60 @@ def mapping_from_dict(data: Any, where: str = "mapping") -> CohortMapping:
 def load_mapping(path: str | Path) -> CohortMapping:
     """Read a cohort mapping YAML (e.g. ``configs/mappings/tcia_crlm.yaml``)."""
     return mapping_from_dict(settings.load_yaml(path), where=str(path))
+
+
+# --- headers as people write them ------------------------------------------------------------
+
+def _header_key(name: Any) -> str:
+    return str(name).strip().casefold()
+
+
+def sheet_headers(header: Sequence[Any], mapping: CohortMapping | None = None) -> dict[str, str]:
+    """How to rename a sheet's headers so they match the names expected (raw -> expected).
+
+    Expected names are the canonical columns and, with a mapping, the columns it reads (rename
+    sources, rule sources, covariates). A header matches one after trimming spaces and ignoring
+    case. Raises ``MappingError`` naming both headers when two headers become the same name, and
+    naming both the header and the canonical column when a header that matches nothing is a near
+    miss (difflib) of a canonical column that no header gives: a near miss is never silently
+    ignored.
+    """
+    expected: dict[str, str] = {}
+    if mapping is not None:
+        reads = [*mapping.rename, *(s for r in mapping.derive for s in r.sources()), *mapping.covariates]
+        for name in reads:
+            expected.setdefault(_header_key(name), name)
+    for name in COLUMN_BY_NAME:
+        expected.setdefault(_header_key(name), name)
+    names = [str(h) for h in header]
+    renames: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    for raw in names:
+        key = _header_key(raw)
+        target = expected.get(key)
+        if key in taken:
+            raise MappingError(f"columns '{taken[key]}' and '{raw}' are the same name once spaces and case are "
+                               f"ignored; keep one of them (or rename one in the sheet)")
+        taken[key] = raw
+        if target is not None and raw != target:
+            renames[raw] = target
+    produced = {renames.get(n, n) for n in names}
+    if mapping is not None:
+        produced |= {mapping.rename.get(n, n) for n in produced} | {r.target for r in mapping.derive}
+    absent = {_header_key(c): c for c in COLUMN_BY_NAME if c not in produced}
+    consumed = set(expected.values())
+    for raw in names:
+        if renames.get(raw, raw) in consumed:
+            continue
+        close = difflib.get_close_matches(_header_key(raw), list(absent), n=1, cutoff=NEAR_MISS_CUTOFF)
+        if close:
+            canonical = absent[close[0]]
+            raise MappingError(
+                f"column '{raw}' is not a canonical column, but looks like '{canonical}', which the table "
+                f"does not have; if it is {canonical} ({COLUMN_BY_NAME[canonical].description}), rename it "
+                f"(in the sheet, or in a mapping: rename: {{{raw}: {canonical}}}); if it is something else, "
+                f"declare it under covariates in a mapping")
+    return renames
 
 
 # --- applying a mapping ----------------------------------------------------------------------

@@ -53,16 +53,20 @@ def patient_feature_table(clinical: pd.DataFrame, validation_status: pd.Series,
                           rules: Sequence[str] = ("largest", "volume_weighted_mean")) -> pd.DataFrame:
     """Join clinical columns, clinical scores and (optionally) imaging features per patient.
 
-    ``validation_status`` is indexed like ``clinical`` ("ok" or "invalid: ..."). Without
+    ``validation_status`` is indexed like ``clinical`` ("ok" or "invalid: ..."); ``clinical`` is
+    best ``ValidationReport.table`` (typed, rejected cells missing). Without
     ``lesions``/``report`` (a clinical-only cohort) no imaging columns are added.
     """
     table = clinical.reset_index(drop=True).copy()
+    valid = validation_status.reset_index(drop=True).astype(str)
     # A cohort without some canonical input (e.g. TCIA has no lesion count) gets missing
     # scores for those patients, not an error: absent columns count as missing values.
+    # Only valid patients are scored: an invalid patient's scores stay missing.
     absent = [c for c in CLINICAL_INPUTS if c not in table]
     complete = table.reindex(columns=[*table.columns, *absent])
-    table = pd.concat([table, clinical_scores(complete), score_criteria(complete)], axis=1)
-    valid = validation_status.reset_index(drop=True).astype(str)
+    usable = complete.loc[(valid == OK).to_numpy()]
+    scored = pd.concat([clinical_scores(usable), score_criteria(usable)], axis=1).reindex(table.index)
+    table = pd.concat([table, scored], axis=1)
     table[STATUS] = np.where(valid == OK, OK, "invalid")
     table[REASON] = np.where(valid == OK, "", valid.str.removeprefix("invalid: "))
     if lesions is not None and report is not None:

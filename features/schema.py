@@ -45,6 +45,7 @@ T_STAGE = "primary_t_stage"
 SYNCHRONOUS = "synchronous"
 DFI_MONTHS = "disease_free_interval_months"
 N_LESIONS = "n_liver_lesions"
+MULTIPLE_LESIONS = "multiple_liver_lesions"
 LARGEST_CM = "largest_lesion_cm"
 BILOBAR = "bilobar"
 CEA = "cea_ng_ml"
@@ -94,6 +95,8 @@ COLUMNS: tuple[Column, ...] = (
     Column(SYNCHRONOUS, "binary", "liver metastases found with or before the primary"),
     Column(DFI_MONTHS, "float", "primary resection to detection of liver metastases", "months", 0, 600),
     Column(N_LESIONS, "int", "number of liver metastases", "", 1, 200),
+    Column(MULTIPLE_LESIONS, "binary", "more than one liver metastasis (0/1); a sheet without a lesion "
+           "count often has this flag (e.g. TCIA multiple_metastases)"),
     Column(LARGEST_CM, "float", "largest liver metastasis, maximum diameter", "cm", 0.1, 40),
     Column(BILOBAR, "binary", "metastases in both liver lobes"),
     Column(CEA, "float", "pre-operative carcinoembryonic antigen", "ng/mL", 0, 1e6),
@@ -118,4 +121,7 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 CLINICAL_INPUTS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "input")
 OUTCOMES: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "outcome")
+# Inputs that stand in for another where a sheet lacks it (features.scores.ITEMS, docs/scores.md):
+# a table that has the count need not have the flag (the synthetic cohorts do not).
+STAND_IN_INPUTS: tuple[str, ...] = (MULTIPLE_LESIONS,)
 BASELINE_INPUTS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "input" and c.timing == "baseline")

@@ -13,13 +13,19 @@ tiers:
 Missing values are allowed in every clinical column (the scores turn them into a missing
 score); a blank or whitespace-only cell counts as missing. Columns that are not canonical are
 kept and not checked (user covariates), unless described by ``extra_columns``. Row numbers in
-messages are 1-based positions in the table (row 1 = first data row = line 2 of a CSV file
-with a header).
+messages are 1-based data rows of the input file (row 1 = first data row = line 2 of a CSV file
+with a header); a caller validating part of a file passes the rows' numbers (``rows``).
+
+A cohort mapping may widen or narrow a column's plausibility range for its cohort (``ranges``,
+e.g. ``{"age_years": (0, 120)}`` for a paediatric or non-CRLM cohort); the schema's ranges are the
+defaults. Every caller (validate, featurize, predict) takes its patients' statuses from
+``validate_cohort``, so they agree on who is usable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +34,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from features.schema import COLUMNS, PATIENT_ID, Column
+from features.schema import COLUMNS, MULTIPLE_LESIONS, N_LESIONS, PATIENT_ID, Column
 
 OK = "ok"
 INVALID = "invalid"
@@ -39,6 +45,7 @@ _NUMBER, _RANGE, _BINARY, _CATEGORY, _ID_BLANK = "number", "range", "binary", "c
 # Reason codes of row problems (a patient's status in batch inference), by failed check.
 ROW_PROBLEM_CODES = {_NUMBER: "not_a_number", _RANGE: "out_of_range", _BINARY: "not_binary",
                      _CATEGORY: "unknown_category"}
+INCONSISTENT = "inconsistent"   # two columns that contradict each other (count vs flag)
 _FATAL_CHECKS = ("column_in_dataframe", "field_uniqueness", "not_nullable", _ID_BLANK)
 
 
@@ -51,22 +58,26 @@ class Problem:
     value: Any
     allowed: str
     message: str
-    code: str = ""   # row problems: not_a_number, out_of_range, not_binary, unknown_category
+    code: str = ""   # row problems: not_a_number, out_of_range, not_binary, unknown_category, inconsistent
+    row: int | None = None   # 1-based data row of the input file (row problems)
 
 
 @dataclass
 class ValidationReport:
     """Result of ``validate_cohort``.
 
-    ``status`` is indexed like the input: ``"ok"`` or ``"invalid: <reasons joined by '; '>"``.
+    ``status`` is indexed like the input: ``"ok"`` or ``"invalid: <reasons joined by '; '>"``,
+    each reason naming the patient, its row, the column and the value.
     ``valid_rows`` holds the rows with status ok, numeric columns typed (floats as ``float64``,
-    integer and binary columns as ``Int64``).
+    integer and binary columns as ``Int64``). ``table`` holds every row, typed the same way, with
+    each rejected cell missing (its value is in the status): it can be written and scored.
     """
 
     fatal: list[Problem]
     problems: list[Problem]
     status: pd.Series
     valid_rows: pd.DataFrame = field(repr=False)
+    table: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -171,9 +182,13 @@ def _checks(column: Column) -> list[pa.Check]:
 
 
 def cohort_schema(required: Sequence[str] = (PATIENT_ID,),
-                  extra_columns: Sequence[Column] = ()) -> pa.DataFrameSchema:
-    """The pandera schema of a canonical cohort table (``patient_id`` is always required)."""
-    columns = {c.name: c for c in (*COLUMNS, *extra_columns)}
+                  extra_columns: Sequence[Column] = (),
+                  canonical: Sequence[Column] = COLUMNS) -> pa.DataFrameSchema:
+    """The pandera schema of a canonical cohort table (``patient_id`` is always required).
+
+    ``canonical``: the schema's columns, possibly with a cohort's own ranges (``with_ranges``).
+    """
+    columns = {c.name: c for c in (*canonical, *extra_columns)}
     needed = {PATIENT_ID, *required}
     specs: dict[str, pa.Column] = {}
     for name, column in columns.items():
@@ -201,16 +216,11 @@ def _patient(ids: pd.Series | None, row: int) -> str | None:
 
 
 def _row_problem(columns: dict[str, Column], check: str, name: str, value: Any, row: int,
-                 ids: pd.Series | None) -> Problem:
+                 ids: pd.Series | None, rows: Sequence[int]) -> Problem:
     column = columns[name]
     allowed = allowed_text(column)
     patient = _patient(ids, row)
-    if patient is None or not patient.strip():
-        who = f"row {row + 1}"
-    elif bool(ids.duplicated(keep=False).iloc[row]):  # ids is not None here
-        who = f"patient {patient} (row {row + 1})"
-    else:
-        who = f"patient {patient}"
+    who = _who(patient, rows[row])
     shown = _value_text(value)
     if check == _NUMBER:
         what = f"is not a number (allowed: {allowed})"
@@ -218,7 +228,36 @@ def _row_problem(columns: dict[str, Column], check: str, name: str, value: Any, 
         what = f"is outside {allowed}" if column.kind == "float" else f"is not {allowed}"
     else:  # binary, category
         what = f"is not {allowed}"
-    return Problem(patient, name, value, allowed, f"{who}: {name} = {shown} {what}", ROW_PROBLEM_CODES[check])
+    return Problem(patient, name, value, allowed, f"{who}: {name} = {shown} {what}", ROW_PROBLEM_CODES[check],
+                   rows[row])
+
+
+def _who(patient: str | None, row: int) -> str:
+    """'patient p7 (row 12)', or 'row 12' without an identifier."""
+    if patient is None or not patient.strip():
+        return f"row {row}"
+    return f"patient {patient} (row {row})"
+
+
+def _count_contradicts_flag(table: pd.DataFrame, ids: pd.Series | None, rows: Sequence[int],
+                            bad_rows: set[int]) -> list[Problem]:
+    """A lesion count that contradicts the more-than-one-lesion flag (n = 1 with flag 1, or
+    n > 1 with flag 0): which one is right is the user's call."""
+    if N_LESIONS not in table.columns or MULTIPLE_LESIONS not in table.columns:
+        return []
+    n, flag = as_numbers(table[N_LESIONS]), as_numbers(table[MULTIPLE_LESIONS])
+    contradicts = n.notna() & flag.isin([0.0, 1.0]) & ((n > 1) != (flag == 1))
+    problems = []
+    for row in np.flatnonzero(contradicts.to_numpy()):
+        if row in bad_rows:
+            continue
+        patient = _patient(ids, row)
+        problems.append(Problem(
+            patient, MULTIPLE_LESIONS, flag.iloc[row], f"consistent with {N_LESIONS}",
+            f"{_who(patient, rows[row])}: {N_LESIONS} = {_number_text(n.iloc[row])} contradicts "
+            f"{MULTIPLE_LESIONS} = {_number_text(flag.iloc[row])}; correct one of them or leave one blank",
+            INCONSISTENT, rows[row]))
+    return problems
 
 
 def _absent_columns(cases: pd.DataFrame) -> list[Problem]:
@@ -227,21 +266,21 @@ def _absent_columns(cases: pd.DataFrame) -> list[Problem]:
                     f"required column '{name}' is missing from the table") for name in absent]
 
 
-def _id_problems(cases: pd.DataFrame, ids: pd.Series | None) -> list[Problem]:
+def _id_problems(cases: pd.DataFrame, ids: pd.Series | None, rows: Sequence[int]) -> list[Problem]:
     """Missing and duplicated identifiers; a duplicate lists every row that carries it."""
     allowed_id = allowed_text(Column(PATIENT_ID, "id", ""))
     problems: list[Problem] = []
     missing = cases.loc[cases["check"].isin(["not_nullable", _ID_BLANK]), "index"]
     missing_rows = sorted(int(i) for i in missing)
     if missing_rows:
-        shown = ", ".join(str(r + 1) for r in missing_rows)
+        shown = ", ".join(str(rows[r]) for r in missing_rows)
         problems.append(Problem(None, PATIENT_ID, None, allowed_id,
                                 f"{PATIENT_ID} is missing in row(s) {shown}"))
     duplicated = cases.loc[cases["check"] == "field_uniqueness"]
     if ids is not None and not duplicated.empty:
-        rows = duplicated["index"].astype(int)
-        for value in pd.unique(ids.iloc[sorted(rows)]):
-            where = [r + 1 for r in sorted(rows) if ids.iloc[r] == value]
+        positions, numbers = duplicated["index"].astype(int), rows
+        for value in pd.unique(ids.iloc[sorted(positions)]):
+            where = [numbers[r] for r in sorted(positions) if ids.iloc[r] == value]
             problems.append(Problem(str(value), PATIENT_ID, value, allowed_id,
                                     f"{PATIENT_ID} {_value_text(value)} appears {len(where)} times, "
                                     f"in rows {', '.join(map(str, where))}"))
@@ -249,30 +288,48 @@ def _id_problems(cases: pd.DataFrame, ids: pd.Series | None) -> list[Problem]:
 
 
 def _typed(df: pd.DataFrame, columns: dict[str, Column]) -> pd.DataFrame:
-    """Numeric canonical columns as float64 / Int64 (call on valid rows only)."""
+    """Numeric canonical columns as float64 / Int64 (values that are not numbers become missing)."""
     out = df.copy()
     for name in out.columns:
         column = columns.get(name)
         if column is None or column.kind not in NUMERIC_KINDS:
             continue
         x = as_numbers(out[name])
+        if column.kind in ("int", "binary"):
+            x = x.where(x.isna() | (x == np.floor(x)))
         out[name] = x.astype("Int64") if column.kind in ("int", "binary") else x
     return out
 
 
+def with_ranges(columns: Sequence[Column], ranges: Mapping[str, tuple[float | None, float | None]]) -> tuple[Column, ...]:
+    """``columns`` with the plausibility ranges of ``ranges`` (name -> (minimum, maximum))."""
+    return tuple(dataclasses.replace(c, minimum=ranges[c.name][0], maximum=ranges[c.name][1])
+                 if c.name in ranges else c for c in columns)
+
+
 def validate_cohort(df: pd.DataFrame, required: Sequence[str] = (PATIENT_ID,),
-                    extra_columns: Sequence[Column] = ()) -> ValidationReport:
+                    extra_columns: Sequence[Column] = (),
+                    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
+                    rows: Sequence[int] | None = None) -> ValidationReport:
     """Validate a canonical cohort table; every problem is collected in one pass.
 
     ``required``: columns that must be present (``patient_id`` always is). ``extra_columns``:
     optional descriptions of user covariates (e.g. from a cohort mapping) to check as well.
+    ``ranges``: per-cohort plausibility ranges that replace the schema's (from a mapping).
+    ``rows``: the 1-based data-row numbers of ``df``'s rows in the input file (default 1..n).
     Never raises on bad data: everything is reported in the returned ``ValidationReport``.
     """
-    columns = {c.name: c for c in (*COLUMNS, *extra_columns)}
+    all_columns = with_ranges((*COLUMNS, *extra_columns), ranges or {})
+    columns = {c.name: c for c in all_columns}
+    canonical = tuple(c for c in all_columns if c.name in {k.name for k in COLUMNS})
+    extra = tuple(c for c in all_columns if c.name not in {k.name for k in COLUMNS})
     table = df.reset_index(drop=True)  # failure cases are then row positions
+    rows = list(range(1, len(table) + 1)) if rows is None else [int(r) for r in rows]
+    if len(rows) != len(table):
+        raise ValueError(f"rows: {len(rows)} row numbers for a table of {len(table)} rows")
     ids = table[PATIENT_ID] if PATIENT_ID in table.columns else None
     try:
-        cohort_schema(required, extra_columns).validate(table, lazy=True)
+        cohort_schema(required, extra, canonical).validate(table, lazy=True)
         cases = pd.DataFrame(columns=["column", "check", "failure_case", "index"])
     except SchemaErrors as err:
         cases = err.failure_cases
@@ -280,7 +337,7 @@ def validate_cohort(df: pd.DataFrame, required: Sequence[str] = (PATIENT_ID,),
     empty = [Problem(None, None, None, "at least one patient", "the table has no rows")] if table.empty else []
     fatal = empty + _absent_columns(cases)
     table_wide = [p.message for p in fatal]  # these make every row invalid
-    fatal += _id_problems(cases.loc[is_fatal], ids)
+    fatal += _id_problems(cases.loc[is_fatal], ids, rows)
     broken = cases.loc[~is_fatal & cases["index"].isna()]  # a check that raised: never swallowed
     fatal += [Problem(None, str(c.column), None, "", f"check '{c.check}' on column '{c.column}' could not "
                       f"run: {c.failure_case}") for c in broken.itertuples(index=False)]
@@ -292,17 +349,29 @@ def validate_cohort(df: pd.DataFrame, required: Sequence[str] = (PATIENT_ID,),
                 reasons[row].append(p.message)
     if ids is not None:
         for row in np.flatnonzero(is_blank(ids).to_numpy()):
-            reasons[row].append(f"{PATIENT_ID} is missing")
+            reasons[row].append(f"row {rows[row]}: {PATIENT_ID} is missing")
     order = {name: i for i, name in enumerate(table.columns)}
     row_cases = cases.loc[~is_fatal].dropna(subset=["index"])
     row_cases = row_cases.assign(row=row_cases["index"].astype(int), position=row_cases["column"].map(order))
     problems: list[Problem] = []
+    rejected: list[tuple[int, str]] = []
     for case in row_cases.sort_values(["row", "position"], kind="stable").itertuples(index=False):
-        problem = _row_problem(columns, str(case.check), str(case.column), case.failure_case, case.row, ids)
+        problem = _row_problem(columns, str(case.check), str(case.column), case.failure_case, case.row, ids, rows)
         problems.append(problem)
-        reasons[case.row].append(problem.message.split(": ", 1)[1])
+        rejected.append((case.row, str(case.column)))
+        reasons[case.row].append(problem.message)
+    position = {number: i for i, number in enumerate(rows)}
+    for problem in _count_contradicts_flag(table, ids, rows, {r for r, _ in rejected}):
+        problems.append(problem)
+        reasons[position[problem.row]].append(problem.message)
+    problems.sort(key=lambda p: position[p.row])
 
     status = pd.Series([f"{INVALID}: " + "; ".join(r) if r else OK for r in reasons],
                        index=df.index, name="status", dtype=object)
     valid = df.loc[(status == OK).to_numpy()]
-    return ValidationReport(fatal, problems, status, _typed(valid, columns))
+    cleaned = df.copy()
+    for row, name in rejected:
+        if cleaned[name].dtype != object:
+            cleaned[name] = cleaned[name].astype(object)
+        cleaned.iloc[row, cleaned.columns.get_loc(name)] = None
+    return ValidationReport(fatal, problems, status, _typed(valid, columns), _typed(cleaned, columns))

@@ -17,8 +17,12 @@ REPORT_FILE = "extraction_report.csv"
 
 def run_featurize(cohort: Path, out: Path, extraction_dir: Path | None, config: Path,
                   mapping: Path | None = None) -> pd.DataFrame:
-    """Write ``out`` (parquet): clinical features, scores, morphology and radiomics per patient."""
-    clinical, report = read_and_validate(cohort, mapping)
+    """Write ``out`` (parquet): clinical features, scores, morphology and radiomics per patient.
+
+    One row per input row, in input order, with the status ``crlm validate`` gives (a fatal
+    problem, e.g. a duplicated identifier, stops it as it makes validate exit 1).
+    """
+    _, report = read_and_validate(cohort, mapping)
     if report.fatal:
         raise ValueError(f"{cohort}: cannot build features:\n{report.format()}")
     lesions = extraction_report = None
@@ -30,7 +34,9 @@ def run_featurize(cohort: Path, out: Path, extraction_dir: Path | None, config: 
         lesions = pd.read_parquet(lesions_path)
         extraction_report = pd.read_csv(report_path, dtype={PATIENT_ID: str})
     rules = load_extraction_config(config).aggregation
-    table = patient_table.patient_feature_table(clinical, report.status, lesions, extraction_report, rules)
+    # Every row is kept: a rejected value makes its patient invalid (reason in the table), the
+    # value itself is left missing so that nothing downstream reads it.
+    table = patient_table.patient_feature_table(report.table, report.status, lesions, extraction_report, rules)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
     counts = table[patient_table.STATUS].value_counts().to_dict()

@@ -32,7 +32,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features import extraction, patient_table, radiomics
-from features.mapping import CohortMapping, apply_mapping, load_mapping
+from features.mapping import CohortMapping, MappingError, apply_mapping, load_mapping, sheet_headers
 from features.schema import IMAGE, MASK, PATIENT_ID
 from features.validation import Problem, validate_cohort
 from models import explain as shap_explain
@@ -300,6 +300,7 @@ class Context:
     columns: list[str]
     explanations: Path
     absent: dict[str, set[str]]   # model -> input columns the cohort table does not have (imputed)
+    renames: dict[str, str] = field(default_factory=dict)   # sheet header -> name (features.mapping.sheet_headers)
 
 
 def _problem_code(problem: Problem) -> str:
@@ -425,7 +426,9 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
     candidates = table.loc[status == OK]
     valid = candidates.iloc[0:0]
     if not candidates.empty:
-        report = validate_cohort(candidates, extra_columns=ctx.mapping.covariate_columns() if ctx.mapping else ())
+        report = validate_cohort(candidates, extra_columns=ctx.mapping.covariate_columns() if ctx.mapping else (),
+                                 ranges=ctx.mapping.ranges if ctx.mapping else None,
+                                 rows=rows[candidates.index.to_numpy()])
         if report.fatal:
             raise ValueError(f"{ctx.cohort}: the table cannot be used:\n{report.format()}")
         by_patient: dict[str, list[Problem]] = {}
@@ -585,10 +588,16 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
     repo_root = Path(repo_root) if repo_root is not None else REPO_ROOT
     spec = load_mapping(mapping) if mapping is not None else None
     id_column = spec.id_column if spec else PATIENT_ID
-    header = read_header(cohort)
+    raw_header = read_header(cohort)
+    try:
+        renames = sheet_headers(raw_header, spec)
+    except MappingError as exc:
+        raise MappingError(f"{cohort}: {exc}") from exc
+    header = [renames.get(c, c) for c in raw_header]
     if id_column not in header:
         raise ValueError(f"{cohort}: no identifier column '{id_column}'; the table has {', '.join(header[:8])}"
                          f"{' ...' if len(header) > 8 else ''}")
+    raw_id = raw_header[header.index(id_column)]
     loaded = load_models(models, repo_root)
     needs_images = any(m.needs_images for m in loaded)
     options, cfg = case_options(radiomics_params, extraction_config, labels, liver_label, lesion_label,
@@ -603,11 +612,11 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
         cache_dir = Path(cache) if cache is not None else repo_root / cfg.cache_dir
     else:
         cache_dir = None
-    ids = index_ids(cohort, id_column, chunk_size)
+    ids = index_ids(cohort, raw_id, chunk_size)
     explanations = _prepare_out(out)
     ctx = Context(cohort, id_column, spec, ids, loaded, needs_images, options if needs_images else None,
                   cache_dir, tuple(cfg.aggregation), jobs, scheduler, top_k, output_columns(loaded, top_k),
-                  explanations, {})
+                  explanations, {}, renames)
 
     partial = out / f".{PREDICTIONS_FILE}.partial"
     counts: Counter[str] = Counter()
@@ -615,8 +624,8 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
     first_row = 1
     try:
         with tqdm(total=ids.rows, desc="predict", unit="patient", disable=not progress) as bar:
-            for chunk in read_chunks(cohort, id_column, chunk_size):
-                rows, seconds = process_chunk(ctx, chunk, first_row)
+            for chunk in read_chunks(cohort, raw_id, chunk_size):
+                rows, seconds = process_chunk(ctx, chunk.rename(columns=renames), first_row)
                 rows.to_csv(partial, mode="w" if first_row == 1 else "a", header=first_row == 1, index=False,
                             encoding="utf-8")
                 counts.update(rows[STATUS].tolist())

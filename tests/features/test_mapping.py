@@ -129,8 +129,8 @@ def test_unparseable_values_are_kept_for_validation_to_report():
     assert out[s.AGE].tolist() == [61.0, "sixty", 70.0]
     report = validate_cohort(out)
     assert [p.message for p in report.problems] == [
-        "patient P-2: age_years = 'sixty' is not a number (allowed: 18 to 110 years)",
-        "patient P-3: sex = 'unknown' is not one of male, female"]
+        "patient P-2 (row 2): age_years = 'sixty' is not a number (allowed: 18 to 110 years)",
+        "patient P-3 (row 3): sex = 'unknown' is not one of male, female"]
 
 
 def test_a_mapped_column_absent_from_the_sheet_is_an_error_naming_the_nearest():
@@ -167,13 +167,13 @@ def test_tcia_sample_maps_to_exact_canonical_values():
         s.NODE_POSITIVE: pd.array([1, 0, NA, 1, 0, 0, 1, 1], dtype="Int64"),
         s.SYNCHRONOUS: pd.array([1, 0, 1, 0, 1, 0, 1, 0], dtype="Int64"),
         s.DFI_MONTHS: [0.0, nan, 0.0, nan, 0.0, nan, 0.0, nan],
+        s.MULTIPLE_LESIONS: pd.array([1, 0, 1, 1, 0, 1, 1, 0], dtype="Int64"),
         s.LARGEST_CM: [4.2, 6.0, 2.5, 1.8, 10.5, 3.3, 7.0, 0.9],
         s.BILOBAR: pd.array([1, 0, 0, 1, 0, 1, 1, 0], dtype="Int64"),
         s.CEA: [12.5, 250.0, nan, 5.1, 3.0, 800.4, 45.0, 0.5],
         s.EXTRAHEPATIC: pd.array([0, 0, 0, 1, NA, 0, 0, 0], dtype="Int64"),
         s.RECURRENCE_EVENT: pd.array([1, 0, 1, 1, NA, 0, 1, 0], dtype="Int64"),
         s.RECURRENCE_MONTHS: [14.3, 72.5, 6.1, 22.0, nan, 40.0, 3.2, 101.0],
-        "multiple_metastases": [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0],
         "tcia_fong_score": [3.0, 1.0, nan, 3.0, 2.0, 2.0, 4.0, 2.0],
         "chemo_before_liver_resection": [1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0],
         "total_response_percent": [90.0, nan, 35.0, 100.0, 12.5, nan, 50.0, 5.5],
@@ -182,7 +182,8 @@ def test_tcia_sample_maps_to_exact_canonical_values():
         "mucin_percent": [0.0, nan, nan, 0.0, 0.0, nan, 5.0, 0.0],
     })
     pd.testing.assert_frame_equal(out, expected, check_dtype=False)
-    for column in (s.NODE_POSITIVE, s.SYNCHRONOUS, s.BILOBAR, s.EXTRAHEPATIC, s.RECURRENCE_EVENT):
+    for column in (s.NODE_POSITIVE, s.SYNCHRONOUS, s.MULTIPLE_LESIONS, s.BILOBAR, s.EXTRAHEPATIC,
+                   s.RECURRENCE_EVENT):
         assert str(out[column].dtype) == "Int64", column
 
 
@@ -210,8 +211,8 @@ def test_run_validate_reports_row_problems_but_exits_0(tmp_path):
     assert run_validate(csv, None, out=out) == 0
     lines = out.getvalue().splitlines()
     assert lines[1] == "3 patients: 1 ok, 2 invalid; 0 fatal problem(s), 2 row problem(s)"
-    assert "  patient 007: cea_ng_ml = -3 is outside 0 to 1000000 ng/mL" in lines
-    assert "  patient 008: sex = 'unknown' is not one of male, female" in lines
+    assert "  patient 007 (row 1): cea_ng_ml = -3 is outside 0 to 1000000 ng/mL" in lines
+    assert "  patient 008 (row 2): sex = 'unknown' is not one of male, female" in lines
 
 
 def test_run_validate_exits_1_on_fatal_problems(tmp_path):

@@ -11,15 +11,19 @@ import pytest
 from features.schema import (
     AGE,
     CEA,
+    CHEMO_CYCLES,
+    CHEMO_REGIMEN,
     COLUMN_BY_NAME,
     DFI_MONTHS,
     EXTRAHEPATIC,
     LARGEST_CM,
     MONTHS_TO_SURGERY,
+    MULTIPLE_LESIONS,
     N_LESIONS,
     NODE_POSITIVE,
     PROGRESSION_ON_CHEMO,
     RAS,
+    SYNCHRONOUS,
     T_STAGE,
 )
 from features.scores import (
@@ -29,14 +33,17 @@ from features.scores import (
     OSLO_INPUTS,
     SCORES,
     TBS_INPUTS,
+    ScoreAvailability,
     clinical_scores,
     fong_risk_group,
     fong_score,
     game_risk_group,
     game_score,
+    item_points,
     nordlinger_risk_group,
     nordlinger_score,
     oslo_score,
+    score_availability,
     tbs_zone,
     tumour_burden_score,
 )
@@ -281,7 +288,10 @@ def test_score_is_missing_not_zero_when_any_input_is_missing(score, column):
 
 @pytest.mark.parametrize("score, column", SCORE_INPUT_PAIRS, ids=lambda v: getattr(v, "__name__", v))
 def test_score_is_missing_even_when_other_points_are_certain(score, column):
-    out = score(patients({**ALL_RISK, column: pd.NA}))
+    risk = {**ALL_RISK, column: pd.NA}
+    if score is game_score and column == LARGEST_CM:
+        risk[N_LESIONS] = 3   # 10 lesions alone fix TBS >= 9 (tested below); 3 leave the zone open
+    out = score(patients(risk))
     assert pd.isna(one(out))
 
 
@@ -444,3 +454,110 @@ def test_score_criteria_use_the_published_cut_offs_at_their_boundaries():
     items = c[["criterion_cea_over_200", "criterion_largest_over_5cm", "criterion_dfi_under_12m",
                "criterion_more_than_1_lesion"]].iloc[:4].sum(axis=1) + df["primary_node_positive"].iloc[:4]
     assert fong.astype(float).tolist() == items.tolist()
+
+
+# --- an item known from any input that defines it (docs/scores.md) --------------------------
+
+
+def _without_count(*flags):
+    """NO_RISK patients whose lesion count is unknown but whose multiple-lesion flag is given."""
+    df = patients(*({N_LESIONS: pd.NA} for _ in flags))
+    df[MULTIPLE_LESIONS] = pd.array(list(flags), dtype="Int64")
+    return df
+
+
+def test_fong_more_than_one_tumour_from_the_multiple_lesions_flag():
+    assert fong_score(_without_count(1, 0, pd.NA)).tolist() == [1, 0, pd.NA]
+
+
+def test_count_wins_over_the_flag_when_both_are_given():
+    df = patients({N_LESIONS: 1})
+    df[MULTIPLE_LESIONS] = pd.array([1], dtype="Int64")
+    assert one(fong_score(df)) == 0
+
+
+def test_nordlinger_more_than_three_is_known_only_from_a_flag_of_0():
+    # flag 0 = one lesion = not more than 3; flag 1 = 2 or more, which may or may not exceed 3
+    assert nordlinger_score(_without_count(0, 1)).tolist() == [0, pd.NA]
+
+
+def test_tumour_burden_score_counts_a_flag_of_0_as_one_lesion():
+    out = tumour_burden_score(_without_count(0, 1))
+    assert out.iloc[0] == pytest.approx(math.sqrt(2.0 ** 2 + 1))
+    assert np.isnan(out.iloc[1])
+
+
+def test_game_tbs_zone_is_known_when_the_count_alone_fixes_it():
+    out = game_score(patients({LARGEST_CM: pd.NA, N_LESIONS: 10}, {LARGEST_CM: pd.NA, N_LESIONS: 3}))
+    assert out.tolist() == [2, pd.NA]   # TBS >= 10 whatever the diameter; TBS >= 3 leaves 1 or 2
+
+
+def test_game_tbs_zone_from_the_flag_and_the_diameter():
+    df = _without_count(1, 1)
+    df[LARGEST_CM] = [9.5, 4.0]   # TBS >= 9.7: high (2 points); TBS >= 4.5 but open above: unknown
+    assert game_score(df).tolist() == [2, pd.NA]
+
+
+def test_dfi_items_from_synchronous_disease():
+    df = patients({DFI_MONTHS: pd.NA}, {DFI_MONTHS: pd.NA})
+    df[SYNCHRONOUS] = pd.array([1, 0], dtype="Int64")
+    assert fong_score(df).tolist() == [1, pd.NA]
+    assert nordlinger_score(df).tolist() == [1, pd.NA]
+
+
+def test_oslo_no_progression_on_chemotherapy_not_given():
+    df = patients(*({PROGRESSION_ON_CHEMO: pd.NA} for _ in range(3)))
+    df[CHEMO_REGIMEN] = ["none", "folfox", None]
+    df[CHEMO_CYCLES] = pd.array([pd.NA, 6, 0], dtype="Int64")
+    assert oslo_score(df).tolist() == [0, pd.NA, 0]
+
+
+def test_item_points_name_the_papers_items():
+    points = item_points(patients(ALL_RISK), "fong")
+    assert list(points.columns) == ["node-positive primary", "disease-free interval < 12 months",
+                                    "more than 1 liver tumour", "largest tumour > 5 cm", "CEA > 200 ng/mL"]
+    assert points.iloc[0].tolist() == [1.0] * 5
+
+
+# --- score_availability: the contract for training and the report ---------------------------
+
+def test_score_availability_of_a_cohort_without_crlm_columns():
+    table = pd.DataFrame({"patient_id": ["a", "b", "c"], AGE: [50.0, 70.0, 40.0]})
+    out = score_availability(table)
+    assert set(out) == {"fong", "oslo", "game", "nordlinger", "tbs"}
+    fong = out["fong"]
+    assert isinstance(fong, ScoreAvailability)
+    assert (fong.n_patients, fong.n_computable) == (3, 0)
+    assert fong.missing_items["n_liver_lesions or multiple_liver_lesions"] == 3
+    assert fong.missing_items[CEA] == 3
+    assert fong.reason == ("cea_ng_ml missing for 3/3 patients; disease_free_interval_months or synchronous "
+                           "missing for 3/3 patients; largest_lesion_cm missing for 3/3 patients")
+    # age is known, so Nordlinger lacks everything but age
+    assert AGE not in out["nordlinger"].missing_items
+    with pytest.raises(AttributeError):
+        fong.n_patients = 4  # frozen
+
+
+def test_score_availability_of_a_featurized_table_counts_what_is_missing():
+    df = patients(PATIENT_A, {CEA: pd.NA}, {CEA: pd.NA, N_LESIONS: pd.NA})
+    table = pd.concat([df, clinical_scores(df)], axis=1)
+    fong = score_availability(table)["fong"]
+    assert (fong.n_patients, fong.n_computable) == (3, 1)
+    assert fong.missing_items == {CEA: 2, "n_liver_lesions or multiple_liver_lesions": 1}
+    assert fong.reason == ("cea_ng_ml missing for 2/3 patients; n_liver_lesions or multiple_liver_lesions "
+                           "missing for 1/3 patients")
+    complete = score_availability(table.iloc[:1])["fong"]
+    assert complete.reason == "" and complete.missing_items == {} and complete.available
+
+
+def test_score_criteria_take_stand_in_inputs_as_the_scores_do():
+    from features.scores import score_criteria
+
+    df = _without_count(1, 0, pd.NA)
+    df[DFI_MONTHS] = np.nan
+    df[SYNCHRONOUS] = pd.array([1, 0, pd.NA], dtype="Int64")
+    out = score_criteria(df)
+    assert out["criterion_more_than_1_lesion"].tolist()[:2] == [1.0, 0.0]
+    assert np.isnan(out["criterion_more_than_1_lesion"].iloc[2])
+    assert out["criterion_more_than_3_lesions"].iloc[1] == 0.0 and np.isnan(out["criterion_more_than_3_lesions"].iloc[0])
+    assert out["criterion_dfi_under_12m"].iloc[0] == 1.0 and out["criterion_dfi_under_12m"].iloc[1:].isna().all()

@@ -43,9 +43,17 @@ def test_featurize_without_images_maps_a_tcia_sheet_and_keeps_every_patient(tmp_
     table = pd.read_parquet(out)
     raw = pd.read_csv(sheet, dtype={"Patient-ID": str})
     assert table[s.PATIENT_ID].tolist() == raw["Patient-ID"].tolist()
-    # TCIA has no lesion count: scores needing it are missing, not zero.
-    assert table["fong_score"].isna().all()
     assert {"status", "reason", "tbs", "game_score"} <= set(table.columns)
+    # No lesion count in the sheet, but multiple_metastases (0/1) is Fong's "more than one
+    # tumour"; the disease-free interval is known (0) for synchronous patients only. Where every
+    # item is known, our Fong score is the sheet's clinrisk_score (MSKCC's Fong score).
+    complete = (raw["synchronous_crlm"] == 1) & (raw[["node_positive_primary", "multiple_metastases",
+                                                      "max_tumor_size", "carcinoembryonic_antigen"]] != -999).all(axis=1)
+    assert complete.sum() == 3   # CRLM-CT-1001, -1005, -1007; 1003 lacks node status and CEA
+    assert table.loc[complete, "fong_score"].tolist() == raw.loc[complete, "clinrisk_score"].tolist()
+    # metachronous patients: no disease-free interval in the sheet, so no Fong score (not a guess)
+    assert table.loc[raw["synchronous_crlm"] == 0, "fong_score"].isna().all()
+    assert table.loc[~complete, "fong_score"].isna().all()
 
 
 def test_featurize_needs_an_extraction_or_no_images(tmp_path, capsys):

@@ -296,3 +296,35 @@ def test_explanation_file_names_are_safe_and_distinct():
     assert names[0] == "B5-0001.json"
     assert len(set(names)) == len(names)
     assert all(n.isascii() and "/" not in n and not n.startswith(".") for n in names)
+
+
+def test_validate_featurize_and_predict_agree_on_usable_patients(setup, tmp_path, capsys):
+    """Issue 10 item 4: one bad cell costs one patient, in every command alike; headers are
+    matched ignoring case and spaces in predict as in validate (item 5)."""
+    from pipeline.cli import main
+
+    clinical = setup["clinical"].drop(columns=[IMAGE, MASK]).astype(object)
+    bad = [(CEA, "."), (CEA, "3,6"), ("largest_lesion_cm", "2021-03-04"), ("primary_node_positive", "2")]
+    extra = pd.concat([clinical.iloc[[i % len(clinical)]].assign(**{PATIENT_ID: f"BAD-{i}", column: value})
+                       for i, (column, value) in enumerate(bad)], ignore_index=True)
+    cohort = pd.concat([clinical, extra], ignore_index=True).rename(columns={CEA: " CEA_NG_ML", "sex": "Sex"})
+    path = tmp_path / "bad.csv"
+    cohort.to_csv(path, index=False)
+
+    assert main(["validate", "--cohort", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert main(["featurize", "--cohort", str(path), "--no-images", "--out", str(tmp_path / "f.parquet")]) == 0
+    featurized = pd.read_parquet(tmp_path / "f.parquet")
+    predicted = predict(setup, path, tmp_path / "out", models=[str(setup["models"]["clinical"])], chunk_size=3)
+
+    ids = cohort[PATIENT_ID].tolist()
+    assert featurized[PATIENT_ID].tolist() == ids and predicted[PATIENT_ID].tolist() == ids
+    usable_featurize = (featurized["status"] == "ok").tolist()
+    usable_predict = (predicted["status"] == "ok").tolist()
+    assert usable_featurize == usable_predict == [True] * len(clinical) + [False] * len(bad)
+    for i, (column, value) in enumerate(bad):
+        row = len(clinical) + i + 1
+        said = f"patient BAD-{i} (row {row}): {column} = "
+        assert said in text and said in featurized.at[row - 1, "reason"] and said in predicted.at[row - 1, "reason"]
+        assert repr(value) in predicted.at[row - 1, "reason"] or value in predicted.at[row - 1, "reason"]
+    assert predicted.loc[:len(clinical) - 1, "risk"].notna().all()
