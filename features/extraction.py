@@ -49,7 +49,7 @@ MASK_SHA256 = "mask_sha256"
 SPACING = ("image_spacing_x_mm", "image_spacing_y_mm", "image_spacing_z_mm")
 SIZE = ("image_size_x", "image_size_y", "image_size_z")
 ORIGIN = ("image_origin_x_mm", "image_origin_y_mm", "image_origin_z_mm")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2   # 2: images cast to float32, SEG lesions per segment (issue 11)
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,13 @@ class CaseOptions:
     labels: imaging.LabelRoles
     resample_mask: bool = False
     min_lesion_voxels: int = 2
+    require_hu: bool = True
 
     def digest(self) -> str:
         roles = sorted(self.labels.segment_roles.items())
         payload = f"{self.settings.digest()}|{self.labels.liver}|{self.labels.lesion}|{roles}|" \
-                  f"{self.resample_mask}|{self.min_lesion_voxels}|{_CACHE_FORMAT}"
+                  f"{self.labels.seg_lesions}|{self.resample_mask}|{self.min_lesion_voxels}|{self.require_hu}|" \
+                  f"{_CACHE_FORMAT}"
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -182,14 +184,14 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
     try:
         loaded = imaging.load_case(pid, image_path, mask_path, options.labels,
                                    resample_mask=options.resample_mask,
-                                   segment_roles=options.labels.segment_roles or None,
-                                   min_lesion_voxels=options.min_lesion_voxels)
+                                   min_lesion_voxels=options.min_lesion_voxels, require_hu=options.require_hu)
     except imaging.CaseError as exc:
         return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
     image, mask = loaded.image, loaded.mask
     mask_array = sitk.GetArrayFromImage(mask)
     lesion_labels = imaging.lesion_labels_present(mask_array, options.labels)
-    morphology = patient_morphology(mask_array, image.GetSpacing(), options.labels.liver, lesion_labels)
+    morphology = patient_morphology(mask_array, image.GetSpacing(), options.labels.liver, lesion_labels,
+                                    loaded.lesions_by_label)
     provenance: dict[str, Any] = {SETTINGS_HASH: options.digest(), IMAGE_SHA256: image_hash,
                                   MASK_SHA256: mask_hash}
     provenance.update({f"{name}_version": version for name, version in radiomics.library_versions().items()})
@@ -199,7 +201,8 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
 
     result = CaseResult()
     extractor = radiomics.make_extractor(options.settings.radiomics)
-    for row in radiomics.lesion_rows(image, mask, lesion_labels, options.settings, extractor):
+    for row in radiomics.lesion_rows(image, mask, lesion_labels, options.settings, extractor,
+                                     loaded.lesions_by_label):
         error = row.pop("error")
         seconds = round(time.perf_counter() - start, 3)
         if error:
