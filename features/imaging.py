@@ -609,6 +609,12 @@ def read_mask(path: str | Path, reference: sitk.Image | None = None, patient_id:
         roles = TCIA_SEGMENT_ROLES if segment_roles is None else segment_roles
         return _read_dicom_seg(seg_file, reference, patient_id, roles, labels or DEFAULT_LABELS,
                                separate_lesion_segments)
+    kind = _dicom_kind(path) if not path.name.lower().endswith(_ITK_SUFFIXES) else ""
+    if kind:
+        raise CaseError(patient_id, path, "unreadable",
+                        f"mask {path} is{kind.removeprefix(',')}, not a DICOM-SEG (Segmentation or Label Map "
+                        f"Segmentation Storage); tried it as a DICOM-SEG: point the cohort table at the "
+                        f"segmentation, or convert it (e.g. an RT Structure Set with dcmrtstruct2nii)")
     if path.is_dir():
         series = choose_series(path, scan_dicom_folder(path, patient_id), patient_id)
         return _as_label_map(_read_itk(path, patient_id, check_series(series, patient_id, path)), path,

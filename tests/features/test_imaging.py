@@ -66,7 +66,9 @@ def write_dicom_series(image: sitk.Image, folder: Path, study_uid: str, frame_ui
     writer.KeepOriginalImageUIDOn()
     sx, sy, sz = image.GetSpacing()
     for k in range(image.GetDepth()):
-        slice_k = image[:, :, k]
+        # A one-slice volume, not a 2-D slice: once any ImageSeriesReader has run in the process,
+        # GDCM writes a 2-D slice with Spacing Between Slices 1, which highdicom takes for the SEG's.
+        slice_k = image[:, :, k:k + 1]
         tags = {
             "0008|0016": CT_IMAGE_STORAGE, "0008|0018": generate_uid(), "0008|0060": "CT",
             "0010|0020": "P1", "0020|000d": study_uid, "0020|000e": series_uid, "0020|0052": frame_uid,
