@@ -345,7 +345,7 @@ def check_series(series: SeriesHeaders, patient_id: str, folder: Path) -> list[S
             gaps = ", ".join(f"{int(m) - 1} between {z[i]:.2f} and {z[i + 1]:.2f} mm"
                              for i, m in zip(off[:5], multiples[:5]))
             raise CaseError(patient_id, folder, "missing_slices",
-                            f"series {series.uid} in {folder} misses {int((multiples - 1).sum())} slice(s) of its "
+                            f"series {series.uid} in {folder} is missing {int((multiples - 1).sum())} slice(s) of its "
                             f"{step:.3f} mm step: {gaps}; export the complete series (resampling the mask "
                             f"would not repair the image grid)")
         where = ", ".join(f"{steps[i]:.3f} mm between {z[i]:.2f} and {z[i + 1]:.2f} mm" for i in off[:5])
@@ -834,3 +834,126 @@ def load_case(patient_id: str, image_path: str | Path, mask_path: str | Path, la
     check_mask(sitk.GetArrayViewFromImage(mask), labels, patient_id, mask_path, require_liver, min_lesion_voxels,
                by_label=by_label)
     return Case(str(patient_id), image, mask, resampled, by_label)
+
+
+# ----------------------------------------------------------------------------- from headers only
+
+@dataclass(frozen=True)
+class Geometry:
+    """A volume's grid as SimpleITK states it (x, y, z order; mm)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    # The accessors `geometry_differences` uses, so a header's grid compares without any voxels.
+    def GetSize(self) -> tuple[int, ...]:  # noqa: N802 - SimpleITK's names
+        return tuple(int(v) for v in self.size)
+
+    def GetSpacing(self) -> tuple[float, ...]:  # noqa: N802
+        return tuple(self.spacing)
+
+    def GetOrigin(self) -> tuple[float, ...]:  # noqa: N802
+        return tuple(self.origin)
+
+    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
+        return tuple(self.direction)
+
+    def as_image(self, pixel=sitk.sitkUInt8) -> sitk.Image:
+        """An empty image on this grid (for the geometry functions above)."""
+        image = sitk.Image([int(v) for v in self.size], pixel)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def _gzip_size_matches(path: Path, expected: int) -> bool:
+    """Whether a gzip file's trailer (uncompressed size mod 2^32) says it holds ``expected`` bytes."""
+    with path.open("rb") as stream:
+        stream.seek(-4, 2)
+        return struct.unpack("<I", stream.read(4))[0] == expected % (1 << 32)
+
+
+def _file_geometry(path: Path, patient_id: str) -> Geometry:
+    """The grid of a NIfTI/NRRD/MHA file from its header; a truncated NIfTI is ``unreadable``."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        raise CaseError(patient_id, path, "unreadable",
+                        f"{path} cannot be read ({lines[-1] if lines else exc}){_dicom_kind(path)}; tried its "
+                        f"header as a NIfTI, NRRD or MHA file (SimpleITK): check it is one of these, complete") from exc
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        raise CaseError(patient_id, path, "unsupported_image",
+                        f"{path} has {reader.GetDimension()} dimensions and {reader.GetNumberOfComponents()} "
+                        f"components per voxel; a 3-D scalar volume is needed")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        with _open_nifti(path) as stream:
+            expected = _nifti_expected_bytes(stream.read(540))
+        with path.open("rb") as stream:
+            gzipped = stream.read(2) == b"\x1f\x8b"
+        if expected is None or not gzipped or not _gzip_size_matches(path, expected):
+            _check_nifti_complete(path, patient_id)   # the whole file only when the trailer disagrees
+    return Geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+def _image_geometry(path: Path, patient_id: str, referenced: tuple[str, ...], seg_file: Path | None) -> Geometry:
+    if not path.is_dir():
+        return _file_geometry(path, patient_id)
+    series = choose_series(path, scan_dicom_folder(path, patient_id), patient_id, referenced, seg_file)
+    ordered = check_series(series, patient_id, path)
+    check_series_hu(series, patient_id, path)
+    grid = series_geometry(ordered)
+    return Geometry(grid["size"], grid["spacing"], grid["origin"], grid["direction"])
+
+
+def _check_seg_headers(seg_file: Path, grid: Geometry, patient_id: str, labels: LabelRoles) -> None:
+    """Segment roles and frame positions of a DICOM-SEG from its header; the frames are decoded
+    only if some lie outside the CT (they may be empty: then the SEG is fine)."""
+    try:
+        header = _read_header(seg_file, None)
+        names = {int(item.SegmentNumber): str(item.SegmentLabel) for item in header.SegmentSequence}
+        positions = np.array([[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+                              for frame in header.PerFrameFunctionalGroupsSequence])
+    except (AttributeError, IndexError, TypeError) + _DICOM_ERRORS as exc:
+        raise _unreadable_seg(seg_file, patient_id, exc) from exc
+    roles = labels.segment_roles or TCIA_SEGMENT_ROLES
+    segment_roles_of(names, roles, patient_id, seg_file)
+    direction = np.reshape(grid.direction, (3, 3))
+    index = (positions - np.array(grid.origin)) @ direction / np.array(grid.spacing)
+    outside = (index < -0.5 - 1e-3) | (index > np.array(grid.size) - 0.5 + 1e-3)
+    if outside.any():       # decode: the same check (and message) as extraction
+        _read_dicom_seg(seg_file, grid.as_image(), patient_id, roles, labels, True)
+
+
+def check_case_headers(patient_id: str, image_path: str | Path, mask_path: str | Path, labels: LabelRoles,
+                       resample_mask: bool = False, tolerance: float = 1e-3) -> None:
+    """Check one image/mask pair from file headers, with the statuses of `load_case`: existence,
+    format, DICOM series choice and integrity (`choose_series`, `check_series`), stored values
+    that cannot be HU (DICOM), DICOM-SEG segment roles and frame positions, and the mask's grid
+    (``geometry_mismatch`` unless ``resample_mask``). Raises `CaseError`.
+
+    Not checked here (they need every voxel; extraction checks them): NaN voxels, HU of
+    NIfTI/NRRD images, label values of label-map masks, lesion sizes.
+    """
+    image_path, mask_path = Path(image_path), Path(mask_path)
+    _require(image_path, patient_id, "image")
+    _require(mask_path, patient_id, "mask")
+    seg_file = find_dicom_seg(mask_path, patient_id)
+    referenced = seg_referenced_series(seg_file, patient_id) if seg_file is not None and image_path.is_dir() else ()
+    grid = _image_geometry(image_path, patient_id, referenced, seg_file)
+    if seg_file is not None:
+        _check_seg_headers(seg_file, grid, patient_id, labels)
+        return
+    kind = _dicom_kind(mask_path) if not mask_path.name.lower().endswith(_ITK_SUFFIXES) else ""
+    if kind:
+        raise CaseError(patient_id, mask_path, "unreadable",
+                        f"mask {mask_path} is{kind.removeprefix(',')}, not a DICOM-SEG; point the cohort table "
+                        f"at the segmentation")
+    mask_grid = _image_geometry(mask_path, patient_id, (), None)
+    if not resample_mask:
+        check_geometry(grid, mask_grid, patient_id, tolerance, mask_path)

@@ -76,7 +76,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.validate import run_validate
 
-    return run_validate(args.cohort, args.mapping)
+    labels = None
+    if args.images:
+        from dataclasses import replace
+
+        from pipeline.world import load_labels
+
+        labels = load_labels(args.labels)
+        if args.liver_label is not None or args.lesion_label is not None:
+            labels = replace(labels, liver=args.liver_label or labels.liver, lesion=args.lesion_label or labels.lesion)
+    return run_validate(args.cohort, args.mapping, labels=labels, resample_mask=args.resample_mask,
+                        images_out=args.images_out)
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
@@ -193,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--cohort", type=Path, required=True, help="clinical CSV, one row per patient")
     val.add_argument("--mapping", type=Path, default=None,
                      help="cohort mapping (YAML), e.g. configs/mappings/tcia_crlm.yaml")
+    val.add_argument("--images", action="store_true",
+                     help="also check every image/mask pair from its headers (statuses as crlm extract gives)")
+    val.add_argument("--images-out", type=Path, default=None, help="CSV of the image statuses (with --images)")
+    val.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
+    val.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
+    val.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
+    val.add_argument("--resample-mask", action="store_true",
+                     help="masks on another grid will be resampled: not a geometry_mismatch")
     val.set_defaults(func=cmd_validate)
 
     fea = sub.add_parser("featurize", help="one patient-level table: clinical features, scores, morphology, radiomics")

@@ -185,7 +185,7 @@ def test_a_missing_slice_is_missing_slices_even_with_resample_mask(real, tmp_pat
     for mask in (real["seg"], real["nifti"][1]):
         status, reason = status_of(extract(gap, mask, options))
         assert status == "missing_slices", reason
-        assert "misses 1 slice" in reason and f"{missing_z - real['spacing'][2]:.2f}" in reason
+        assert "missing 1 slice" in reason and f"{missing_z - real['spacing'][2]:.2f}" in reason
 
 
 def test_a_thin_reconstruction_in_the_same_folder_does_not_replace_the_referenced_one(real, tmp_path,
