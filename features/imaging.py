@@ -228,12 +228,33 @@ def _read_header(path: Path, tags: list[str] | None = _HEADER_TAGS):
     return pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=tags)
 
 
-def _floats(value, count: int) -> tuple[float, ...] | None:
+def _text(header, keyword: str) -> str:
+    """A text element's value (DS, IS, UI, LO, CS...) as stored, without pydicom's conversion
+    and validation (which cost more than the file read itself over thousands of slices)."""
+    element = header.get_item(keyword)
+    if element is None:
+        return ""
+    value = element.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip("\x00 ")
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return "" if value is None else str(value).strip()
+
+
+def _floats(text: str, count: int) -> tuple[float, ...] | None:
     try:
-        numbers = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
+        numbers = tuple(float(v) for v in text.split("\\"))
+    except ValueError:
         return None
     return numbers if len(numbers) == count else None
+
+
+def _number(text: str, default: float) -> float:
+    try:
+        return float(text) if text else default
+    except ValueError:
+        return default
 
 
 def scan_dicom_folder(folder: Path, patient_id: str = "") -> dict[str, SeriesHeaders]:
@@ -251,22 +272,22 @@ def scan_dicom_folder(folder: Path, patient_id: str = "") -> dict[str, SeriesHea
             header = _read_header(path)
         except _DICOM_ERRORS + (TypeError, struct.error):
             continue
-        if str(header.get("SOPClassUID", "")) in SEG_STORAGE_CLASSES:
+        if _text(header, "SOPClassUID") in SEG_STORAGE_CLASSES:
             continue
-        position = _floats(header.get("ImagePositionPatient"), 3)
-        orientation = _floats(header.get("ImageOrientationPatient"), 6)
-        spacing = _floats(header.get("PixelSpacing"), 2)
-        uid = str(header.get("SeriesInstanceUID", ""))
+        position = _floats(_text(header, "ImagePositionPatient"), 3)
+        orientation = _floats(_text(header, "ImageOrientationPatient"), 6)
+        spacing = _floats(_text(header, "PixelSpacing"), 2)
+        uid = _text(header, "SeriesInstanceUID")
         if not uid or position is None or orientation is None or spacing is None:
             continue
         found.setdefault(uid, []).append(SliceHeader(
-            path=path, sop_instance_uid=str(header.get("SOPInstanceUID", "")), position=position,
-            orientation=orientation, pixel_spacing=spacing, rows=int(header.get("Rows", 0)),
-            columns=int(header.get("Columns", 0)), acquisition=str(header.get("AcquisitionNumber", "")),
+            path=path, sop_instance_uid=_text(header, "SOPInstanceUID"), position=position,
+            orientation=orientation, pixel_spacing=spacing, rows=int(header.get("Rows", 0) or 0),
+            columns=int(header.get("Columns", 0) or 0), acquisition=_text(header, "AcquisitionNumber"),
             unsigned=int(header.get("PixelRepresentation", 1)) == 0,
-            intercept=float(header.get("RescaleIntercept", 0.0) or 0.0),
-            slope=float(header.get("RescaleSlope", 1.0) or 1.0)))
-        descriptions.setdefault(uid, str(header.get("SeriesDescription", "")))
+            intercept=_number(_text(header, "RescaleIntercept"), 0.0),
+            slope=_number(_text(header, "RescaleSlope"), 1.0)))
+        descriptions.setdefault(uid, _text(header, "SeriesDescription"))
     if not found:
         raise CaseError(patient_id, folder, "unreadable",
                         f"folder {folder} holds no DICOM image series (no file with a slice position); "
