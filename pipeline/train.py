@@ -180,6 +180,10 @@ def run_train(features: Path, out: Path, models_dir: Path, params_path: Path, ta
     split.loc[test_index, "split"] = "test"
     split.to_csv(out / "split.csv", index=False)
     (models_dir / BEST_FILE).write_text(json.dumps({task: chosen[task]["best"] for task in tasks}, indent=2))
+    # --- issue 11: the models remember their extraction settings (crlm predict checks them) ---
+    from features.extraction import copy_record_to_models
+    copy_record_to_models(features, models_dir)
+    # --- end issue 11 ---
     if track:
         run_ids = _track(repo_root or Path.cwd(), params, features, truth, out, metrics, chosen, fitted_tasks, table)
         (models_dir / RUNS_FILE).write_text(json.dumps(run_ids, indent=2))
