@@ -13,7 +13,8 @@ Then, best of ``--repeats``, one SimpleITK thread (as extraction workers):
 - ``extract``: `features.extraction.extract_case` without cache, configs/radiomics.yaml and
   crop_margin_mm of configs/extraction.yaml (reading + morphology + 1130 features per lesion);
 - ``validate``: `pipeline.validate.check_images` over ``--validate-patients`` rows that all
-  point at the DICOM case (headers only; the files are in the page cache after the first row).
+  point at the DICOM case (headers only; the files are in the page cache after the first row),
+  with 1 and 2 worker processes, then the same rows pointing at the NIfTI files.
 
 Prints seconds and DICOM / NIfTI ratios (target: within 1.5x per case). A benchmark, not a
 test: nothing is asserted.
@@ -100,11 +101,13 @@ def main() -> None:
         n = args.validate_patients
         table = pd.DataFrame({PATIENT_ID: [f"P{i:04d}" for i in range(n)], IMAGE: [str(root / "ct")] * n,
                               MASK: [str(seg)] * n})
-        start = time.perf_counter()
-        statuses = check_images(table, root, labels)
-        elapsed = time.perf_counter() - start
-        print(f"validate {n} DICOM patients from headers: {elapsed:.2f} s ({elapsed / n * 1000:.1f} ms per patient, "
-              f"{len(sources)} slice headers + SEG header each); statuses {statuses['status'].value_counts().to_dict()}")
+        for jobs in (1, 2):
+            start = time.perf_counter()
+            statuses = check_images(table, root, labels, jobs=jobs)
+            elapsed = time.perf_counter() - start
+            print(f"validate {n} DICOM patients from headers, jobs={jobs}: {elapsed:.2f} s "
+                  f"({elapsed / n * 1000:.1f} ms per patient, {len(sources)} slice headers + SEG header each); "
+                  f"statuses {statuses['status'].value_counts().to_dict()}")
         table[IMAGE], table[MASK] = str(paths["nifti"][0]), str(paths["nifti"][1])
         start = time.perf_counter()
         statuses = check_images(table, root, labels)

@@ -523,19 +523,30 @@ def segment_roles_of(names: Mapping[int, str], segment_roles: Mapping[str, str],
 
 def _outside_voxels(volume, reference: sitk.Image) -> tuple[int, float, float]:
     """Non-zero SEG voxels (any channel) that fall outside the reference grid, and the range of
-    their positions along the reference's slice axis (mm from its origin)."""
-    hits = np.argwhere(volume.array.reshape(*volume.spatial_shape, -1).any(axis=-1))
-    if hits.size == 0:
-        return 0, 0.0, 0.0
-    physical = hits @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    their positions along the reference's slice axis (mm from its origin). The corners of the
+    non-zero voxels' bounding box are checked first (an affine map keeps a box convex): only if
+    one falls outside is every voxel mapped."""
+    drawn = volume.array.reshape(*volume.spatial_shape, -1).any(axis=-1)
     direction = np.reshape(reference.GetDirection(), (3, 3))
-    index = (physical - np.array(reference.GetOrigin())) @ direction / np.array(reference.GetSpacing())
+    origin, spacing = np.array(reference.GetOrigin()), np.array(reference.GetSpacing())
     size = np.array(reference.GetSize())
-    outside = np.any((index < -0.5 - 1e-3) | (index > size - 0.5 + 1e-3), axis=1)
-    if not outside.any():
+
+    def outside(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        physical = indices @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+        index = (physical - origin) @ direction / spacing
+        return np.any((index < -0.5 - 1e-3) | (index > size - 0.5 + 1e-3), axis=1), index
+
+    spans = [np.flatnonzero(drawn.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(span.size == 0 for span in spans):
         return 0, 0.0, 0.0
-    along = index[outside, 2] * reference.GetSpacing()[2]
-    return int(outside.sum()), float(along.min()), float(along.max())
+    corners = np.array([[i, j, k] for i in spans[0][[0, -1]] for j in spans[1][[0, -1]] for k in spans[2][[0, -1]]])
+    if not outside(corners)[0].any():
+        return 0, 0.0, 0.0
+    flags, index = outside(np.argwhere(drawn))
+    if not flags.any():
+        return 0, 0.0, 0.0
+    along = index[flags, 2] * spacing[2]
+    return int(flags.sum()), float(along.min()), float(along.max())
 
 
 def _read_dicom_seg(path: Path, reference: sitk.Image | None, patient_id: str,

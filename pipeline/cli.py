@@ -86,7 +86,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if args.liver_label is not None or args.lesion_label is not None:
             labels = replace(labels, liver=args.liver_label or labels.liver, lesion=args.lesion_label or labels.lesion)
     return run_validate(args.cohort, args.mapping, labels=labels, resample_mask=args.resample_mask,
-                        images_out=args.images_out)
+                        images_out=args.images_out, jobs=args.jobs)
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
     val.add_argument("--resample-mask", action="store_true",
                      help="masks on another grid will be resampled: not a geometry_mismatch")
+    val.add_argument("--jobs", type=_jobs, default=-1, help="parallel image checks (-1: all cores)")
     val.set_defaults(func=cmd_validate)
 
     fea = sub.add_parser("featurize", help="one patient-level table: clinical features, scores, morphology, radiomics")

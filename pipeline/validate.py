@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -51,35 +52,41 @@ def read_and_validate(cohort: Path, mapping: Path | None = None) -> tuple[pd.Dat
     return table, validate_cohort(table, extra_columns=spec.covariate_columns() if spec else ())
 
 
+def _check_one(row: tuple, base: Path, labels: imaging.LabelRoles, resample_mask: bool) -> dict:
+    pid, image, mask = row
+    status, reason = CASE_OK, ""
+    blank = [what for what, value in ((IMAGE, image), (MASK, mask)) if not isinstance(value, str) or not value.strip()]
+    if blank:
+        status = "missing_file"
+        reason = f"patient {pid}: the {' and '.join(blank)} path is empty; fill in the path (relative to the table)"
+    else:
+        try:
+            imaging.check_case_headers(str(pid), base / image.strip(), base / mask.strip(), labels,
+                                       resample_mask=resample_mask)
+        except imaging.CaseError as exc:
+            status, reason = exc.reason, str(exc)
+    return {PATIENT_ID: pid, IMAGE: image, MASK: mask, STATUS: status, REASON: reason}
+
+
 def check_images(table: pd.DataFrame, base: Path, labels: imaging.LabelRoles,
-                 resample_mask: bool = False) -> pd.DataFrame:
+                 resample_mask: bool = False, jobs: int = 1) -> pd.DataFrame:
     """One row per patient: ``patient_id``, ``image``, ``mask``, ``status`` (``ok`` or a case
     status of `features.schema.CASE_STATUSES`) and ``reason``, from file headers. Paths are
-    relative to ``base`` (the cohort table's folder)."""
+    relative to ``base`` (the cohort table's folder); ``jobs`` local processes (-1: all cores)."""
+    from pipeline.execution import map_cases
+
     missing = [c for c in (IMAGE, MASK) if c not in table]
     if missing:
         raise ValueError(f"--images needs the column(s) {', '.join(missing)} (paths relative to the table)")
-    rows = []
-    for pid, image, mask in table[[PATIENT_ID, IMAGE, MASK]].itertuples(index=False):
-        status, reason = CASE_OK, ""
-        blank = [what for what, value in ((IMAGE, image), (MASK, mask))
-                 if not isinstance(value, str) or not value.strip()]
-        if blank:
-            status = "missing_file"
-            reason = f"patient {pid}: the {' and '.join(blank)} path is empty; fill in the path (relative to the table)"
-        else:
-            try:
-                imaging.check_case_headers(str(pid), base / image.strip(), base / mask.strip(), labels,
-                                           resample_mask=resample_mask)
-            except imaging.CaseError as exc:
-                status, reason = exc.reason, str(exc)
-        rows.append({PATIENT_ID: pid, IMAGE: image, MASK: mask, STATUS: status, REASON: reason})
-    return pd.DataFrame(rows, columns=[PATIENT_ID, IMAGE, MASK, STATUS, REASON])
+    rows = list(table[[PATIENT_ID, IMAGE, MASK]].itertuples(index=False, name=None))
+    check = partial(_check_one, base=Path(base), labels=labels, resample_mask=resample_mask)
+    results = map_cases(check, rows, jobs=jobs, scheduler="local", progress=False, desc="images")
+    return pd.DataFrame(list(results), columns=[PATIENT_ID, IMAGE, MASK, STATUS, REASON])
 
 
 def run_validate(cohort: Path, mapping: Path | None = None, out: TextIO | None = None,
                  labels: imaging.LabelRoles | None = None, resample_mask: bool = False,
-                 images_out: Path | None = None) -> int:
+                 images_out: Path | None = None, jobs: int = 1) -> int:
     """Validate ``cohort`` (after ``mapping``, if given) and print the report to ``out``.
 
     With ``labels`` the images and masks are checked too (`check_images`); their statuses are
@@ -93,7 +100,7 @@ def run_validate(cohort: Path, mapping: Path | None = None, out: TextIO | None =
     print(report.format(), file=out)
     if labels is not None:
         start = time.perf_counter()
-        images = check_images(table, Path(cohort).parent, labels, resample_mask)
+        images = check_images(table, Path(cohort).parent, labels, resample_mask, jobs)
         seconds = time.perf_counter() - start
         counts = ", ".join(f"{k} {v}" for k, v in images[STATUS].value_counts().items())
         print(f"images: {len(images)} patient(s) checked from headers in {seconds:.1f} s: {counts}", file=out)
