@@ -257,6 +257,55 @@ def _number(text: str, default: float) -> float:
         return default
 
 
+# (group, element) of the slice header fields, for the fast reader (features.dicom_header)
+_TAGS = {"SOPClassUID": (0x0008, 0x0016), "SOPInstanceUID": (0x0008, 0x0018), "SeriesDescription": (0x0008, 0x103E),
+         "SeriesInstanceUID": (0x0020, 0x000E), "AcquisitionNumber": (0x0020, 0x0012),
+         "ImagePositionPatient": (0x0020, 0x0032), "ImageOrientationPatient": (0x0020, 0x0037),
+         "Rows": (0x0028, 0x0010), "Columns": (0x0028, 0x0011), "PixelSpacing": (0x0028, 0x0030),
+         "PixelRepresentation": (0x0028, 0x0103), "RescaleIntercept": (0x0028, 0x1052),
+         "RescaleSlope": (0x0028, 0x1053)}
+
+
+def _slice_fields(path: Path) -> tuple[str, str, str, SliceHeader | None] | None:
+    """(series UID, description, SOP class, slice header or None without a position) of a file,
+    or None if it is not DICOM. The fast header reader first, pydicom if it is unsure."""
+    from features import dicom_header
+
+    fast = dicom_header.read_header(path)
+    if fast is not None:
+        def get(keyword: str) -> str:
+            return dicom_header.text(fast, _TAGS[keyword])
+
+        def get_us(keyword: str, default: int) -> int:
+            return dicom_header.unsigned_short(fast, _TAGS[keyword], default)
+    else:
+        try:
+            header = _read_header(path)
+        except _DICOM_ERRORS + (TypeError, struct.error):
+            return None
+
+        def get(keyword: str) -> str:
+            return _text(header, keyword)
+
+        def get_us(keyword: str, default: int) -> int:
+            value = header.get(keyword, default)
+            return default if value in (None, "") else int(value)
+    uid = get("SeriesInstanceUID")
+    position = _floats(get("ImagePositionPatient"), 3)
+    orientation = _floats(get("ImageOrientationPatient"), 6)
+    spacing = _floats(get("PixelSpacing"), 2)
+    if not uid:
+        return None
+    slice_header = None
+    if position is not None and orientation is not None and spacing is not None:
+        slice_header = SliceHeader(
+            path=path, sop_instance_uid=get("SOPInstanceUID"), position=position, orientation=orientation,
+            pixel_spacing=spacing, rows=get_us("Rows", 0), columns=get_us("Columns", 0),
+            acquisition=get("AcquisitionNumber"), unsigned=get_us("PixelRepresentation", 1) == 0,
+            intercept=_number(get("RescaleIntercept"), 0.0), slope=_number(get("RescaleSlope"), 1.0))
+    return uid, get("SeriesDescription"), get("SOPClassUID"), slice_header
+
+
 def scan_dicom_folder(folder: Path, patient_id: str = "") -> dict[str, SeriesHeaders]:
     """The image series of a folder (its files, not sub-folders), from their headers only.
 
@@ -268,26 +317,14 @@ def scan_dicom_folder(folder: Path, patient_id: str = "") -> dict[str, SeriesHea
     for path in sorted(folder.iterdir()):
         if not path.is_file():
             continue
-        try:
-            header = _read_header(path)
-        except _DICOM_ERRORS + (TypeError, struct.error):
+        fields = _slice_fields(path)
+        if fields is None:
             continue
-        if _text(header, "SOPClassUID") in SEG_STORAGE_CLASSES:
+        uid, description, sop_class, slice_header = fields
+        if sop_class in SEG_STORAGE_CLASSES or slice_header is None:
             continue
-        position = _floats(_text(header, "ImagePositionPatient"), 3)
-        orientation = _floats(_text(header, "ImageOrientationPatient"), 6)
-        spacing = _floats(_text(header, "PixelSpacing"), 2)
-        uid = _text(header, "SeriesInstanceUID")
-        if not uid or position is None or orientation is None or spacing is None:
-            continue
-        found.setdefault(uid, []).append(SliceHeader(
-            path=path, sop_instance_uid=_text(header, "SOPInstanceUID"), position=position,
-            orientation=orientation, pixel_spacing=spacing, rows=int(header.get("Rows", 0) or 0),
-            columns=int(header.get("Columns", 0) or 0), acquisition=_text(header, "AcquisitionNumber"),
-            unsigned=int(header.get("PixelRepresentation", 1)) == 0,
-            intercept=_number(_text(header, "RescaleIntercept"), 0.0),
-            slope=_number(_text(header, "RescaleSlope"), 1.0)))
-        descriptions.setdefault(uid, _text(header, "SeriesDescription"))
+        found.setdefault(uid, []).append(slice_header)
+        descriptions.setdefault(uid, description)
     if not found:
         raise CaseError(patient_id, folder, "unreadable",
                         f"folder {folder} holds no DICOM image series (no file with a slice position); "
@@ -461,6 +498,11 @@ def read_image(path: str | Path, patient_id: str = "", referenced_series: tuple[
 
 
 def _is_dicom_seg(path: Path) -> bool:
+    from features import dicom_header
+
+    fast = dicom_header.read_header(path, until=_TAGS["SOPClassUID"])
+    if fast is not None:
+        return dicom_header.text(fast, _TAGS["SOPClassUID"]) in SEG_STORAGE_CLASSES
     try:
         header = _read_header(path, ["SOPClassUID"])
     except _DICOM_ERRORS + (TypeError, struct.error):
@@ -482,8 +524,15 @@ def find_dicom_seg(path: Path, patient_id: str) -> Path | None:
     return segs[0] if segs else None
 
 
-def seg_referenced_series(seg_file: Path, patient_id: str) -> tuple[str, ...]:
-    """Series Instance UIDs a DICOM-SEG references (Referenced Series Sequence), from its header."""
+def seg_referenced_series(seg_file: Path, patient_id: str, fast=None) -> tuple[str, ...]:
+    """Series Instance UIDs a DICOM-SEG references (Referenced Series Sequence), from its header
+    (``fast``: the header already read by `features.dicom_header`)."""
+    from features import dicom_header
+
+    fast = fast if fast is not None else dicom_header.read_header(seg_file, until=(0x0008, 0x1115))
+    items = fast.get((0x0008, 0x1115)) if fast is not None else None
+    if isinstance(items, list):
+        return tuple(uid for item in items if (uid := dicom_header.text(item, _TAGS["SeriesInstanceUID"])))
     try:
         header = _read_header(seg_file, ["ReferencedSeriesSequence"])
         return tuple(str(item.SeriesInstanceUID) for item in header.get("ReferencedSeriesSequence", [])
@@ -943,16 +992,41 @@ def _image_geometry(path: Path, patient_id: str, referenced: tuple[str, ...], se
     return Geometry(grid["size"], grid["spacing"], grid["origin"], grid["direction"])
 
 
-def _check_seg_headers(seg_file: Path, grid: Geometry, patient_id: str, labels: LabelRoles) -> None:
+def _seg_frames_fast(header) -> tuple[dict[int, str] | None, np.ndarray | None]:
+    """Segment labels and frame positions of a SEG header read by `features.dicom_header`;
+    (None, None) if it cannot tell (pydicom then reads the header)."""
+    from features import dicom_header
+
+    if header is None:
+        return None, None
+    segments, frames = header.get((0x0062, 0x0002)), header.get((0x5200, 0x9230))
+    if not isinstance(segments, list) or not isinstance(frames, list):
+        return None, None
+    names = {dicom_header.unsigned_short(item, (0x0062, 0x0004), 0): dicom_header.text(item, (0x0062, 0x0005))
+             for item in segments}
+    positions = []
+    for frame in frames:
+        plane = frame.get((0x0020, 0x9113))
+        position = _floats(dicom_header.text(plane[0], _TAGS["ImagePositionPatient"]), 3) \
+            if isinstance(plane, list) and plane else None
+        if position is None:
+            return None, None
+        positions.append(position)
+    return names, np.array(positions, dtype=float).reshape(-1, 3)
+
+
+def _check_seg_headers(seg_file: Path, grid: Geometry, patient_id: str, labels: LabelRoles, fast=None) -> None:
     """Segment roles and frame positions of a DICOM-SEG from its header; the frames are decoded
     only if some lie outside the CT (they may be empty: then the SEG is fine)."""
-    try:
-        header = _read_header(seg_file, None)
-        names = {int(item.SegmentNumber): str(item.SegmentLabel) for item in header.SegmentSequence}
-        positions = np.array([[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
-                              for frame in header.PerFrameFunctionalGroupsSequence])
-    except (AttributeError, IndexError, TypeError) + _DICOM_ERRORS as exc:
-        raise _unreadable_seg(seg_file, patient_id, exc) from exc
+    names, positions = _seg_frames_fast(fast)
+    if names is None:
+        try:
+            header = _read_header(seg_file, None)
+            names = {int(item.SegmentNumber): str(item.SegmentLabel) for item in header.SegmentSequence}
+            positions = np.array([[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+                                  for frame in header.PerFrameFunctionalGroupsSequence])
+        except (AttributeError, IndexError, TypeError) + _DICOM_ERRORS as exc:
+            raise _unreadable_seg(seg_file, patient_id, exc) from exc
     roles = labels.segment_roles or TCIA_SEGMENT_ROLES
     segment_roles_of(names, roles, patient_id, seg_file)
     direction = np.reshape(grid.direction, (3, 3))
@@ -975,11 +1049,15 @@ def check_case_headers(patient_id: str, image_path: str | Path, mask_path: str |
     image_path, mask_path = Path(image_path), Path(mask_path)
     _require(image_path, patient_id, "image")
     _require(mask_path, patient_id, "mask")
+    from features import dicom_header
+
     seg_file = find_dicom_seg(mask_path, patient_id)
-    referenced = seg_referenced_series(seg_file, patient_id) if seg_file is not None and image_path.is_dir() else ()
+    fast = dicom_header.read_header(seg_file) if seg_file is not None else None
+    referenced = seg_referenced_series(seg_file, patient_id, fast) if seg_file is not None and image_path.is_dir() \
+        else ()
     grid = _image_geometry(image_path, patient_id, referenced, seg_file)
     if seg_file is not None:
-        _check_seg_headers(seg_file, grid, patient_id, labels)
+        _check_seg_headers(seg_file, grid, patient_id, labels, fast)
         return
     kind = _dicom_kind(mask_path) if not mask_path.name.lower().endswith(_ITK_SUFFIXES) else ""
     if kind:
