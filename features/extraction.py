@@ -49,7 +49,9 @@ MASK_SHA256 = "mask_sha256"
 SPACING = ("image_spacing_x_mm", "image_spacing_y_mm", "image_spacing_z_mm")
 SIZE = ("image_size_x", "image_size_y", "image_size_z")
 ORIGIN = ("image_origin_x_mm", "image_origin_y_mm", "image_origin_z_mm")
-_CACHE_FORMAT = 1
+SETTINGS_FILE = "extraction_settings.json"   # the settings record, next to lesions.parquet and in a models folder
+SETTINGS_METADATA_KEY = b"crlm_extraction_settings"   # the same record in a feature table's parquet metadata
+_CACHE_FORMAT = 2   # 2: images cast to float32, SEG lesions per segment (issue 11)
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,100 @@ class CaseOptions:
     labels: imaging.LabelRoles
     resample_mask: bool = False
     min_lesion_voxels: int = 2
+    require_hu: bool = True
 
     def digest(self) -> str:
         roles = sorted(self.labels.segment_roles.items())
         payload = f"{self.settings.digest()}|{self.labels.liver}|{self.labels.lesion}|{roles}|" \
-                  f"{self.resample_mask}|{self.min_lesion_voxels}|{_CACHE_FORMAT}"
+                  f"{self.labels.seg_lesions}|{self.resample_mask}|{self.min_lesion_voxels}|{self.require_hu}|" \
+                  f"{_CACHE_FORMAT}"
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- settings record
+
+def settings_record(options: CaseOptions, aggregation: Sequence[str] | None = None) -> dict[str, Any]:
+    """What determines the imaging features: radiomics parameters, crop margin, label roles,
+    mask handling and aggregation rules, with their hash (``settings_hash``, as in
+    lesions.parquet) and the library versions. JSON-ready; `options_from_record` reverses it."""
+    labels = options.labels
+    record: dict[str, Any] = {
+        SETTINGS_HASH: options.digest(),
+        "radiomics": json.loads(json.dumps(options.settings.radiomics, default=str)),
+        "crop_margin_mm": options.settings.crop_margin_mm,
+        "labels": {"liver": labels.liver, "lesion": labels.lesion, "segment_roles": dict(labels.segment_roles),
+                   "seg_lesions": labels.seg_lesions},
+        "resample_mask": options.resample_mask,
+        "min_lesion_voxels": options.min_lesion_voxels,
+        "require_hu": options.require_hu,
+        "versions": radiomics.library_versions(),
+    }
+    if aggregation is not None:
+        record["aggregation"] = list(aggregation)
+    return record
+
+
+def options_from_record(record: dict[str, Any]) -> CaseOptions:
+    """The `CaseOptions` a settings record was made from."""
+    return CaseOptions(settings=radiomics.ExtractionSettings(record["radiomics"], float(record["crop_margin_mm"])),
+                       labels=imaging.LabelRoles(**record["labels"]), resample_mask=bool(record["resample_mask"]),
+                       min_lesion_voxels=int(record["min_lesion_voxels"]),
+                       require_hu=bool(record.get("require_hu", True)))
+
+
+# Keys of a record that are not settings: the hash follows from the rest, versions are reported apart.
+_RECORD_DERIVED = (SETTINGS_HASH, "versions")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, inner in value.items():
+            flat.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return flat if flat or not prefix else {prefix: {}}
+    return {prefix: value}
+
+
+def settings_differences(model: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, model's value, given value) for every setting that differs, keys dotted
+    (``radiomics.setting.binWidth``); a key absent on one side has the value None there."""
+    left = _flatten({k: v for k, v in model.items() if k not in _RECORD_DERIVED})
+    right = _flatten({k: v for k, v in given.items() if k not in _RECORD_DERIVED})
+    return [(key, left.get(key), right.get(key)) for key in sorted(set(left) | set(right))
+            if json.dumps(left.get(key), sort_keys=True) != json.dumps(right.get(key), sort_keys=True)]
+
+
+def write_table_with_record(table: pd.DataFrame, path: str | Path, record: dict[str, Any] | None) -> None:
+    """Write ``table`` as parquet, with ``record`` in its schema metadata (if given)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    if record is not None:
+        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
+                                               SETTINGS_METADATA_KEY: json.dumps(record).encode("utf-8")})
+    pq.write_table(arrow, path)
+
+
+def read_table_record(path: str | Path) -> dict[str, Any] | None:
+    """The settings record in a feature table's parquet metadata, or None."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(SETTINGS_METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def copy_record_to_models(features: str | Path, models_dir: str | Path) -> dict[str, Any] | None:
+    """Copy the settings record of the feature table a model was fitted on into its models
+    folder (``extraction_settings.json``); remove a stale one if the table carries none."""
+    record = read_table_record(features)
+    target = Path(models_dir) / SETTINGS_FILE
+    if record is None:
+        target.unlink(missing_ok=True)
+        return None
+    target.write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+    return record
 
 
 def _failure(patient_id: str, reason: str, message: str, seconds: float, lesion=pd.NA) -> dict[str, Any]:
@@ -182,14 +272,14 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
     try:
         loaded = imaging.load_case(pid, image_path, mask_path, options.labels,
                                    resample_mask=options.resample_mask,
-                                   segment_roles=options.labels.segment_roles or None,
-                                   min_lesion_voxels=options.min_lesion_voxels)
+                                   min_lesion_voxels=options.min_lesion_voxels, require_hu=options.require_hu)
     except imaging.CaseError as exc:
         return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
     image, mask = loaded.image, loaded.mask
     mask_array = sitk.GetArrayFromImage(mask)
     lesion_labels = imaging.lesion_labels_present(mask_array, options.labels)
-    morphology = patient_morphology(mask_array, image.GetSpacing(), options.labels.liver, lesion_labels)
+    morphology = patient_morphology(mask_array, image.GetSpacing(), options.labels.liver, lesion_labels,
+                                    loaded.lesions_by_label)
     provenance: dict[str, Any] = {SETTINGS_HASH: options.digest(), IMAGE_SHA256: image_hash,
                                   MASK_SHA256: mask_hash}
     provenance.update({f"{name}_version": version for name, version in radiomics.library_versions().items()})
@@ -199,7 +289,8 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
 
     result = CaseResult()
     extractor = radiomics.make_extractor(options.settings.radiomics)
-    for row in radiomics.lesion_rows(image, mask, lesion_labels, options.settings, extractor):
+    for row in radiomics.lesion_rows(image, mask, lesion_labels, options.settings, extractor,
+                                     loaded.lesions_by_label):
         error = row.pop("error")
         seconds = round(time.perf_counter() - start, 3)
         if error:
@@ -274,9 +365,11 @@ def extract_cohort(cases: Sequence[CaseInput], options: CaseOptions, cache_dir: 
     return lesion_table, report_table
 
 
-def write_extraction(out: str | Path, lesions: pd.DataFrame, report: pd.DataFrame) -> None:
-    """Write ``lesions.parquet``, ``extraction_report.csv`` and ``extraction_summary.json``
-    under ``out``: a local folder or an fsspec URL (shared storage)."""
+def write_extraction(out: str | Path, lesions: pd.DataFrame, report: pd.DataFrame,
+                     record: dict[str, Any] | None = None) -> None:
+    """Write ``lesions.parquet``, ``extraction_report.csv``, ``extraction_summary.json`` and,
+    if given, the settings record (`settings_record`, ``extraction_settings.json``) under
+    ``out``: a local folder or an fsspec URL (shared storage)."""
     fs, root = fsspec.core.url_to_fs(str(out))
     fs.makedirs(root, exist_ok=True)
     summary = {"cases": int(report[PATIENT_ID].nunique()),
@@ -289,6 +382,9 @@ def write_extraction(out: str | Path, lesions: pd.DataFrame, report: pd.DataFram
         report.to_csv(handle, index=False)
     with fs.open(f"{root}/extraction_summary.json", "w", encoding="utf-8") as handle:
         handle.write(json.dumps(summary, indent=2))
+    if record is not None:
+        with fs.open(f"{root}/{SETTINGS_FILE}", "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, indent=2, sort_keys=True))
 
 
 def lesion_feature_columns(lesions: pd.DataFrame) -> list[str]:

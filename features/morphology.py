@@ -57,16 +57,21 @@ def max_feret_diameter_mm(mask: np.ndarray, spacing_xyz: tuple[float, float, flo
 
 
 def lesion_components(mask: np.ndarray, lesion_labels: tuple[int, ...],
-                      spacing_xyz: tuple[float, float, float]) -> list[Lesion]:
+                      spacing_xyz: tuple[float, float, float], by_label: bool = False) -> list[Lesion]:
     """Split the lesion label(s) of a label map into connected lesions, largest first.
 
     Lesions sharing a label are separated by 26-connectivity; different labels are never
-    merged. Returns one `Lesion` per component.
+    merged. With ``by_label`` each label value is one lesion (one per DICOM-SEG segment).
+    Returns one `Lesion` per component (or label).
     """
     lesions: list[Lesion] = []
     unit = voxel_volume_ml(spacing_xyz)
     for label in lesion_labels:
-        components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
+        if by_label:
+            components = (mask == label).astype(np.int32)
+            count = int(components.any())
+        else:
+            components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
         if count == 0:
             continue
         boxes = ndimage.find_objects(components)
@@ -99,10 +104,12 @@ PATIENT_MORPHOLOGY_COLUMNS = (LESION_COUNT, LARGEST_DIAMETER_MM, LARGEST_VOLUME_
 
 
 def patient_morphology(mask_array: np.ndarray, spacing_xyz: tuple[float, float, float],
-                       liver_label: int | None, lesion_labels: tuple[int, ...]) -> dict[str, float]:
+                       liver_label: int | None, lesion_labels: tuple[int, ...],
+                       by_label: bool = False) -> dict[str, float]:
     """Per-patient lesion and liver morphology from a label map (z, y, x; spacing x, y, z in mm).
 
-    - lesion count: 26-connected components of the lesion labels (labels never merge);
+    - lesion count: 26-connected components of the lesion labels (labels never merge), or
+      with ``by_label`` one lesion per label value (DICOM-SEG segments);
     - largest diameter (mm): the largest max-Feret diameter of any lesion; largest volume
       (mL): the volume of the lesion with the most voxels; total tumour volume (mL);
     - liver volume (mL): the whole organ, liver label plus every lesion voxel (tumours
@@ -113,7 +120,7 @@ def patient_morphology(mask_array: np.ndarray, spacing_xyz: tuple[float, float, 
       clinical table). No lesions give zeros.
     """
     unit = voxel_volume_ml(spacing_xyz)
-    lesions = lesion_components(mask_array, tuple(lesion_labels), spacing_xyz)
+    lesions = lesion_components(mask_array, tuple(lesion_labels), spacing_xyz, by_label)
     tumour_voxels = sum(les.voxels for les in lesions)
     liver_voxels = int(np.count_nonzero(mask_array == liver_label)) if liver_label is not None else 0
     largest_diameter = max((les.max_diameter_mm for les in lesions), default=0.0)

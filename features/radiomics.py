@@ -111,8 +111,11 @@ def make_extractor(params: Mapping[str, Any]) -> LesionExtractor:
     return LesionExtractor(extractor, settings)
 
 
-def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...]) -> tuple[np.ndarray, list[int]]:
-    """Number the connected lesions of a label map 1..n, largest first (ties: first in memory).
+def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
+                  by_label: bool = False) -> tuple[np.ndarray, list[int]]:
+    """Number the lesions of a label map 1..n, largest first (ties: first in memory): the
+    26-connected components of each label, or with ``by_label`` each label value as one lesion
+    (one lesion per DICOM-SEG segment, even if drawn in several pieces).
 
     Returns the numbered array (0 = no lesion) and the mask label of each lesion.
     """
@@ -120,7 +123,11 @@ def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...]) -> tuple[np.
     found: list[tuple[int, int, int]] = []  # (voxels, first flat index, label)
     offset = 0
     for label in lesion_labels:
-        components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
+        if by_label:
+            components = (mask == label).astype(np.int32)
+            count = int(components.any())
+        else:
+            components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
         if count == 0:
             continue
         flat = components.ravel()
@@ -193,8 +200,9 @@ def _preprocess_lesion(image: sitk.Image, numbered: np.ndarray, number: int, box
 
 
 def lesion_rows(image: sitk.Image, mask: sitk.Image, lesion_labels: tuple[int, ...],
-                settings: ExtractionSettings, extractor: LesionExtractor | None = None) -> list[dict[str, Any]]:
-    """One row per connected lesion: morphology and radiomics on a crop around it.
+                settings: ExtractionSettings, extractor: LesionExtractor | None = None,
+                by_label: bool = False) -> list[dict[str, Any]]:
+    """One row per lesion (`label_lesions`): morphology and radiomics on a crop around it.
 
     A lesion that pyradiomics cannot process gets ``error`` set instead of features.
     """
@@ -203,7 +211,7 @@ def lesion_rows(image: sitk.Image, mask: sitk.Image, lesion_labels: tuple[int, .
     extractor = extractor or make_extractor(settings.radiomics)
     if extractor.settings.get("normalize"):
         image = imageoperations.normalizeImage(image, **extractor.settings)  # whole-image statistics
-    numbered, labels = label_lesions(sitk.GetArrayFromImage(mask), lesion_labels)
+    numbered, labels = label_lesions(sitk.GetArrayFromImage(mask), lesion_labels, by_label)
     spacing = image.GetSpacing()
     unit = voxel_volume_ml(spacing)
     rows = []

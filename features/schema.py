@@ -125,3 +125,32 @@ OUTCOMES: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "outcome"
 # a table that has the count need not have the flag (the synthetic cohorts do not).
 STAND_IN_INPUTS: tuple[str, ...] = (MULTIPLE_LESIONS,)
 BASELINE_INPUTS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "input" and c.timing == "baseline")
+
+# Per-case statuses of image extraction and `crlm validate --images` (features.imaging raises
+# them as CaseError.reason; docs/imaging.md). "ok" is a usable case.
+CASE_OK = "ok"
+CASE_STATUSES: dict[str, str] = {
+    CASE_OK: "extracted",
+    "missing_file": "image or mask path does not exist",
+    "unreadable": "the file cannot be read as what it claims to be (the reason says what was tried)",
+    "unsupported_image": "not a 3-D scalar volume",
+    "ambiguous_file": "a mask folder holding several DICOM-SEG files",
+    "ambiguous_series": "an image folder holding several DICOM series and nothing saying which one",
+    "series_mismatch": "the DICOM-SEG references a series that is not in the image folder",
+    "missing_slices": "a gap of whole slice steps in a DICOM series",
+    "uneven_spacing": "DICOM slice steps that differ by more than 1% of the median step",
+    "mixed_orientation": "DICOM slices with different orientations in one series",
+    "inconsistent_slices": "DICOM slices with different sizes or pixel spacings in one series",
+    "duplicate_positions": "a DICOM slice position taken twice in one acquisition",
+    "multiple_acquisitions": "several acquisitions sharing slice positions in one series",
+    "seg_outside_image": "DICOM-SEG voxels outside the CT (series cut short or another series)",
+    "not_hu": "CT values that cannot be HU (nothing below 0: no air)",
+    "geometry_mismatch": "mask on another grid than the image (and resampling not allowed)",
+    "nan_voxels": "NaN or infinite image voxels",
+    "invalid_labels": "mask values that are not a uint8 label map",
+    "empty_mask": "mask without any non-zero voxel",
+    "no_liver_label": "liver required but absent",
+    "missing_lesion_label": "no lesion label or lesion segment",
+    "lesion_too_small": "a lesion below the minimum voxel count",
+    "radiomics_failed": "pyradiomics could not process a lesion",
+}

@@ -76,7 +76,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.validate import run_validate
 
-    return run_validate(args.cohort, args.mapping)
+    labels = None
+    if args.images:
+        from dataclasses import replace
+
+        from pipeline.world import load_labels
+
+        labels = load_labels(args.labels)
+        if args.liver_label is not None or args.lesion_label is not None:
+            labels = replace(labels, liver=args.liver_label or labels.liver, lesion=args.lesion_label or labels.lesion)
+    return run_validate(args.cohort, args.mapping, labels=labels, resample_mask=args.resample_mask,
+                        images_out=args.images_out, jobs=args.jobs)
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
@@ -153,16 +163,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 chunk_size=args.chunk_size, cache=args.cache, top_k=args.top_k, repo_root=REPO_ROOT,
                 radiomics_params=args.params, extraction_config=args.config, labels=args.labels,
                 liver_label=args.liver_label, lesion_label=args.lesion_label,
-                resample_mask=args.resample_mask or None, scheduler=resolve_scheduler(args.scheduler))
+                resample_mask=args.resample_mask or None, scheduler=resolve_scheduler(args.scheduler),
+                allow_different_settings=args.allow_different_settings)
     return 0
 
 
-def _add_extraction_options(parser: argparse.ArgumentParser, cache_type=_path_or_url) -> None:
-    """The settings of image extraction, shared by crlm extract and crlm predict."""
-    parser.add_argument("--params", type=Path, default=DEFAULT_RADIOMICS,
-                        help="pyradiomics parameter file (for predict: the one the models were trained with)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="crop margin, cache, aggregation")
-    parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
+def _add_extraction_options(parser: argparse.ArgumentParser, cache_type=_path_or_url, for_predict: bool = False) -> None:
+    """The settings of image extraction, shared by crlm extract and crlm predict (where they
+    default to the settings the model was trained with, see pipeline.predict.resolve_settings)."""
+    model = " (default: the model's, else {})" if for_predict else " (default: {})"
+    parser.add_argument("--params", type=Path, default=None if for_predict else DEFAULT_RADIOMICS,
+                        help="pyradiomics parameter file" + model.format("configs/radiomics.yaml"))
+    parser.add_argument("--config", type=Path, default=None if for_predict else DEFAULT_EXTRACTION,
+                        help="crop margin, cache, aggregation" + model.format("configs/extraction.yaml"))
+    parser.add_argument("--labels", type=Path, default=None if for_predict else DEFAULT_LABELS,
+                        help="mask label roles (YAML)" + model.format("configs/labels.yaml"))
+    if for_predict:
+        parser.add_argument("--allow-different-settings", action="store_true",
+                            help="predict even if the extraction settings differ from the model's (named in a warning)")
     parser.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
     parser.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
     parser.add_argument("--resample-mask", action="store_true",
@@ -202,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--cohort", type=Path, required=True, help="clinical CSV, one row per patient")
     val.add_argument("--mapping", type=Path, default=None,
                      help="cohort mapping (YAML), e.g. configs/mappings/tcia_crlm.yaml")
+    val.add_argument("--images", action="store_true",
+                     help="also check every image/mask pair from its headers (statuses as crlm extract gives)")
+    val.add_argument("--images-out", type=Path, default=None, help="CSV of the image statuses (with --images)")
+    val.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
+    val.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
+    val.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
+    val.add_argument("--resample-mask", action="store_true",
+                     help="masks on another grid will be resampled: not a geometry_mismatch")
+    val.add_argument("--jobs", type=_jobs, default=1, help="parallel image checks (-1: all cores; on a busy machine 1 was faster)")
     val.set_defaults(func=cmd_validate)
 
     fea = sub.add_parser("featurize", help="one patient-level table: clinical features, scores, morphology, radiomics")
@@ -270,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--mapping", type=Path, default=None, help="cohort mapping (YAML) for a non-canonical sheet")
     pre.add_argument("--chunk-size", type=_positive, default=32, help="patients per chunk (bounds memory)")
     pre.add_argument("--top-k", type=_positive, default=3, help="SHAP contributions per task in predictions.csv")
-    _add_extraction_options(pre, cache_type=Path)
+    _add_extraction_options(pre, cache_type=Path, for_predict=True)
     pre.set_defaults(func=cmd_predict)
 
     pro = sub.add_parser("promote", help="move a registered model's alias (default: champion) to a version")

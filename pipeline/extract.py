@@ -63,7 +63,7 @@ def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path,
     start = time.perf_counter()
     lesions, report = extraction.extract_cohort(cases, options, cache_dir, jobs=jobs, progress=progress,
                                                 scheduler=scheduler)
-    extraction.write_extraction(out, lesions, report)
+    extraction.write_extraction(out, lesions, report, extraction.settings_record(options, cfg.aggregation))
     failed = report.loc[report[extraction.STATUS] != extraction.OK]
     print(f"extracted {len(lesions)} lesions from {len(cases)} cases in {time.perf_counter() - start:.1f} s "
           f"({int(report[extraction.CACHED].sum())} rows from cache); {failed[extraction.PATIENT_ID].nunique()} "

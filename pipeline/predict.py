@@ -562,12 +562,77 @@ def _prepare_out(out: Path) -> Path:
     return explanations
 
 
+def model_settings_record(models: Sequence[LoadedModel]) -> dict[str, Any] | None:
+    """The extraction settings record the models were trained with (``extraction_settings.json``
+    in their models folder, written by crlm train), or None if none carries one. Models with
+    different records cannot be used together."""
+    records: dict[str, dict[str, Any]] = {}
+    for model in models:
+        source = Path(model.source)
+        folder = source if source.is_dir() else source.parent
+        path = folder / extraction.SETTINGS_FILE
+        if not model.source.startswith(REGISTRY_SCHEMES) and path.is_file():
+            records[str(path)] = json.loads(path.read_text(encoding="utf-8"))
+    hashes = {record.get(extraction.SETTINGS_HASH) for record in records.values()}
+    if len(hashes) > 1:
+        raise ValueError(f"the models were trained with different extraction settings ({', '.join(records)}); "
+                         f"give models trained on the same features")
+    return next(iter(records.values()), None)
+
+
+def resolve_settings(record: dict[str, Any] | None, radiomics_params: Path | None, extraction_config: Path | None,
+                     labels: Path | None, liver_label: int | None, lesion_label: int | None,
+                     resample_mask: bool | None, allow_different_settings: bool = False
+                     ) -> tuple[extraction.CaseOptions, tuple[str, ...], str]:
+    """The extraction settings of a prediction: the model's record, with what was given on the
+    command line in place of its parts. Without a record: the given files, else the defaults.
+
+    Returns (options, aggregation rules, cache_dir of the extraction config). Raises ValueError
+    naming every difference (key, model's value, given value) unless ``allow_different_settings``.
+    """
+    options, cfg = case_options(radiomics_params or DEFAULT_RADIOMICS, extraction_config or DEFAULT_EXTRACTION,
+                                labels or DEFAULT_LABELS, liver_label, lesion_label, resample_mask)
+    if record is None:
+        return options, tuple(cfg.aggregation), cfg.cache_dir
+    given = extraction.settings_record(options, cfg.aggregation)
+    merged = json.loads(json.dumps(record))
+    if radiomics_params is not None:
+        merged["radiomics"] = given["radiomics"]
+    if extraction_config is not None:
+        for key in ("crop_margin_mm", "resample_mask", "min_lesion_voxels", "aggregation"):
+            merged[key] = given[key]
+    if labels is not None:
+        merged["labels"] = given["labels"]
+    if liver_label is not None:
+        merged["labels"]["liver"] = liver_label
+    if lesion_label is not None:
+        merged["labels"]["lesion"] = lesion_label
+    if resample_mask is not None:
+        merged["resample_mask"] = resample_mask
+    differences = extraction.settings_differences(record, merged)
+    if differences and not allow_different_settings:
+        listed = "; ".join(f"{key}: model {json.dumps(model)}, given {json.dumps(value)}"
+                           for key, model, value in differences)
+        raise ValueError(f"the extraction settings differ from the ones the model was trained with ({listed}); "
+                         f"leave out --params/--config/--labels to use the model's, or pass "
+                         f"--allow-different-settings to predict anyway (the features will not be the model's)")
+    for key, model, value in differences:
+        print(f"warning: extraction setting {key} differs from the model's ({json.dumps(model)}): using "
+              f"{json.dumps(value)} (--allow-different-settings)")
+    versions = extraction.settings_differences({"versions": record.get("versions", {})},
+                                               {"versions": radiomics.library_versions()})
+    for key, model, value in versions:
+        print(f"warning: the model's features were extracted with {key.split('.', 1)[1]} {model}, this is {value}")
+    return extraction.options_from_record(merged), tuple(merged.get("aggregation", cfg.aggregation)), cfg.cache_dir
+
+
 def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | None = None, jobs: int = 1,
                 chunk_size: int = DEFAULT_CHUNK_SIZE, cache: Path | None = None, top_k: int = DEFAULT_TOP_K,
                 repo_root: Path | None = None, progress: bool = True,
-                radiomics_params: Path = DEFAULT_RADIOMICS, extraction_config: Path = DEFAULT_EXTRACTION,
-                labels: Path = DEFAULT_LABELS, liver_label: int | None = None, lesion_label: int | None = None,
-                resample_mask: bool | None = None, scheduler: Any = None) -> pd.DataFrame:
+                radiomics_params: Path | None = None, extraction_config: Path | None = None,
+                labels: Path | None = None, liver_label: int | None = None, lesion_label: int | None = None,
+                resample_mask: bool | None = None, scheduler: Any = None,
+                allow_different_settings: bool = False) -> pd.DataFrame:
     """Predict every patient of ``cohort`` with ``models``; write ``out/predictions.csv``,
     ``out/explanations/*.json`` and ``out/summary.json``.
 
@@ -575,7 +640,11 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
     MLflow URIs (``models:/crlm-recurrence@champion``, store from ``pipeline.tracking``).
     ``chunk_size``: patients per chunk (bounds memory). ``cache``: per-case extraction cache
     (default: ``cache_dir`` of ``extraction_config``, relative to ``repo_root``). ``jobs`` /
-    ``scheduler``: where cases are extracted (`pipeline.execution`: local processes or Dask). Returns
+    ``scheduler``: where cases are extracted (`pipeline.execution`: local processes or Dask).
+    Extraction settings: the ones the models were trained with (`model_settings_record`) by
+    default; ``radiomics_params``, ``extraction_config``, ``labels`` and the label/resampling
+    overrides replace their parts, and must agree with the model's unless
+    ``allow_different_settings`` (`resolve_settings`). Returns
     ``predictions.csv`` read back once the run is over (scalars only: during the run no more
     than one chunk is ever in memory).
     """
@@ -600,8 +669,10 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
     raw_id = raw_header[header.index(id_column)]
     loaded = load_models(models, repo_root)
     needs_images = any(m.needs_images for m in loaded)
-    options, cfg = case_options(radiomics_params, extraction_config, labels, liver_label, lesion_label,
-                                 resample_mask)
+    record = model_settings_record(loaded) if needs_images else None
+    options, aggregation, cache_default = resolve_settings(record, radiomics_params, extraction_config, labels,
+                                                           liver_label, lesion_label, resample_mask,
+                                                           allow_different_settings)
     if needs_images:
         produced = {spec.rename.get(c, c) for c in header} if spec else set(header)
         absent = [c for c in (IMAGE, MASK) if c not in produced]
@@ -609,13 +680,13 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
             users = ", ".join(f"{m.task}/{m.name}" for m in loaded if m.needs_images)
             raise ValueError(f"{cohort}: no {' and '.join(absent)} column, but {users} use(s) imaging features; "
                              f"add image and mask paths (relative to the table) or use a clinical-only model")
-        cache_dir = Path(cache) if cache is not None else repo_root / cfg.cache_dir
+        cache_dir = Path(cache) if cache is not None else repo_root / cache_default
     else:
         cache_dir = None
     ids = index_ids(cohort, raw_id, chunk_size)
     explanations = _prepare_out(out)
     ctx = Context(cohort, id_column, spec, ids, loaded, needs_images, options if needs_images else None,
-                  cache_dir, tuple(cfg.aggregation), jobs, scheduler, top_k, output_columns(loaded, top_k),
+                  cache_dir, aggregation, jobs, scheduler, top_k, output_columns(loaded, top_k),
                   explanations, {}, renames)
 
     partial = out / f".{PREDICTIONS_FILE}.partial"

@@ -394,6 +394,9 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
     split.loc[test_index, "split"] = "test"
     split.to_csv(out / "split.csv", index=False)
     (models_dir / BEST_FILE).write_text(json.dumps({task: chosen[task]["best"] for task in tasks}, indent=2))
+    # The models remember their extraction settings (crlm predict checks them; docs/imaging.md).
+    from features.extraction import copy_record_to_models
+    copy_record_to_models(features, models_dir)
     write_summary(metrics, out / SUMMARY_FILE)
     metrics["_fitted"] = fitted_tasks
     return metrics

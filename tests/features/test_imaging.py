@@ -66,7 +66,9 @@ def write_dicom_series(image: sitk.Image, folder: Path, study_uid: str, frame_ui
     writer.KeepOriginalImageUIDOn()
     sx, sy, sz = image.GetSpacing()
     for k in range(image.GetDepth()):
-        slice_k = image[:, :, k]
+        # A one-slice volume, not a 2-D slice: once any ImageSeriesReader has run in the process,
+        # GDCM writes a 2-D slice with Spacing Between Slices 1, which highdicom takes for the SEG's.
+        slice_k = image[:, :, k:k + 1]
         tags = {
             "0008|0016": CT_IMAGE_STORAGE, "0008|0018": generate_uid(), "0008|0060": "CT",
             "0010|0020": "P1", "0020|000d": study_uid, "0020|000e": series_uid, "0020|0052": frame_uid,
@@ -142,16 +144,14 @@ def test_dicom_series_folder_reads_back_spacing_origin_and_values(dicom_case, ct
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), ct_array)
 
 
-def test_a_folder_with_two_series_uses_the_largest_and_warns(tmp_path, ct_array, caplog):
+def test_a_folder_with_two_series_and_no_reference_is_ambiguous_series(tmp_path, ct_array):
+    """Issue 11: the largest series used to be picked with a line on stderr only."""
     write_dicom_series(make_image(ct_array), tmp_path, generate_uid(), generate_uid())
     write_dicom_series(make_image(ct_array[:3] + 1), tmp_path / "scout", generate_uid(), generate_uid())
     for path in (tmp_path / "scout").iterdir():
         path.rename(tmp_path / f"scout_{path.name}")
-    with caplog.at_level(logging.WARNING, logger="features.imaging"):
-        image = imaging.read_image(tmp_path, "P4")
-    assert image.GetDepth() == SHAPE_ZYX[0]
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), ct_array)
-    assert "P4" in caplog.text and "2 DICOM series" in caplog.text
+    error = expect_case_error("ambiguous_series", "P4", imaging.read_image, tmp_path, "P4")
+    assert "2 DICOM series" in str(error) and "3 files" in str(error) and "10 files" in str(error)
 
 
 def expected_seg_labels(separate: bool) -> np.ndarray:
@@ -168,7 +168,7 @@ def test_dicom_seg_segments_become_roles_voxel_for_voxel_on_the_image_grid(dicom
     series, seg_file = dicom_case
     image = imaging.read_image(series, "P1")
     mask = imaging.read_mask(seg_file.parent if as_folder else seg_file, image, "P1",
-                             {"Liver": "liver", "Tumor_*": "lesion"}, LABELS)
+                             {"Liver": "liver", "Tumor_*": "lesion"}, LABELS, separate_lesion_segments=False)
     assert mask.GetPixelID() == sitk.sitkUInt8
     assert (mask.GetSize(), mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection()) == \
         (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
@@ -194,7 +194,8 @@ def test_dicom_seg_without_a_lesion_segment_names_the_segments(dicom_case):
 def test_the_first_matching_segment_pattern_wins(dicom_case):
     series, seg_file = dicom_case
     mask = imaging.read_mask(seg_file, imaging.read_image(series), "P1",
-                             {"Tumor_2": "ignore", "Tumor_*": "lesion", "Liver": "liver"}, LABELS)
+                             {"Tumor_2": "ignore", "Tumor_*": "lesion", "Liver": "liver"}, LABELS,
+                             separate_lesion_segments=False)
     expected = expected_seg_labels(separate=False)
     expected[segment_stack()[..., 2] == 1] = LABELS.liver   # Tumor_2 lies inside the liver box
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
@@ -213,8 +214,8 @@ def test_a_truncated_dicom_seg_is_unreadable(dicom_case, tmp_path, fraction):
 def test_load_case_reads_a_dicom_series_with_its_dicom_seg(dicom_case):
     series, seg_file = dicom_case
     case = imaging.load_case("P1", series, seg_file, LABELS)  # TCIA segment roles by default
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(case.mask), expected_seg_labels(separate=False))
-    assert not case.mask_resampled
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(case.mask), expected_seg_labels(separate=True))
+    assert not case.mask_resampled and case.lesions_by_label
 
 
 # ----------------------------------------------------------------------------- bad input

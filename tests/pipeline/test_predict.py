@@ -328,3 +328,56 @@ def test_validate_featurize_and_predict_agree_on_usable_patients(setup, tmp_path
         assert said in text and said in featurized.at[row - 1, "reason"] and said in predicted.at[row - 1, "reason"]
         assert repr(value) in predicted.at[row - 1, "reason"] or value in predicted.at[row - 1, "reason"]
     assert predicted.loc[:len(clinical) - 1, "risk"].notna().all()
+
+
+# ----------------------------------------------------------------------------- extraction settings (issue 11)
+
+@pytest.fixture(scope="module")
+def remembering(setup, labels, tmp_path_factory) -> Path:
+    """The imaging models folder with the settings record crlm train copies next to the models."""
+    folder = tmp_path_factory.mktemp("remembering") / "models"
+    shutil.copytree(setup["models"]["imaging"], folder)
+    options = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_RADIOMICS, CROP_MARGIN_MM), labels)
+    table = pd.DataFrame({"x": [1.0]})
+    extraction.write_table_with_record(table, folder.parent / "features.parquet",
+                                       extraction.settings_record(options, AGGREGATION))
+    pd.testing.assert_frame_equal(pd.read_parquet(folder.parent / "features.parquet"), table)
+    assert extraction.copy_record_to_models(folder.parent / "features.parquet", folder) is not None
+    return folder
+
+
+def test_predict_uses_the_models_extraction_settings_by_default(setup, remembering, tmp_path):
+    cohort = setup["phantoms"] / synthetic.CLINICAL_FILE
+    explicit = predict(setup, cohort, tmp_path / "explicit", models=[str(remembering)])
+    by_default = run_predict(cohort, [str(remembering)], tmp_path / "default", progress=False,
+                             cache=setup["root"] / "cache")   # no --params/--config: the model's
+    pd.testing.assert_frame_equal(by_default, explicit)
+    assert (by_default["status"] == "ok").all()
+
+
+def test_predict_refuses_another_bin_width_naming_it_unless_told(setup, remembering, tmp_path, capsys):
+    """Issue 11, row 8: --params with another bin width was accepted and moved a patient's risk group."""
+    cohort = setup["phantoms"] / synthetic.CLINICAL_FILE
+    other = json.loads(json.dumps(LIGHT_RADIOMICS))
+    other["setting"]["binWidth"] = 50
+    params = tmp_path / "radiomics.yaml"
+    params.write_text(yaml.safe_dump(other))
+    with pytest.raises(ValueError, match=r"radiomics\.setting\.binWidth: model 25, given 50"):
+        run_predict(cohort, [str(remembering)], tmp_path / "refused", progress=False, radiomics_params=params,
+                    cache=setup["root"] / "cache")
+    assert not (tmp_path / "refused" / PREDICTIONS_FILE).exists()
+    result = run_predict(cohort, [str(remembering)], tmp_path / "allowed", progress=False, radiomics_params=params,
+                         cache=setup["root"] / "cache", allow_different_settings=True)
+    assert (result["status"] == "ok").all()
+    assert "binWidth differs from the model's (25): using 50" in capsys.readouterr().out
+
+
+def test_models_with_different_extraction_settings_are_not_mixed(setup, remembering, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(remembering, other)
+    record = json.loads((other / extraction.SETTINGS_FILE).read_text())
+    record["crop_margin_mm"], record[extraction.SETTINGS_HASH] = 20.0, "another"
+    (other / extraction.SETTINGS_FILE).write_text(json.dumps(record))
+    models = [str(remembering / "recurrence_coxnet.joblib"), str(other / "response_logistic.joblib")]
+    with pytest.raises(ValueError, match="different extraction settings"):
+        run_predict(setup["phantoms"] / synthetic.CLINICAL_FILE, models, tmp_path / "out", progress=False)
