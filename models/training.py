@@ -112,14 +112,12 @@ class BaselineStatus:
 
 
 def _missing_items_reason(table: pd.DataFrame, name: str, task: str) -> str:
-    """Which of a score's items are unknown for how many patients (most often first)."""
-    inputs = _SCORE_INPUTS[SCORE_COLUMN[name]]
-    if task == RESPONSE and name == "oslo":
-        inputs = (s.LARGEST_CM, s.CEA)
-    n = len(table)
-    counts = {c: (n if c not in table else int(table[c].isna().sum())) for c in inputs}
-    missing = sorted(((k, v) for k, v in counts.items() if v), key=lambda kv: -kv[1])
-    return "; ".join(f"{k} missing for {v}/{n} patients" for k, v in missing[:3])
+    """Which of a score's items are unknown for how many patients (``features.scores.score_availability``)."""
+    if task == RESPONSE and name == "oslo":   # the pre-treatment Oslo items only (baseline_scores)
+        n = len(table)
+        counts = {c: (n if c not in table else int(table[c].isna().sum())) for c in (s.LARGEST_CM, s.CEA)}
+        return "; ".join(f"{k} missing for {v}/{n} patients" for k, v in counts.items() if v)
+    return scores.score_availability(table)[name].reason
 
 
 def baseline_availability(splits: Mapping[str, pd.DataFrame], task: str, min_coverage: float,

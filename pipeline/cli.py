@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         mapping = load_mapping(args.mapping)
         covariates = tuple(column.name for column in mapping.covariate_columns())
-        name = name or getattr(mapping, "cohort", None) or None
+        name = name or mapping.cohort or None
     if name is None and not args.no_tracking:
         raise ValueError("name the registered models: --name NAME registers NAME-recurrence / NAME-response "
                          "(or give a --mapping with a cohort name, or --no-tracking); "
