@@ -186,20 +186,28 @@ def _lesion_hu(rng: np.random.Generator, mask: np.ndarray, t: LesionTraits, p: P
     return hu
 
 
-def _tube(points: np.ndarray, start: np.ndarray, end: np.ndarray, radius: float) -> np.ndarray:
-    """Voxels (given as (..., 3) physical points) within ``radius`` of a segment.
+def _tube(axes_xyz: tuple[np.ndarray, np.ndarray, np.ndarray], start: np.ndarray, end: np.ndarray,
+          radius: float) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """Voxels of the grid spanned by ``axes_xyz`` (voxel centres in mm, (z, y, x) array order)
+    within ``radius`` of a segment.
 
-    Only points inside the segment's bounding box (grown by the radius) are tested.
+    Only the voxels inside the segment's bounding box (grown by the radius) are tested; returns
+    that box (slices into the grid) and the tube's mask within it. The points of the box are
+    tested in the same order and with the same arithmetic as over the whole grid.
     """
     lo, hi = np.minimum(start, end) - radius, np.maximum(start, end) + radius
-    near = np.all((points >= lo) & (points <= hi), axis=-1)
-    inside = np.zeros(points.shape[:-1], dtype=bool)
-    candidates = points[near]
+    box = []
+    for k in (2, 1, 0):
+        hits = np.flatnonzero((axes_xyz[k] >= lo[k]) & (axes_xyz[k] <= hi[k]))  # contiguous: axes increase
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, 0))
+    box = tuple(box)
+    zz, yy, xx = np.meshgrid(axes_xyz[2][box[0]], axes_xyz[1][box[1]], axes_xyz[0][box[2]], indexing="ij")
+    candidates = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3)
     direction = end - start
     t = np.clip(((candidates - start) @ direction) / (direction @ direction), 0.0, 1.0)
     closest = start + t[:, None] * direction
-    inside[near] = np.sum((candidates - closest) ** 2, axis=-1) <= radius**2
-    return inside
+    inside = np.sum((candidates - closest) ** 2, axis=-1) <= radius**2
+    return box, inside.reshape(xx.shape)
 
 
 def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: LesionTraits,
@@ -247,16 +255,21 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     lo = np.maximum(grid.index_of(-reach), 0)
     hi = np.minimum(grid.index_of(reach) + 1, grid.size_xyz)
     box = tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))
-    zz, yy, xx = np.meshgrid(grid.axis(2)[box[0]], grid.axis(1)[box[1]], grid.axis(0)[box[2]], indexing="ij")
-    points = np.stack([xx, yy, zz], axis=-1)
-    q = points / semi
-    rho = np.linalg.norm(q, axis=-1)
+    box_axes = (grid.axis(0)[box[2]], grid.axis(1)[box[1]], grid.axis(2)[box[0]])   # x, y, z (mm)
+    box_shape = tuple(len(a) for a in box_axes[::-1])
+    # Normalised coordinates q = point / semi-axes, broadcast from the axes (no (z, y, x, 3)
+    # array of points); rho = |q| summed in the order x, y, z as np.linalg.norm does.
+    qx = (box_axes[0] / semi[0])[None, None, :]
+    qy = (box_axes[1] / semi[1])[None, :, None]
+    qz = (box_axes[2] / semi[2])[:, None, None]
+    rho = np.sqrt(qx * qx + qy * qy + qz * qz)
     # The perturbed surface lies within |field| <= sqrt(2 * waves) of the ellipsoid: evaluate
     # the field only in that shell (the same values, a third of the work).
     reach = p.liver_shape_lobulation * np.sqrt(2.0 * p.margin_frequency_waves)
     shell = np.abs(rho - 1.0) <= reach
     liver = rho < 1.0 - reach
-    unit = q[shell] / rho[shell][:, None]
+    q_shell = np.stack([np.broadcast_to(c, box_shape)[shell] for c in (qx, qy, qz)], axis=-1)
+    unit = q_shell / rho[shell][:, None]
     liver[shell] = rho[shell] <= 1.0 + p.liver_shape_lobulation * liver_field(unit)
     liver_hu = _enhanced(p.hu.liver, unenhanced.liver, site.enhancement)
     liver_texture = _correlated_texture(rng, liver.shape, p.liver_texture_correlation_mm, grid.spacing_zyx)
@@ -278,8 +291,8 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
         (top, np.array([0.5, -0.1, 0.4]) * semi + jitter(), p.hepatic_vein_radius_mm * 0.8),
     ]
     for start, end, radius in segments:
-        vessel = _tube(points, start, end, radius) & liver
-        hu[box][vessel] = vessel_hu
+        tube_box, tube = _tube(box_axes, start, end, radius)
+        hu[box][tube_box][tube & liver[tube_box]] = vessel_hu
     ivc = np.broadcast_to((x - ivc_x) ** 2 + (y - ivc_y) ** 2 <= p.ivc_radius_mm**2, shape)
     ivc = ivc & (z <= top[2]) & (z >= -semi[2])
     hu[ivc] = vessel_hu
