@@ -119,6 +119,11 @@ class _PlaneWaveField:
         return float(np.sqrt(2.0 / len(self.frequencies)))
 
     @property
+    def bound(self) -> float:
+        """Bound on |f|: sqrt(2 W)."""
+        return self.norm * len(self.frequencies)
+
+    @property
     def curvature(self) -> float:
         """Bound on the second derivative of f along any straight line (sum of norm * frequency^2)."""
         return self.norm * float((self.frequencies**2).sum())
@@ -196,7 +201,7 @@ def _correlated_texture(rng: np.random.Generator, shape: tuple[int, ...], correl
     return field / sd if sd > 0 else field
 
 
-def _lesion_shape(diameter_mm: float, amplitude: float, field, spacing_zyx: np.ndarray) -> np.ndarray:
+def _lesion_shape(diameter_mm: float, amplitude: float, field: _PlaneWaveField, spacing_zyx: np.ndarray) -> np.ndarray:
     """A star-shaped lesion mask centred on the middle voxel of its box whose maximum
     diameter (voxel centres) matches ``diameter_mm``."""
     radius = diameter_mm / 2.0
@@ -207,11 +212,13 @@ def _lesion_shape(diameter_mm: float, amplitude: float, field, spacing_zyx: np.n
         axes = [np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing_zyx)]
         z, y, x = np.meshgrid(*axes, indexing="ij")
         rho = np.sqrt(x * x + y * y + z * z)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            unit = np.stack([x, y, z], axis=-1) / rho[..., None]
-        unit[rho == 0] = (1.0, 0.0, 0.0)
-        boundary = radius * np.maximum(1.0 + amplitude * field(unit), _MIN_RADIAL_FACTOR)
-        mask = rho <= boundary
+        # The surface radius * max(1 + amplitude * f, floor) lies between radius * floor and
+        # radius * (1 + amplitude * max|f|): the field is evaluated only between the two.
+        mask = rho <= radius * _MIN_RADIAL_FACTOR
+        outer = radius * (1.0 + abs(amplitude) * field.bound) * (1.0 + _BOUND_SLACK)
+        near = ~mask & (rho <= outer)
+        unit = np.stack([x[near], y[near], z[near]], axis=-1) / rho[near][:, None]
+        mask[near] = rho[near] <= radius * np.maximum(1.0 + amplitude * field(unit), _MIN_RADIAL_FACTOR)
         measured = max_feret_diameter_mm(mask, tuple(spacing_zyx[::-1]))
         error = abs(measured - diameter_mm)
         if best is None or error < best[0]:
@@ -311,13 +318,13 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     fat = p.subcutaneous_fat_mm
     body = ((x - bx) / ax) ** 2 + ((y - by) / ay) ** 2 <= 1.0
     inner = ((x - bx) / (ax - fat)) ** 2 + ((y - by) / (ay - fat)) ** 2 <= 1.0
-    hu[np.broadcast_to(body, shape)] = p.hu.fat
-    hu[np.broadcast_to(inner, shape)] = p.hu.muscle
+    hu[:, body[0]] = p.hu.fat                       # (y, x) masks, the same in every slice
+    hu[:, inner[0]] = p.hu.muscle
     for (cx, cy), radius, value in (
         (p.spine_centre_mm, p.spine_radius_mm, p.hu.bone),
         (p.aorta_centre_mm, p.aorta_radius_mm, _enhanced(p.hu.vessel, unenhanced.vessel, site.enhancement)),
     ):
-        hu[np.broadcast_to((x - cx) ** 2 + (y - cy) ** 2 <= radius**2, shape)] = value
+        hu[:, ((x - cx) ** 2 + (y - cy) ** 2 <= radius**2)[0]] = value
 
     # Liver: a lobulated ellipsoid, evaluated in its bounding box only.
     semi = np.asarray(p.liver_semi_axes_mm) * (1.0 + p.liver_semi_axes_jitter * rng.standard_normal(3))
@@ -362,10 +369,12 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     for start, end, radius in segments:
         tube_box, tube = _tube(box_axes, start, end, radius)
         hu[box][tube_box][tube & liver[tube_box]] = vessel_hu
-    ivc = np.broadcast_to((x - ivc_x) ** 2 + (y - ivc_y) ** 2 <= p.ivc_radius_mm**2, shape)
-    ivc = ivc & (z <= top[2]) & (z >= -semi[2])
-    hu[ivc] = vessel_hu
-    labelmap[ivc] = 0
+    ivc = ((x - ivc_x) ** 2 + (y - ivc_y) ** 2 <= p.ivc_radius_mm**2)[0]
+    slices = np.flatnonzero((z.ravel() <= top[2]) & (z.ravel() >= -semi[2]))
+    if slices.size:
+        ivc_slices = slice(int(slices[0]), int(slices[-1]) + 1)   # z increases: one run of slices
+        hu[ivc_slices, ivc] = vessel_hu
+        labelmap[ivc_slices, ivc] = 0
 
     # Lesions: the largest first, each placed without touching the others.
     largest_mm = largest_cm * _MM_PER_CM

@@ -268,3 +268,34 @@ def test_vessel_segments_tested_in_their_box_are_the_whole_grid_test():
         got = np.zeros(zz.shape, dtype=bool)
         got[box] = tube
         assert np.array_equal(got, expected)
+
+
+def _reference_lesion_mask(radius: float, amplitude: float, field, spacing_zyx: np.ndarray) -> np.ndarray:
+    """One iteration of the lesion shape with the field evaluated at every voxel of the box."""
+    reach = radius * (1.0 + 4.0 * amplitude) + spacing_zyx.max()
+    half = np.ceil(reach / spacing_zyx).astype(int) + 1
+    z, y, x = np.meshgrid(*[np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing_zyx)], indexing="ij")
+    rho = np.sqrt(x * x + y * y + z * z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = np.stack([x, y, z], axis=-1) / rho[..., None]
+    unit[rho == 0] = (1.0, 0.0, 0.0)
+    return rho <= radius * np.maximum(1.0 + amplitude * field(unit), phantoms._MIN_RADIAL_FACTOR)
+
+
+@pytest.mark.parametrize("seed, amplitude, diameter", [(0, 0.0, 20.0), (1, 0.05, 33.0), (2, 0.28, 12.0), (3, 0.4, 50.0)])
+def test_lesion_shape_evaluates_the_field_only_where_it_matters(seed, amplitude, diameter):
+    field = phantoms._plane_wave_field(np.random.default_rng(seed), 6)
+    spacing = np.array([3.0, 1.5, 1.5])
+    shape = phantoms._lesion_shape(diameter, amplitude, field, spacing)
+    # _lesion_shape rescales its radius; the reference must reach a mask of the same box.
+    radius = diameter / 2.0
+    for _ in range(phantoms._SHAPE_ITERATIONS):
+        expected = _reference_lesion_mask(radius, amplitude, field, spacing)
+        if expected.shape == shape.shape and np.array_equal(expected, shape):
+            break
+        from features.morphology import max_feret_diameter_mm
+        measured = max_feret_diameter_mm(expected, tuple(spacing[::-1]))
+        if measured == 0:
+            break
+        radius *= diameter / measured
+    assert expected.shape == shape.shape and np.array_equal(expected, shape)
