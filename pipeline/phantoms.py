@@ -349,7 +349,7 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
                                              p.liver_shape_lobulation, liver_field)
     liver_hu = _enhanced(p.hu.liver, unenhanced.liver, site.enhancement)
     liver_texture = _correlated_texture(rng, liver.shape, p.liver_texture_correlation_mm, grid.spacing_zyx)
-    hu[box][liver] = (liver_hu + p.liver_texture_sd_hu * liver_texture)[liver]
+    hu[box][liver] = liver_hu + p.liver_texture_sd_hu * liver_texture[liver]
     labelmap[box][liver] = labels.liver
 
     # Vessels: portal branches and hepatic veins inside the liver (labelled liver), and the
@@ -427,7 +427,7 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     hu = ndimage.gaussian_filter(hu, sigma=site.psf_sigma_mm / grid.spacing_zyx)
     hu += site.hu_offset
     hu += rng.normal(0.0, site.noise_sd_hu, shape).astype(np.float32)
-    ct = np.clip(np.rint(hu), _HU_MIN, _HU_MAX).astype(np.int16)
+    ct = np.clip(np.rint(hu, out=hu), _HU_MIN, _HU_MAX, out=hu).astype(np.int16)
 
     image = sitk.GetImageFromArray(ct)
     mask = sitk.GetImageFromArray(labelmap)
