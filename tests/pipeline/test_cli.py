@@ -79,7 +79,7 @@ def _run_fresh(args: list[str], cwd) -> dict:
     import json
 
     result = subprocess.run([sys.executable, "-c", _RUN_AND_LIST_MODULES, *args], capture_output=True,
-                            text=True, cwd=cwd)
+                            encoding="utf-8", errors="replace", cwd=cwd)   # progress bars are UTF-8
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
