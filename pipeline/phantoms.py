@@ -101,19 +101,95 @@ def _grid(fov_mm: tuple[float, float, float], centre_mm: tuple[float, float, flo
     return _Grid(spacing, size, origin)
 
 
-def _plane_wave_field(rng: np.random.Generator, waves: int):
-    """A random smooth function on the unit sphere with mean ~0 and variance ~1."""
+@dataclass(frozen=True)
+class _PlaneWaveField:
+    """A random smooth function on the unit sphere with mean ~0 and variance ~1:
+    f(u) = sqrt(2 / W) * sum_w cos(frequency_w * (direction_w . u) + phase_w).
+
+    ``curvature`` bounds the second derivative along any line, so that
+    |f(v) - f(u) - grad f(u) . (v - u)| <= curvature * |v - u|^2 / 2.
+    """
+
+    directions: np.ndarray
+    frequencies: np.ndarray
+    phases: np.ndarray
+
+    @property
+    def norm(self) -> float:
+        return float(np.sqrt(2.0 / len(self.frequencies)))
+
+    @property
+    def bound(self) -> float:
+        """Bound on |f|: sqrt(2 W)."""
+        return self.norm * len(self.frequencies)
+
+    @property
+    def curvature(self) -> float:
+        """Bound on the second derivative of f along any straight line (sum of norm * frequency^2)."""
+        return self.norm * float((self.frequencies**2).sum())
+
+    def value_and_gradient(self, unit_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """f and its gradient (as a function on R^3) at ``unit_xyz`` (..., 3)."""
+        angle = np.tensordot(unit_xyz, self.directions.T, axes=([-1], [0])) * self.frequencies + self.phases
+        value = self.norm * np.cos(angle).sum(axis=-1)
+        gradient = -self.norm * np.tensordot(np.sin(angle) * self.frequencies, self.directions, axes=([-1], [0]))
+        return value, gradient
+
+    def __call__(self, unit_xyz: np.ndarray) -> np.ndarray:
+        proj = np.tensordot(unit_xyz, self.directions.T, axes=([-1], [0]))  # (..., waves)
+        return self.norm * np.cos(proj * self.frequencies + self.phases).sum(axis=-1)
+
+
+def _plane_wave_field(rng: np.random.Generator, waves: int) -> _PlaneWaveField:
+    """Draw a `_PlaneWaveField` of ``waves`` waves."""
     directions = rng.standard_normal((waves, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     frequencies = rng.uniform(np.pi, 3 * np.pi, waves)
     phases = rng.uniform(0, 2 * np.pi, waves)
-    norm = np.sqrt(2.0 / waves)
+    return _PlaneWaveField(directions, frequencies, phases)
 
-    def field(unit_xyz: np.ndarray) -> np.ndarray:
-        proj = np.tensordot(unit_xyz, directions.T, axes=([-1], [0]))  # (..., waves)
-        return norm * np.cos(proj * frequencies + phases).sum(axis=-1)
 
-    return field
+_ANCHOR_STEP = 4                         # voxels between the anchors of `_inside_perturbed_surface`
+_BOUND_SLACK = 1e-9                      # margin for rounding in the bound (rho and f are ~1)
+
+
+def _inside_perturbed_surface(q_axes: tuple[np.ndarray, np.ndarray, np.ndarray], rho: np.ndarray,
+                              shell: np.ndarray, amplitude: float, field: _PlaneWaveField) -> np.ndarray:
+    """``rho <= 1 + amplitude * field(q / rho)`` at the ``shell`` voxels, evaluating the field
+    only where a cheaper bound cannot decide.
+
+    ``q_axes`` are the normalised coordinates along x, y, z (1-D, the box's axes), ``rho`` the
+    norm of q over the box. The field and its gradient are evaluated on a coarse grid of anchors
+    (every `_ANCHOR_STEP`-th voxel); at a voxel of direction u near its anchor's u_a, Taylor's
+    bound |f(u) - f(u_a) - grad f(u_a) . (u - u_a)| <= curvature |u - u_a|^2 / 2 decides the
+    voxels whose rho lies outside that interval (with a margin for rounding). The others get
+    the exact field, computed as over the whole shell, so the result is the same to the bit.
+    """
+    qx, qy, qz = q_axes
+    iz, iy, ix = np.nonzero(shell)
+    r = rho[shell]
+    ux, uy, uz = qx[ix] / r, qy[iy] / r, qz[iz] / r
+    step = _ANCHOR_STEP
+    anchor = [np.arange(0, len(a), step) for a in (qz, qy, qx)]
+    az, ay, ax = (np.minimum((i + step // 2) // step, len(a) - 1) for i, a in zip((iz, iy, ix), anchor))
+    cz, cy, cx = np.meshgrid(qz[anchor[0]], qy[anchor[1]], qx[anchor[2]], indexing="ij")
+    c_rho = np.sqrt(cx * cx + cy * cy + cz * cz)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c_unit = np.stack([cx, cy, cz], axis=-1) / c_rho[..., None]
+    c_unit[c_rho == 0] = np.nan                       # no direction: never decides a voxel
+    c_value, c_gradient = field.value_and_gradient(c_unit)
+    flat = np.ravel_multi_index((az, ay, ax), c_rho.shape)
+    cu, grad = c_unit.reshape(-1, 3)[flat], c_gradient.reshape(-1, 3)[flat]
+    dx, dy, dz = ux - cu[:, 0], uy - cu[:, 1], uz - cu[:, 2]
+    estimate = c_value.ravel()[flat] + grad[:, 0] * dx + grad[:, 1] * dy + grad[:, 2] * dz
+    error = 0.5 * field.curvature * (dx * dx + dy * dy + dz * dz)
+    surely_in = r <= 1.0 + amplitude * (estimate - error) - _BOUND_SLACK
+    surely_out = r > 1.0 + amplitude * (estimate + error) + _BOUND_SLACK
+    undecided = ~(surely_in | surely_out)             # NaN anchors land here
+    inside = surely_in
+    unit = np.stack([ux[undecided], uy[undecided], uz[undecided]], axis=-1)
+    inside[undecided] = r[undecided] <= 1.0 + amplitude * field(unit)
+    return inside
 
 
 def _correlated_texture(rng: np.random.Generator, shape: tuple[int, ...], correlation_mm: float,
@@ -125,7 +201,7 @@ def _correlated_texture(rng: np.random.Generator, shape: tuple[int, ...], correl
     return field / sd if sd > 0 else field
 
 
-def _lesion_shape(diameter_mm: float, amplitude: float, field, spacing_zyx: np.ndarray) -> np.ndarray:
+def _lesion_shape(diameter_mm: float, amplitude: float, field: _PlaneWaveField, spacing_zyx: np.ndarray) -> np.ndarray:
     """A star-shaped lesion mask centred on the middle voxel of its box whose maximum
     diameter (voxel centres) matches ``diameter_mm``."""
     radius = diameter_mm / 2.0
@@ -136,11 +212,13 @@ def _lesion_shape(diameter_mm: float, amplitude: float, field, spacing_zyx: np.n
         axes = [np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing_zyx)]
         z, y, x = np.meshgrid(*axes, indexing="ij")
         rho = np.sqrt(x * x + y * y + z * z)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            unit = np.stack([x, y, z], axis=-1) / rho[..., None]
-        unit[rho == 0] = (1.0, 0.0, 0.0)
-        boundary = radius * np.maximum(1.0 + amplitude * field(unit), _MIN_RADIAL_FACTOR)
-        mask = rho <= boundary
+        # The surface radius * max(1 + amplitude * f, floor) lies between radius * floor and
+        # radius * (1 + amplitude * max|f|): the field is evaluated only between the two.
+        mask = rho <= radius * _MIN_RADIAL_FACTOR
+        outer = radius * (1.0 + abs(amplitude) * field.bound) * (1.0 + _BOUND_SLACK)
+        near = ~mask & (rho <= outer)
+        unit = np.stack([x[near], y[near], z[near]], axis=-1) / rho[near][:, None]
+        mask[near] = rho[near] <= radius * np.maximum(1.0 + amplitude * field(unit), _MIN_RADIAL_FACTOR)
         measured = max_feret_diameter_mm(mask, tuple(spacing_zyx[::-1]))
         error = abs(measured - diameter_mm)
         if best is None or error < best[0]:
@@ -186,20 +264,28 @@ def _lesion_hu(rng: np.random.Generator, mask: np.ndarray, t: LesionTraits, p: P
     return hu
 
 
-def _tube(points: np.ndarray, start: np.ndarray, end: np.ndarray, radius: float) -> np.ndarray:
-    """Voxels (given as (..., 3) physical points) within ``radius`` of a segment.
+def _tube(axes_xyz: tuple[np.ndarray, np.ndarray, np.ndarray], start: np.ndarray, end: np.ndarray,
+          radius: float) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """Voxels of the grid spanned by ``axes_xyz`` (voxel centres in mm, (z, y, x) array order)
+    within ``radius`` of a segment.
 
-    Only points inside the segment's bounding box (grown by the radius) are tested.
+    Only the voxels inside the segment's bounding box (grown by the radius) are tested; returns
+    that box (slices into the grid) and the tube's mask within it. The points of the box are
+    tested in the same order and with the same arithmetic as over the whole grid.
     """
     lo, hi = np.minimum(start, end) - radius, np.maximum(start, end) + radius
-    near = np.all((points >= lo) & (points <= hi), axis=-1)
-    inside = np.zeros(points.shape[:-1], dtype=bool)
-    candidates = points[near]
+    box = []
+    for k in (2, 1, 0):
+        hits = np.flatnonzero((axes_xyz[k] >= lo[k]) & (axes_xyz[k] <= hi[k]))  # contiguous: axes increase
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, 0))
+    box = tuple(box)
+    zz, yy, xx = np.meshgrid(axes_xyz[2][box[0]], axes_xyz[1][box[1]], axes_xyz[0][box[2]], indexing="ij")
+    candidates = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3)
     direction = end - start
     t = np.clip(((candidates - start) @ direction) / (direction @ direction), 0.0, 1.0)
     closest = start + t[:, None] * direction
-    inside[near] = np.sum((candidates - closest) ** 2, axis=-1) <= radius**2
-    return inside
+    inside = np.sum((candidates - closest) ** 2, axis=-1) <= radius**2
+    return box, inside.reshape(xx.shape)
 
 
 def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: LesionTraits,
@@ -232,13 +318,13 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     fat = p.subcutaneous_fat_mm
     body = ((x - bx) / ax) ** 2 + ((y - by) / ay) ** 2 <= 1.0
     inner = ((x - bx) / (ax - fat)) ** 2 + ((y - by) / (ay - fat)) ** 2 <= 1.0
-    hu[np.broadcast_to(body, shape)] = p.hu.fat
-    hu[np.broadcast_to(inner, shape)] = p.hu.muscle
+    hu[:, body[0]] = p.hu.fat                       # (y, x) masks, the same in every slice
+    hu[:, inner[0]] = p.hu.muscle
     for (cx, cy), radius, value in (
         (p.spine_centre_mm, p.spine_radius_mm, p.hu.bone),
         (p.aorta_centre_mm, p.aorta_radius_mm, _enhanced(p.hu.vessel, unenhanced.vessel, site.enhancement)),
     ):
-        hu[np.broadcast_to((x - cx) ** 2 + (y - cy) ** 2 <= radius**2, shape)] = value
+        hu[:, ((x - cx) ** 2 + (y - cy) ** 2 <= radius**2)[0]] = value
 
     # Liver: a lobulated ellipsoid, evaluated in its bounding box only.
     semi = np.asarray(p.liver_semi_axes_mm) * (1.0 + p.liver_semi_axes_jitter * rng.standard_normal(3))
@@ -247,20 +333,23 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     lo = np.maximum(grid.index_of(-reach), 0)
     hi = np.minimum(grid.index_of(reach) + 1, grid.size_xyz)
     box = tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))
-    zz, yy, xx = np.meshgrid(grid.axis(2)[box[0]], grid.axis(1)[box[1]], grid.axis(0)[box[2]], indexing="ij")
-    points = np.stack([xx, yy, zz], axis=-1)
-    q = points / semi
-    rho = np.linalg.norm(q, axis=-1)
+    box_axes = (grid.axis(0)[box[2]], grid.axis(1)[box[1]], grid.axis(2)[box[0]])   # x, y, z (mm)
+    # Normalised coordinates q = point / semi-axes, broadcast from the axes (no (z, y, x, 3)
+    # array of points); rho = |q| summed in the order x, y, z as np.linalg.norm does.
+    qx = (box_axes[0] / semi[0])[None, None, :]
+    qy = (box_axes[1] / semi[1])[None, :, None]
+    qz = (box_axes[2] / semi[2])[:, None, None]
+    rho = np.sqrt(qx * qx + qy * qy + qz * qz)
     # The perturbed surface lies within |field| <= sqrt(2 * waves) of the ellipsoid: evaluate
     # the field only in that shell (the same values, a third of the work).
     reach = p.liver_shape_lobulation * np.sqrt(2.0 * p.margin_frequency_waves)
     shell = np.abs(rho - 1.0) <= reach
     liver = rho < 1.0 - reach
-    unit = q[shell] / rho[shell][:, None]
-    liver[shell] = rho[shell] <= 1.0 + p.liver_shape_lobulation * liver_field(unit)
+    liver[shell] = _inside_perturbed_surface((qx.ravel(), qy.ravel(), qz.ravel()), rho, shell,
+                                             p.liver_shape_lobulation, liver_field)
     liver_hu = _enhanced(p.hu.liver, unenhanced.liver, site.enhancement)
     liver_texture = _correlated_texture(rng, liver.shape, p.liver_texture_correlation_mm, grid.spacing_zyx)
-    hu[box][liver] = (liver_hu + p.liver_texture_sd_hu * liver_texture)[liver]
+    hu[box][liver] = liver_hu + p.liver_texture_sd_hu * liver_texture[liver]
     labelmap[box][liver] = labels.liver
 
     # Vessels: portal branches and hepatic veins inside the liver (labelled liver), and the
@@ -278,12 +367,14 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
         (top, np.array([0.5, -0.1, 0.4]) * semi + jitter(), p.hepatic_vein_radius_mm * 0.8),
     ]
     for start, end, radius in segments:
-        vessel = _tube(points, start, end, radius) & liver
-        hu[box][vessel] = vessel_hu
-    ivc = np.broadcast_to((x - ivc_x) ** 2 + (y - ivc_y) ** 2 <= p.ivc_radius_mm**2, shape)
-    ivc = ivc & (z <= top[2]) & (z >= -semi[2])
-    hu[ivc] = vessel_hu
-    labelmap[ivc] = 0
+        tube_box, tube = _tube(box_axes, start, end, radius)
+        hu[box][tube_box][tube & liver[tube_box]] = vessel_hu
+    ivc = ((x - ivc_x) ** 2 + (y - ivc_y) ** 2 <= p.ivc_radius_mm**2)[0]
+    slices = np.flatnonzero((z.ravel() <= top[2]) & (z.ravel() >= -semi[2]))
+    if slices.size:
+        ivc_slices = slice(int(slices[0]), int(slices[-1]) + 1)   # z increases: one run of slices
+        hu[ivc_slices, ivc] = vessel_hu
+        labelmap[ivc_slices, ivc] = 0
 
     # Lesions: the largest first, each placed without touching the others.
     largest_mm = largest_cm * _MM_PER_CM
@@ -336,7 +427,7 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     hu = ndimage.gaussian_filter(hu, sigma=site.psf_sigma_mm / grid.spacing_zyx)
     hu += site.hu_offset
     hu += rng.normal(0.0, site.noise_sd_hu, shape).astype(np.float32)
-    ct = np.clip(np.rint(hu), _HU_MIN, _HU_MAX).astype(np.int16)
+    ct = np.clip(np.rint(hu, out=hu), _HU_MIN, _HU_MAX, out=hu).astype(np.int16)
 
     image = sitk.GetImageFromArray(ct)
     mask = sitk.GetImageFromArray(labelmap)

@@ -70,3 +70,63 @@ def test_validate_exit_codes(tmp_path, capsys):
     duplicated = tmp_path / "dup.csv"
     pd.DataFrame({s.PATIENT_ID: ["a", "a"]}).to_csv(duplicated, index=False)
     assert main(["validate", "--cohort", str(duplicated)]) == 1
+
+
+# Start-up (issue 14): a command imports what it uses. Extraction and synthesis never need the
+# model stack, MLflow, SHAP or Dask; they are checked in a fresh interpreter, after a real run.
+_NOT_FOR_IMAGES = ("mlflow", "shap", "xgboost", "dask", "distributed", "sklearn", "sksurv", "matplotlib")
+_RUN_AND_LIST_MODULES = (
+    "import json, sys\n"
+    "from pipeline.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print(json.dumps({'code': code, 'modules': sorted({m.split('.')[0] for m in sys.modules})}))\n"
+)
+
+
+def _run_fresh(args: list[str], cwd) -> dict:
+    import json
+
+    result = subprocess.run([sys.executable, "-c", _RUN_AND_LIST_MODULES, *args], capture_output=True,
+                            encoding="utf-8", errors="replace", cwd=cwd)   # progress bars are UTF-8
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _tiny_case(folder) -> None:
+    """A 48 x 48 x 24 CT with a liver label (1) and one 7-voxel-radius lesion (2)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    z, y, x = np.mgrid[:24, :48, :48]
+    rng = np.random.default_rng(0)
+    ct = (60 + 10 * rng.standard_normal((24, 48, 48))).astype(np.int16)
+    mask = np.zeros((24, 48, 48), np.uint8)
+    mask[4:20, 6:42, 6:42] = 1
+    lesion = (z - 12) ** 2 + (y - 24) ** 2 + (x - 24) ** 2 <= 49
+    mask[lesion] = 2
+    ct[lesion] -= 40
+    for array, name in ((ct, "ct.nii.gz"), (mask, "mask.nii.gz")):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.5, 1.5, 1.5))
+        sitk.WriteImage(image, str(folder / name), True)
+    (folder / "cohort.csv").write_text("patient_id,image,mask\nP1,ct.nii.gz,mask.nii.gz\n")
+    (folder / "radiomics.yaml").write_text(
+        "setting: {binWidth: 25, label: 1}\nimageType: {Original: {}}\nfeatureClass: {firstorder: null}\n")
+
+
+def test_extract_imports_neither_models_nor_mlflow_shap_xgboost_dask(tmp_path):
+    _tiny_case(tmp_path)
+    run = _run_fresh(["extract", "--cohort", "cohort.csv", "--out", "out", "--jobs", "1", "--cache", "cache",
+                      "--params", "radiomics.yaml", "--scheduler", "local"], cwd=tmp_path)
+    assert run["code"] == 0
+    assert (tmp_path / "out" / "lesions.parquet").is_file()
+    assert "radiomics" in run["modules"]                      # the run did extract
+    assert sorted(set(_NOT_FOR_IMAGES) & set(run["modules"])) == []
+
+
+def test_synthesize_imports_neither_models_nor_radiomics(tmp_path):
+    run = _run_fresh(["synthesize", "--n", "1", "--seed", "3", "--site", "B", "--out", "cohort", "--jobs", "1",
+                      "--scheduler", "local"], cwd=tmp_path)
+    assert run["code"] == 0
+    assert (tmp_path / "cohort" / "images").is_dir()
+    assert sorted(set(_NOT_FOR_IMAGES + ("radiomics",)) & set(run["modules"])) == []

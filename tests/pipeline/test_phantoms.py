@@ -197,3 +197,105 @@ def test_clinical_only_cohort_matches_the_imaged_cohort_tables(tmp_path, world, 
     pd.testing.assert_frame_equal(tables, imaged)
     assert not (tmp_path / "tables" / cohort.IMAGES_DIR).exists()
     assert synthesis.TRUTH_RECURRENCE_LP in pd.read_csv(tmp_path / "tables" / cohort.TRUTH_FILE)
+
+
+# The fast paths of the renderer must draw the same voxels as the direct computation they
+# replace (issue 14: phantoms faster with byte-identical output). The references below are the
+# direct computations, kept here as the specification.
+
+def _reference_liver_surface(q: np.ndarray, amplitude: float, field) -> np.ndarray:
+    """Every voxel of the box tested with the field evaluated at its own direction."""
+    rho = np.linalg.norm(q, axis=-1)
+    reach = amplitude * np.sqrt(2.0 * len(field.frequencies))
+    shell = np.abs(rho - 1.0) <= reach
+    inside = rho < 1.0 - reach
+    inside[shell] = rho[shell] <= 1.0 + amplitude * field(q[shell] / rho[shell][:, None])
+    return inside
+
+
+@pytest.mark.parametrize("seed, amplitude", [(0, 0.06), (1, 0.06), (2, 0.15), (3, 0.02), (4, 0.3)])
+def test_perturbed_surface_from_anchors_is_the_direct_evaluation(seed, amplitude):
+    rng = np.random.default_rng(seed)
+    field = phantoms._plane_wave_field(rng, 6)
+    semi = np.array([85.0, 70.0, 75.0])
+    axes = [np.arange(-120.0, 120.0, 1.5), np.arange(-100.0, 100.0, 1.7), np.arange(-100.0, 100.0, 3.0)]
+    qx = (axes[0] / semi[0])[None, None, :]
+    qy = (axes[1] / semi[1])[None, :, None]
+    qz = (axes[2] / semi[2])[:, None, None]
+    zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    expected = _reference_liver_surface(np.stack([xx, yy, zz], axis=-1) / semi, amplitude, field)
+    rho = np.sqrt(qx * qx + qy * qy + qz * qz)
+    reach = amplitude * np.sqrt(2.0 * len(field.frequencies))
+    shell = np.abs(rho - 1.0) <= reach
+    fast = rho < 1.0 - reach
+    fast[shell] = phantoms._inside_perturbed_surface((qx.ravel(), qy.ravel(), qz.ravel()), rho, shell,
+                                                     amplitude, field)
+    assert np.array_equal(fast, expected)
+
+
+def test_plane_wave_gradient_and_curvature_bound_hold():
+    rng = np.random.default_rng(11)
+    field = phantoms._plane_wave_field(rng, 6)
+    u = rng.standard_normal((500, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    value, gradient = field.value_and_gradient(u)
+    np.testing.assert_array_equal(value, field(u))
+    h = 1e-6
+    for k in range(3):
+        step = np.zeros(3)
+        step[k] = h
+        numeric = (field(u + step) - field(u - step)) / (2 * h)
+        np.testing.assert_allclose(gradient[:, k], numeric, rtol=1e-5, atol=1e-5)
+    for scale in (1e-3, 0.05, 0.3):
+        v = u + scale * rng.standard_normal(u.shape)
+        d = v - u
+        remainder = np.abs(field(v) - value - (gradient * d).sum(axis=1))
+        assert np.all(remainder <= 0.5 * field.curvature * (d * d).sum(axis=1) + 1e-12)
+
+
+def test_vessel_segments_tested_in_their_box_are_the_whole_grid_test():
+    rng = np.random.default_rng(3)
+    axes = (np.arange(-60.0, 60.0, 1.5), np.arange(-50.0, 50.0, 1.25), np.arange(-40.0, 40.0, 3.0))
+    zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    points = np.stack([xx, yy, zz], axis=-1)
+    for _ in range(5):
+        start, end = rng.uniform(-45, 45, 3), rng.uniform(-45, 45, 3)
+        radius = rng.uniform(2.0, 8.0)
+        direction = end - start
+        t = np.clip(((points - start) @ direction) / (direction @ direction), 0.0, 1.0)
+        expected = np.sum((points - (start + t[..., None] * direction)) ** 2, axis=-1) <= radius**2
+        box, tube = phantoms._tube(axes, start, end, radius)
+        got = np.zeros(zz.shape, dtype=bool)
+        got[box] = tube
+        assert np.array_equal(got, expected)
+
+
+def _reference_lesion_mask(radius: float, amplitude: float, field, spacing_zyx: np.ndarray) -> np.ndarray:
+    """One iteration of the lesion shape with the field evaluated at every voxel of the box."""
+    reach = radius * (1.0 + 4.0 * amplitude) + spacing_zyx.max()
+    half = np.ceil(reach / spacing_zyx).astype(int) + 1
+    z, y, x = np.meshgrid(*[np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing_zyx)], indexing="ij")
+    rho = np.sqrt(x * x + y * y + z * z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = np.stack([x, y, z], axis=-1) / rho[..., None]
+    unit[rho == 0] = (1.0, 0.0, 0.0)
+    return rho <= radius * np.maximum(1.0 + amplitude * field(unit), phantoms._MIN_RADIAL_FACTOR)
+
+
+@pytest.mark.parametrize("seed, amplitude, diameter", [(0, 0.0, 20.0), (1, 0.05, 33.0), (2, 0.28, 12.0), (3, 0.4, 50.0)])
+def test_lesion_shape_evaluates_the_field_only_where_it_matters(seed, amplitude, diameter):
+    field = phantoms._plane_wave_field(np.random.default_rng(seed), 6)
+    spacing = np.array([3.0, 1.5, 1.5])
+    shape = phantoms._lesion_shape(diameter, amplitude, field, spacing)
+    # _lesion_shape rescales its radius; the reference must reach a mask of the same box.
+    radius = diameter / 2.0
+    for _ in range(phantoms._SHAPE_ITERATIONS):
+        expected = _reference_lesion_mask(radius, amplitude, field, spacing)
+        if expected.shape == shape.shape and np.array_equal(expected, shape):
+            break
+        from features.morphology import max_feret_diameter_mm
+        measured = max_feret_diameter_mm(expected, tuple(spacing[::-1]))
+        if measured == 0:
+            break
+        radius *= diameter / measured
+    assert expected.shape == shape.shape and np.array_equal(expected, shape)
