@@ -269,13 +269,6 @@ def log_dataset(path: str | Path, name: str, context: str, n_patients: int, site
     MlflowClient().log_inputs(target, datasets=[_create_dataset_input(dataset, context, tags)])
 
 
-def link_model(run_id: str, model_id: str) -> None:
-    """Show a logged model under ``run_id`` too (MLflow's Models column), e.g. the parent run."""
-    from mlflow.entities import LoggedModelOutput
-
-    MlflowClient().log_outputs(run_id, models=[LoggedModelOutput(model_id=model_id, step=0)])
-
-
 @contextmanager
 def pipeline_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any], *,
                  repo_root: Path | None = None) -> Iterator[ActiveRun]:

@@ -164,7 +164,8 @@ def write_summary(metrics: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def _log_models(metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataFrame, name: str,
                 parent_id: str) -> dict[str, str]:
-    """A nested run per model under the active parent; the best model per task registered and linked."""
+    """A nested run per model under the active parent; the best model per task logged on the parent
+    run itself (so the runs table's Models column shows it on the row that compares runs) and registered."""
     from models.serving import PrognosisModel
     from pipeline import tracking
 
@@ -178,19 +179,17 @@ def _log_models(metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataF
                     tracking.mlflow.log_metric("cv_score", chosen[task]["cv"][model_name])
                 tracking.log_metrics_with_ci(model_metrics)
                 if model_name == best:
+                    tracking.mlflow.set_tag("registered_model", registered_name(name, task))
                     warning = metrics[NOTES][task].get("calibration_warning")
                     if warning:
                         tracking.mlflow.set_tag("calibration_warning", warning[:5000])
-                    example = table.iloc[fitted.test_index[:5]][[PATIENT_ID, *fitted.features]]
-                    # Integer columns would make the signature refuse missing values later.
-                    example = example.astype({c: float for c in fitted.features
-                                              if pd.api.types.is_integer_dtype(example[c])})
-                    registered = registered_name(name, task)
-                    info = tracking.log_pyfunc_model(PrognosisModel(predictors[model_name]), "model", example,
-                                                     registered_name=registered)
-                    tracking.link_model(parent_id, info.model_id)
-                    print(f"registered {registered} version {info.registered_model_version} "
-                          f"({model_name}) with alias candidate")
+        example = table.iloc[fitted.test_index[:5]][[PATIENT_ID, *fitted.features]]
+        # Integer columns would make the signature refuse missing values later.
+        example = example.astype({c: float for c in fitted.features if pd.api.types.is_integer_dtype(example[c])})
+        registered = registered_name(name, task)
+        info = tracking.log_pyfunc_model(PrognosisModel(predictors[best]), f"model_{task}", example,
+                                         registered_name=registered)
+        print(f"registered {registered} version {info.registered_model_version} ({best}) with alias candidate")
     return run_ids
 
 

@@ -88,13 +88,17 @@ def test_datasets_are_logged_as_inputs_with_patients_and_site(tracked):
     assert inputs
 
 
-def test_the_registered_models_are_linked_to_the_parent_run(tracked):
-    run = MlflowClient().get_run(tracked["parent"].info.run_id)
-    linked = {o.model_id for o in run.outputs.model_outputs} if run.outputs else set()
-    assert len(linked) == 2
+def test_the_registered_models_belong_to_the_parent_run(tracked):
+    """The Models column of the runs table shows the models logged by that run."""
+    parent = tracked["parent"]
+    client = MlflowClient()
+    logged = client.search_logged_models(experiment_ids=[parent.info.experiment_id],
+                                         filter_string=f"source_run_id = '{parent.info.run_id}'")
+    assert len(logged) == 2
     for name in ("crlm-recurrence", "crlm-response"):
-        version = MlflowClient().get_model_version_by_alias(name, "candidate")
-        assert version.source.removeprefix("models:/") in linked
+        version = client.get_model_version_by_alias(name, "candidate")
+        assert version.run_id == parent.info.run_id
+        assert version.source.removeprefix("models:/") in {m.model_id for m in logged}
 
 
 def test_summary_file_has_the_headline_keys(tracked):
