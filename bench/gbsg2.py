@@ -6,8 +6,8 @@ This script runs the README's commands on it (validate, featurize --no-images, t
 recurrence) in a scratch folder, then fits a plain penalised Cox model (scikit-survival's
 ``CoxPHSurvivalAnalysis``, ridge ``alpha`` chosen by 5-fold CV on the same training split) on the
 same training patients and scores it on the same held-out patients. It prints both C-indices,
-the paired bootstrap 95% CI of their difference, the same for a run with permuted outcomes
-(whose CI must cover 0.5), and the wall time of each command. Not a test: it asserts nothing.
+the paired bootstrap 95% CI of their difference, the same for runs with permuted outcomes
+(whose CIs should cover 0.5, up to chance), and the wall time of each command. Not a test: it asserts nothing.
 
     .venv/bin/python bench/gbsg2.py [--bootstrap 1000] [--keep DIR]
 """
@@ -127,16 +127,18 @@ def run(folder: Path, permute_seed: int | None, n_boot: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--permutations", type=int, default=4, help="runs with outcomes permuted (seeds 1..N)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the outputs in this folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crlm-gbsg2-") as scratch:
         root = args.keep or Path(scratch)
         real = run(root / "real", None, args.bootstrap)
-        permuted = run(root / "permuted", 1, args.bootstrap)
+        permuted = [run(root / f"permuted{seed}", seed, args.bootstrap) for seed in range(1, args.permutations + 1)]
     print(f"GBSG2 (scikit-survival), {dt.date.today()}, {cpu_model()}; held-out n = {real['n_test']}")
-    print(f"{'run':<10} {'crlm model':<10} {'crlm C [95% CI]':<24} {'plain Cox C':<12} {'difference [95% CI]':<26}")
-    for name, r in (("real", real), ("permuted", permuted)):
-        print(f"{name:<10} {r['chosen']:<10} {r['c_ours']:.3f} [{r['ci_ours'][0]:.3f}, {r['ci_ours'][1]:.3f}]"
+    print(f"{'run':<12} {'crlm model':<10} {'crlm C [95% CI]':<24} {'plain Cox C':<12} {'difference [95% CI]':<26}")
+    rows = [("real", real), *((f"permuted {i}", r) for i, r in enumerate(permuted, start=1))]
+    for name, r in rows:
+        print(f"{name:<12} {r['chosen']:<10} {r['c_ours']:.3f} [{r['ci_ours'][0]:.3f}, {r['ci_ours'][1]:.3f}]"
               f"{'':<5} {r['c_cox']:.3f} (a={r['alpha']:g}) {r['diff']:+.3f} [{r['diff_ci'][0]:+.3f}, "
               f"{r['diff_ci'][1]:+.3f}]")
     print("seconds (real run): " + ", ".join(f"{k} {v:.1f}" for k, v in real["seconds"].items()))
