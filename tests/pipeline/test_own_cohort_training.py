@@ -22,13 +22,15 @@ from pipeline.train import run_train
 from tests.models.test_training import FAST
 
 PARAMS = {"train": {**FAST, "test_fraction": 0.3, "jobs": 1},
-          "evaluate": {"bootstrap": 30, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}}
+          "evaluate": {"bootstrap": 10, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}}
 GBSG2_COVARIATES = ("tsize", "pnodes", "progrec", "estrec", "tgrade", "menostat", "horTh")
 
 
-def gbsg2_table() -> pd.DataFrame:
-    """GBSG2 (scikit-survival, n = 686) as a featurized clinical-only table: no RECIST, no score item."""
+def gbsg2_table(n: int = 300) -> pd.DataFrame:
+    """The first ``n`` patients of GBSG2 (scikit-survival, n = 686) as a featurized clinical-only
+    table: no RECIST, no score item (a subset keeps the suite fast)."""
     X, y = load_gbsg2()
+    X, y = X.iloc[:n].reset_index(drop=True), y[:n]
     table = pd.DataFrame({s.PATIENT_ID: [f"gbsg2-{i:03d}" for i in range(len(X))], "status": "ok", "reason": "",
                           s.AGE: X["age"].to_numpy(float),
                           s.RECURRENCE_EVENT: pd.array(y["cens"].astype(int), dtype="Int64"),
@@ -65,7 +67,7 @@ def test_recurrence_only_cohort_trains_recurrence_and_says_why_response_was_skip
     assert set(written["recurrence"]) <= set(training.MODELS["recurrence"])   # no invented baseline, no oracle
     assert not any(key.startswith("delta_") for model in written["recurrence"].values() for key in model)
     fong = written["notes"]["recurrence"]["baselines"]["fong"]
-    assert not fong["available"] and "missing for 480/480 patients" in fong["reason"]
+    assert not fong["available"] and "missing for 210/210 patients" in fong["reason"]
     assert "no paired difference" in written["notes"]["recurrence"]["reference_note"]
     assert written["notes"]["data"] == "real cohort"
     assert sorted(p.name for p in (tmp_path / "out" / "models").glob("*.joblib")) == [
@@ -86,7 +88,7 @@ def test_asking_for_a_task_whose_outcome_is_absent_is_an_error_naming_the_column
 @pytest.mark.parametrize("recist, expected", [(np.nan, "blank"), ("PR", "one class")])
 def test_blank_or_constant_response_is_skipped_before_any_model_is_written(tmp_path, params, world, recist,
                                                                           expected, capsys):
-    table = synthetic_clinical(world, 200, seed=5)
+    table = synthetic_clinical(world, 120, seed=5)
     table[s.RECIST] = recist
     features = tmp_path / "cohort.parquet"
     table.to_parquet(features)
@@ -106,7 +108,7 @@ def test_blank_or_constant_response_is_skipped_before_any_model_is_written(tmp_p
 ])
 def test_a_score_with_a_missing_item_is_left_out_with_the_reason(tmp_path, params, world, drop, blank,
                                                                    unavailable):
-    table = synthetic_clinical(world, 240, seed=6, drop=drop, blank=blank)
+    table = synthetic_clinical(world, 150, seed=6, drop=drop, blank=blank)
     features = tmp_path / "cohort.parquet"
     table.to_parquet(features)
     metrics = run_train(features, tmp_path / "out", None, params, ("recurrence",), track=False)
@@ -153,7 +155,7 @@ def test_a_small_cohort_with_many_imaging_columns_trains_with_adapted_settings(t
 
 
 def test_a_cohort_where_everyone_recurred_trains_and_says_what_it_could_not_draw(tmp_path, params, world):
-    table = synthetic_clinical(world, 200, seed=10)
+    table = synthetic_clinical(world, 120, seed=10)
     table[s.RECURRENCE_EVENT] = 1
     features = tmp_path / "cohort.parquet"
     table.to_parquet(features)
