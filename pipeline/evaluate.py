@@ -134,7 +134,7 @@ PRIMARY_METRIC = {training.RECURRENCE: "c_index", training.RESPONSE: "roc_auc"}
 
 
 def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
-    """Flat keys: the chosen model's primary metric per task (``ext_rec_c``, ``ext_resp_auc``), 3 decimals.
+    """Flat keys: the chosen model's primary metric per task (``ext_c``, ``ext_auc``), 3 decimals.
 
     The chosen model is the one ``crlm train`` chose (``best.json`` in a models folder), or the
     registered model's.
@@ -150,7 +150,7 @@ def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
         if best is None:
             continue
         primary = PRIMARY_METRIC[task]
-        key = f"ext_{'rec' if task == training.RECURRENCE else 'resp'}_{'c' if primary == 'c_index' else 'auc'}"
+        key = f"ext_{'c' if primary == 'c_index' else 'auc'}"   # short: dvc exp show fits 120 columns
         value = task_metrics[best][primary]["value"]
         summary[key] = round(value, 3) if isinstance(value, float) and math.isfinite(value) else value
     return summary

@@ -108,7 +108,7 @@ def test_summary_file_has_the_headline_keys(tracked):
     best = metrics["notes"]["recurrence"]["chosen"]
     assert summary["rec_c"] == round(metrics["recurrence"][best]["c_index"]["value"], 3)
     external = json.loads((tracked["root"] / "external" / SUMMARY_FILE).read_text())
-    assert set(external) == {"ext_rec_c", "ext_resp_auc"}
+    assert set(external) == {"ext_c", "ext_auc"}
 
 
 def test_dvc_metrics_show_on_the_summaries_fits_a_terminal(tracked, tmp_path):
