@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,9 +116,10 @@ def test_dvc_metrics_show_on_the_summaries_fits_a_terminal(tracked, tmp_path):
     shutil.copy(tracked["root"] / "reports" / SUMMARY_FILE, tmp_path / "train_summary.json")
     shutil.copy(tracked["root"] / "external" / SUMMARY_FILE, tmp_path / "external_summary.json")
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "COLUMNS": str(TERMINAL)}
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+    dvc = [sys.executable, "-m", "dvc"]   # make test does not put .venv/bin on PATH
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
     for name in ("train_summary.json", "external_summary.json"):
-        shown = subprocess.run(["dvc", "metrics", "show", name], cwd=tmp_path, check=True, env=env,
+        shown = subprocess.run([*dvc, "metrics", "show", name], cwd=tmp_path, check=True, env=env,
                                capture_output=True, text=True).stdout
         width = max(len(line) for line in shown.splitlines())
         assert width <= TERMINAL, shown
@@ -144,8 +146,6 @@ def test_a_dvc_lock_rewritten_by_repro_does_not_make_the_run_dirty(tmp_path):
 
 def test_evaluate_finds_a_registered_model_in_a_fresh_process(tracked, tmp_path):
     """`crlm evaluate --model models:/...` configures the project's store itself (it used to look in ./mlflow.db)."""
-    import sys
-
     root = tracked["root"]
     code = ("from pathlib import Path; from pipeline.evaluate import run_evaluate; "
             f"run_evaluate('models:/crlm-response@candidate', Path({str(root / 'external.parquet')!r}), "
