@@ -33,6 +33,7 @@ def worked_example(tmp_path_factory):
     root = tmp_path_factory.mktemp("gbsg2_e2e")
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.chdir(root)   # a store named by URI keeps artifacts under ./mlruns: not the repository's
     csv = write_gbsg2_csv(root / "gbsg2.csv")
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(PARAMS))
