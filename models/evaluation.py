@@ -21,6 +21,11 @@ from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw, 
                             integrated_brier_score)
 
 HORIZONS = (12.0, 24.0, 36.0)
+PRIMARY_METRIC = {"recurrence": "c_index", "response": "roc_auc"}
+NOTES = "notes"   # metrics.json: what was skipped, left out or flagged, and why (not a task)
+BASELINE_NAMES = ("fong", "oslo", "game", "tbs")   # the clinical scores used as baselines (models.training.BASELINES)
+DEFAULT_REFERENCE = "fong"
+DEFAULT_MIN_COVERAGE = 0.8
 CALIBRATION_HORIZON = 24.0
 _PROBABILITY_CLIP = 1e-6
 _MIN_VALID_FRACTION = 0.5
@@ -166,7 +171,7 @@ def evaluate_task(task: str, y_train, y_test, predictions: Mapping[str, Survival
     def metrics(y, pred):
         return survival_metrics(y_train, y, pred) if task == "recurrence" else response_metrics(y, pred)
 
-    primary = "c_index" if task == "recurrence" else "roc_auc"
+    primary = PRIMARY_METRIC[task]
     n = len(y_test)
     rng = np.random.default_rng(seed)
     samples = [rng.integers(0, n, n) for _ in range(n_resamples)]
@@ -240,3 +245,20 @@ def calibration_warning(task: str, model_metrics: Mapping[str, Mapping[str, floa
         return None
     return ("poorly calibrated on the held-out split: " + "; ".join(problems)
             + ". Its ranking may still be useful; do not use its absolute risks")
+
+
+def baseline_settings(evaluate: Mapping[str, object]) -> tuple[str, float]:
+    """``evaluate.reference`` and ``evaluate.baseline_min_coverage`` of params.yaml, checked.
+
+    Absent keys take the documented defaults (``fong``, 0.8); a value that is not a baseline
+    name, or a coverage outside [0, 1], is a ``ValueError`` naming the key and what is allowed.
+    """
+    reference = evaluate.get("reference", DEFAULT_REFERENCE)
+    if reference not in BASELINE_NAMES:
+        raise ValueError(f"params.yaml evaluate.reference: {reference!r} is not a baseline score; "
+                         f"allowed: {', '.join(BASELINE_NAMES)}")
+    coverage = evaluate.get("baseline_min_coverage", DEFAULT_MIN_COVERAGE)
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 <= coverage <= 1:
+        raise ValueError(f"params.yaml evaluate.baseline_min_coverage: {coverage!r}; expected a share "
+                         "between 0 and 1 (e.g. 0.8)")
+    return str(reference), float(coverage)

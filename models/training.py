@@ -26,13 +26,13 @@ from xgboost import XGBClassifier
 
 from features import schema as s
 from features import scores
-from models import outcomes, preprocessing
+from models import evaluation, outcomes, preprocessing
 from models.survival import XGBAFTSurvival, XGBCoxSurvival
 
 RECURRENCE = "recurrence"
 RESPONSE = "response"
 TASKS = (RECURRENCE, RESPONSE)
-BASELINES = ("fong", "oslo", "game", "tbs")
+BASELINES = evaluation.BASELINE_NAMES   # clinical scores used as baselines
 # Columns of the training split kept for calibrating baselines on another cohort later.
 REFERENCE_COLUMNS = (s.LARGEST_CM, s.CEA, s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS, s.RECIST)
 IMAGING_PREFIXES = ("patient_", "rad_")

@@ -84,8 +84,7 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
         from pipeline import tracking
 
         tracking.use_store(repo_root or Path.cwd())   # a models:/ URI is looked up in the project's store
-    min_coverage = float(params.get("baseline_min_coverage", 0.8))
-    reference_name = params.get("reference", "fong")
+    reference_name, min_coverage = evaluation.baseline_settings(params)
     full = pd.read_parquet(features)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
     metrics: dict[str, Any] = {}
@@ -117,20 +116,20 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
     if not metrics:
         raise ValueError(f"{features}: no task of {model} can be evaluated on this cohort: "
                          + "; ".join(f"{t}: {r}" for t, r in notes["skipped_tasks"].items()))
-    metrics["notes"] = notes
+    metrics[evaluation.NOTES] = notes
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     summary = _summary(metrics, model)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=True))
     if track:
         _log_to_training_run(model, metrics, summary, features, notes)
-    counts = ", ".join(f"{t} on {notes[t]['n_patients']} patients" for t in metrics if t != "notes")
+    counts = ", ".join(f"{t} on {notes[t]['n_patients']} patients" for t in metrics if t != evaluation.NOTES)
     print(f"evaluated {counts} of {features}; wrote {out / 'metrics.json'}")
     return metrics
 
 
 SUMMARY_FILE = "summary.json"
-PRIMARY_METRIC = {training.RECURRENCE: "c_index", training.RESPONSE: "roc_auc"}
+PRIMARY_METRIC = evaluation.PRIMARY_METRIC
 
 
 def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
@@ -143,7 +142,7 @@ def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
     chosen = json.loads(best_file.read_text()) if not is_model_uri(model) and best_file.is_file() else {}
     summary: dict[str, Any] = {}
     for task, task_metrics in metrics.items():
-        if task == "notes":
+        if task == evaluation.NOTES:
             continue
         fitted = [m for m in training.MODELS[task] if m in task_metrics]
         best = chosen.get(task) if chosen.get(task) in task_metrics else (fitted[0] if len(fitted) == 1 else None)
@@ -170,7 +169,7 @@ def _log_to_training_run(model: str, metrics: dict[str, Any], summary: dict[str,
         return
     client = MlflowClient()
     for task, task_metrics in metrics.items():
-        if task == "notes":
+        if task == evaluation.NOTES:
             continue
         primary = PRIMARY_METRIC[task]
         for name, entry in task_metrics.items():
@@ -184,7 +183,7 @@ def _log_to_training_run(model: str, metrics: dict[str, Any], summary: dict[str,
     for key, value in summary.items():
         if isinstance(value, float) and math.isfinite(value):
             client.log_metric(run_id, key, value)
-    n = max((notes[t]["n_patients"] for t in metrics if t != "notes"), default=0)
+    n = max((notes[t]["n_patients"] for t in metrics if t != evaluation.NOTES), default=0)
     tracking.log_dataset(features, f"{Path(features).parent.name}/{Path(features).name} (external)", "external",
                          n, run_id=run_id)
     print(f"external metrics logged to MLflow run {run_id}")

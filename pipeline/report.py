@@ -43,8 +43,8 @@ from features.patient_table import MORPHOLOGY_PREFIX, OK, REASON, STATUS
 from features.scores import clinical_scores
 from models.comparison import ORACLE
 from models.evaluation import CALIBRATION_HORIZON as HORIZON_MONTHS
+from models.evaluation import NOTES, PRIMARY_METRIC
 from models.training import BASELINES, MODELS as FITTED_MODELS
-from pipeline.train import PRIMARY_METRIC
 
 REPORT_NAME = "report.html"
 TRAIN_RUN_NAME = "train"          # the parent run pipeline/train.py opens (tracking.pipeline_run)
@@ -69,7 +69,6 @@ MAX_OTHER_COLUMNS = 30            # unrecognised feature columns listed by name
 TOP_IMPORTANCE_ROWS = 15          # rows of importance.csv shown
 
 REFERENCE = "fong"                # the default reference of the paired differences (params.yaml evaluate.reference)
-NOTES = "notes"                   # metrics.json: skipped tasks, baselines left out, flags (pipeline/train.py)
 TASK_TITLES = {"recurrence": "Recurrence after liver resection (time to event)",
                "response": "Response to pre-operative chemotherapy (CR/PR vs SD/PD)"}
 

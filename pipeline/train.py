@@ -26,8 +26,8 @@ from models import comparison, evaluation, outcomes, plots, training
 PIPELINE_NAME = "crlm"            # the pipeline's own registered models: crlm-recurrence, crlm-response
 BEST_FILE = "best.json"            # in the models folder: {task: best model name}
 RUNS_FILE = "mlflow_runs.json"     # in the models folder: {"task/model": MLflow run id}
-PRIMARY_METRIC = {training.RECURRENCE: "c_index", training.RESPONSE: "roc_auc"}
-NOTES = "notes"                    # metrics.json: what was skipped, left out or flagged, and why
+PRIMARY_METRIC = evaluation.PRIMARY_METRIC
+NOTES = evaluation.NOTES
 SUMMARY_FILE = "summary.json"      # headline numbers per task: what `dvc metrics show` / `dvc exp show` display
 
 
@@ -263,6 +263,7 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
         if block not in (params or {}):
             raise ValueError(f"{params_path}: no '{block}' block; copy it from the project's params.yaml")
     settings, evaluate = params["train"], params["evaluate"]
+    evaluation.baseline_settings(evaluate)   # a bad value stops here, before any fit
     models_dir = Path(models_dir) if models_dir is not None else Path(out) / "models"
     full = pd.read_parquet(features)
     if "status" not in full:
@@ -329,8 +330,7 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
                    test_index: np.ndarray, settings: dict, evaluate: dict, covariates: tuple[str, ...], n_jobs: int,
                    out: Path, models_dir: Path, source: str, not_ok: int) -> dict[str, Any]:
     """Fit, evaluate, plot and write every output of ``tasks``; ``metrics["_fitted"]`` keeps the fits."""
-    min_coverage = float(evaluate.get("baseline_min_coverage", 0.8))
-    reference_name = evaluate.get("reference", "fong")
+    reference_name, min_coverage = evaluation.baseline_settings(evaluate)
     notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort",
                              "patients": {"in_table": len(full), "not_ok": not_ok, "usable": len(table)},
                              "skipped_tasks": skipped}

@@ -189,3 +189,17 @@ def test_train_cli_needs_a_name_to_register_and_writes_models_under_out(tmp_path
                  "--no-tracking", "--jobs", "1"])
     assert code == 0
     assert (tmp_path / "out" / "models" / "best.json").is_file()
+
+
+@pytest.mark.parametrize("key, value, expected", [("reference", "fnog", "allowed: fong"),
+                                                  ("baseline_min_coverage", 80, "between 0 and 1")])
+def test_a_misspelt_evaluate_setting_stops_before_any_fit(tmp_path, params, key, value, expected, capsys):
+    settings = {**PARAMS, "evaluate": {**PARAMS["evaluate"], key: value}}
+    params.write_text(yaml.safe_dump(settings))
+    features = tmp_path / "gbsg2.parquet"
+    gbsg2_table(60).to_parquet(features)
+    code = main(["train", "--features", str(features), "--out", str(tmp_path / "out"), "--params", str(params),
+                 "--no-tracking"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"evaluate.{key}" in err and expected in err
+    assert not (tmp_path / "out").exists()
