@@ -271,7 +271,6 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
     tasks, skipped = plan_tasks(full, tuple(tasks), explicit_tasks)
     for task, reason in skipped.items():
         print(f"{task}: skipped: {reason}")
-    not_ok = int((full["status"] != "ok").sum())
     table = training.usable_patients(full, tasks)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
     train_index, test_index = training.split_patients(table, float(settings["test_fraction"]), int(settings["seed"]),
@@ -305,10 +304,10 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
             parent = stack.enter_context(tracking.pipeline_run(
                 "train", {k: params[k] for k in ("train", "evaluate") if k in params}, tags))
             parent_id = parent.info.run_id
-        metrics = _fit_and_write(table, full, features, truth_table, tasks, skipped, plans, train_index, test_index,
-                                 settings, evaluate, covariates, n_jobs=int(jobs if jobs is not None else settings["jobs"]),
-                                 out=out, models_dir=models_dir, source=source, not_ok=not_ok)
-        fitted_tasks = metrics.pop("_fitted")
+        metrics, fitted_tasks = _fit_and_write(
+            table, full, features, truth_table, tasks, skipped, plans, train_index, test_index, settings, evaluate,
+            covariates, n_jobs=int(jobs if jobs is not None else settings["jobs"]), out=out, models_dir=models_dir,
+            source=source)
         if track:
             split = pd.read_csv(out / "split.csv", dtype={PATIENT_ID: str})["split"]
             _log_parent(metrics, out, features, table, split)
@@ -328,11 +327,13 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
 def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, truth_table: pd.DataFrame | None,
                    tasks: tuple[str, ...], skipped: dict[str, str], plans: dict, train_index: np.ndarray,
                    test_index: np.ndarray, settings: dict, evaluate: dict, covariates: tuple[str, ...], n_jobs: int,
-                   out: Path, models_dir: Path, source: str, not_ok: int) -> dict[str, Any]:
-    """Fit, evaluate, plot and write every output of ``tasks``; ``metrics["_fitted"]`` keeps the fits."""
+                   out: Path, models_dir: Path, source: str) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """Fit, evaluate, plot and write every output of ``tasks``; return the metrics and, per task,
+    (fitted task, predictors, chosen model) for tracking."""
     reference_name, min_coverage = evaluation.baseline_settings(evaluate)
     notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort",
-                             "patients": {"in_table": len(full), "not_ok": not_ok, "usable": len(table)},
+                             "patients": {"in_table": len(full), "not_ok": int((full["status"] != "ok").sum()),
+                                          "usable": len(table)},
                              "skipped_tasks": skipped}
     metrics: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
@@ -397,5 +398,4 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
     from features.extraction import copy_record_to_models
     copy_record_to_models(features, models_dir)
     write_summary(metrics, out / SUMMARY_FILE)
-    metrics["_fitted"] = fitted_tasks
-    return metrics
+    return metrics, fitted_tasks
