@@ -10,6 +10,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
@@ -311,3 +312,14 @@ def test_templates_are_package_data():
     assert report.TEMPLATE in [Path(t).name for t in templates]
     for name in templates:  # a wheel (non-editable install) ships only what these patterns match
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns["pipeline"]), name
+
+
+def test_reverse_kaplan_meier_median_follow_up_on_hand_worked_examples():
+    # censored at 1, 3, 5 (events at 2, 4, 6): reverse KM 5/6, then x 3/4 = 0.625, then x 1/2 = 0.3125 at 5
+    time = np.arange(1.0, 7.0)
+    assert report.reverse_km_median(time, np.array([0, 1, 0, 1, 0, 1], bool)) == 5.0
+    # a tie: at 2 one event and one censoring; the event leaves the risk set first (scikit-survival,
+    # as for censoring weights): 1 - 1/4 = 0.75 at 2, x (1 - 1/3) = 0.5 at 3
+    tied = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0])
+    assert report.reverse_km_median(tied, np.array([1, 0, 1, 0, 1, 0], bool)) == 3.0
+    assert report.reverse_km_median(time, np.ones(6, bool)) is None     # nobody censored: not reached
