@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from scipy.stats import norm
+from scipy.stats import binomtest, norm
 from sklearn.metrics import roc_auc_score, roc_curve
 from sksurv.compare import compare_survival
 from sksurv.metrics import cumulative_dynamic_auc
@@ -348,15 +348,12 @@ def survival_calibration(time, event, predicted_survival_at_h, horizon: float, b
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson, JASA 1927;22:209)."""
+    """Wilson score interval for a binomial proportion (Wilson, JASA 1927;22:209), from
+    `scipy.stats.binomtest`; NaN for an empty bin."""
     if n <= 0:
         return np.nan, np.nan
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    denominator = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denominator
-    half = z / denominator * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def binary_calibration(y, probability, bins: int = 10, source: str = "") -> tuple[Figure, pd.DataFrame]:

@@ -10,7 +10,7 @@ scikit-learn pipelines and grid search. ``y`` is the structured (event, time) ar
 - `XGBAFTSurvival`: xgboost's accelerated failure time model (``survival:aft``); its margin
   is a log survival time, so the risk is its negative (SHAP values must flip sign too).
 
-`breslow_survival` turns any risk score into survival curves with the Breslow estimator.
+`breslow_survival` turns any risk score into survival curves with scikit-survival's Breslow estimator.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import xgboost as xgb
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.linear_model.coxph import BreslowEstimator
 from sksurv.metrics import concordance_index_censored
 
 
@@ -108,21 +109,15 @@ def breslow_survival(train_risk: np.ndarray, y_train, risk: np.ndarray, times: n
     if recalibrate:
         beta = univariate_cox_coefficient(train_risk, y_train)
         train_risk, risk = beta * train_risk, beta * risk
-    centre = train_risk.mean()
-    train_lp, lp = train_risk - centre, risk - centre
-    time = np.asarray(y_train["time"], dtype=float)
-    event = np.asarray(y_train["event"], dtype=bool)
-    event_times = np.unique(time[event])
-    exp_lp = np.exp(train_lp)
-    order = np.argsort(time)
-    sorted_time, sorted_exp = time[order], exp_lp[order]
-    at_risk = np.cumsum(sorted_exp[::-1])[::-1]            # sum of exp(lp) with time >= t
-    at_risk_at = at_risk[np.searchsorted(sorted_time, event_times, side="left")]
-    deaths = np.array([np.sum(event & (time == t)) for t in event_times], dtype=float)
-    cumulative = np.cumsum(deaths / at_risk_at)
-    index = np.searchsorted(event_times, np.asarray(times, dtype=float), side="right") - 1
-    baseline = np.where(index >= 0, cumulative[np.clip(index, 0, None)], 0.0)
-    return np.exp(-np.outer(np.exp(lp), baseline))
+    centre = train_risk.mean()                              # centred: exp() stays in range
+    estimator = BreslowEstimator().fit(train_risk - centre, np.asarray(y_train["event"], dtype=bool),
+                                       np.asarray(y_train["time"], dtype=float))
+    # H0 is a step function over the training times: 0 before the first, constant after the last
+    # (scikit-survival's StepFunction refuses times beyond its domain, so it is looked up here)
+    steps = estimator.cum_baseline_hazard_
+    index = np.searchsorted(steps.x, np.asarray(times, dtype=float), side="right") - 1
+    baseline = np.where(index >= 0, steps.y[np.clip(index, 0, None)], 0.0)
+    return np.exp(-np.outer(np.exp(risk - centre), baseline))
 
 
 def univariate_cox_coefficient(risk: np.ndarray, y) -> float:

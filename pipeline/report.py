@@ -2,8 +2,9 @@
 
 The report is a single file that renders offline: CSS inline, every image a base64
 ``data:image/png`` URI, no JavaScript, no fonts, no http(s) resource (a Content-Security-Policy
-says so to the browser as well). Every piece of user data (patient ids, column names, status
-reasons, model names) is HTML-escaped.
+says so to the browser as well). This module gathers the numbers and texts; the layout is the Jinja2
+template ``pipeline/templates/report.html.j2``, rendered with autoescape, so every piece of user data
+(patient ids, column names, status reasons, notes, model names) is HTML-escaped exactly once.
 
 Inputs, each optional except ``train_dir/metrics.json`` (written by ``crlm train``):
 
@@ -24,17 +25,18 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import jinja2
 import numpy as np
 import pandas as pd
 import yaml
+from sksurv.nonparametric import kaplan_meier_estimator
 
 from features import schema as s
 from features.aggregation import RULE_PREFIX
@@ -104,65 +106,25 @@ EXPLAIN_IMAGES = {"bar.png": "mean |SHAP| per feature (global importance)",
 ATTRIBUTION_FILE = "attribution_share.json"
 IMPORTANCE_FILE = "importance.csv"
 
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;
-max-width:1200px;padding:1em 2em;color:#1d1d1f;line-height:1.45}
-h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0 1em;font-size:.88em}.scroll{overflow-x:auto;max-width:100%}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
-th{background:#f2f2f2}td.num{text-align:right;white-space:nowrap}
-tr.best td{background:#e6f4ea;font-weight:600}tr.oracle td{background:#f3eefc;font-style:italic}
-tr.baseline td{background:#fafafa}.ci{color:#555;font-weight:normal}
-.banner{padding:.7em 1em;border-radius:6px;margin:.6em 0;font-weight:600}
-.warning{background:#fdecea;border-left:4px solid #c5221f;padding:4px 8px}.synthetic{background:#fff4ce;border:2px solid #c99a00}.real{background:#e8f0fe;border:2px solid #3b6fd8}
-.warn{background:#fdecea;border:1px solid #d93025;padding:.5em 1em;border-radius:6px}
-.na{color:#8a1c1c;font-style:italic}figure{margin:1em 0;display:inline-block;max-width:100%;
-vertical-align:top}figure img{max-width:100%;border:1px solid #ddd}
-figcaption{font-size:.85em;color:#444;max-width:700px}pre{background:#f6f8fa;padding:.6em;overflow:auto}
-footer{margin-top:3em;border-top:2px solid #ddd;padding-top:.6em;font-size:.9em;color:#444}
-"""
 # Browsers enforce it: nothing but inline styles and data: images may load.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+TEMPLATE = "report.html.j2"      # pipeline/templates/, shipped as package data (pyproject.toml)
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True,
+                                undefined=jinja2.StrictUndefined)
 
 
-class Html(str):
-    """A fragment that is already HTML (built here); anything else is escaped."""
+class Ci(NamedTuple):
+    """A formatted value and its interval text; the template puts the interval in ``span.ci``."""
 
-
-def esc(value: Any) -> Html:
-    """Escape ``value`` for HTML text or a quoted attribute, unless it is already :class:`Html`."""
-    return value if isinstance(value, Html) else Html(html.escape(str(value), quote=True))
-
-
-def join(parts: Iterable[Any]) -> Html:
-    return Html("".join(esc(p) for p in parts))
-
-
-def tag(name: str, body: Any = "", **attributes: Any) -> Html:
-    """``<name attr="...">body</name>`` with escaped attributes and body."""
-    attrs = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attributes.items() if v is not None)
-    return Html(f"<{name}{attrs}>{esc(body)}</{name}>")
-
-
-def not_available(what: str) -> Html:
-    return tag("p", what, class_="na")
+    value: str
+    interval: str
 
 
 def table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], row_classes: Sequence[str | None] | None = None,
-          numeric: Sequence[bool] | None = None) -> Html:
-    """An HTML table; cells are escaped unless they are :class:`Html`."""
-    numeric = numeric or [False] * len(headers)
-    head = tag("thead", tag("tr", join(tag("th", h) for h in headers))) if any(map(str, headers)) else ""
-    body = []
-    for i, row in enumerate(rows):
-        cells = join(tag("td", c, class_="num" if numeric[j] else None) for j, c in enumerate(row))
-        body.append(tag("tr", cells, class_=row_classes[i] if row_classes else None))
-    # wide tables (the model tables have 9 metrics) scroll inside the page instead of overflowing it
-    return tag("div", tag("table", join([head, tag("tbody", join(body))])), class_="scroll")
-
-
-def section(title: str, body: Any, anchor: str) -> Html:
-    return tag("section", join([tag("h2", title), body]), id=anchor)
+          numeric: Sequence[bool] | None = None) -> dict[str, Any]:
+    """A table for the template's ``table`` macro (no header row when every header is empty)."""
+    return {"headers": list(headers), "rows": [list(r) for r in rows], "classes": row_classes,
+            "numeric": list(numeric or [False] * len(headers))}
 
 
 # --------------------------------------------------------------------------- numbers
@@ -184,18 +146,16 @@ def fmt(value: Any, decimals: int = DECIMALS, signed: bool = False) -> str:
     return f"{number:+.{decimals}f}" if signed else f"{number:.{decimals}f}"
 
 
-def fmt_ci(entry: Mapping[str, Any] | float | None, signed: bool = False) -> Html:
-    """``0.662 (0.601 to 0.720)``: the value and its 95% CI."""
+def fmt_ci(entry: Mapping[str, Any] | float | None, signed: bool = False) -> Ci | str:
+    """``0.662 (0.601 to 0.720)``: the value and its 95% CI (``n/a`` if there is no entry)."""
     if entry is None or (isinstance(entry, Mapping) and not entry):
-        return Html("n/a")
+        return "n/a"
     if not isinstance(entry, Mapping):  # a bare number: no interval to show
-        return Html(f'{esc(fmt(entry, signed=signed))} {tag("span", "(CI n/a)", class_="ci")}')
-    value = esc(fmt(entry.get("value"), signed=signed))
+        return Ci(fmt(entry, signed=signed), "(CI n/a)")
     low, high = _finite(entry.get("ci_low")), _finite(entry.get("ci_high"))
     if low is None or high is None:
-        return Html(f'{value} {tag("span", "(CI n/a)", class_="ci")}')
-    ci = f"({fmt(low, signed=signed)} to {fmt(high, signed=signed)})"
-    return Html(f'{value} {tag("span", ci, class_="ci")}')
+        return Ci(fmt(entry.get("value"), signed=signed), "(CI n/a)")
+    return Ci(fmt(entry.get("value"), signed=signed), f"({fmt(low, signed=signed)} to {fmt(high, signed=signed)})")
 
 
 def oracle_gain_share(value: Any, oracle: Any) -> float | None:
@@ -224,14 +184,12 @@ def png_data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def figure(path: Path, caption: str) -> Html:
-    """An embedded PNG with its caption, or a 'not available' line naming the file."""
+def figure(path: Path, caption: str) -> dict[str, str | None]:
+    """An embedded PNG with its caption, or the problem ('not available') naming the file."""
     uri = png_data_uri(path)
-    if uri is None:
-        state = "is not a PNG image" if path.is_file() else "not available"
-        return not_available(f"{path.name}: {state} ({path})")
-    img = Html(f'<img src="{esc(uri)}" alt="{esc(caption)}">')
-    return tag("figure", join([img, tag("figcaption", join([tag("b", path.name), ": ", caption]))]))
+    state = None if uri is not None else "is not a PNG image" if path.is_file() else "not available"
+    return {"uri": uri, "name": path.name, "caption": caption,
+            "problem": f"{path.name}: {state} ({path})" if state else None}
 
 
 def _read_json(path: Path) -> Any:
@@ -294,30 +252,23 @@ def _git_revision(repo_root: Path) -> str:
 # --------------------------------------------------------------------------- header
 
 
-def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], oracle_present: bool) -> Html:
+def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None],
+           oracle_present: bool) -> dict[str, Any]:
     """Title, what data this is, date, git revision, inputs and the params used."""
-    label = SYNTHETIC_LABEL if synthetic else REAL_LABEL
-    banner = tag("div", f"Data: {label}", class_="banner " + ("synthetic" if synthetic else "real"))
-    parts: list[Any] = [tag("h1", "crlm-prognosis run report"), banner]
-    if not synthetic and oracle_present:
-        parts.append(tag("p", "Check the data label: metrics.json has an oracle row, which only exists when the "
-                              "models were trained with a truth.csv (a simulated cohort). Pass --truth to label "
-                              "the report.", class_="warn"))
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     facts = [("generated", now), ("git revision", _git_revision(repo_root))]
     facts += [(name, str(path) if path is not None else "not given") for name, path in inputs.items()]
-    parts.append(table(["", ""], facts))
     params_path = repo_root / "params.yaml"
     params, problem = _try_read(params_path, lambda p: yaml.safe_load(p.read_text(encoding="utf-8")))
     if problem is not None or not isinstance(params, dict):
-        parts.append(not_available(f"params: {problem or f'{params_path} holds no mapping'}"))
+        shown = {"problem": f"params: {problem or f'{params_path} holds no mapping'}"}
     else:
         blocks = {k: params[k] for k in PARAM_BLOCKS if k in params}
         text = (yaml.safe_dump(blocks, sort_keys=False, default_flow_style=None) if blocks
                 else "(no train/evaluate blocks)")
-        parts.append(tag("details", join([tag("summary", f"params used ({params_path}: train, evaluate)"),
-                                          tag("pre", text)]), open="open"))
-    return join(parts)
+        shown = {"problem": None, "path": params_path, "text": text}
+    return {"synthetic": synthetic, "label": SYNTHETIC_LABEL if synthetic else REAL_LABEL,
+            "oracle_warning": not synthetic and oracle_present, "facts": table(["", ""], facts), "params": shown}
 
 
 # --------------------------------------------------------------------------- cohort
@@ -376,20 +327,12 @@ def _counts_line(table_: pd.DataFrame, column: str, label: str) -> tuple[str, st
 
 
 def reverse_km_median(time: np.ndarray, event: np.ndarray) -> float | None:
-    """Median follow-up by the reverse Kaplan-Meier method (censoring is the 'event')."""
-    order = np.argsort(time, kind="mergesort")
-    time, censored = time[order], ~event[order]
-    survival = 1.0
-    at_risk = len(time)
-    for t in np.unique(time):
-        here = time == t
-        d = int(censored[here].sum())
-        if d:
-            survival *= 1.0 - d / at_risk
-            if survival <= CHANCE:
-                return float(t)
-        at_risk -= int(here.sum())
-    return None
+    """Median follow-up in months by the reverse Kaplan-Meier method (Schemper & Smith, Control Clin
+    Trials 1996;17:343): scikit-survival's estimate of the censoring distribution (an event at a time
+    leaves the risk set before a censoring at the same time); None if it never falls to 0.5."""
+    times, censoring_free = kaplan_meier_estimator(np.asarray(event, bool), np.asarray(time, float), reverse=True)
+    reached = np.flatnonzero(censoring_free <= CHANCE)
+    return float(times[reached[0]]) if reached.size else None
 
 
 def _outcome_lines(table_: pd.DataFrame) -> list[tuple[str, str]]:
@@ -420,7 +363,7 @@ def _outcome_lines(table_: pd.DataFrame) -> list[tuple[str, str]]:
     return lines
 
 
-def _status_table(table_: pd.DataFrame, source: str) -> Html:
+def _status_table(table_: pd.DataFrame, source: str) -> dict[str, Any]:
     """Rows grouped by status and reason, largest groups first, with example patient ids."""
     status = table_[STATUS].astype(str) if STATUS in table_ else pd.Series("no status column", index=table_.index)
     reason = table_[REASON].fillna("").astype(str) if REASON in table_ else pd.Series("", index=table_.index)
@@ -432,14 +375,12 @@ def _status_table(table_: pd.DataFrame, source: str) -> Html:
     for (state, why), members in list(groups.items())[:MAX_STATUS_ROWS]:
         example = ", ".join(members[:MAX_EXAMPLE_IDS]) + (" ..." if len(members) > MAX_EXAMPLE_IDS else "")
         rows.append([state, why or "-", len(members), example if state != OK else "-"])
-    body = table(["status", "reason", "patients", "patient ids"], rows, numeric=[False, False, True, False])
-    if len(groups) > MAX_STATUS_ROWS:
-        body = join([body, tag("p", f"... and {len(groups) - MAX_STATUS_ROWS} more status/reason rows "
-                                    f"(full list in {source}, columns {STATUS} and {REASON})")])
-    return body
+    return {"table": table(["status", "reason", "patients", "patient ids"], rows, numeric=[False, False, True, False]),
+            "more": max(len(groups) - MAX_STATUS_ROWS, 0), "source": source, "columns": f"{STATUS} and {REASON}"}
 
 
-def _column_families(table_: pd.DataFrame) -> Html:
+def _column_families(table_: pd.DataFrame) -> tuple[dict[str, Any], str | None]:
+    """Columns counted by family, and the unrecognised ones by name (None if there are none)."""
     scores = set(clinical_scores(pd.DataFrame(columns=list(s.CLINICAL_INPUTS))).columns)
     known = set(s.COLUMN_BY_NAME) | {STATUS, REASON, DATA_KIND_COLUMN}
     columns = [str(c) for c in table_.columns]
@@ -451,14 +392,11 @@ def _column_families(table_: pd.DataFrame) -> Html:
     rows = [["canonical clinical, outcomes, status", len(canonical)], ["clinical scores", len(score_cols)],
             ["measured morphology (patient_*)", len(morphology)], ["aggregated radiomics (rad_*)", len(radiomics)],
             ["other columns", len(other)]]
-    parts = [table(["column family", "columns"], rows, numeric=[False, True])]
-    if other:
-        shown = ", ".join(other[:MAX_OTHER_COLUMNS]) + (" ..." if len(other) > MAX_OTHER_COLUMNS else "")
-        parts.append(tag("p", f"Other columns: {shown}"))
-    return join(parts)
+    shown = ", ".join(other[:MAX_OTHER_COLUMNS]) + (" ..." if len(other) > MAX_OTHER_COLUMNS else "") if other else None
+    return table(["column family", "columns"], rows, numeric=[False, True]), shown
 
 
-def _agreement(table_: pd.DataFrame) -> Html:
+def _agreement(table_: pd.DataFrame) -> dict[str, Any]:
     """Clinical vs mask-measured lesion count and largest diameter (DESIGN.md 3)."""
     count, diameter = MORPHOLOGY_PREFIX + LESION_COUNT, MORPHOLOGY_PREFIX + LARGEST_DIAMETER_MM
     rows = []
@@ -478,19 +416,17 @@ def _agreement(table_: pd.DataFrame) -> Html:
             rows.append(["largest diameter: |measured - clinical| (cm)",
                          f"median {diff.median():.2f}, 90th percentile {diff.quantile(0.9):.2f}"])
     if not rows:
-        return not_available("clinical vs measured lesion count and diameter: not available (no imaging columns)")
+        return {"problem": "clinical vs measured lesion count and diameter: not available (no imaging columns)"}
     return table(["clinical vs measured", "agreement"], rows)
 
 
-def cohort_section(features: Path | None) -> tuple[Html, pd.DataFrame | None]:
+def cohort_section(features: Path | None) -> tuple[dict[str, Any], pd.DataFrame | None]:
     """Cohort summary from features.parquet, and the table (None if unavailable)."""
-    title = "Cohort"
     if features is None:
-        return section(title, not_available("features.parquet: not available (not given; pass --features)"),
-                       "cohort"), None
+        return {"problem": "features.parquet: not available (not given; pass --features)"}, None
     table_, problem = _try_read(Path(features), pd.read_parquet)
     if problem is not None:
-        return section(title, not_available(f"features.parquet: {problem}; run crlm featurize"), "cohort"), None
+        return {"problem": f"features.parquet: {problem}; run crlm featurize"}, None
     n = len(table_)
     ok = int((table_[STATUS] == OK).sum()) if STATUS in table_ else None
     overview = [("patients", n), ("status ok", ok if ok is not None else "no status column")]
@@ -510,44 +446,34 @@ def cohort_section(features: Path | None) -> tuple[Html, pd.DataFrame | None]:
         _counts_line(table_, "fong_risk_group", "Fong risk group (low 0-2, high 3-5)"),
         _counts_line(table_, "fong_score", "Fong score"),
     ]
-    body = join([
-        tag("p", f"All {n} patients of {features} (every input patient, whatever its status)."),
-        table(["", ""], overview), tag("h3", "Status"), _status_table(table_, str(features)),
-        tag("h3", "Clinical marginals"), table(["variable", "summary"], marginals),
-        tag("h3", "Clinical vs measured"), _agreement(table_),
-        tag("h3", "Feature columns"), _column_families(table_),
-    ])
-    return section(title, body, "cohort"), table_
+    families, other_columns = _column_families(table_)
+    return {"problem": None, "n": n, "source": features, "overview": table(["", ""], overview),
+            "status": _status_table(table_, str(features)), "marginals": table(["variable", "summary"], marginals),
+            "agreement": _agreement(table_), "families": families, "other_columns": other_columns}, table_
 
 
-def extraction_section(extraction: Path | None) -> Html:
+def extraction_section(extraction: Path | None) -> dict[str, Any]:
     """Status counts from extraction_summary.json and extraction_report.csv."""
-    title = "Image extraction"
     if extraction is None:
-        return section(title, not_available("extraction: not available (not given; pass --extraction)"), "extraction")
+        return {"problem": "extraction: not available (not given; pass --extraction)"}
     folder = Path(extraction)
     folder = folder.parent if folder.is_file() else folder
-    parts: list[Any] = []
+    out: dict[str, Any] = {"problem": None, "summary_problem": None, "report_problem": None, "failed": None}
     summary, problem = _try_read(folder / "extraction_summary.json", _read_json)
     if problem is not None or not isinstance(summary, dict):
-        parts.append(not_available(f"extraction_summary.json: {problem or 'not a mapping'}; run crlm extract"))
+        out["summary_problem"] = f"extraction_summary.json: {problem or 'not a mapping'}; run crlm extract"
     else:
-        facts = [(k, v) for k, v in summary.items() if not isinstance(v, dict)]
-        parts.append(table(["", ""], facts))
-        counts = summary.get("status_counts") or {}
-        parts.append(table(["lesion/case status", "rows"], list(counts.items()), numeric=[False, True]))
+        out["facts"] = table(["", ""], [(k, v) for k, v in summary.items() if not isinstance(v, dict)])
+        out["counts"] = table(["lesion/case status", "rows"], list((summary.get("status_counts") or {}).items()),
+                              numeric=[False, True])
     report, problem = _try_read(folder / "extraction_report.csv",
                                 lambda p: pd.read_csv(p, dtype={s.PATIENT_ID: str}, keep_default_na=False))
     if problem is not None:
-        parts.append(not_available(f"extraction_report.csv: {problem}"))
+        out["report_problem"] = f"extraction_report.csv: {problem}"
     elif STATUS in report:
         failed = report.loc[report[STATUS].astype(str) != OK]
-        if failed.empty:
-            parts.append(tag("p", f"extraction_report.csv: {len(report)} rows, all ok."))
-        else:
-            parts.append(tag("p", f"extraction_report.csv: {len(failed)} of {len(report)} rows not ok:"))
-            parts.append(_status_table(failed, "extraction_report.csv"))
-    return section(title, join(parts), "extraction")
+        out.update(n_rows=len(report), n_failed=len(failed), failed=_status_table(failed, "extraction_report.csv"))
+    return out
 
 
 # --------------------------------------------------------------------------- models
@@ -572,7 +498,7 @@ def _model_order(task: str, names: Iterable[str]) -> list[str]:
 
 
 def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best: str | None,
-                  reference: str | None = REFERENCE) -> Html:
+                  reference: str | None = REFERENCE) -> dict[str, Any]:
     """One row per model: every metric with its CI, the paired delta vs ``reference``, the oracle-gain share.
 
     Without a reference baseline (``None``: the cohort cannot compute it) there is no delta column.
@@ -595,8 +521,7 @@ def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best
     for name in names:
         entry = task_metrics[name]
         role, css = _role(task, name)
-        label = join([name, " (best)"]) if name == best else esc(name)
-        row: list[Any] = [label, role, *(fmt_ci(entry.get(m)) for m in metric_names)]
+        row: list[Any] = [f"{name} (best)" if name == best else name, role, *(fmt_ci(entry.get(m)) for m in metric_names)]
         if has_delta:
             delta = next((v for k, v in entry.items() if str(k).startswith("delta_")), None)
             row.append("reference" if name == reference else fmt_ci(delta, signed=True))
@@ -610,7 +535,7 @@ def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best
 
 
 def _metrics_legend(task: str, has_oracle: bool, patients: str = "the held-out patients",
-                    reference: str | None = REFERENCE) -> Html:
+                    reference: str | None = REFERENCE) -> str:
     primary = PRIMARY_METRIC.get(task, "")
     text = f"Values on {patients} with bootstrap 95% CIs in brackets. "
     if reference is not None:
@@ -618,16 +543,16 @@ def _metrics_legend(task: str, has_oracle: bool, patients: str = "the held-out p
     if has_oracle:
         text += (f"Share of the oracle's gain = ({primary} - 0.5) / ({primary} of the oracle - 0.5), a point "
                  f"estimate. ")
-    text += "Baselines are clinical scores used as risk scores; the oracle is the simulated truth (synthetic only)."
-    return tag("p", text)
+    return text + "Baselines are clinical scores used as risk scores; the oracle is the simulated truth (synthetic only)."
 
 
-def _best_line(task: str, cv: Mapping[str, Any] | None) -> Html:
+def _best_line(task: str, cv: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """(the best model's line, None) or (None, why there is none)."""
     if cv is None:
-        return not_available("cv.json: not available, so no model is marked best (run crlm train)")
+        return None, "cv.json: not available, so no model is marked best (run crlm train)"
     chosen = cv.get(task)
     if not isinstance(chosen, dict) or "best" not in chosen:
-        return not_available(f"cv.json has no best model for {task}")
+        return None, f"cv.json has no best model for {task}"
     best = chosen["best"]
     parts = [f"Best model (highest cross-validated score on the training split, chosen without looking at "
              f"the held-out patients): {best}."]
@@ -638,7 +563,7 @@ def _best_line(task: str, cv: Mapping[str, Any] | None) -> Html:
         parts.append(f" Cross-validated score: {fmt(chosen['cv'][best])}.")
     if "n_features_in" in chosen:
         parts.append(f" Candidate features: {chosen['n_features_in']}.")
-    return tag("p", "".join(parts))
+    return "".join(parts), None
 
 
 def plots_for(task: str, plot_dir: Path) -> list[Path]:
@@ -652,76 +577,72 @@ def caption(stem: str, source: str) -> str:
     return PLOT_CAPTIONS.get(stem, stem.replace("_", " ")) + f" ({source})"
 
 
-def task_notes(task: str, notes: Mapping[str, Any]) -> Html:
-    """What the data allowed for ``task``: baselines left out, adaptations, failed models, warnings."""
+def task_notes(task: str, notes: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+    """What the data allowed for ``task``: (calibration warning, [baselines left out, adaptations,
+    failed models, plots skipped])."""
     entry = notes.get(task) if isinstance(notes, Mapping) else None
     if not isinstance(entry, Mapping):
-        return join([])
-    items: list[str] = []
+        return None, []
     warning = entry.get("calibration_warning")
-    parts: list[Any] = []
-    if warning:
-        parts.append(tag("p", f"Warning: the chosen model {entry.get('chosen', '')} is {warning}.",
-                         class_="warning"))
-    for name, status in (entry.get("baselines") or {}).items():
-        if isinstance(status, Mapping) and status.get("reason"):
-            items.append(str(status["reason"]))
+    warning = f"Warning: the chosen model {entry.get('chosen', '')} is {warning}." if warning else None
+    items = [str(status["reason"]) for status in (entry.get("baselines") or {}).values()
+             if isinstance(status, Mapping) and status.get("reason")]
     if entry.get("reference_note"):
         items.append(str(entry["reference_note"]))
     items += [str(a) for a in entry.get("adaptations") or []]
     items += [f"{m}: not fitted: {why}" for m, why in (entry.get("failed_models") or {}).items()]
     items += [str(p) for p in entry.get("plots_skipped") or []]
-    if items:
-        parts += [tag("p", "What these data allowed:"), tag("ul", join(tag("li", i) for i in items))]
-    return join(parts)
+    return warning, items
 
 
-def models_section(metrics: Mapping[str, Any], cv: Mapping[str, Any] | None, train_dir: Path) -> Html:
+def _metrics(task: str, task_metrics: Mapping[str, Any], best: str | None, reference: str | None,
+             patients: str = "the held-out patients") -> dict[str, Any]:
+    return {"table": metrics_table(task, task_metrics, best, reference),
+            "legend": _metrics_legend(task, ORACLE in task_metrics, patients, reference=reference)}
+
+
+def models_section(metrics: Mapping[str, Any], cv: Mapping[str, Any] | None, train_dir: Path) -> dict[str, Any]:
     """Per task: what the data allowed, the metrics table, the best model, the plots."""
     plot_dir = train_dir / "plots"
-    parts: list[Any] = []
     shown: set[Path] = set()
     notes = metrics.get(NOTES, {})
-    for task, reason in (notes.get("skipped_tasks") or {}).items():
-        parts.append(tag("p", f"{TASK_TITLES.get(task, task)}: not trained: {reason}.", class_="warning"))
+    skipped = [f"{TASK_TITLES.get(task, task)}: not trained: {reason}."
+               for task, reason in (notes.get("skipped_tasks") or {}).items()]
+    tasks = []
     for task, task_metrics in metrics.items():
         if task == NOTES:
             continue
         best = (cv or {}).get(task, {}).get("best") if isinstance((cv or {}).get(task), dict) else None
         reference = (notes.get(task) or {}).get("reference", REFERENCE) if NOTES in metrics else REFERENCE
-        parts += [tag("h3", TASK_TITLES.get(task, task)), task_notes(task, notes),
-                  metrics_table(task, task_metrics, best, reference),
-                  _metrics_legend(task, ORACLE in task_metrics, reference=reference), _best_line(task, cv)]
+        warning, allowed = task_notes(task, notes)
+        best_line, best_problem = _best_line(task, cv)
         pngs = plots_for(task, plot_dir) if plot_dir.is_dir() else []
         shown.update(pngs)
-        if pngs:
-            parts.append(join(figure(p, caption(p.stem, f"{train_dir.name}/plots/{p.name}")) for p in pngs))
-        else:
-            parts.append(not_available(f"plots for {task}: not available in {plot_dir}"))
+        tasks.append({"title": TASK_TITLES.get(task, task), "calibration_warning": warning, "allowed": allowed,
+                      "metrics": _metrics(task, task_metrics, best, reference),
+                      "best": best_line, "best_problem": best_problem,
+                      "figures": [figure(p, caption(p.stem, f"{train_dir.name}/plots/{p.name}")) for p in pngs],
+                      "no_plots": f"plots for {task}: not available in {plot_dir}"})
     other = [p for p in sorted(plot_dir.glob("*.png")) if p not in shown] if plot_dir.is_dir() else []
-    if other:
-        parts += [tag("h3", "Other plots"), join(figure(p, caption(p.stem, p.name)) for p in other)]
-    return section("Models on the held-out split", join(parts), "models")
+    return {"skipped": skipped, "tasks": tasks, "other_figures": [figure(p, caption(p.stem, p.name)) for p in other]}
 
 
 # --------------------------------------------------------------------------- external
 
 
-def external_section(external_dir: Path | None, internal: Mapping[str, Any], cv: Mapping[str, Any] | None) -> Html:
+def external_section(external_dir: Path | None, internal: Mapping[str, Any],
+                     cv: Mapping[str, Any] | None) -> dict[str, Any]:
     """External-site metrics: primary metrics side by side with the internal ones, then the full tables."""
-    title = "External-site validation"
     if external_dir is None:
-        return section(title, not_available("external validation: not available (not given; pass --external)"),
-                       "external")
+        return {"problem": "external validation: not available (not given; pass --external)"}
     path = Path(external_dir) / "metrics.json"
     external, problem = _try_read(path, _read_json)
     if problem is not None or not isinstance(external, dict):
-        return section(title, not_available(f"external validation: {problem or 'not a mapping'}; "
-                                            f"run crlm evaluate --out {external_dir}"), "external")
-    parts: list[Any] = [tag("p", f"The trained models applied unchanged to another cohort ({path}).")]
+        return {"problem": f"external validation: {problem or 'not a mapping'}; run crlm evaluate --out {external_dir}"}
     external_notes = external.get(NOTES, {}) if isinstance(external.get(NOTES), dict) else {}
-    for task, reason in (external_notes.get("skipped_tasks") or {}).items():
-        parts.append(tag("p", f"{TASK_TITLES.get(task, task)}: not evaluated: {reason}.", class_="warning"))
+    skipped = [f"{TASK_TITLES.get(task, task)}: not evaluated: {reason}."
+               for task, reason in (external_notes.get("skipped_tasks") or {}).items()]
+    tasks = []
     for task, task_metrics in external.items():
         if not isinstance(task_metrics, dict) or task == NOTES:
             continue
@@ -734,18 +655,17 @@ def external_section(external_dir: Path | None, internal: Mapping[str, Any], cv:
             inside = internal.get(task, {}).get(name, {}).get(primary)
             outside = task_metrics.get(name, {}).get(primary)
             change = (_finite((outside or {}).get("value")), _finite((inside or {}).get("value")))
-            rows.append([join([name, " (best)"]) if name == best else esc(name), _role(task, name)[0],
+            rows.append([f"{name} (best)" if name == best else name, _role(task, name)[0],
                          fmt_ci(inside), fmt_ci(outside),
                          fmt(change[0] - change[1], signed=True) if None not in change else "n/a"])
             classes.append("best" if name == best else _role(task, name)[1])
         label = METRIC_LABELS.get(primary, primary)
-        parts += [tag("h3", f"{TASK_TITLES.get(task, task)}: {label}, internal vs external"),
-                  table(["model", "role", f"internal {label}", f"external {label}", "external - internal"],
-                        rows, classes, [False, False, True, True, True]),
-                  tag("h4", "All external metrics"), metrics_table(task, task_metrics, best, reference),
-                  _metrics_legend(task, ORACLE in task_metrics, "every usable patient of the external cohort",
-                                  reference=reference)]
-    return section(title, join(parts), "external")
+        tasks.append({"title": f"{TASK_TITLES.get(task, task)}: {label}, internal vs external",
+                      "side_by_side": table(["model", "role", f"internal {label}", f"external {label}",
+                                             "external - internal"], rows, classes, [False, False, True, True, True]),
+                      "metrics": _metrics(task, task_metrics, best, reference,
+                                          "every usable patient of the external cohort")})
+    return {"problem": None, "source": path, "skipped": skipped, "tasks": tasks}
 
 
 # --------------------------------------------------------------------------- explanations
@@ -760,7 +680,7 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def attribution_table(shares: Any) -> Html:
+def attribution_table(shares: Any) -> dict[str, Any]:
     """attribution_share.json as a key/value table; a level whose numbers sum to 1 shows percentages."""
     rows = _flatten(shares)
     numbers = [_finite(v) for _, v in rows]
@@ -777,42 +697,38 @@ def attribution_table(shares: Any) -> Html:
     return table(["attribution", "share" if as_share else "value"], cells)
 
 
-def importance_table(frame: pd.DataFrame) -> Html:
+def importance_table(frame: pd.DataFrame) -> dict[str, Any]:
     top = frame.head(TOP_IMPORTANCE_ROWS)
     numeric = [pd.api.types.is_numeric_dtype(top[c]) for c in top.columns]
     rows = [[fmt(v) if numeric[j] and not isinstance(v, (bool, np.bool_)) else v for j, v in enumerate(row)]
             for row in top.itertuples(index=False)]
-    note = tag("p", f"Top {len(top)} of {len(frame)} rows of {IMPORTANCE_FILE}.")
-    return join([note, table([str(c) for c in top.columns], rows, numeric=numeric)])
+    return {**table([str(c) for c in top.columns], rows, numeric=numeric),
+            "note": f"Top {len(top)} of {len(frame)} rows of {IMPORTANCE_FILE}."}
 
 
-def explain_section(explain_dir: Path | None) -> Html:
+def explain_section(explain_dir: Path | None) -> dict[str, Any]:
     """SHAP summaries per task and model; every missing piece says 'not run' / 'not available'."""
-    title = "Explanations (SHAP)"
     if explain_dir is None or not Path(explain_dir).is_dir():
         where = f" ({explain_dir} does not exist)" if explain_dir is not None else " (not given; pass --explain)"
-        return section(title, not_available(f"SHAP explanations: not available, explain stage not run{where}"),
-                       "explain")
+        return {"problem": f"SHAP explanations: not available, explain stage not run{where}"}
     explain_dir = Path(explain_dir)
     folders = sorted(p for p in explain_dir.glob("*/*") if p.is_dir())
     if not folders:
-        return section(title, not_available(f"SHAP explanations: not run (no {{task}}/{{model}}/ folders in "
-                                            f"{explain_dir})"), "explain")
-    parts: list[Any] = []
+        return {"problem": f"SHAP explanations: not run (no {{task}}/{{model}}/ folders in {explain_dir})"}
+    out = []
     for folder in folders:
         task, model = folder.parent.name, folder.name
-        parts.append(tag("h3", f"{TASK_TITLES.get(task, task)}: {model}"))
-        parts.append(join(figure(folder / name, f"{model}: {what}") for name, what in EXPLAIN_IMAGES.items()))
-        shares, problem = _try_read(folder / ATTRIBUTION_FILE, _read_json)
-        parts.append(tag("h4", "Share of attribution: clinical vs radiomics"))
-        parts.append(not_available(f"{ATTRIBUTION_FILE}: {problem}") if problem else attribution_table(shares))
-        frame, problem = _try_read(folder / IMPORTANCE_FILE, pd.read_csv)
-        parts.append(tag("h4", "Feature importance"))
-        parts.append(not_available(f"{IMPORTANCE_FILE}: {problem}") if problem else importance_table(frame))
+        shares, shares_problem = _try_read(folder / ATTRIBUTION_FILE, _read_json)
+        frame, frame_problem = _try_read(folder / IMPORTANCE_FILE, pd.read_csv)
         others = sorted(p.name for p in folder.glob("*.png") if p.name not in EXPLAIN_IMAGES)
-        if others:
-            parts.append(tag("p", f"Further plots in {folder} (not embedded): {', '.join(others)}"))
-    return section(title, join(parts), "explain")
+        out.append({"title": f"{TASK_TITLES.get(task, task)}: {model}", "path": folder,
+                    "figures": [figure(folder / name, f"{model}: {what}") for name, what in EXPLAIN_IMAGES.items()],
+                    "attribution": ({"problem": f"{ATTRIBUTION_FILE}: {shares_problem}"} if shares_problem
+                                    else attribution_table(shares)),
+                    "importance": ({"problem": f"{IMPORTANCE_FILE}: {frame_problem}"} if frame_problem
+                                   else importance_table(frame)),
+                    "others": ", ".join(others)})
+    return {"problem": None, "folders": out}
 
 
 # --------------------------------------------------------------------------- assembly
@@ -822,13 +738,10 @@ FOOTER = ("Research software, not for clinical use. crlm-prognosis is not a medi
           "figures must not guide the care of any patient.")
 
 
-def render(sections: Sequence[Html], title: str) -> str:
-    """The whole document: inline CSS, a CSP that forbids scripts and remote resources."""
-    head = (f'<meta charset="utf-8"><meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"{tag('title', title)}<style>{STYLE}</style>")
-    body = join([*sections, tag("footer", tag("p", FOOTER))])
-    return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head><body>{body}</body></html>\n'
+def render(context: Mapping[str, Any]) -> str:
+    """The whole document from ``pipeline/templates/report.html.j2`` (autoescaped): inline CSS, a CSP
+    that forbids scripts and remote resources."""
+    return _TEMPLATES.get_template(TEMPLATE).render(csp=CSP, footer=FOOTER, **context)
 
 
 def _report_path(out: Path) -> Path:
@@ -854,13 +767,13 @@ def run_report(train_dir: Path, out: Path, features: Path | None = None, extract
     inputs = {"train": train_dir, "features": features, "extraction": extraction, "external": external_dir,
               "explain": explain_dir, "truth": truth}
     oracle_present = any(ORACLE in (m or {}) for m in metrics.values() if isinstance(m, dict))
-    sections = [header(synthetic, repo_root, inputs, oracle_present), cohort, extraction_section(extraction),
-                models_section(metrics, cv, train_dir), explain_section(explain_dir),
-                external_section(external_dir, metrics, cv)]
-    title = f"crlm-prognosis report: {SYNTHETIC_LABEL if synthetic else REAL_LABEL}"
+    context = {"title": f"crlm-prognosis report: {SYNTHETIC_LABEL if synthetic else REAL_LABEL}",
+               "head": header(synthetic, repo_root, inputs, oracle_present), "cohort_": cohort,
+               "extraction_": extraction_section(extraction), "models_": models_section(metrics, cv, train_dir),
+               "explain_": explain_section(explain_dir), "external_": external_section(external_dir, metrics, cv)}
     path = _report_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(sections, title), encoding="utf-8")
+    path.write_text(render(context), encoding="utf-8")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if track:
         log_to_latest_train_run(path, repo_root)

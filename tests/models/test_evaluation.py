@@ -110,3 +110,26 @@ def test_response_task_reports_every_metric_with_a_paired_delta():
 def test_wrong_shapes_are_rejected_with_the_field_name():
     with pytest.raises(ValueError, match="SurvivalPrediction.survival"):
         SurvivalPrediction(np.zeros(3), TIMES, np.ones((2, len(TIMES))))
+
+
+@pytest.mark.parametrize("seed, n, decimals", [(0, 40, 0), (1, 150, 0), (2, 300, 2)])
+def test_hand_written_cox_slope_matches_scikit_survival(seed, n, decimals):
+    # _cox_slope stays hand-written for speed (once per model and bootstrap resample); it must be
+    # the Breslow-ties partial-likelihood estimate scikit-survival computes. Rounded times give ties.
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+
+    from models.evaluation import _cox_slope
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    time = np.round(rng.exponential(30 * np.exp(-0.8 * x)), decimals) + 0.5
+    event = rng.random(n) < 0.7
+    library = CoxPHSurvivalAnalysis(alpha=0, ties="breslow").fit(x.reshape(-1, 1), Surv.from_arrays(event, time))
+    assert decimals > 0 or len(np.unique(time[event])) < event.sum()   # tied event times
+    assert _cox_slope(x, time, event) == pytest.approx(float(library.coef_[0]), abs=1e-6)
+
+
+def test_cox_slope_of_a_constant_covariate_is_undefined():
+    from models.evaluation import _cox_slope
+
+    assert np.isnan(_cox_slope(np.ones(5), np.arange(1.0, 6.0), np.ones(5, bool)))

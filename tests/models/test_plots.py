@@ -179,6 +179,14 @@ def test_wilson_interval_matches_published_value():
     assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
 
 
+def test_wilson_interval_edges_are_analytic():
+    # 0 of n: [0, z^2 / (n + z^2)]; n of n mirrors it; an empty bin has no interval
+    z2 = plots.Z**2
+    assert plots.wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)), abs=1e-12)
+    assert plots.wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0), abs=1e-12)
+    assert all(np.isnan(plots.wilson_interval(0, 0)))
+
+
 def test_survival_calibration_of_true_survival_lies_within_ci():
     rng = np.random.default_rng(6)
     n = 3000

@@ -10,6 +10,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
@@ -115,7 +116,8 @@ def test_report_is_self_contained_with_every_png_embedded(inputs, tmp_path):
 def test_user_data_is_escaped(inputs, tmp_path):
     text = _build(inputs, tmp_path)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text       # the column name, listed as text
-    assert "mask &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in text  # the status reason
+    # the status reason (Jinja2/markupsafe spell the apostrophe &#39;, html.escape spelled it &#x27;)
+    assert "mask &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in text
     assert NON_ASCII_ID not in text  # an ok patient is counted, not listed
     assert "A7-0003" in text         # a failed patient is named
 
@@ -251,3 +253,73 @@ def test_report_is_logged_to_the_latest_train_parent_run(inputs, tmp_path, monke
         while mlflow.active_run() is not None:
             mlflow.end_run()
         mlflow.set_tracking_uri(None)
+
+
+class _Text(HTMLParser):
+    """What a reader sees: text with entities decoded, and every attribute value decoded."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.attributes: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.attributes += [v for _, v in attrs if v is not None]
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_markup_in_ids_notes_and_columns_is_escaped_once(inputs, tmp_path):
+    patient = "P<script>&1"
+    note = "k grid <script>alert(2)</script> & 'quotes' \"double\""
+    literal = "already &amp; escaped &lt;b&gt;"       # must reach the reader unchanged, not decoded
+    column = "<script>&col"
+    model = "m&<script>"
+    table = pd.read_parquet(inputs["features"])
+    table.loc[1, ["patient_id", "status", "reason"]] = [patient, "unreadable", literal]
+    table[column] = 1
+    table.to_parquet(inputs["features"])
+    metrics = {**METRICS, "notes": {"recurrence": {"adaptations": [note]}, "skipped_tasks": {"response": note}}}
+    (inputs["train"] / "metrics.json").write_text(json.dumps(metrics))
+    shap = tmp_path / "explain" / "recurrence" / model
+    shap.mkdir(parents=True)
+    _png(shap / "bar.png")
+    text = _build(inputs, tmp_path, explain_dir=tmp_path / "explain")
+
+    assert "<script" not in text.lower()
+    assert not any(t == "script" for t, _ in _tags(text))
+    assert "P&lt;script&gt;&amp;1" in text
+    assert "&lt;script&gt;&amp;col" in text
+    assert "already &amp;amp; escaped &amp;lt;b&amp;gt;" in text   # the literal entity text, escaped once
+    assert "&amp;lt;script" not in text and "&amp;amp;1" not in text  # nothing escaped twice
+    assert '<span class="ci">(0.610 to 0.710)</span>' in text          # the template's own markup is markup
+    reader = _Text()
+    reader.feed(text)
+    seen = "".join(reader.text)
+    for value in (patient, note, literal, column, model):
+        assert value in seen, value                    # decoded once, the reader sees the data as written
+    assert f"{model}: mean |SHAP| per feature (global importance)" in reader.attributes   # the img alt
+
+
+def test_templates_are_package_data():
+    import fnmatch
+    import tomllib
+
+    root = Path(report.__file__).resolve().parent
+    patterns = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    templates = [p.relative_to(root).as_posix() for p in (root / "templates").iterdir()]
+    assert report.TEMPLATE in [Path(t).name for t in templates]
+    for name in templates:  # a wheel (non-editable install) ships only what these patterns match
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns["pipeline"]), name
+
+
+def test_reverse_kaplan_meier_median_follow_up_on_hand_worked_examples():
+    # censored at 1, 3, 5 (events at 2, 4, 6): reverse KM 5/6, then x 3/4 = 0.625, then x 1/2 = 0.3125 at 5
+    time = np.arange(1.0, 7.0)
+    assert report.reverse_km_median(time, np.array([0, 1, 0, 1, 0, 1], bool)) == 5.0
+    # a tie: at 2 one event and one censoring; the event leaves the risk set first (scikit-survival,
+    # as for censoring weights): 1 - 1/4 = 0.75 at 2, x (1 - 1/3) = 0.5 at 3
+    tied = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0])
+    assert report.reverse_km_median(tied, np.array([1, 0, 1, 0, 1, 0], bool)) == 3.0
+    assert report.reverse_km_median(time, np.ones(6, bool)) is None     # nobody censored: not reached
