@@ -81,7 +81,7 @@ def main() -> None:
 
         def run(name: str, startup: float, **where) -> None:
             seconds, result = best_of(args.repeats, lambda: extraction.extract_cohort(
-                cases, options, None, progress=False, **where))
+                cases, options, None, progress=False, map_cases=map_cases, **where))
             tables[name] = result
             rows.append((name, startup, seconds))
 
