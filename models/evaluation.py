@@ -173,7 +173,7 @@ def _delta_name(task: str, reference: str) -> str:
 
 
 def evaluate_task(task: str, y_train, y_test, predictions: Mapping[str, SurvivalPrediction | ResponsePrediction],
-                  reference: str = "fong", n_resamples: int = 500, seed: int = 0,
+                  reference: str = DEFAULT_REFERENCE, n_resamples: int = 500, seed: int = 0,
                   confidence: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {metric: {"value", "ci_low", "ci_high"}}} with paired bootstrap CIs.
 

@@ -215,6 +215,9 @@ def task_of(predictor: Any) -> str:
                     f"ResponsePredictor); rerun crlm train")
 
 
+_PREDICTOR_CLASS = {RECURRENCE: "RecurrencePredictor", RESPONSE: "ResponsePredictor"}   # models.predictor
+
+
 def _file_version(path: Path) -> str:
     return f"sha256:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
 
@@ -225,11 +228,12 @@ def _load_file(path: Path, task: str | None = None) -> LoadedModel:
     predictor = joblib.load(path)
     try:
         found = task_of(predictor)
-    except TypeError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    if task is not None and found != task:
-        raise ValueError(f"{path}: the file name says {task}, the predictor in it is a {found} model; "
-                         f"rerun crlm train to rebuild the models folder")
+    except TypeError:
+        found = None
+    if found is None or (task is not None and found != task):
+        wanted = _PREDICTOR_CLASS[task] if task is not None else " or ".join(_PREDICTOR_CLASS.values())
+        raise ValueError(f"{path}: expected a {wanted}, found {type(predictor).__name__}; rerun crlm train to "
+                         f"rebuild the models folder")
     return LoadedModel(found, predictor.name, _file_version(path), str(path), predictor)
 
 
@@ -242,7 +246,7 @@ def _load_folder(folder: Path, every: bool) -> list[LoadedModel]:
     if not found:
         expected = ", ".join(predictor_file(t, m) for t in TASKS for m in MODELS[t])
         raise FileNotFoundError(f"no trained predictors in {folder} (looked for {expected}); "
-                                f"run crlm train --models {folder}, or point at its models folder")
+                                f"run crlm train first (crlm train --models {folder}), or point at its models folder")
     best = read_best(folder)
     loaded = []
     for task in TASKS:
@@ -328,7 +332,8 @@ def load_models(specs: Sequence[str | Path] | str | Path, tracking_uri: str | No
             loaded.append(_load_file(path))
         else:
             raise FileNotFoundError(f"model {text!r} is neither a models folder, a {PREDICTOR_SUFFIX} file nor an "
-                                    f"MLflow URI (models:/<name>@<alias>); run crlm train --models <folder> first")
+                                    f"MLflow URI (models:/<name>@<alias>); run crlm train first "
+                                    f"(crlm train --models <folder>)")
     if one_per_task:
         twice = [t for t, n in Counter(m.task for m in loaded).items() if n > 1]
         if twice:

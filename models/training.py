@@ -30,9 +30,7 @@ from models.registry import BASELINES, IMAGING_PREFIXES, MODELS, RECURRENCE, RES
 REFERENCE_COLUMNS = (s.LARGEST_CM, s.CEA, s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS, s.RECIST)
 _NOT_FEATURES = {s.PATIENT_ID, s.IMAGE, s.MASK, s.SITE, s.STATUS, s.REASON, *s.OUTCOMES}
 _TIMING_ORDER = {"baseline": 0, "preoperative": 1, "postoperative": 2}
-_SCORE_INPUTS = {"fong_score": scores.FONG_INPUTS, "oslo_score": scores.OSLO_INPUTS,
-                 "game_score": scores.GAME_INPUTS, "nordlinger_score": scores.NORDLINGER_INPUTS,
-                 "tbs": scores.TBS_INPUTS}
+_SCORE_INPUTS = scores.SCORE_INPUTS
 
 
 def _timing(column: str) -> str:

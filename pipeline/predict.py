@@ -43,6 +43,7 @@ from features import extraction, patient_table, radiomics
 from features.mapping import CohortMapping, MappingError, apply_mapping, load_mapping, sheet_headers
 from features.schema import (DUPLICATE_ID, EXTRACTION_ERROR, IMAGE, INVALID, MASK, MISSING_ID, OK, PATIENT_ID,
                              REASON, STATUS, patient_file_stem)
+from features.scores import SCORE_OUTPUTS
 from features.validation import Problem, validate_cohort
 from models import explain as shap_explain
 from models import registry
@@ -68,8 +69,7 @@ ADDITIVITY_TOLERANCE = shap_explain.ADDITIVITY_TOLERANCE
 # geometry_mismatch, empty_mask, missing_lesion_label, nan_voxels, invalid_labels, ...
 ROW = "row"
 EXPLANATION = "explanation"
-SCORE_COLUMNS = ("fong_score", "fong_risk_group", "oslo_score", "game_score", "game_risk_group",
-                 "nordlinger_score", "nordlinger_risk_group", "tbs", "tbs_zone")
+SCORE_COLUMNS = SCORE_OUTPUTS   # the clinical scores and their groups (features.scores.clinical_scores)
 BASE_VALUE = {  # what the base value of an explanation is, per SHAP kind of a family (models.registry)
     "linear": "prediction for a reference patient: numeric inputs at their training mean, categorical "
               "inputs at their most frequent training category",

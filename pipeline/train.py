@@ -66,7 +66,7 @@ def _plots(task: str, fitted: training.FittedTask, table: pd.DataFrame, predicti
 
     if task == training.RECURRENCE:
         y_train, y_test = outcomes.recurrence_outcome(train), outcomes.recurrence_outcome(test)
-        for name, label in ((best, "model"), (reference, "fong")):
+        for name, label in ((best, "model"), (reference, "reference")):
             if name is None or name not in predictions:
                 continue
             pred = predictions[name]

@@ -133,7 +133,7 @@ def test_the_loader_takes_best_json_else_the_preference_or_every_model(folder):
 def test_the_loader_names_a_file_whose_predictor_is_of_another_task(folder):
     (folder / registry.predictor_file("response", "xgb")).rename(folder / registry.predictor_file("recurrence",
                                                                                                  "coxnet"))
-    with pytest.raises(ValueError, match=r"recurrence_coxnet\.joblib: the file name says recurrence"):
+    with pytest.raises(ValueError, match=r"recurrence_coxnet\.joblib: expected a RecurrencePredictor, found Resp"):
         registry.load_models(folder, every=True, one_per_task=False)
 
 
@@ -142,3 +142,12 @@ def test_the_loader_says_what_it_looked_for(tmp_path):
         registry.load_models(tmp_path)
     with pytest.raises(ValueError, match="needs the tracking store"):
         registry.load_models("models:/crlm-recurrence@champion")
+
+
+def test_the_score_columns_predict_writes_are_what_clinical_scores_returns(world):
+    from features.scores import SCORE_OUTPUTS, clinical_scores
+    from pipeline import synthesis
+    from pipeline.predict import SCORE_COLUMNS
+
+    clinical, _ = synthesis.simulate_cohort(5, seed=1, site="A", world=world)
+    assert tuple(clinical_scores(clinical).columns) == SCORE_OUTPUTS == SCORE_COLUMNS
