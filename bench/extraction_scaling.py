@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from features import extraction, radiomics  # noqa: E402
 from pipeline import cohort  # noqa: E402
 from pipeline.execution import map_cases  # noqa: E402
-from pipeline.extract import load_extraction_config  # noqa: E402
+from pipeline.inputs import load_extraction_config  # noqa: E402
 from pipeline.world import load_labels, load_world  # noqa: E402
 
 TIMING_COLUMNS = [extraction.SECONDS, extraction.CACHED]

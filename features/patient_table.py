@@ -13,7 +13,15 @@ import numpy as np
 import pandas as pd
 
 from features import aggregation, extraction, radiomics
-from features.schema import CLINICAL_INPUTS, INVALID, NOT_EXTRACTED, OK, PATIENT_ID, REASON, STATUS
+from features.schema import (
+    CLINICAL_INPUTS,
+    INVALID,
+    NOT_EXTRACTED,
+    OK,
+    PATIENT_ID,
+    REASON,
+    STATUS,
+)
 from features.scores import clinical_scores, score_criteria
 
 MORPHOLOGY_PREFIX = "patient_"

@@ -34,7 +34,16 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from features.schema import COLUMNS, INVALID, MULTIPLE_LESIONS, N_LESIONS, OK, PATIENT_ID, STATUS, Column
+from features.schema import (
+    COLUMNS,
+    INVALID,
+    MULTIPLE_LESIONS,
+    N_LESIONS,
+    OK,
+    PATIENT_ID,
+    STATUS,
+    Column,
+)
 
 NUMERIC_KINDS = ("float", "int", "binary")
 

@@ -20,8 +20,8 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
                             integrated_brier_score)
 
-from models.registry import BASELINES as BASELINE_NAMES  # noqa: F401 (their home: models.registry)
-from models.registry import DEFAULT_MIN_COVERAGE, DEFAULT_REFERENCE, NOTES, PRIMARY_METRIC  # noqa: F401
+from models.registry import BASELINES as BASELINE_NAMES   # their home: models.registry
+from models.registry import DEFAULT_MIN_COVERAGE, DEFAULT_REFERENCE, PRIMARY_METRIC
 
 HORIZONS = (12.0, 24.0, 36.0)     # months: time-dependent AUC, survival columns of crlm predict
 CALIBRATION_HORIZON = 24.0        # months: calibration slope and calibration-in-the-large of recurrence

@@ -24,7 +24,14 @@ from sklearn.pipeline import Pipeline
 from features import schema as s
 from features import scores
 from models import outcomes, preprocessing, registry
-from models.registry import BASELINES, IMAGING_PREFIXES, MODELS, RECURRENCE, RESPONSE, TASKS  # noqa: F401 (their home)
+from models.registry import (  # their home
+    BASELINES,
+    IMAGING_PREFIXES,
+    MODELS,
+    RECURRENCE,
+    RESPONSE,
+    TASKS,
+)
 
 # Columns of the training split kept for calibrating baselines on another cohort later.
 REFERENCE_COLUMNS = (s.LARGEST_CM, s.CEA, s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS, s.RECIST)

@@ -11,7 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.paths import DEFAULT_EXTRACTION, DEFAULT_LABELS, DEFAULT_RADIOMICS, DEFAULT_WORLD, REPO_ROOT  # noqa: F401
+from pipeline.paths import (
+    DEFAULT_EXTRACTION,
+    DEFAULT_LABELS,
+    DEFAULT_RADIOMICS,
+    DEFAULT_WORLD,
+    REPO_ROOT,
+)
+
 SCHEDULER_HELP = ("Dask scheduler to run the cases on, e.g. tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, "
                   "else local processes; 'local' forces local processes); see docs/cluster.md")
 

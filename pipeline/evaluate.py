@@ -18,7 +18,13 @@ import yaml
 
 from features.schema import OK, PATIENT_ID, STATUS
 from models import comparison, evaluation, outcomes, registry, training
-from models.registry import NOTES, PRIMARY_METRIC, RUNS_FILE, is_model_uri, training_run_id  # noqa: F401 (their home)
+from models.registry import (  # their home
+    NOTES,
+    PRIMARY_METRIC,
+    RUNS_FILE,
+    is_model_uri,
+    training_run_id,
+)
 
 SUMMARY_FILE = "summary.json"
 

@@ -31,7 +31,7 @@ from features.schema import OK, PATIENT_ID, STATUS, patient_file_stem
 from models import explain, registry
 from models.plots import save_plot
 from models.predictor import RecurrencePredictor, ResponsePredictor
-from models.registry import RUNS_FILE  # noqa: F401 (its home: models.registry)
+from models.registry import RUNS_FILE  # its home: models.registry
 from pipeline.settings import build
 
 SPLIT = "split"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from features import extraction
 from pipeline.execution import map_cases
-from pipeline.inputs import ExtractionConfig, case_options, load_extraction_config  # noqa: F401 (their home)
+from pipeline.inputs import case_options
 
 
 def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path, labels_path: Path,

@@ -15,12 +15,17 @@ import pandas as pd
 
 from features import extraction, radiomics
 from features.imaging import LabelRoles
-from features.mapping import CohortMapping, MappingError, apply_mapping, load_mapping, sheet_headers
+from features.mapping import (
+    CohortMapping,
+    MappingError,
+    apply_mapping,
+    load_mapping,
+    sheet_headers,
+)
 from features.schema import PATIENT_ID
 from features.validation import ValidationReport, validate_cohort
 from pipeline import settings
 from pipeline.world import load_labels
-
 
 # --------------------------------------------------------------------------- clinical table
 

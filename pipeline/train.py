@@ -22,7 +22,12 @@ import yaml
 
 from features.schema import OK, PATIENT_ID, SITE, STATUS
 from models import comparison, evaluation, outcomes, plots, registry, training
-from models.registry import BEST_FILE, NOTES, PRIMARY_METRIC, RUNS_FILE  # noqa: F401 (their home: models.registry)
+from models.registry import (  # their home: models.registry
+    BEST_FILE,
+    NOTES,
+    PRIMARY_METRIC,
+    RUNS_FILE,
+)
 
 PIPELINE_NAME = "crlm"            # the pipeline's own registered models: crlm-recurrence, crlm-response
 SUMMARY_FILE = "summary.json"      # headline numbers per task: what `dvc metrics show` / `dvc exp show` display

@@ -23,7 +23,7 @@ import pandas as pd
 
 from features import imaging
 from features.schema import CASE_OK, IMAGE, MASK, PATIENT_ID, REASON, STATUS
-from pipeline.inputs import read_and_validate, read_cohort_csv  # noqa: F401 (their home)
+from pipeline.inputs import read_and_validate
 
 
 def _check_one(row: tuple, base: Path, labels: imaging.LabelRoles, resample_mask: bool) -> dict:
