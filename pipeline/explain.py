@@ -139,9 +139,12 @@ def _track(runs_file: Path, folders: Mapping[str, Path], repo_root: Path) -> Non
         print(f"tracking: logged {folder} into run {run_id} ({key}) under '{ARTIFACT_PATH}/'")
 
 
-def run_explain(models_dir: Path, features: Path, split: Path, out: Path, settings: dict,
+def run_explain(models_dir: Path | str, features: Path, split: Path, out: Path, settings: dict,
                 repo_root: Path | None = None, track: bool = True) -> dict:
     """Explain every fitted model on the test patients of ``split``; return the summary.
+
+    ``models_dir``: a models folder (every fitted model in it) or an MLflow model URI
+    (``models:/crlm-response@champion``, looked up in the project's store; not tracked).
 
     ``settings`` is the ``explain`` block of params.yaml (keys ``top_k``, ``dependence_plots``,
     ``waterfalls``, ``background_size``, ``seed``; all optional, unknown keys are an error).

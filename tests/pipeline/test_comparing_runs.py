@@ -181,3 +181,13 @@ def test_crlm_evaluate_finds_the_champion_in_a_fresh_process_from_another_folder
     assert "external metrics logged to MLflow run" in done.stdout
     assert set(json.loads((out / "external" / "metrics.json").read_text())) == {"recurrence", "notes"}
     assert sorted(p.name for p in out.iterdir()) == ["external"]   # no ./mlflow.db, no ./mlruns
+
+
+def test_explain_takes_a_registered_model_through_the_same_loader(tracked, tmp_path):
+    from pipeline.explain import run_explain
+
+    root = tracked["root"]
+    summary = run_explain("models:/crlm-response@candidate", root / "train.parquet", root / "reports" / "split.csv",
+                          tmp_path / "explain", {"waterfalls": 1, "dependence_plots": 1}, repo_root=root)
+    assert list(summary) == ["response"]
+    assert list(summary["response"]) == [tracked["metrics"]["notes"]["response"]["chosen"]]
