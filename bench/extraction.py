@@ -211,7 +211,7 @@ def ours_in_process(folder: str, cache: str) -> dict[str, Any]:
     import pyarrow.parquet  # noqa: F401  (crlm extract writes parquet; imported before the cases)
 
     from features import extraction
-    from pipeline.extract import case_options
+    from pipeline.inputs import case_options
 
     imports = time.perf_counter() - start
     split = Split()

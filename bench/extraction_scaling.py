@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from features import extraction, radiomics  # noqa: E402
 from pipeline import cohort  # noqa: E402
 from pipeline.execution import map_cases  # noqa: E402
-from pipeline.extract import load_extraction_config  # noqa: E402
+from pipeline.inputs import load_extraction_config  # noqa: E402
 from pipeline.world import load_labels, load_world  # noqa: E402
 
 TIMING_COLUMNS = [extraction.SECONDS, extraction.CACHED]
@@ -81,7 +81,7 @@ def main() -> None:
 
         def run(name: str, startup: float, **where) -> None:
             seconds, result = best_of(args.repeats, lambda: extraction.extract_cohort(
-                cases, options, None, progress=False, **where))
+                cases, options, None, progress=False, map_cases=map_cases, **where))
             tables[name] = result
             rows.append((name, startup, seconds))
 

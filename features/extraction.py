@@ -5,11 +5,12 @@ or one row per failed lesion or case with the failure code and the reason (DESIG
 Each case is cached under a key made of the image hash, the mask hash and the settings hash,
 so an interrupted run resumes and a re-run on the same inputs extracts nothing.
 
-Cases run through ``pipeline.execution.map_cases``: local processes, or a Dask cluster with
-``scheduler``. The manifest, the images and masks, and the cache may be local paths or fsspec
-URLs (``file:///shared/...``, ``s3://...``); a remote image or mask is copied to a temporary
-local file for SimpleITK, inside the worker that reads it. Local paths are made absolute before
-the cases leave this process, so on a cluster they must name the same files on every worker
+Cases run through the executor the stage passes in (``pipeline.execution.map_cases``: local
+processes, or a Dask cluster with ``scheduler``), else one after the other in this process.
+The manifest, the images and masks, and the cache may be local paths or fsspec URLs
+(``file:///shared/...``, ``s3://...``); a remote image or mask is copied to a temporary local
+file for SimpleITK, inside the worker that reads it. Local paths are made absolute before the
+cases leave this process, so on a cluster they must name the same files on every worker
 (a shared file system mounted at the same path).
 """
 
@@ -21,7 +22,7 @@ import posixpath
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,14 +36,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from features import imaging, radiomics
 from features.morphology import patient_morphology
-from features.schema import PATIENT_ID
-from pipeline.execution import map_cases
+from features.schema import OK, PATIENT_ID, REASON, STATUS
 
-STATUS = "status"
-REASON = "reason"
 SECONDS = "seconds"
 CACHED = "cached"
-OK = "ok"
 SETTINGS_HASH = "settings_hash"
 IMAGE_SHA256 = "image_sha256"
 MASK_SHA256 = "mask_sha256"
@@ -52,6 +49,8 @@ ORIGIN = ("image_origin_x_mm", "image_origin_y_mm", "image_origin_z_mm")
 SETTINGS_FILE = "extraction_settings.json"   # the settings record, next to lesions.parquet and in a models folder
 SETTINGS_METADATA_KEY = b"crlm_extraction_settings"   # the same record in a feature table's parquet metadata
 _CACHE_FORMAT = 2   # 2: images cast to float32, SEG lesions per segment (issue 11)
+# An executor: (function, items, jobs=, scheduler=, progress=, desc=) -> results in input order.
+MapCases = Callable[..., Iterator[Any]]
 
 
 @dataclass(frozen=True)
@@ -342,21 +341,35 @@ def _read_manifest_table(source, path: str | Path) -> pd.DataFrame:
     return table
 
 
-def extract_cohort(cases: Sequence[CaseInput], options: CaseOptions, cache_dir: str | Path | None,
-                   jobs: int = 1, progress: bool = True, scheduler: Any = None
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Extract every case in parallel; return (lesions, report), both in input order.
+def map_in_process(function: Callable[[Any], Any], items: Sequence[Any], jobs: int = 1, scheduler: Any = None,
+                   progress: bool = False, desc: str = "cases") -> Iterator[Any]:
+    """``function(item)`` for every item, in order, in this process: the executor used when none is
+    passed in. Parallel or cluster execution (``jobs`` other than 1, a ``scheduler``) needs the
+    caller's executor (``pipeline.execution.map_cases``); asking this one for it is an error."""
+    if jobs != 1 or scheduler is not None:
+        raise ValueError(f"jobs={jobs}, scheduler={scheduler!r}: parallel or cluster extraction needs an executor; "
+                         "pass map_cases=pipeline.execution.map_cases")
+    return (function(item) for item in items)
 
-    ``jobs`` local processes, or the Dask cluster named by ``scheduler`` (an address, a
-    ``distributed.Client``; ``DASK_SCHEDULER_ADDRESS`` when None, see ``pipeline.execution``).
-    The tables are the same whichever runs the cases, apart from the ``seconds`` column.
+
+def extract_cohort(cases: Sequence[CaseInput], options: CaseOptions, cache_dir: str | Path | None,
+                   jobs: int = 1, progress: bool = True, scheduler: Any = None,
+                   map_cases: MapCases | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Extract every case; return (lesions, report), both in input order.
+
+    ``map_cases`` runs the cases: the stage passes ``pipeline.execution.map_cases`` (``jobs``
+    local processes, or the Dask cluster named by ``scheduler``); without it they run one after
+    the other in this process (`map_in_process`). Library code reads no environment variable:
+    the stage resolves the scheduler. The tables are the same whichever runs the cases, apart
+    from the ``seconds`` column.
     """
+    mapper = map_cases if map_cases is not None else map_in_process
     cases = [CaseInput(case.patient_id, _absolute(case.image), _absolute(case.mask)) for case in cases]
     cache = _absolute(cache_dir) if cache_dir is not None else None
     run = partial(extract_case, options=options, cache_dir=cache)
     lesions: list[dict[str, Any]] = []
     report: list[dict[str, Any]] = []
-    for result in map_cases(run, cases, jobs=jobs, scheduler=scheduler, progress=progress, desc="radiomics"):
+    for result in mapper(run, cases, jobs=jobs, scheduler=scheduler, progress=progress, desc="radiomics"):
         lesions.extend(result.lesions)
         report.extend(result.report)
     lesion_table = pd.DataFrame(lesions)

@@ -53,6 +53,7 @@ from features.schema import (
     RECURRENCE_EVENT,
     SYNCHRONOUS,
     Column,
+    nearest_name,
 )
 from features.validation import as_numbers, is_blank
 from pipeline import settings
@@ -75,8 +76,8 @@ def _slug(text: str) -> str:
 
 def _nearest(name: str, valid: Iterable[str], what: str) -> str:
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    return f"did you mean '{close[0]}'?" if close else f"{what}: {', '.join(valid)}"
+    close = nearest_name(name, valid, cutoff=0.5)
+    return f"did you mean '{close}'?" if close else f"{what}: {', '.join(valid)}"
 
 
 def _key(value: Any) -> str | None:

@@ -13,12 +13,17 @@ import numpy as np
 import pandas as pd
 
 from features import aggregation, extraction, radiomics
-from features.schema import CLINICAL_INPUTS, PATIENT_ID
+from features.schema import (
+    CLINICAL_INPUTS,
+    INVALID,
+    NOT_EXTRACTED,
+    OK,
+    PATIENT_ID,
+    REASON,
+    STATUS,
+)
 from features.scores import clinical_scores, score_criteria
 
-STATUS = "status"
-REASON = "reason"
-OK = "ok"
 MORPHOLOGY_PREFIX = "patient_"
 
 
@@ -28,7 +33,7 @@ def extraction_status(patient_ids: Sequence[str], report: pd.DataFrame) -> pd.Da
     first = failures.groupby(PATIENT_ID, sort=False).first()
     status = pd.DataFrame({STATUS: OK, REASON: ""}, index=pd.Index(list(patient_ids), name=PATIENT_ID))
     absent = ~status.index.isin(report[PATIENT_ID])
-    status.loc[absent, STATUS] = "not_extracted"
+    status.loc[absent, STATUS] = NOT_EXTRACTED
     status.loc[absent, REASON] = "no row in extraction_report.csv; run crlm extract on this cohort"
     failed = status.index.isin(first.index)
     status.loc[failed, STATUS] = first.loc[status.index[failed], extraction.STATUS].to_numpy()
@@ -67,8 +72,8 @@ def patient_feature_table(clinical: pd.DataFrame, validation_status: pd.Series,
     usable = complete.loc[(valid == OK).to_numpy()]
     scored = pd.concat([clinical_scores(usable), score_criteria(usable)], axis=1).reindex(table.index)
     table = pd.concat([table, scored], axis=1)
-    table[STATUS] = np.where(valid == OK, OK, "invalid")
-    table[REASON] = np.where(valid == OK, "", valid.str.removeprefix("invalid: "))
+    table[STATUS] = np.where(valid == OK, OK, INVALID)
+    table[REASON] = np.where(valid == OK, "", valid.str.removeprefix(f"{INVALID}: "))
     if lesions is not None and report is not None:
         ids = table[PATIENT_ID].astype(str)
         status = extraction_status(ids.tolist(), report)

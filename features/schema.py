@@ -8,6 +8,10 @@ lower-case strings, continuous columns as floats in the unit given here.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -154,3 +158,60 @@ CASE_STATUSES: dict[str, str] = {
     "lesion_too_small": "a lesion below the minimum voxel count",
     "radiomics_failed": "pyradiomics could not process a lesion",
 }
+
+# Per-patient status vocabulary: every table that says whether a patient is usable (feature
+# table, extraction report, predictions.csv, `crlm validate --images`) has a ``status`` column
+# (``OK`` or a reason code: the codes of CASE_STATUSES, the validation codes of
+# features.validation, and the ones below) and a ``reason`` column (what is wrong and the fix).
+STATUS = "status"
+REASON = "reason"
+OK = CASE_OK
+INVALID = "invalid"                   # a clinical value rejected by validation (features.validation)
+NOT_EXTRACTED = "not_extracted"       # a patient without a row in the extraction report
+DUPLICATE_ID = "duplicate_patient_id"
+MISSING_ID = "missing_patient_id"
+EXTRACTION_ERROR = "extraction_error"  # extraction raised for this case (the reason names the exception)
+
+# Truth columns of a synthetic cohort (truth.csv): the simulation's true predictors and times,
+# never read by a model; evaluation uses them as the oracle (models.comparison).
+TRUTH_RECURRENCE_LP = "true_recurrence_lp"
+TRUTH_RECURRENCE_CLINICAL_LP = "true_recurrence_lp_clinical"
+TRUTH_RECURRENCE_IMAGING_LP = "true_recurrence_lp_imaging"
+TRUTH_RESPONSE_LP = "true_response_logit"
+TRUTH_RESPONSE_PROBABILITY = "true_response_probability"
+TRUTH_RECURRENCE_TIME = "true_recurrence_months_uncensored"
+TRUTH_CENSORING_TIME = "censoring_months"
+
+_FILE_STEM_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+MAX_FILE_STEM = 80          # characters of a sanitised identifier kept in a file name
+FILE_STEM_HASH_CHARS = 8    # hex characters of SHA-256 appended when an identifier had to change
+
+
+def patient_file_stem(patient_id: str) -> str:
+    """The one file-name rule for a patient (or feature) identifier: ASCII letters, digits,
+    ``.``, ``_`` and ``-``, at most ``MAX_FILE_STEM`` characters, never starting or ending with
+    ``.`` or ``_``.
+
+    An identifier that had to change (non-ASCII, ``/``, spaces, too long, empty) gets the first
+    ``FILE_STEM_HASH_CHARS`` hex digits of the SHA-256 of its UTF-8 bytes appended, so two
+    different identifiers (``Pätient`` and ``P_tient``) never share a file. Used by
+    ``crlm explain`` (waterfall plots) and ``crlm predict`` (explanation files) alike.
+    """
+    text = str(patient_id)
+    safe = _FILE_STEM_UNSAFE.sub("_", text).strip("._")[:MAX_FILE_STEM]
+    if safe == text and safe:
+        return safe
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:FILE_STEM_HASH_CHARS]
+    return f"{safe or 'patient'}-{digest}"
+
+
+def nearest_name(name: str, valid: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The valid name closest to ``name`` (``difflib``, similarity at least ``cutoff``), else the
+    one equal to it ignoring case, else None: the one "did you mean" rule of settings files,
+    cohort mappings and model inputs."""
+    valid = sorted(str(v) for v in valid)
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=cutoff)
+    if close:
+        return close[0]
+    lowered = {v.lower(): v for v in valid}
+    return lowered.get(str(name).lower())

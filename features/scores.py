@@ -259,6 +259,13 @@ ITEMS: dict[str, tuple[Item, ...]] = {
 }
 SCORE_COLUMNS: dict[str, str] = {"fong": "fong_score", "oslo": "oslo_score", "game": "game_score",
                                  "nordlinger": "nordlinger_score", "tbs": "tbs"}
+# score column -> the canonical columns it is computed from
+SCORE_INPUTS: dict[str, tuple[str, ...]] = {"fong_score": FONG_INPUTS, "oslo_score": OSLO_INPUTS,
+                                            "game_score": GAME_INPUTS, "nordlinger_score": NORDLINGER_INPUTS,
+                                            "tbs": TBS_INPUTS}
+# every column clinical_scores() writes, in its order (scores and their risk groups / zones)
+SCORE_OUTPUTS: tuple[str, ...] = ("fong_score", "fong_risk_group", "oslo_score", "game_score", "game_risk_group",
+                                  "nordlinger_score", "nordlinger_risk_group", "tbs", "tbs_zone")
 
 
 def _values(df: pd.DataFrame, score: str, items: Sequence[Item], strict: bool = True) -> Values:
@@ -531,14 +538,7 @@ def clinical_scores(df: pd.DataFrame) -> pd.DataFrame:
     nordlinger_score, nordlinger_risk_group, tbs, tbs_zone. Raises KeyError naming every
     absent column of every score before computing anything.
     """
-    needs = {
-        "fong_score": FONG_INPUTS,
-        "oslo_score": OSLO_INPUTS,
-        "game_score": GAME_INPUTS,
-        "nordlinger_score": NORDLINGER_INPUTS,
-        "tbs": TBS_INPUTS,
-    }
-    absent = {s: [c for c in cols if c not in df.columns] for s, cols in needs.items()}
+    absent = {s: [c for c in cols if c not in df.columns] for s, cols in SCORE_INPUTS.items()}
     absent = {s: cols for s, cols in absent.items() if cols}
     if absent:
         raise KeyError(f"clinical_scores: missing column(s) by score: {absent}")

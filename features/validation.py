@@ -34,10 +34,17 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from features.schema import COLUMNS, MULTIPLE_LESIONS, N_LESIONS, PATIENT_ID, Column
+from features.schema import (
+    COLUMNS,
+    INVALID,
+    MULTIPLE_LESIONS,
+    N_LESIONS,
+    OK,
+    PATIENT_ID,
+    STATUS,
+    Column,
+)
 
-OK = "ok"
-INVALID = "invalid"
 NUMERIC_KINDS = ("float", "int", "binary")
 
 # pandera check names: the key that turns a failure case into a message.
@@ -367,7 +374,7 @@ def validate_cohort(df: pd.DataFrame, required: Sequence[str] = (PATIENT_ID,),
     problems.sort(key=lambda p: position[p.row])
 
     status = pd.Series([f"{INVALID}: " + "; ".join(r) if r else OK for r in reasons],
-                       index=df.index, name="status", dtype=object)
+                       index=df.index, name=STATUS, dtype=object)
     valid = df.loc[(status == OK).to_numpy()]
     cleaned = df.copy()
     for row, name in rejected:

@@ -11,15 +11,13 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from features.schema import PATIENT_ID
-from models import outcomes, training
+from features.schema import PATIENT_ID, TRUTH_RECURRENCE_LP, TRUTH_RESPONSE_PROBABILITY
+from models import outcomes, registry, training
 from models.evaluation import ResponsePrediction, SurvivalPrediction
 from models.predictor import RecurrencePredictor, ResponsePredictor
 from models.survival import breslow_survival
 
-ORACLE = "oracle"
-TRUTH_RECURRENCE_LP = "true_recurrence_lp"
-TRUTH_RESPONSE_PROBABILITY = "true_response_probability"
+ORACLE = registry.ORACLE
 RISK_GROUP_QUANTILES = (1 / 3, 2 / 3)
 
 
@@ -39,7 +37,7 @@ def build_predictors(fitted: training.FittedTask, table: pd.DataFrame) -> dict[s
             train_risk = np.asarray(pipeline.predict(training.model_frame(train, fitted.features)), dtype=float)
             cutpoints = np.quantile(train_risk, RISK_GROUP_QUANTILES).tolist()
             predictors[name] = RecurrencePredictor(name, pipeline, fitted.features, train_risk, y_train,
-                                                   cutpoints, recalibrate=(name == "xgb_aft"),
+                                                   cutpoints, recalibrate=registry.family(fitted.task, name).recalibrate,
                                                    reference=reference)
         else:
             predictors[name] = ResponsePredictor(name, pipeline, fitted.features, reference=reference)
@@ -54,7 +52,7 @@ def _filled(values: pd.Series, train_values: pd.Series) -> np.ndarray:
 def reference_table(train: pd.DataFrame) -> pd.DataFrame:
     """What evaluation needs of the training split later: patient ids, baseline score inputs
     and outcomes (no other clinical data); saved with the models for external validation."""
-    keep = [PATIENT_ID, "fong_score", "oslo_score", "game_score", "tbs", *training.REFERENCE_COLUMNS]
+    keep = [PATIENT_ID, *training.SCORE_COLUMN.values(), *training.REFERENCE_COLUMNS]
     return train[[c for c in keep if c in train]].reset_index(drop=True)
 
 

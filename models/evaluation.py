@@ -20,14 +20,20 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
                             integrated_brier_score)
 
-HORIZONS = (12.0, 24.0, 36.0)
-PRIMARY_METRIC = {"recurrence": "c_index", "response": "roc_auc"}
-NOTES = "notes"   # metrics.json: what was skipped, left out or flagged, and why (not a task)
-BASELINE_NAMES = ("fong", "oslo", "game", "tbs")   # the clinical scores used as baselines (models.training.BASELINES)
-DEFAULT_REFERENCE = "fong"
-DEFAULT_MIN_COVERAGE = 0.8
-CALIBRATION_HORIZON = 24.0
-_PROBABILITY_CLIP = 1e-6
+from models.registry import BASELINES as BASELINE_NAMES   # their home: models.registry
+from models.registry import DEFAULT_MIN_COVERAGE, DEFAULT_REFERENCE, PRIMARY_METRIC
+
+HORIZONS = (12.0, 24.0, 36.0)     # months: time-dependent AUC, survival columns of crlm predict
+CALIBRATION_HORIZON = 24.0        # months: calibration slope and calibration-in-the-large of recurrence
+
+
+def calibration_slope_key(horizon: float = CALIBRATION_HORIZON) -> str:
+    """The metric key of the recurrence calibration slope at ``horizon`` months (``calibration_slope_24m``)."""
+    return f"calibration_slope_{horizon:g}m"
+
+
+CALIBRATION_SLOPE = calibration_slope_key()
+PROBABILITY_CLIP = 1e-6
 _MIN_VALID_FRACTION = 0.5
 
 
@@ -123,18 +129,25 @@ def survival_metrics(y_train, y_test, pred: SurvivalPrediction, horizons=HORIZON
     grid = (pred.times > time.min()) & (pred.times < time.max()) & (pred.times < float(np.max(y_train["time"])))
     out["ibs"] = (_safe(lambda: integrated_brier_score(y_train, y_test, pred.survival[:, grid], pred.times[grid]))
                   if grid.sum() >= 2 else math.nan)
-    survival = np.clip(pred.at(calibration_horizon), _PROBABILITY_CLIP, 1 - _PROBABILITY_CLIP)
+    survival = np.clip(pred.at(calibration_horizon), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
     cloglog = np.log(-np.log(survival))
     censored_at = np.minimum(time, calibration_horizon)
     event_by = event & (time <= calibration_horizon)
-    out["calibration_slope_24m"] = (_safe(_cox_slope, cloglog, censored_at, event_by)
+    out[calibration_slope_key(calibration_horizon)] = (_safe(_cox_slope, cloglog, censored_at, event_by)
                                     if event_by.any() and np.ptp(cloglog) > 0 else math.nan)
     return out
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _PROBABILITY_CLIP, 1 - _PROBABILITY_CLIP)
-    return np.log(p / (1 - p))
+def logit(p) -> np.ndarray:
+    """Log-odds of probabilities, clipped to [``PROBABILITY_CLIP``, 1 - ``PROBABILITY_CLIP``] first.
+
+    The project's one logit (decision, issue 12): a probability of exactly 0 or 1 (a float32
+    sigmoid saturates beyond a margin of about 17) has no finite log-odds, and an infinite value
+    would break a calibration fit or an agreement check; 1e-6 is about +/-13.8 log-odds, far
+    beyond what a model of these data predicts. Within that range it is exact.
+    """
+    p = np.clip(np.asarray(p, dtype=float), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    return np.log(p) - np.log1p(-p)
 
 
 def _logistic_fit(y: np.ndarray, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -151,7 +164,7 @@ def response_metrics(y_true, pred: ResponsePrediction) -> dict[str, float]:
     y = np.asarray(y_true, int)
     p = np.asarray(pred.probability, float)
     two_classes = 0 < y.sum() < len(y)
-    lp = _logit(p)
+    lp = logit(p)
     return {
         "roc_auc": _safe(roc_auc_score, y, p) if two_classes else math.nan,
         "pr_auc": _safe(average_precision_score, y, p) if two_classes else math.nan,
@@ -166,7 +179,7 @@ def _delta_name(task: str, reference: str) -> str:
 
 
 def evaluate_task(task: str, y_train, y_test, predictions: Mapping[str, SurvivalPrediction | ResponsePrediction],
-                  reference: str = "fong", n_resamples: int = 500, seed: int = 0,
+                  reference: str = DEFAULT_REFERENCE, n_resamples: int = 500, seed: int = 0,
                   confidence: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {metric: {"value", "ci_low", "ci_high"}}} with paired bootstrap CIs.
 
@@ -227,7 +240,7 @@ def calibration_warning(task: str, model_metrics: Mapping[str, Mapping[str, floa
     """
     low, high = CALIBRATION_SLOPE_RANGE
     problems = []
-    slope_key = "calibration_slope_24m" if task == "recurrence" else "calibration_slope"
+    slope_key = calibration_slope_key(horizon) if task == "recurrence" else "calibration_slope"
     slope = model_metrics.get(slope_key, {}).get("value")
     if slope is not None and math.isfinite(slope) and not low <= slope <= high:
         problems.append(f"calibration slope {slope:.2f} (outside {low:g}-{high:g})")

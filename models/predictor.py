@@ -16,6 +16,7 @@ from sklearn.pipeline import Pipeline
 
 from features.schema import PATIENT_ID
 from models import training
+from models.evaluation import HORIZONS
 from models.survival import breslow_survival
 
 RISK = "risk"
@@ -44,7 +45,7 @@ class RecurrencePredictor:
     train_risk: np.ndarray
     y_train: np.ndarray
     cutpoints: list[float]
-    horizons: tuple[float, ...] = (12.0, 24.0, 36.0)
+    horizons: tuple[float, ...] = HORIZONS
     recalibrate: bool = False
     reference: pd.DataFrame | None = None   # training split's scores and outcomes (baselines)
 

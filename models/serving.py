@@ -20,22 +20,20 @@ module level (not inside a function) for the same reason.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
 
-ID_COLUMN = "patient_id"
+from features.schema import PATIENT_ID, nearest_name
+
+ID_COLUMN = PATIENT_ID
 
 
 def _nearest(name: str, candidates: Sequence[str]) -> str:
-    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    if not matches:
-        lowered = {str(c).lower(): str(c) for c in candidates}
-        matches = [lowered[name.lower()]] if name.lower() in lowered else []
-    return f"{name!r} (nearest: {matches[0]!r})" if matches else f"{name!r} (no similar column)"
+    match = nearest_name(name, candidates, cutoff=0.6)
+    return f"{name!r} (nearest: {match!r})" if match else f"{name!r} (no similar column)"
 
 
 class PrognosisModel(mlflow.pyfunc.PythonModel):

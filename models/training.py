@@ -18,29 +18,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
-from sksurv.linear_model import CoxnetSurvivalAnalysis
-from xgboost import XGBClassifier
 
 from features import schema as s
 from features import scores
-from models import evaluation, outcomes, preprocessing
-from models.survival import XGBAFTSurvival, XGBCoxSurvival
+from models import outcomes, preprocessing, registry
+from models.registry import (  # their home
+    BASELINES,
+    IMAGING_PREFIXES,
+    MODELS,
+    RECURRENCE,
+    RESPONSE,
+    TASKS,
+)
 
-RECURRENCE = "recurrence"
-RESPONSE = "response"
-TASKS = (RECURRENCE, RESPONSE)
-BASELINES = evaluation.BASELINE_NAMES   # clinical scores used as baselines
 # Columns of the training split kept for calibrating baselines on another cohort later.
 REFERENCE_COLUMNS = (s.LARGEST_CM, s.CEA, s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS, s.RECIST)
-IMAGING_PREFIXES = ("patient_", "rad_")
-_NOT_FEATURES = {s.PATIENT_ID, s.IMAGE, s.MASK, s.SITE, "status", "reason", *s.OUTCOMES}
+_NOT_FEATURES = {s.PATIENT_ID, s.IMAGE, s.MASK, s.SITE, s.STATUS, s.REASON, *s.OUTCOMES}
 _TIMING_ORDER = {"baseline": 0, "preoperative": 1, "postoperative": 2}
-_SCORE_INPUTS = {"fong_score": scores.FONG_INPUTS, "oslo_score": scores.OSLO_INPUTS,
-                 "game_score": scores.GAME_INPUTS, "nordlinger_score": scores.NORDLINGER_INPUTS,
-                 "tbs": scores.TBS_INPUTS}
+_SCORE_INPUTS = scores.SCORE_INPUTS
 
 
 def _timing(column: str) -> str:
@@ -69,7 +66,7 @@ def feature_columns(table: pd.DataFrame, task: str, covariates: Sequence[str] = 
     return usable
 
 
-SCORE_COLUMN = {"fong": "fong_score", "oslo": "oslo_score", "game": "game_score", "tbs": "tbs"}
+SCORE_COLUMN = {name: scores.SCORE_COLUMNS[name] for name in BASELINES}   # baseline -> its score column
 
 
 def baseline_scores(table: pd.DataFrame, task: str, names: Sequence[str] = BASELINES) -> pd.DataFrame:
@@ -213,9 +210,9 @@ def has_outcome(table: pd.DataFrame, task: str) -> pd.Series:
 
 def usable_patients(table: pd.DataFrame, tasks: Sequence[str] = TASKS) -> pd.DataFrame:
     """Patients with status ok and the outcome of at least one of ``tasks`` known."""
-    if "status" not in table:
-        raise ValueError("the feature table has no 'status' column; build it with crlm featurize")
-    ok = table["status"] == "ok"
+    if s.STATUS not in table:
+        raise ValueError(f"the feature table has no '{s.STATUS}' column; build it with crlm featurize")
+    ok = table[s.STATUS] == s.OK
     known = pd.Series(False, index=table.index)
     for task in tasks:
         known |= has_outcome(table, task)
@@ -311,24 +308,6 @@ def plan_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_inde
     return TaskPlan(task, len(train), len(test), minority_train, minority_test, folds, k_features, tuple(notes))
 
 
-def _estimator(name: str, seed: int):
-    if name == "coxnet":
-        return CoxnetSurvivalAnalysis(l1_ratio=0.5, alphas=[0.05], fit_baseline_model=False, max_iter=100000)
-    if name == "xgb_cox":
-        return XGBCoxSurvival(random_state=seed)
-    if name == "xgb_aft":
-        return XGBAFTSurvival(random_state=seed)
-    if name == "logistic":
-        return LogisticRegression(C=0.1, max_iter=5000)
-    if name == "xgb":
-        return XGBClassifier(n_estimators=300, max_depth=2, learning_rate=0.03, subsample=0.8,
-                             colsample_bytree=0.8, min_child_weight=5, n_jobs=1, random_state=seed,
-                             eval_metric="logloss", verbosity=0)
-    raise ValueError(f"unknown model '{name}'")
-
-
-MODELS = {RECURRENCE: ("coxnet", "xgb_cox", "xgb_aft"), RESPONSE: ("logistic", "xgb")}
-
 
 @dataclass
 class FittedTask:
@@ -404,7 +383,8 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
                                                    int(k_features[0]), imaging=imaging,
                                                    select_among=select_among)
             # The shared pre-processing of a fold is fitted once and reused across the grid.
-            pipeline = Pipeline([*steps, ("model", _estimator(name, int(settings["seed"])))], memory=cache)
+            pipeline = Pipeline([*steps, ("model", registry.family(task, name).estimator(int(settings["seed"])))],
+                                memory=cache)
             search = GridSearchCV(pipeline, _grid(name, settings.get("grids", {}), k_features, select_key),
                                   cv=splits, n_jobs=jobs, refit=True, error_score=np.nan,
                                   scoring=None if task == RECURRENCE else "roc_auc")

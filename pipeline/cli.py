@@ -11,11 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WORLD = REPO_ROOT / "configs" / "world.yaml"
-DEFAULT_LABELS = REPO_ROOT / "configs" / "labels.yaml"
-DEFAULT_RADIOMICS = REPO_ROOT / "configs" / "radiomics.yaml"
-DEFAULT_EXTRACTION = REPO_ROOT / "configs" / "extraction.yaml"
+from pipeline.paths import (
+    DEFAULT_EXTRACTION,
+    DEFAULT_LABELS,
+    DEFAULT_RADIOMICS,
+    DEFAULT_WORLD,
+    REPO_ROOT,
+)
+
 SCHEDULER_HELP = ("Dask scheduler to run the cases on, e.g. tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, "
                   "else local processes; 'local' forces local processes); see docs/cluster.md")
 

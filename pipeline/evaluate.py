@@ -13,61 +13,29 @@ import math
 from pathlib import Path
 from typing import Any
 
-import joblib
 import pandas as pd
 import yaml
 
-from features.schema import PATIENT_ID
-from models import comparison, evaluation, outcomes, training
-from models.predictor import RecurrencePredictor
+from features.schema import OK, PATIENT_ID, STATUS
+from models import comparison, evaluation, outcomes, registry, training
+from models.registry import (  # their home
+    NOTES,
+    PRIMARY_METRIC,
+    RUNS_FILE,
+    is_model_uri,
+    training_run_id,
+)
 
-RUNS_FILE = "mlflow_runs.json"     # written by crlm train into the models folder: {"train": parent run id, ...}
+SUMMARY_FILE = "summary.json"
 
 
-def is_model_uri(model: str) -> bool:
-    return "://" in model or model.startswith("models:/") or model.startswith("runs:/")
-
-
-def load_predictors(model: str) -> dict[str, dict[str, Any]]:
-    """{task: {name: predictor}} from a models folder or an MLflow model URI (store configured by the caller)."""
+def load_predictors(model: str, tracking_uri: str | None = None) -> dict[str, dict[str, Any]]:
+    """{task: {name: predictor}}: every predictor of a models folder, or the one of an MLflow
+    model URI (looked up in ``tracking_uri``; `models.registry.load_models`)."""
     found: dict[str, dict[str, Any]] = {}
-    if is_model_uri(model):
-        import mlflow
-
-        predictor = mlflow.pyfunc.load_model(model).unwrap_python_model().predictor
-        task = training.RECURRENCE if isinstance(predictor, RecurrencePredictor) else training.RESPONSE
-        return {task: {predictor.name: predictor}}
-    folder = Path(model)
-    files = sorted(folder.glob("*.joblib"))
-    if not files:
-        raise FileNotFoundError(f"no trained predictors (*.joblib) in {folder}; run crlm train --models {folder}")
-    for path in files:
-        task, _, name = path.stem.partition("_")
-        found.setdefault(task, {})[name] = joblib.load(path)
+    for loaded in registry.load_models(model, tracking_uri, every=True, one_per_task=False):
+        found.setdefault(loaded.task, {})[loaded.name] = loaded.predictor
     return found
-
-
-def training_run_id(model: str) -> str | None:
-    """The MLflow parent run that trained ``model`` (a models folder or a ``models:/`` URI), if recorded."""
-    if is_model_uri(model):
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        if not model.startswith("models:/"):
-            return None
-        name, _, version = model.removeprefix("models:/").partition("@")
-        client = MlflowClient()
-        try:
-            found = (client.get_model_version_by_alias(name, version) if "@" in model
-                     else client.get_model_version(*model.removeprefix("models:/").split("/", 1)))
-            run = client.get_run(found.run_id)
-        except MlflowException:
-            return None
-        return run.data.tags.get("mlflow.parentRunId", run.info.run_id)
-    runs = Path(model) / RUNS_FILE
-    if not runs.is_file():
-        return None
-    return json.loads(runs.read_text()).get("train")
 
 
 def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth: Path | None = None,
@@ -79,18 +47,21 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
     baseline score is evaluated only where it is computable (``evaluate.baseline_min_coverage``)
     in the training reference and in this cohort.
     """
-    params = yaml.safe_load(Path(params_path).read_text())["evaluate"]
-    if track or is_model_uri(model):
-        from pipeline import tracking
+    from pipeline import tracking
+    from pipeline.paths import REPO_ROOT
 
-        tracking.use_store(repo_root or Path.cwd())   # a models:/ URI is looked up in the project's store
+    params = yaml.safe_load(Path(params_path).read_text())["evaluate"]
+    uri = tracking.tracking_uri(repo_root if repo_root is not None else REPO_ROOT)
     reference_name, min_coverage = evaluation.baseline_settings(params)
     full = pd.read_parquet(features)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
     metrics: dict[str, Any] = {}
     notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort", "skipped_tasks": {}}
-    for task, predictors in load_predictors(model).items():
-        ok = full.loc[full["status"] == "ok"] if "status" in full else full
+    loaded = load_predictors(model, uri)       # a models:/ URI is looked up in the project's store
+    if track:
+        tracking.use_store(repo_root if repo_root is not None else REPO_ROOT)
+    for task, predictors in loaded.items():
+        ok = full.loc[full[STATUS] == OK] if STATUS in full else full
         reason = training.outcome_missing_reason(ok, task)
         if reason is not None:
             notes["skipped_tasks"][task] = reason
@@ -116,20 +87,16 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
     if not metrics:
         raise ValueError(f"{features}: no task of {model} can be evaluated on this cohort: "
                          + "; ".join(f"{t}: {r}" for t, r in notes["skipped_tasks"].items()))
-    metrics[evaluation.NOTES] = notes
+    metrics[NOTES] = notes
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     summary = _summary(metrics, model)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=True))
     if track:
         _log_to_training_run(model, metrics, summary, features, notes)
-    counts = ", ".join(f"{t} on {notes[t]['n_patients']} patients" for t in metrics if t != evaluation.NOTES)
+    counts = ", ".join(f"{t} on {notes[t]['n_patients']} patients" for t in metrics if t != NOTES)
     print(f"evaluated {counts} of {features}; wrote {out / 'metrics.json'}")
     return metrics
-
-
-SUMMARY_FILE = "summary.json"
-PRIMARY_METRIC = evaluation.PRIMARY_METRIC
 
 
 def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
@@ -138,13 +105,12 @@ def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
     The chosen model is the one ``crlm train`` chose (``best.json`` in a models folder), or the
     registered model's.
     """
-    best_file = Path(model) / "best.json"
-    chosen = json.loads(best_file.read_text()) if not is_model_uri(model) and best_file.is_file() else {}
+    chosen = registry.read_best(Path(model)) if not is_model_uri(model) else {}
     summary: dict[str, Any] = {}
     for task, task_metrics in metrics.items():
-        if task == evaluation.NOTES:
+        if task == NOTES:
             continue
-        fitted = [m for m in training.MODELS[task] if m in task_metrics]
+        fitted = [m for m in registry.MODELS[task] if m in task_metrics]
         best = chosen.get(task) if chosen.get(task) in task_metrics else (fitted[0] if len(fitted) == 1 else None)
         if best is None:
             continue
@@ -169,7 +135,7 @@ def _log_to_training_run(model: str, metrics: dict[str, Any], summary: dict[str,
         return
     client = MlflowClient()
     for task, task_metrics in metrics.items():
-        if task == evaluation.NOTES:
+        if task == NOTES:
             continue
         primary = PRIMARY_METRIC[task]
         for name, entry in task_metrics.items():
@@ -183,7 +149,7 @@ def _log_to_training_run(model: str, metrics: dict[str, Any], summary: dict[str,
     for key, value in summary.items():
         if isinstance(value, float) and math.isfinite(value):
             client.log_metric(run_id, key, value)
-    n = max((notes[t]["n_patients"] for t in metrics if t != evaluation.NOTES), default=0)
+    n = max((notes[t]["n_patients"] for t in metrics if t != NOTES), default=0)
     tracking.log_dataset(features, f"{Path(features).parent.name}/{Path(features).name} (external)", "external",
                          n, run_id=run_id)
     print(f"external metrics logged to MLflow run {run_id}")

@@ -19,67 +19,34 @@ and the clinical / imaging attribution share. With tracking, each model's folder
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import joblib
 import pandas as pd
 
-from features.schema import PATIENT_ID
-from models import explain, training
+from features.schema import OK, PATIENT_ID, STATUS, patient_file_stem
+from models import explain, registry
 from models.plots import save_plot
 from models.predictor import RecurrencePredictor, ResponsePredictor
+from models.registry import RUNS_FILE  # its home: models.registry
 from pipeline.settings import build
 
 SPLIT = "split"
 TRAIN, TEST = "train", "test"
-STATUS, OK = "status", "ok"
-RUNS_FILE = "mlflow_runs.json"
 ARTIFACT_PATH = "shap"
 SUMMARY = "summary.json"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_ID_HASH_LENGTH = 8
-_PREDICTOR_TYPE = {training.RECURRENCE: RecurrencePredictor, training.RESPONSE: ResponsePredictor}
+safe_file_stem = patient_file_stem   # the one file-name rule (features.schema), also crlm predict's
 
 
-def safe_file_stem(name: str) -> str:
-    """A file name stem made of ASCII letters, digits, ``-`` and ``_``.
-
-    A name that needs changing gets a short hash of the original appended, so two different
-    ids (``Pätient`` and ``P_tient``) never share a file.
-    """
-    text = str(name)
-    safe = _UNSAFE.sub("_", text)
-    if safe == text and safe:
-        return safe
-    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:_ID_HASH_LENGTH]
-    return f"{safe}-{digest}" if safe else digest
-
-
-def load_predictors(models_dir: Path) -> dict[tuple[str, str], RecurrencePredictor | ResponsePredictor]:
-    """The fitted predictors in ``models_dir`` (``{task}_{model}.joblib`` for the models of
-    `models.training.MODELS`), keyed by (task, model)."""
-    found = {}
-    for task in training.TASKS:
-        for name in training.MODELS[task]:
-            path = Path(models_dir) / f"{task}_{name}.joblib"
-            if not path.is_file():
-                continue
-            predictor = joblib.load(path)
-            if not isinstance(predictor, _PREDICTOR_TYPE[task]):
-                raise ValueError(f"{path}: expected a {_PREDICTOR_TYPE[task].__name__}, found "
-                                f"{type(predictor).__name__}; rerun crlm train to rebuild the models folder")
-            found[(task, name)] = predictor
-    if not found:
-        expected = [f"{t}_{m}.joblib" for t in training.TASKS for m in training.MODELS[t]]
-        raise FileNotFoundError(f"no fitted models in {models_dir} (looked for {', '.join(expected)}); "
-                                f"run crlm train first or point --models at its models folder")
-    return found
+def load_predictors(models: Path | str, tracking_uri: str | None = None
+                    ) -> dict[tuple[str, str], RecurrencePredictor | ResponsePredictor]:
+    """The fitted predictors of a models folder (or the one of an MLflow model URI), keyed by
+    (task, model); `models.registry.load_models` checks each file holds its task's predictor."""
+    return {(m.task, m.name): m.predictor
+            for m in registry.load_models(models, tracking_uri, every=True, one_per_task=False)}
 
 
 def read_split(split: Path, table: pd.DataFrame, features: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -172,16 +139,23 @@ def _track(runs_file: Path, folders: Mapping[str, Path], repo_root: Path) -> Non
         print(f"tracking: logged {folder} into run {run_id} ({key}) under '{ARTIFACT_PATH}/'")
 
 
-def run_explain(models_dir: Path, features: Path, split: Path, out: Path, settings: dict,
+def run_explain(models_dir: Path | str, features: Path, split: Path, out: Path, settings: dict,
                 repo_root: Path | None = None, track: bool = True) -> dict:
     """Explain every fitted model on the test patients of ``split``; return the summary.
+
+    ``models_dir``: a models folder (every fitted model in it) or an MLflow model URI
+    (``models:/crlm-response@champion``, looked up in the project's store; not tracked).
 
     ``settings`` is the ``explain`` block of params.yaml (keys ``top_k``, ``dependence_plots``,
     ``waterfalls``, ``background_size``, ``seed``; all optional, unknown keys are an error).
     """
+    from pipeline import tracking
+    from pipeline.paths import REPO_ROOT
+
     config = build(explain.ExplainSettings, settings or {}, where="params.yaml explain")
-    models_dir, features, split, out = Path(models_dir), Path(features), Path(split), Path(out)
-    predictors = load_predictors(models_dir)
+    repo_root = Path(repo_root) if repo_root is not None else REPO_ROOT
+    features, split, out = Path(features), Path(split), Path(out)
+    predictors = load_predictors(models_dir, tracking.tracking_uri(repo_root))
     table = pd.read_parquet(features)
     for column in (PATIENT_ID, STATUS):
         if column not in table:
@@ -193,7 +167,8 @@ def run_explain(models_dir: Path, features: Path, split: Path, out: Path, settin
     folders: dict[str, Path] = {}
     for (task, name), predictor in predictors.items():
         start = time.perf_counter()
-        path = models_dir / f"{task}_{name}.joblib"
+        path = (Path(models_dir) / registry.predictor_file(task, name) if not registry.is_model_uri(models_dir)
+                else models_dir)
         try:
             result = explain.explain(predictor, test, train, config.background_size, config.seed)
         except (KeyError, TypeError, ValueError) as err:   # missing columns, unsupported estimator
@@ -210,5 +185,9 @@ def run_explain(models_dir: Path, features: Path, split: Path, out: Path, settin
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=True, ensure_ascii=False), encoding="utf-8")
     if track:
-        _track(models_dir / RUNS_FILE, folders, Path(repo_root) if repo_root is not None else Path.cwd())
+        if registry.is_model_uri(models_dir):
+            print(f"tracking skipped: {models_dir} is a registry model (crlm explain logs into the runs a models "
+                  f"folder lists in {RUNS_FILE})")
+        else:
+            _track(Path(models_dir) / RUNS_FILE, folders, repo_root)
     return summary

@@ -3,47 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-from features import extraction, radiomics
-from pipeline import settings
-from features.imaging import LabelRoles
-from pipeline.world import load_labels
-
-
-@dataclass(frozen=True)
-class ExtractionConfig:
-    """``configs/extraction.yaml``: how lesions are cropped, cached and aggregated."""
-
-    crop_margin_mm: float
-    cache_dir: str
-    resample_mask: bool
-    min_lesion_voxels: int
-    aggregation: tuple[str, ...]
-
-
-def load_extraction_config(path: str | Path) -> ExtractionConfig:
-    return settings.load(ExtractionConfig, path)
-
-
-def case_options(params: Path, config: Path, labels_path: Path, liver_label: int | None = None,
-                 lesion_label: int | None = None, resample_mask: bool | None = None
-                 ) -> tuple[extraction.CaseOptions, ExtractionConfig]:
-    """The per-case extraction settings from the radiomics parameter file, the extraction config
-    and the label roles; command-line label values and ``resample_mask`` override the files."""
-    cfg = load_extraction_config(config)
-    labels: LabelRoles = load_labels(labels_path)
-    if liver_label is not None or lesion_label is not None:
-        labels = replace(labels, liver=liver_label if liver_label is not None else labels.liver,
-                         lesion=lesion_label if lesion_label is not None else labels.lesion)
-    options = extraction.CaseOptions(
-        settings=radiomics.ExtractionSettings(radiomics.load_radiomics_params(params), cfg.crop_margin_mm),
-        labels=labels,
-        resample_mask=cfg.resample_mask if resample_mask is None else resample_mask,
-        min_lesion_voxels=cfg.min_lesion_voxels,
-    )
-    return options, cfg
+from features import extraction
+from pipeline.execution import map_cases
+from pipeline.inputs import case_options
 
 
 def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path, labels_path: Path,
@@ -62,7 +26,7 @@ def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path,
         cache_dir = Path(cache_dir)
     start = time.perf_counter()
     lesions, report = extraction.extract_cohort(cases, options, cache_dir, jobs=jobs, progress=progress,
-                                                scheduler=scheduler)
+                                                scheduler=scheduler, map_cases=map_cases)
     extraction.write_extraction(out, lesions, report, extraction.settings_record(options, cfg.aggregation))
     failed = report.loc[report[extraction.STATUS] != extraction.OK]
     print(f"extracted {len(lesions)} lesions from {len(cases)} cases in {time.perf_counter() - start:.1f} s "

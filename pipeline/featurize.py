@@ -9,8 +9,7 @@ import pandas as pd
 
 from features import extraction, patient_table
 from features.schema import PATIENT_ID
-from pipeline.extract import load_extraction_config
-from pipeline.validate import read_and_validate
+from pipeline.inputs import load_extraction_config, read_and_validate
 
 LESIONS_FILE = "lesions.parquet"
 REPORT_FILE = "extraction_report.csv"

@@ -24,10 +24,8 @@ split, so a patient's prediction does not depend on its neighbours or on the chu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
 import shutil
 import time
 from collections import Counter
@@ -36,59 +34,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from tqdm.auto import tqdm
 
 from features import extraction, patient_table, radiomics
 from features.mapping import CohortMapping, MappingError, apply_mapping, load_mapping, sheet_headers
-from features.schema import IMAGE, MASK, PATIENT_ID
+from features.schema import (DUPLICATE_ID, EXTRACTION_ERROR, IMAGE, INVALID, MASK, MISSING_ID, OK, PATIENT_ID,
+                             REASON, STATUS, patient_file_stem)
+from features.scores import SCORE_OUTPUTS
 from features.validation import Problem, validate_cohort
 from models import explain as shap_explain
+from models import registry
+from models.evaluation import logit
 from models.explain import explain_without_background
-from models import training
+from models.predictor import RESPONSE_PROBABILITY, RISK, RISK_GROUP, survival_column
 from models.preprocessing import split_feature_types
-from models.predictor import RESPONSE_PROBABILITY, RISK, RISK_GROUP, RecurrencePredictor, survival_column
-from pipeline.extract import case_options
-from pipeline.train import BEST_FILE   # {"recurrence": "coxnet", "response": "xgb"} in a models folder
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RADIOMICS = REPO_ROOT / "configs" / "radiomics.yaml"
-DEFAULT_EXTRACTION = REPO_ROOT / "configs" / "extraction.yaml"
-DEFAULT_LABELS = REPO_ROOT / "configs" / "labels.yaml"
+from models.registry import LoadedModel
+from pipeline.execution import map_cases
+from pipeline.inputs import case_options
+from pipeline.paths import DEFAULT_EXTRACTION, DEFAULT_LABELS, DEFAULT_RADIOMICS, REPO_ROOT
 
 DEFAULT_CHUNK_SIZE = 32     # patients per chunk: bounds memory (images of one chunk at a time)
 DEFAULT_TOP_K = 3           # contributions per task written to predictions.csv
 PREDICTIONS_FILE = "predictions.csv"
 SUMMARY_FILE = "summary.json"
 EXPLANATIONS_DIR = "explanations"
-CV_FILE = "cv.json"         # crlm train's chosen models ({task: {"best": name, ...}}), if copied there
-# Model chosen per task from a folder without a marker: the simplest model first.
-MODEL_PREFERENCE = {training.RECURRENCE: ("coxnet", "xgb_cox", "xgb_aft"),
-                    training.RESPONSE: ("logistic", "xgb")}
-REGISTRY_SCHEMES = ("models:/", "runs:/")
 SECONDS_PER_MINUTE = 60.0
 # SHAP values + base vs the prediction, relative to max(1, |margin|): xgboost sums in float32.
 ADDITIVITY_TOLERANCE = shap_explain.ADDITIVITY_TOLERANCE
-MAX_FILE_STEM = 80          # characters of a sanitised identifier kept in a file name
-ID_HASH_CHARS = 8
 
-# Status codes (besides the extraction's: missing_file, unreadable, geometry_mismatch,
-# empty_mask, missing_lesion_label, nan_voxels, invalid_labels, lesion_too_small, ...).
-OK = "ok"
-DUPLICATE_ID = "duplicate_patient_id"
-MISSING_ID = "missing_patient_id"
-INVALID = "invalid"   # a validation problem without a row code (should not happen)
-EXTRACTION_ERROR = "extraction_error"
-
+# Status codes (features.schema) besides the extraction's: missing_file, unreadable,
+# geometry_mismatch, empty_mask, missing_lesion_label, nan_voxels, invalid_labels, ...
 ROW = "row"
-STATUS = "status"
-REASON = "reason"
 EXPLANATION = "explanation"
-SCORE_COLUMNS = ("fong_score", "fong_risk_group", "oslo_score", "game_score", "game_risk_group",
-                 "nordlinger_score", "nordlinger_risk_group", "tbs", "tbs_zone")
-BASE_VALUE = {  # what the base value of an explanation is, per kind of estimator
+SCORE_COLUMNS = SCORE_OUTPUTS   # the clinical scores and their groups (features.scores.clinical_scores)
+BASE_VALUE = {  # what the base value of an explanation is, per SHAP kind of a family (models.registry)
     "linear": "prediction for a reference patient: numeric inputs at their training mean, categorical "
               "inputs at their most frequent training category",
     "tree": "mean margin over the training data, weighted by the trees' cover (TreeSHAP, tree_path_dependent)",
@@ -97,132 +79,14 @@ BASE_VALUE = {  # what the base value of an explanation is, per kind of estimato
 
 # --------------------------------------------------------------------------- models
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """One model used for prediction: the predictor (for columns and explanations) and, for a
-    registry model, the MLflow pyfunc that produces the numbers."""
-
-    task: str
-    name: str
-    version: str
-    source: str
-    predictor: Any
-    pyfunc: Any = None
-
-    @property
-    def feature_columns(self) -> list[str]:
-        return list(self.predictor.feature_columns)
-
-    @property
-    def needs_images(self) -> bool:
-        return any(c.startswith(training.IMAGING_PREFIXES) for c in self.feature_columns)
-
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The model's output frame, one row per row of ``frame`` (same index)."""
-        if self.pyfunc is not None:
-            out = self.pyfunc.predict(frame)
-        else:
-            out = self.predictor.predict_frame(frame)
-        out = out.drop(columns=PATIENT_ID, errors="ignore")
-        out.index = frame.index
-        return out
-
-
-def _task_of(predictor: Any) -> str:
-    return training.RECURRENCE if isinstance(predictor, RecurrencePredictor) else training.RESPONSE
-
-
-def _file_version(path: Path) -> str:
-    return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
-
-
-def _chosen_in_folder(folder: Path, task: str, names: Sequence[str]) -> str:
-    """The model of ``task`` to use from a models folder: the marker file, else the preference."""
-    for marker, read in ((BEST_FILE, lambda d: d.get(task)),
-                         (CV_FILE, lambda d: (d.get(task) or {}).get("best"))):
-        path = folder / marker
-        if path.is_file():
-            chosen = read(json.loads(path.read_text(encoding="utf-8")))
-            if chosen is not None:
-                if chosen not in names:
-                    raise FileNotFoundError(f"{path} names {chosen!r} for {task}, but {folder} has no "
-                                            f"{task}_{chosen}.joblib (it has {', '.join(sorted(names))}); "
-                                            f"run crlm train --models {folder} again")
-                return str(chosen)
-    for name in MODEL_PREFERENCE.get(task, ()):
-        if name in names:
-            return name
-    return sorted(names)[0]
-
-
-def _load_folder(folder: Path) -> list[LoadedModel]:
-    found: dict[str, dict[str, Path]] = {}
-    for path in sorted(folder.glob("*.joblib")):
-        task, _, name = path.stem.partition("_")
-        if task in training.TASKS and name:
-            found.setdefault(task, {})[name] = path
-    if not found:
-        raise FileNotFoundError(f"no trained predictors ({{task}}_{{model}}.joblib) in {folder}; "
-                                f"run crlm train --models {folder}")
-    loaded = []
-    for task in training.TASKS:
-        if task in found:
-            name = _chosen_in_folder(folder, task, list(found[task]))
-            path = found[task][name]
-            loaded.append(LoadedModel(task, name, _file_version(path), str(path), joblib.load(path)))
-    return loaded
-
-
-def _registry_version(uri: str) -> str:
-    """'crlm-recurrence v3 (@champion)' for models:/name@alias, 'name v3' for models:/name/3."""
-    from mlflow import MlflowClient
-
-    if not uri.startswith("models:/"):
-        return uri
-    rest = uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        version = MlflowClient().get_model_version_by_alias(name, alias).version
-        return f"{name} v{version} (@{alias})"
-    name, _, version = rest.partition("/")
-    return f"{name} v{version}" if version else name
-
-
 def load_models(models: Sequence[str], repo_root: Path) -> list[LoadedModel]:
     """Models from folders written by ``crlm train`` (one per task: the one ``best.json`` names,
-    else the first of ``MODEL_PREFERENCE`` present, for folders written before best.json), single ``{task}_{name}.joblib`` files, or MLflow URIs
-    (``models:/crlm-recurrence@champion``). At most one model per task."""
-    if not models:
-        raise ValueError("give at least one model: a models folder, a .joblib file or models:/<name>@<alias>")
-    loaded: list[LoadedModel] = []
-    for spec in models:
-        spec = str(spec)
-        if spec.startswith(REGISTRY_SCHEMES):
-            import mlflow
+    else the first of the registry's preference order present), single ``{task}_{name}.joblib``
+    files, or MLflow URIs (``models:/crlm-recurrence@champion``, looked up in the project's
+    store): `models.registry.load_models`. At most one model per task."""
+    from pipeline import tracking
 
-            from pipeline import tracking
-
-            tracking.configure(repo_root)
-            pyfunc = mlflow.pyfunc.load_model(spec)
-            predictor = pyfunc.unwrap_python_model().predictor
-            loaded.append(LoadedModel(_task_of(predictor), predictor.name, _registry_version(spec), spec,
-                                      predictor, pyfunc))
-            continue
-        path = Path(spec)
-        if path.is_dir():
-            loaded += _load_folder(path)
-        elif path.is_file() and path.suffix == ".joblib":
-            predictor = joblib.load(path)
-            loaded.append(LoadedModel(_task_of(predictor), predictor.name, _file_version(path), str(path), predictor))
-        else:
-            raise FileNotFoundError(f"model {spec!r} is neither a models folder, a .joblib file nor an MLflow "
-                                    f"URI (models:/<name>@<alias>); run crlm train --models <folder> first")
-    tasks = Counter(m.task for m in loaded)
-    twice = [t for t, n in tasks.items() if n > 1]
-    if twice:
-        sources = [f"{m.source} ({m.name})" for m in loaded if m.task in twice]
-        raise ValueError(f"more than one {twice[0]} model given: {', '.join(sources)}; give one model per task")
-    return loaded
+    return registry.load_models(list(models), tracking.tracking_uri(repo_root))
 
 
 # --------------------------------------------------------------------------- reading
@@ -309,14 +173,9 @@ def _problem_code(problem: Problem) -> str:
 
 
 def explanation_file(patient_id: str) -> str:
-    """A safe file name for a patient's explanation: ASCII letters, digits, '.', '_', '-'; a
-    short hash of the identifier is added whenever characters had to be replaced, so two ids
-    never share a file."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", patient_id).strip("._")[:MAX_FILE_STEM]
-    if safe != patient_id or not safe:
-        digest = hashlib.sha256(patient_id.encode("utf-8")).hexdigest()[:ID_HASH_CHARS]
-        safe = f"{safe or 'patient'}-{digest}"
-    return f"{safe}.json"
+    """The explanation file of a patient: ``features.schema.patient_file_stem`` (the file-name
+    rule crlm explain uses too) + ``.json``."""
+    return f"{patient_file_stem(patient_id)}.json"
 
 
 def _json_value(value: Any) -> Any:
@@ -363,14 +222,14 @@ def _extract(ctx: Context, cases: list[extraction.CaseInput]) -> tuple[pd.DataFr
     cannot stop the others (its exception becomes its reason)."""
     try:
         return extraction.extract_cohort(cases, ctx.options, ctx.cache, jobs=ctx.jobs, progress=False,
-                                         scheduler=ctx.scheduler)
+                                         scheduler=ctx.scheduler, map_cases=map_cases)
     except Exception:  # noqa: BLE001 - retried per case below; each failure is reported per patient
         pass
     lesions, reports = [], []
     for case in cases:
         try:
             one_lesions, one_report = extraction.extract_cohort([case], ctx.options, ctx.cache, jobs=1,
-                                                                progress=False)
+                                                                progress=False, map_cases=map_cases)
         except Exception as exc:  # noqa: BLE001 - reported in the patient's row, never swallowed
             message = (f"patient {case.patient_id}: extraction of image {case.image} with mask {case.mask} "
                        f"failed ({type(exc).__name__}: {exc}); check both files open in a viewer and report "
@@ -436,7 +295,7 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
             by_patient.setdefault(str(problem.patient_id), []).append(problem)
         for index in candidates.index[(report.status != OK).to_numpy()]:
             problems = by_patient.get(str(table.at[index, PATIENT_ID]), [])
-            status[index] = _problem_code(problems[0]) if problems else "invalid"
+            status[index] = _problem_code(problems[0]) if problems else INVALID
             reason[index] = ("; ".join(p.message for p in problems) or report.status[index]) + \
                 f"; correct the value(s) in {ctx.cohort} and run again"
         valid = report.valid_rows
@@ -475,7 +334,7 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
 def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
     """Predictions, scores, top contributions and explanation files of the ok patients."""
     missing_imaging = sorted({c for m in ctx.models for c in m.feature_columns
-                              if c.startswith(training.IMAGING_PREFIXES) and c not in features})
+                              if c.startswith(registry.IMAGING_PREFIXES) and c not in features})
     if missing_imaging:
         raise ValueError(f"the models use imaging feature(s) {missing_imaging[:5]} that extraction did not "
                          f"produce; extract with the radiomics parameters and aggregation rules the models "
@@ -497,8 +356,12 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
         out.loc[index, f"{model.task}_model"] = model.name
         out.loc[index, f"{model.task}_model_version"] = model.version
         result = explain_without_background(model.predictor, frame, typed=True)
-        served = predicted[RISK] if model.task == training.RECURRENCE else _logit(predicted[RESPONSE_PROBABILITY])
-        gap = np.abs(result.output - served.to_numpy(float))
+        if model.task == registry.RECURRENCE:
+            served, explained = predicted[RISK].to_numpy(float), result.output
+        else:   # log-odds through the one (clipped) logit on both sides: saturated probabilities agree
+            served = logit(predicted[RESPONSE_PROBABILITY].to_numpy(float))
+            explained = logit(expit(np.asarray(result.output, float)))
+        gap = np.abs(explained - served)
         if gap.size and gap.max() > ADDITIVITY_TOLERANCE * max(1.0, float(np.abs(result.output).max())):
             raise ValueError(f"{model.source}: the unwrapped predictor disagrees with the served model (by "
                              f"{gap.max():.3g}); its explanation would not describe its prediction")
@@ -507,7 +370,7 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
             top.index = index
             for column in top.columns:
                 out.loc[index, f"{model.task}_{column}"] = top[column].to_numpy(dtype=object)
-        kind = "linear" if shap_explain.is_linear(model.predictor.pipeline.steps[-1][1]) else "tree"
+        kind = registry.family(model.task, model.name).shap
         for position, i in enumerate(index):
             order = np.argsort(-np.abs(result.values[position]), kind="mergesort")
             documents[i]["models"].append({
@@ -525,16 +388,11 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
         (ctx.explanations / name).write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-def _logit(probability: pd.Series) -> pd.Series:
-    p = probability.astype(float)
-    return np.log(p) - np.log1p(-p)
-
-
 def output_columns(models: Sequence[LoadedModel], top_k: int) -> list[str]:
     """The columns of predictions.csv for these models (fixed for the run)."""
     columns = [PATIENT_ID, ROW, STATUS, REASON]
     for model in models:
-        if model.task == training.RECURRENCE:
+        if model.task == registry.RECURRENCE:
             horizons = getattr(model.predictor, "horizons", ())
             columns += [RISK, *(survival_column(h) for h in horizons), RISK_GROUP]
         else:
@@ -562,22 +420,7 @@ def _prepare_out(out: Path) -> Path:
     return explanations
 
 
-def model_settings_record(models: Sequence[LoadedModel]) -> dict[str, Any] | None:
-    """The extraction settings record the models were trained with (``extraction_settings.json``
-    in their models folder, written by crlm train), or None if none carries one. Models with
-    different records cannot be used together."""
-    records: dict[str, dict[str, Any]] = {}
-    for model in models:
-        source = Path(model.source)
-        folder = source if source.is_dir() else source.parent
-        path = folder / extraction.SETTINGS_FILE
-        if not model.source.startswith(REGISTRY_SCHEMES) and path.is_file():
-            records[str(path)] = json.loads(path.read_text(encoding="utf-8"))
-    hashes = {record.get(extraction.SETTINGS_HASH) for record in records.values()}
-    if len(hashes) > 1:
-        raise ValueError(f"the models were trained with different extraction settings ({', '.join(records)}); "
-                         f"give models trained on the same features")
-    return next(iter(records.values()), None)
+model_settings_record = registry.settings_record   # the record the models were trained with
 
 
 def resolve_settings(record: dict[str, Any] | None, radiomics_params: Path | None, extraction_config: Path | None,

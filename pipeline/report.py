@@ -43,10 +43,11 @@ from features.aggregation import RULE_PREFIX
 from features.morphology import LARGEST_DIAMETER_MM, LESION_COUNT
 from features.patient_table import MORPHOLOGY_PREFIX, OK, REASON, STATUS
 from features.scores import clinical_scores
-from models.comparison import ORACLE
 from models.evaluation import CALIBRATION_HORIZON as HORIZON_MONTHS
-from models.evaluation import NOTES, PRIMARY_METRIC
-from models.training import BASELINES, MODELS as FITTED_MODELS
+from models.evaluation import CALIBRATION_SLOPE
+from models.registry import BASELINES, DEFAULT_REFERENCE, NOTES, ORACLE, PRIMARY_METRIC, RECURRENCE
+from models.registry import MODELS as FITTED_MODELS
+from pipeline.paths import REPO_ROOT
 
 REPORT_NAME = "report.html"
 TRAIN_RUN_NAME = "train"          # the parent run pipeline/train.py opens (tracking.pipeline_run)
@@ -70,14 +71,14 @@ MAX_EXAMPLE_IDS = 5               # patient ids listed per status row
 MAX_OTHER_COLUMNS = 30            # unrecognised feature columns listed by name
 TOP_IMPORTANCE_ROWS = 15          # rows of importance.csv shown
 
-REFERENCE = "fong"                # the default reference of the paired differences (params.yaml evaluate.reference)
+REFERENCE = DEFAULT_REFERENCE     # the default reference of the paired differences (params.yaml evaluate.reference)
 TASK_TITLES = {"recurrence": "Recurrence after liver resection (time to event)",
                "response": "Response to pre-operative chemotherapy (CR/PR vs SD/PD)"}
 
 METRIC_LABELS = {
     "c_index": "Harrell's C", "uno_c_index": "Uno's C", "auc_12m": "AUC 12 mo", "auc_24m": "AUC 24 mo",
     "auc_36m": "AUC 36 mo", "ibs": "integrated Brier (lower better)",
-    "calibration_slope_24m": "calibration slope 24 mo (ideal 1)", "roc_auc": "ROC AUC", "pr_auc": "PR AUC",
+    CALIBRATION_SLOPE: f"calibration slope {HORIZON_MONTHS:g} mo (ideal 1)", "roc_auc": "ROC AUC", "pr_auc": "PR AUC",
     "brier": "Brier (lower better)", "calibration_intercept": "calibration intercept (ideal 0)",
     "calibration_slope": "calibration slope (ideal 1)",
 }
@@ -647,7 +648,7 @@ def external_section(external_dir: Path | None, internal: Mapping[str, Any],
         if not isinstance(task_metrics, dict) or task == NOTES:
             continue
         reference = (external_notes.get(task) or {}).get("reference", REFERENCE) if external_notes else REFERENCE
-        primary = PRIMARY_METRIC.get(task, "c_index")
+        primary = PRIMARY_METRIC.get(task, PRIMARY_METRIC[RECURRENCE])
         best = (cv or {}).get(task, {}).get("best") if isinstance((cv or {}).get(task), dict) else None
         names = _model_order(task, set(task_metrics) | set(internal.get(task, {})) - {NOTES})
         rows, classes = [], []
@@ -758,7 +759,7 @@ def run_report(train_dir: Path, out: Path, features: Path | None = None, extract
     With ``track``, the report is logged to the latest MLflow parent run named ``train``.
     """
     train_dir = Path(train_dir)
-    repo_root = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parent.parent
+    repo_root = Path(repo_root) if repo_root is not None else REPO_ROOT
     metrics = load_metrics(train_dir)
     cv, _ = _try_read(train_dir / "cv.json", _read_json)
     cv = cv if isinstance(cv, dict) else None

@@ -7,7 +7,6 @@ silent misspellings, STYLE.md). Entry points read files; library code receives t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -24,10 +23,12 @@ class SettingsError(ValueError):
 
 
 def _nearest(key: str, valid: typing.Iterable[str]) -> str:
+    from features.schema import nearest_name
+
     valid = sorted(valid)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    close = nearest_name(key, valid, cutoff=0.5)
     if close:
-        return f"did you mean '{close[0]}'?"
+        return f"did you mean '{close}'?"
     return f"valid keys: {', '.join(valid)}"
 
 

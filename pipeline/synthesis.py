@@ -21,13 +21,13 @@ from features import schema as s
 from pipeline.world import ClinicalParams, RecurrenceParams, ResponseParams, TraitParams, World
 
 # Columns of truth.csv besides the patient id: never read by the models.
-TRUTH_RECURRENCE_LP = "true_recurrence_lp"
-TRUTH_RECURRENCE_CLINICAL_LP = "true_recurrence_lp_clinical"
-TRUTH_RECURRENCE_IMAGING_LP = "true_recurrence_lp_imaging"
-TRUTH_RESPONSE_LP = "true_response_logit"
-TRUTH_RESPONSE_PROBABILITY = "true_response_probability"
-TRUTH_RECURRENCE_TIME = "true_recurrence_months_uncensored"
-TRUTH_CENSORING_TIME = "censoring_months"
+TRUTH_RECURRENCE_LP = s.TRUTH_RECURRENCE_LP          # the names are the schema's (features.schema)
+TRUTH_RECURRENCE_CLINICAL_LP = s.TRUTH_RECURRENCE_CLINICAL_LP
+TRUTH_RECURRENCE_IMAGING_LP = s.TRUTH_RECURRENCE_IMAGING_LP
+TRUTH_RESPONSE_LP = s.TRUTH_RESPONSE_LP
+TRUTH_RESPONSE_PROBABILITY = s.TRUTH_RESPONSE_PROBABILITY
+TRUTH_RECURRENCE_TIME = s.TRUTH_RECURRENCE_TIME
+TRUTH_CENSORING_TIME = s.TRUTH_CENSORING_TIME
 TRAIT_HETEROGENEITY = "trait_heterogeneity"
 TRAIT_IRREGULARITY = "trait_irregularity"
 TRAIT_RIM = "trait_rim_enhancement"

@@ -38,6 +38,8 @@ from mlflow.tracking.fluent import ActiveRun
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from pipeline.paths import REPO_ROOT
+
 DEFAULT_EXPERIMENT = "crlm-prognosis"
 # MLflow 3's UI opens an experiment on its runs table when it is of this kind (not on the GenAI overview).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -50,7 +52,7 @@ CHAMPION = "champion"
 
 # The project's own packages, embedded in every logged model (MLflow ``code_paths``) so that the
 # pickled predictor classes load where crlm-prognosis is not installed (see models/serving.py).
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PROJECT_ROOT = REPO_ROOT
 PROJECT_PACKAGES: tuple[Path, ...] = (_PROJECT_ROOT / "models", _PROJECT_ROOT / "features")
 
 # Distributions pinned in a logged model's requirements when installed; MLflow's own inference

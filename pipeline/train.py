@@ -20,14 +20,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from features.schema import PATIENT_ID, SITE
-from models import comparison, evaluation, outcomes, plots, training
+from features.schema import OK, PATIENT_ID, SITE, STATUS
+from models import comparison, evaluation, outcomes, plots, registry, training
+from models.registry import (  # their home: models.registry
+    BEST_FILE,
+    NOTES,
+    PRIMARY_METRIC,
+    RUNS_FILE,
+)
 
 PIPELINE_NAME = "crlm"            # the pipeline's own registered models: crlm-recurrence, crlm-response
-BEST_FILE = "best.json"            # in the models folder: {task: best model name}
-RUNS_FILE = "mlflow_runs.json"     # in the models folder: {"task/model": MLflow run id}
-PRIMARY_METRIC = evaluation.PRIMARY_METRIC
-NOTES = evaluation.NOTES
 SUMMARY_FILE = "summary.json"      # headline numbers per task: what `dvc metrics show` / `dvc exp show` display
 
 
@@ -42,7 +44,7 @@ def best_model(cv_scores: dict[str, float], task: str) -> str:
     Chosen without looking at the held-out patients, so the held-out metrics of the chosen
     model stay an honest estimate (picking the best test score would be optimistic).
     """
-    fitted = [m for m in training.MODELS[task] if m in cv_scores]
+    fitted = [m for m in registry.MODELS[task] if m in cv_scores]   # preference order breaks ties
     return max(fitted, key=lambda m: cv_scores[m])
 
 
@@ -69,7 +71,7 @@ def _plots(task: str, fitted: training.FittedTask, table: pd.DataFrame, predicti
 
     if task == training.RECURRENCE:
         y_train, y_test = outcomes.recurrence_outcome(train), outcomes.recurrence_outcome(test)
-        for name, label in ((best, "model"), (reference, "fong")):
+        for name, label in ((best, "model"), (reference, "reference")):
             if name is None or name not in predictions:
                 continue
             pred = predictions[name]
@@ -231,7 +233,7 @@ def plan_tasks(table: pd.DataFrame, tasks: tuple[str, ...], explicit: bool) -> t
 
     With ``explicit`` (``--task recurrence``) a task that cannot be trained is an error.
     """
-    ok = table.loc[table["status"] == "ok"] if "status" in table else table
+    ok = table.loc[table[STATUS] == OK] if STATUS in table else table
     trainable, skipped = [], {}
     for task in tasks:
         reason = training.outcome_missing_reason(ok, task)
@@ -266,8 +268,8 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
     evaluation.baseline_settings(evaluate)   # a bad value stops here, before any fit
     models_dir = Path(models_dir) if models_dir is not None else Path(out) / "models"
     full = pd.read_parquet(features)
-    if "status" not in full:
-        raise ValueError(f"{features}: no 'status' column; build the feature table with crlm featurize")
+    if STATUS not in full:
+        raise ValueError(f"{features}: no '{STATUS}' column; build the feature table with crlm featurize")
     tasks, skipped = plan_tasks(full, tuple(tasks), explicit_tasks)
     for task, reason in skipped.items():
         print(f"{task}: skipped: {reason}")
@@ -286,9 +288,9 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
     out.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / RUNS_FILE).unlink(missing_ok=True)   # run ids of an earlier run would be wrong
-    for task in training.TASKS:                        # models of a task not trained this time
-        for model_name in (*training.MODELS[task], *training.BASELINES):
-            (models_dir / f"{task}_{model_name}.joblib").unlink(missing_ok=True)
+    for task in registry.TASKS:                        # models of a task not trained this time
+        for model_name in (*registry.MODELS[task], *registry.BASELINES):
+            (models_dir / registry.predictor_file(task, model_name)).unlink(missing_ok=True)
     with contextlib.ExitStack() as stack:
         parent_id = None
         if track:   # opened before the first fit, so that the run's duration is the training's
@@ -332,7 +334,7 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
     (fitted task, predictors, chosen model) for tracking."""
     reference_name, min_coverage = evaluation.baseline_settings(evaluate)
     notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort",
-                             "patients": {"in_table": len(full), "not_ok": int((full["status"] != "ok").sum()),
+                             "patients": {"in_table": len(full), "not_ok": int((full[STATUS] != OK).sum()),
                                           "usable": len(table)},
                              "skipped_tasks": skipped}
     metrics: dict[str, Any] = {}
@@ -380,7 +382,7 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
         for note in skipped_plots:
             print(f"{task}: {note}")
         for model_name, predictor in predictors.items():
-            joblib.dump(predictor, models_dir / f"{task}_{model_name}.joblib")
+            joblib.dump(predictor, models_dir / registry.predictor_file(task, model_name))
         for model_name, pred in predictions.items():
             value = pred.risk if task == training.RECURRENCE else pred.probability
             predictions_out.append(pd.DataFrame({PATIENT_ID: test[PATIENT_ID].to_numpy(), "task": task,

@@ -157,3 +157,37 @@ def test_evaluate_finds_a_registered_model_in_a_fresh_process(tracked, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["response"]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_crlm_evaluate_finds_the_champion_in_a_fresh_process_from_another_folder(tracked, tmp_path):
+    """Issue 12: `crlm evaluate --model models:/crlm-recurrence@champion` (as the README says),
+    with tracking on, run from a folder that is not the project: the model is looked up in the
+    project's store (here the fixture's), and nothing is created where the command runs (it used
+    to report the model not found and leave an empty ./mlflow.db)."""
+    root = tracked["root"]
+    tracking.configure(root)
+    tracking.promote("crlm-recurrence", 1)
+    out = tmp_path / "elsewhere"
+    out.mkdir()
+    code = ("import sys; from pathlib import Path; import pipeline.cli as cli; "
+            f"cli.REPO_ROOT = Path({str(root)!r}); "
+            "sys.exit(cli.main(['evaluate', '--model', 'models:/crlm-recurrence@champion', "
+            f"'--features', {str(root / 'external.parquet')!r}, '--out', 'external', "
+            f"'--params', {str(root / 'params.yaml')!r}]))")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", code], cwd=out, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "external metrics logged to MLflow run" in done.stdout
+    assert set(json.loads((out / "external" / "metrics.json").read_text())) == {"recurrence", "notes"}
+    assert sorted(p.name for p in out.iterdir()) == ["external"]   # no ./mlflow.db, no ./mlruns
+
+
+def test_explain_takes_a_registered_model_through_the_same_loader(tracked, tmp_path):
+    from pipeline.explain import run_explain
+
+    root = tracked["root"]
+    summary = run_explain("models:/crlm-response@candidate", root / "train.parquet", root / "reports" / "split.csv",
+                          tmp_path / "explain", {"waterfalls": 1, "dependence_plots": 1}, repo_root=root)
+    assert list(summary) == ["response"]
+    assert list(summary["response"]) == [tracked["metrics"]["notes"]["response"]["chosen"]]

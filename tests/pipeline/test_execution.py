@@ -123,9 +123,10 @@ def test_extraction_on_the_cluster_matches_local_processes_and_shares_the_cache(
     assert all(extraction.is_url(case.image) for case in url_cases)
     cache = (tmp_path / "cache").as_uri()
 
-    local_lesions, local_report = extraction.extract_cohort(cases, options(labels), None, jobs=2, progress=False)
+    local_lesions, local_report = extraction.extract_cohort(cases, options(labels), None, jobs=2, progress=False,
+                                                            map_cases=map_cases)
     dask_lesions, dask_report = extraction.extract_cohort(url_cases, options(labels), cache, scheduler=client,
-                                                          progress=False)
+                                                          progress=False, map_cases=map_cases)
     pd.testing.assert_frame_equal(local_lesions, dask_lesions)
     pd.testing.assert_frame_equal(local_report.drop(columns=TIMING_COLUMNS),
                                   dask_report.drop(columns=TIMING_COLUMNS))
