@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from features import extraction, radiomics
-from pipeline import settings
+from features import settings
+from features.settings import settings_class
 from features.imaging import LabelRoles
 from pipeline.world import load_labels
 
 
-@dataclass(frozen=True)
+@settings_class
 class ExtractionConfig:
     """``configs/extraction.yaml``: how lesions are cropped, cached and aggregated."""
 
@@ -21,6 +21,15 @@ class ExtractionConfig:
     resample_mask: bool
     min_lesion_voxels: int
     aggregation: tuple[str, ...]
+
+    def cache_location(self, override: str | Path | None = None) -> str | Path:
+        """The per-case cache: ``override`` (``--cache``) else ``cache_dir``. A URL stays text; a
+        relative path is relative to the working directory (where ``crlm`` or ``dvc`` runs), the
+        one rule for every relative path of the command line and the settings (docs/settings.md)."""
+        location = override if override is not None else self.cache_dir
+        if extraction.is_url(location):
+            return str(location)
+        return Path.cwd() / location
 
 
 def load_extraction_config(path: str | Path) -> ExtractionConfig:
@@ -35,8 +44,9 @@ def case_options(params: Path, config: Path, labels_path: Path, liver_label: int
     cfg = load_extraction_config(config)
     labels: LabelRoles = load_labels(labels_path)
     if liver_label is not None or lesion_label is not None:
-        labels = replace(labels, liver=liver_label if liver_label is not None else labels.liver,
-                         lesion=lesion_label if lesion_label is not None else labels.lesion)
+        labels = settings.replace(labels, "--liver-label/--lesion-label",
+                                  liver=liver_label if liver_label is not None else labels.liver,
+                                  lesion=lesion_label if lesion_label is not None else labels.lesion)
     options = extraction.CaseOptions(
         settings=radiomics.ExtractionSettings(radiomics.load_radiomics_params(params), cfg.crop_margin_mm),
         labels=labels,
@@ -57,9 +67,7 @@ def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path,
     """
     options, cfg = case_options(params, config, labels_path, liver_label, lesion_label, resample_mask)
     cases = extraction.read_manifest(cohort)
-    cache_dir = cache if cache is not None else cfg.cache_dir
-    if not extraction.is_url(cache_dir):
-        cache_dir = Path(cache_dir)
+    cache_dir = cfg.cache_location(cache)
     start = time.perf_counter()
     lesions, report = extraction.extract_cohort(cases, options, cache_dir, jobs=jobs, progress=progress,
                                                 scheduler=scheduler)
