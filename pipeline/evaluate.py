@@ -15,11 +15,11 @@ from typing import Any
 
 import joblib
 import pandas as pd
-import yaml
 
 from features.schema import PATIENT_ID
 from models import comparison, evaluation, outcomes, training
 from models.predictor import RecurrencePredictor
+from pipeline.settings import load_params
 
 RUNS_FILE = "mlflow_runs.json"     # written by crlm train into the models folder: {"train": parent run id, ...}
 
@@ -79,12 +79,12 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
     baseline score is evaluated only where it is computable (``evaluate.baseline_min_coverage``)
     in the training reference and in this cohort.
     """
-    params = yaml.safe_load(Path(params_path).read_text())["evaluate"]
+    params = load_params(params_path, "evaluate").evaluate
     if track or is_model_uri(model):
         from pipeline import tracking
 
         tracking.use_store(repo_root or Path.cwd())   # a models:/ URI is looked up in the project's store
-    reference_name, min_coverage = evaluation.baseline_settings(params)
+    reference_name, min_coverage = params.reference, params.baseline_min_coverage
     full = pd.read_parquet(features)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
     metrics: dict[str, Any] = {}
@@ -107,7 +107,7 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
         metrics[task] = evaluation.evaluate_task(task, build(reference), build(table), predictions,
                                                  reference=delta_reference,
-                                                 n_resamples=int(params["bootstrap"]), seed=int(params["seed"]))
+                                                 n_resamples=params.bootstrap, seed=params.seed)
         notes[task] = {"n_patients": len(table), "reference": delta_reference or None,
                        "baselines": {b: status.as_dict() for b, status in availability.items()}}
         for status in availability.values():

@@ -34,7 +34,7 @@ from features.schema import PATIENT_ID
 from models import explain, training
 from models.plots import save_plot
 from models.predictor import RecurrencePredictor, ResponsePredictor
-from pipeline.settings import build
+from features.settings import build
 
 SPLIT = "split"
 TRAIN, TEST = "train", "test"
@@ -172,14 +172,16 @@ def _track(runs_file: Path, folders: Mapping[str, Path], repo_root: Path) -> Non
         print(f"tracking: logged {folder} into run {run_id} ({key}) under '{ARTIFACT_PATH}/'")
 
 
-def run_explain(models_dir: Path, features: Path, split: Path, out: Path, settings: dict,
+def run_explain(models_dir: Path, features: Path, split: Path, out: Path,
+                settings: explain.ExplainSettings | Mapping[str, Any],
                 repo_root: Path | None = None, track: bool = True) -> dict:
     """Explain every fitted model on the test patients of ``split``; return the summary.
 
-    ``settings`` is the ``explain`` block of params.yaml (keys ``top_k``, ``dependence_plots``,
-    ``waterfalls``, ``background_size``, ``seed``; all optional, unknown keys are an error).
+    ``settings`` is the ``explain`` block of params.yaml (`ExplainSettings`, or its keys ``top_k``,
+    ``dependence_plots``, ``waterfalls``, ``background_size``, ``seed``; all optional, unknown keys are
+    an error).
     """
-    config = build(explain.ExplainSettings, settings or {}, where="params.yaml explain")
+    config = build(explain.ExplainSettings, settings, where="params.yaml: explain")
     models_dir, features, split, out = Path(models_dir), Path(features), Path(split), Path(out)
     predictors = load_predictors(models_dir)
     table = pd.read_parquet(features)

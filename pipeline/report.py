@@ -294,8 +294,10 @@ def _git_revision(repo_root: Path) -> str:
 # --------------------------------------------------------------------------- header
 
 
-def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], oracle_present: bool) -> Html:
-    """Title, what data this is, date, git revision, inputs and the params used."""
+def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], oracle_present: bool,
+           params: Path | None = None) -> Html:
+    """Title, what data this is, date, git revision, inputs and the params used (the file ``params``,
+    as the run was given it; default ``repo_root/params.yaml``)."""
     label = SYNTHETIC_LABEL if synthetic else REAL_LABEL
     banner = tag("div", f"Data: {label}", class_="banner " + ("synthetic" if synthetic else "real"))
     parts: list[Any] = [tag("h1", "crlm-prognosis run report"), banner]
@@ -307,7 +309,7 @@ def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], 
     facts = [("generated", now), ("git revision", _git_revision(repo_root))]
     facts += [(name, str(path) if path is not None else "not given") for name, path in inputs.items()]
     parts.append(table(["", ""], facts))
-    params_path = repo_root / "params.yaml"
+    params_path = Path(params) if params is not None else repo_root / "params.yaml"
     params, problem = _try_read(params_path, lambda p: yaml.safe_load(p.read_text(encoding="utf-8")))
     if problem is not None or not isinstance(params, dict):
         parts.append(not_available(f"params: {problem or f'{params_path} holds no mapping'}"))
@@ -838,7 +840,7 @@ def _report_path(out: Path) -> Path:
 
 def run_report(train_dir: Path, out: Path, features: Path | None = None, extraction: Path | None = None,
                external_dir: Path | None = None, explain_dir: Path | None = None, truth: Path | None = None,
-               repo_root: Path | None = None, track: bool = True) -> Path:
+               params: Path | None = None, repo_root: Path | None = None, track: bool = True) -> Path:
     """Write the run's HTML report to ``out`` (a ``.html`` file, or a folder for ``report.html``).
 
     Raises FileNotFoundError if ``train_dir/metrics.json`` is missing (run ``crlm train``).
@@ -854,7 +856,7 @@ def run_report(train_dir: Path, out: Path, features: Path | None = None, extract
     inputs = {"train": train_dir, "features": features, "extraction": extraction, "external": external_dir,
               "explain": explain_dir, "truth": truth}
     oracle_present = any(ORACLE in (m or {}) for m in metrics.values() if isinstance(m, dict))
-    sections = [header(synthetic, repo_root, inputs, oracle_present), cohort, extraction_section(extraction),
+    sections = [header(synthetic, repo_root, inputs, oracle_present, params), cohort, extraction_section(extraction),
                 models_section(metrics, cv, train_dir), explain_section(explain_dir),
                 external_section(external_dir, metrics, cv)]
     title = f"crlm-prognosis report: {SYNTHETIC_LABEL if synthetic else REAL_LABEL}"
