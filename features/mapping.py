@@ -213,7 +213,7 @@ class CohortMapping:
         for i, value in enumerate(values if isinstance(values, (list, tuple)) else ()):
             if isinstance(value, bool):
                 raise ValueError(f"[{i}]: {value!r}: {settings.YAML_BOOLEAN_HINT}")
-        return values
+        return tuple(values) if isinstance(values, list) else values   # strict: a tuple after this hook
 
     def __post_init__(self) -> None:
         if self.cohort and not COHORT_NAME.match(self.cohort):

@@ -118,37 +118,38 @@ def _path(loc: Iterable[Any]) -> str:
     return text
 
 
-def _at(where: str, loc: Iterable[Any]) -> str:
+def _at(loc: Iterable[Any], text: str) -> str:
     path = _path(loc)
-    return f"{where}: {path}" if path else where
+    return f"{path}: {text}" if path else text
 
 
-def _message(cls: type, where: str, error: Mapping[str, Any]) -> str:
+def _message(cls: type, error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``key.path: problem`` (the file is named once, by `_error`)."""
     kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
     if kind in _UNKNOWN:
         parent, key = loc[:-1], loc[-1]
         fields = _field_types(_type_at(cls, parent)) or {}
-        return f"{_at(where, parent)}: unknown key '{key}'; {nearest(str(key), fields)}"
+        return _at(parent, f"unknown key '{key}'; {nearest(str(key), fields)}")
     if kind in _MISSING and isinstance(loc[-1], int) and isinstance(value, (list, tuple)):
         args = typing.get_args(_type_at(cls, loc[:-1]))
-        return f"{_at(where, loc[:-1])}: expected {len(args)} values, got {len(value)}: {list(value)!r}"
+        return _at(loc[:-1], f"expected {len(args)} values, got {len(value)}: {list(value)!r}")
     if kind in _MISSING:
-        return f"{_at(where, loc[:-1])}: missing key(s) {loc[-1]}; add it (see docs/settings.md)"
+        return _at(loc[:-1], f"missing key(s) {loc[-1]}; add it (see docs/settings.md)")
     if kind == "literal_error":
         tp = _type_at(cls, loc)
         allowed = [str(a) for a in typing.get_args(tp)] if typing.get_origin(tp) is Literal else []
         hint = nearest(str(value), allowed, "allowed") if allowed else error["msg"]
-        return f"{_at(where, loc)}: {value!r} is not allowed; {hint}"
+        return _at(loc, f"{value!r} is not allowed; {hint}")
     if kind in ("value_error", "assertion_error"):
-        return f"{_at(where, loc)}: {error.get('ctx', {}).get('error', error['msg'])}"
+        return _at(loc, str(error.get("ctx", {}).get("error", error["msg"])))
     if kind in ("too_short", "too_long") and isinstance(value, (list, tuple)):
         tp = _type_at(cls, loc)
         args = typing.get_args(tp)
         if typing.get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
-            return f"{_at(where, loc)}: expected {len(args)} values, got {len(value)}: {list(value)!r}"
+            return _at(loc, f"expected {len(args)} values, got {len(value)}: {list(value)!r}")
     if kind in _EXPECTED:
-        return f"{_at(where, loc)}: expected {_EXPECTED[kind]}, got {value!r}"
-    return f"{_at(where, loc)}: {error['msg'][:1].lower()}{error['msg'][1:]}, got {value!r}"
+        return _at(loc, f"expected {_EXPECTED[kind]}, got {value!r}")
+    return _at(loc, f"{error['msg'][:1].lower()}{error['msg'][1:]}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- building
@@ -167,14 +168,14 @@ def _plain(value: Any, where: str, loc: tuple[Any, ...] = ()) -> Any:
     if isinstance(value, Mapping):
         for key in value:
             if isinstance(key, bool):
-                raise SettingsError(f"{_at(where, loc)}: key {key!r}: {YAML_BOOLEAN_HINT}")
+                raise SettingsError(f"{where}: " + _at(loc, f"key {key!r}: {YAML_BOOLEAN_HINT}"))
         return {str(k): _plain(v, where, (*loc, str(k))) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v, where, (*loc, i)) for i, v in enumerate(value)]
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
-    raise SettingsError(f"{_at(where, loc)}: {value!r} is a {type(value).__name__} (YAML reads some unquoted "
-                        f"values, e.g. dates, as such); quote it")
+    raise SettingsError(f"{where}: " + _at(loc, f"{value!r} is a {type(value).__name__} (YAML reads some "
+                                              f"unquoted values, e.g. dates, as such); quote it"))
 
 
 def build(cls: type[T], data: Any, where: str = "settings") -> T:
@@ -188,7 +189,22 @@ def build(cls: type[T], data: Any, where: str = "settings") -> T:
     try:
         return _adapter(cls).validate_json(text, strict=True)
     except pydantic.ValidationError as exc:
-        raise SettingsError("; ".join(_message(cls, where, e) for e in exc.errors())) from None
+        raise _error(cls, where, exc) from None
+
+
+def _error(cls: type, where: str, exc: pydantic.ValidationError) -> SettingsError:
+    """One error for all problems: ``where: path: problem; path: problem``. A missing key that an
+    unknown key of the same block is a near miss of (``sed`` for ``seed``) is said once."""
+    errors = exc.errors()
+    suggested = set()
+    for e in errors:
+        if e["type"] in _UNKNOWN:
+            parent = tuple(e["loc"][:-1])
+            fields = _field_types(_type_at(cls, parent)) or {}
+            suggested |= {(parent, c) for c in difflib.get_close_matches(str(e["loc"][-1]), sorted(fields), 1, 0.5)}
+    parts = [_message(cls, e) for e in errors
+             if not (e["type"] in _MISSING and (tuple(e["loc"][:-1]), e["loc"][-1]) in suggested)]
+    return SettingsError(f"{where}: " + "; ".join(parts))
 
 
 def replace(obj: T, where: str, **changes: Any) -> T:
@@ -197,7 +213,7 @@ def replace(obj: T, where: str, **changes: Any) -> T:
     try:
         return dataclasses.replace(obj, **changes)
     except pydantic.ValidationError as exc:
-        raise SettingsError("; ".join(_message(type(obj), where, e) for e in exc.errors())) from None
+        raise _error(type(obj), where, exc) from None
 
 
 def load_yaml(path: str | Path) -> Any:
