@@ -341,7 +341,8 @@ class TrainSettings:
     (0-1] above which a feature is dropped; ``k_features``, the univariate-selection grid;
     ``select_among`` (``preprocessing.SELECT_K``: imaging or all); ``grids``, per model family
     (``MODELS``) its estimator's hyper-parameter grid (sklearn names, checked against the
-    estimator's ``get_params``: a misspelt option is an error, not a silently dropped model).
+    estimator's ``get_params``: a misspelt option is an error, not a silently dropped model); a
+    family without a grid keeps its estimator's settings.
     """
 
     seed: int
@@ -409,7 +410,7 @@ class TrainSettings:
                                      f"{nearest(option, options, 'options')}")
                 if not values:
                     raise ValueError(f"{name}.{option}: an empty list; give at least one value")
-        return value
+        return {**{name: {} for name in families}, **value}   # a family without a grid: its estimator's defaults
 
 
 @dataclass
@@ -432,7 +433,7 @@ class FittedTask:
 
 def _grid(name: str, grids: Mapping[str, Mapping[str, Sequence[Any]]], k_features: Sequence[int],
           select_key: str | None) -> dict:
-    grid = {f"model__{key}": list(values) for key, values in grids.get(name, {}).items()}
+    grid = {f"model__{key}": list(values) for key, values in grids[name].items()}
     if select_key is not None:
         grid[select_key] = list(k_features)
     return grid

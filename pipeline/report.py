@@ -295,9 +295,9 @@ def _git_revision(repo_root: Path) -> str:
 
 
 def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], oracle_present: bool,
-           params: Path | None = None) -> Html:
-    """Title, what data this is, date, git revision, inputs and the params used (the file ``params``,
-    as the run was given it; default ``repo_root/params.yaml``)."""
+           params_file: Path | None = None) -> Html:
+    """Title, what data this is, date, git revision, inputs and the params used (``params_file``,
+    the params.yaml the run was given; default ``repo_root/params.yaml``)."""
     label = SYNTHETIC_LABEL if synthetic else REAL_LABEL
     banner = tag("div", f"Data: {label}", class_="banner " + ("synthetic" if synthetic else "real"))
     parts: list[Any] = [tag("h1", "crlm-prognosis run report"), banner]
@@ -309,7 +309,7 @@ def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], 
     facts = [("generated", now), ("git revision", _git_revision(repo_root))]
     facts += [(name, str(path) if path is not None else "not given") for name, path in inputs.items()]
     parts.append(table(["", ""], facts))
-    params_path = Path(params) if params is not None else repo_root / "params.yaml"
+    params_path = Path(params_file) if params_file is not None else repo_root / "params.yaml"
     params, problem = _try_read(params_path, lambda p: yaml.safe_load(p.read_text(encoding="utf-8")))
     if problem is not None or not isinstance(params, dict):
         parts.append(not_available(f"params: {problem or f'{params_path} holds no mapping'}"))
@@ -843,6 +843,7 @@ def run_report(train_dir: Path, out: Path, features: Path | None = None, extract
                params: Path | None = None, repo_root: Path | None = None, track: bool = True) -> Path:
     """Write the run's HTML report to ``out`` (a ``.html`` file, or a folder for ``report.html``).
 
+    ``params`` is the params.yaml the run used, shown in the report (``crlm report --params``).
     Raises FileNotFoundError if ``train_dir/metrics.json`` is missing (run ``crlm train``).
     With ``track``, the report is logged to the latest MLflow parent run named ``train``.
     """

@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from features import schema as s
 from models import comparison, explain, training
 from models.predictor import RecurrencePredictor
-from pipeline.settings import SettingsError, build
+from features.settings import SettingsError, build
 
 N_PATIENTS = 300
 RECURRENCE_DRIVER = "rad_driver"      # imaging: log hazard ratio 1.5 per SD
