@@ -96,13 +96,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     labels = None
     if args.images:
-        from dataclasses import replace
-
+        from features import settings
         from pipeline.world import load_labels
 
         labels = load_labels(args.labels)
         if args.liver_label is not None or args.lesion_label is not None:
-            labels = replace(labels, liver=args.liver_label or labels.liver, lesion=args.lesion_label or labels.lesion)
+            labels = settings.replace(labels, "--liver-label/--lesion-label", liver=args.liver_label or labels.liver,
+                                      lesion=args.lesion_label or labels.lesion)
     return run_validate(args.cohort, args.mapping, labels=labels, resample_mask=args.resample_mask,
                         images_out=args.images_out, jobs=args.jobs)
 

@@ -247,3 +247,12 @@ def test_the_report_shows_the_params_file_it_was_given_not_the_workspace_one(tmp
     assert code == 0, capsys.readouterr().err
     html = out.read_text(encoding="utf-8")
     assert "987654321" in html and str(experiment / "params.yaml") in html
+
+
+def test_a_label_override_is_checked_like_the_labels_file(tmp_path, capsys):
+    cohort = tmp_path / "c.csv"
+    cohort.write_text("patient_id,image,mask\n")
+    code = main(["validate", "--cohort", str(cohort), "--images", "--liver-label", "2"])
+    assert code == 2
+    assert ("--liver-label/--lesion-label: liver and lesion labels must be distinct positive integers"
+            in capsys.readouterr().err)
