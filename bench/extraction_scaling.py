@@ -1,6 +1,6 @@
 """Cohort extraction time with 1 and 2 local processes and on a 2-worker Dask LocalCluster.
 
-    python bench/extraction_scaling.py [--n N] [--repeats R] [--params configs/radiomics.yaml] [--no-dask]
+    python bench/extraction_scaling.py [--n N] [--repeats R] [--radiomics configs/radiomics.yaml] [--no-dask]
                                        [--json PATH]
 
 Writes one small synthetic cohort (site B, seed 11) to a temporary folder, then extracts it
@@ -56,8 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=6, help="patients in the cohort")
     parser.add_argument("--repeats", type=int, default=1, help="extractions per configuration (best kept)")
-    parser.add_argument("--params", type=Path, default=REPO / "configs" / "radiomics.yaml",
-                        help="pyradiomics parameter file")
+    parser.add_argument("--radiomics", "--params", dest="params", type=Path,
+                        default=REPO / "configs" / "radiomics.yaml",
+                        help="pyradiomics parameter file (--params: its old name, as crlm extract)")
     parser.add_argument("--no-dask", action="store_true", help="local processes only")
     parser.add_argument("--json", type=Path, default=None, help="also write the printed numbers to this JSON file")
     args = parser.parse_args()

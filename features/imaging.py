@@ -34,6 +34,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from scipy import ndimage
 
 from features.morphology import FULL_CONNECTIVITY
+from features.settings import settings_class
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ ORIENTATION_TOLERANCE = 1e-4
 TCIA_SEGMENT_ROLES: Mapping[str, str] = {"Liver": "liver", "Tumor_*": "lesion"}
 SEGMENT_ROLES = ("liver", "lesion", "ignore")
 
-@dataclass(frozen=True)
+@settings_class
 class LabelRoles:
     """Mask label values of the liver and of the lesions (configs/labels.yaml), how the
     segments of a DICOM-SEG map to these roles (segment name or glob -> liver/lesion/ignore),

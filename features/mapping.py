@@ -1,7 +1,7 @@
 """Cohort mappings: turn a user's clinical sheet into the canonical table (DESIGN.md 3).
 
 A mapping is a YAML file (``configs/mappings/*.yaml``) loaded into ``CohortMapping`` by the
-project's strict loader (``pipeline.settings``): unknown keys, unknown canonical columns and
+project's strict loader (``features.settings``): unknown keys, unknown canonical columns and
 unknown derivation rules are errors that name the nearest valid name. Keys:
 
 - ``rename: {their_column: output_column}``: the output is a canonical column
@@ -39,12 +39,13 @@ import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from pydantic import field_validator
 
 from features.schema import (
     COLUMN_BY_NAME,
@@ -56,8 +57,8 @@ from features.schema import (
     nearest_name,
 )
 from features.validation import as_numbers, is_blank
-from pipeline import settings
-from pipeline.settings import SettingsError
+from features import settings
+from features.settings import SettingsError, settings_class
 
 COVARIATE_KINDS = ("numeric", "categorical")
 COHORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -74,10 +75,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "_", text.strip().lower()).strip("_-") or "my_cohort"
 
 
-def _nearest(name: str, valid: Iterable[str], what: str) -> str:
-    valid = sorted(valid)
-    close = nearest_name(name, valid, cutoff=0.5)
-    return f"did you mean '{close}'?" if close else f"{what}: {', '.join(valid)}"
+_nearest = settings.nearest
 
 
 def _key(value: Any) -> str | None:
@@ -121,7 +119,7 @@ def recurrence_event_from(df: pd.DataFrame, column: str, event: Iterable[Any] = 
     return df[column].astype(object).where(~hit, keys.map(codes)).mask(keys.isna())
 
 
-@dataclass(frozen=True)
+@settings_class
 class DfiFromSynchronous:
     """``{rule: dfi_from_synchronous}``: see ``dfi_from_synchronous``. No arguments."""
 
@@ -135,7 +133,7 @@ class DfiFromSynchronous:
         return dfi_from_synchronous(df)
 
 
-@dataclass(frozen=True)
+@settings_class
 class RecurrenceEventFrom:
     """``{rule: recurrence_event_from, column: ..., event: [1], censored: [0]}``."""
 
@@ -169,7 +167,7 @@ RULES: dict[str, type[DfiFromSynchronous] | type[RecurrenceEventFrom]] = {
 
 # --- the mapping -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@settings_class
 class Covariate:
     """An extra model input kept beside the canonical columns."""
 
@@ -193,7 +191,7 @@ class Covariate:
         return Column(name, "text", self.description)
 
 
-@dataclass(frozen=True)
+@settings_class
 class CohortMapping:
     """How one cohort's sheet becomes canonical columns (keys: see the module docstring)."""
 
@@ -209,6 +207,14 @@ class CohortMapping:
     keep_unmapped: bool = False
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     cohort: str = ""
+
+    @field_validator("missing_values", mode="before")
+    @classmethod
+    def _no_booleans(cls, values: Any) -> Any:
+        for i, value in enumerate(values if isinstance(values, (list, tuple)) else ()):
+            if isinstance(value, bool):
+                raise ValueError(f"[{i}]: {value!r}: {settings.YAML_BOOLEAN_HINT}")
+        return tuple(values) if isinstance(values, list) else values   # strict: a tuple after this hook
 
     def __post_init__(self) -> None:
         if self.cohort and not COHORT_NAME.match(self.cohort):
@@ -288,20 +294,6 @@ class CohortMapping:
         return tuple(c.column(name) for name, c in self.covariates.items())
 
 
-def _reject_yaml_booleans(data: Mapping[str, Any], where: str) -> None:
-    """YAML reads unquoted yes/no/true/false as booleans; as codes they are surely meant as text."""
-    hint = "YAML reads unquoted yes/no/true/false/on/off as true/false; quote the value, e.g. \"yes\""
-    for i, value in enumerate(data.get("missing_values") or ()):
-        if isinstance(value, bool):
-            raise SettingsError(f"{where}.missing_values[{i}]: {value!r}: {hint}")
-    recode = data.get("recode") or {}
-    if isinstance(recode, Mapping):
-        for column, table in recode.items():
-            for source in table if isinstance(table, Mapping) else ():
-                if isinstance(source, bool):
-                    raise SettingsError(f"{where}.recode.{column}: key {source!r}: {hint}")
-
-
 def _build_rules(entries: Any, where: str) -> tuple[Derivation, ...]:
     if not isinstance(entries, (list, tuple)):
         raise SettingsError(f"{where}.derive: expected a list of {{rule: name, ...}}, got {entries!r}")
@@ -322,13 +314,9 @@ def mapping_from_dict(data: Any, where: str = "mapping") -> CohortMapping:
     if not isinstance(data, Mapping):
         raise SettingsError(f"{where}: expected a mapping, got {data!r}")
     data = dict(data)
-    _reject_yaml_booleans(data, where)
     rules = _build_rules(data.pop("derive", []) or [], where)
     mapping = settings.build(CohortMapping, data, where)
-    try:
-        return dataclasses.replace(mapping, derive=rules)
-    except ValueError as exc:
-        raise SettingsError(f"{where}: {exc}") from exc
+    return settings.replace(mapping, where, derive=rules)
 
 
 def load_mapping(path: str | Path) -> CohortMapping:

@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import field_validator
 from scipy.optimize import minimize
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
                             integrated_brier_score)
 
+from features.settings import nearest, settings_class
 from models.registry import BASELINES as BASELINE_NAMES   # their home: models.registry
 from models.registry import DEFAULT_MIN_COVERAGE, DEFAULT_REFERENCE, PRIMARY_METRIC
 
@@ -266,18 +268,35 @@ def calibration_warning(task: str, model_metrics: Mapping[str, Mapping[str, floa
             + ". Its ranking may still be useful; do not use its absolute risks")
 
 
-def baseline_settings(evaluate: Mapping[str, object]) -> tuple[str, float]:
-    """``evaluate.reference`` and ``evaluate.baseline_min_coverage`` of params.yaml, checked.
+@settings_class
+class EvaluateSettings:
+    """The ``evaluate`` block of params.yaml: ``bootstrap`` resamples (>= 1) and their ``seed``;
+    ``reference``, the baseline score the paired differences are against; a score is a baseline
+    only where computable for ``baseline_min_coverage`` (a share in [0, 1]) of a split's patients."""
 
-    Absent keys take the documented defaults (``fong``, 0.8); a value that is not a baseline
-    name, or a coverage outside [0, 1], is a ``ValueError`` naming the key and what is allowed.
-    """
-    reference = evaluate.get("reference", DEFAULT_REFERENCE)
-    if reference not in BASELINE_NAMES:
-        raise ValueError(f"params.yaml evaluate.reference: {reference!r} is not a baseline score; "
-                         f"allowed: {', '.join(BASELINE_NAMES)}")
-    coverage = evaluate.get("baseline_min_coverage", DEFAULT_MIN_COVERAGE)
-    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 <= coverage <= 1:
-        raise ValueError(f"params.yaml evaluate.baseline_min_coverage: {coverage!r}; expected a share "
-                         "between 0 and 1 (e.g. 0.8)")
-    return str(reference), float(coverage)
+    bootstrap: int
+    seed: int
+    reference: str = DEFAULT_REFERENCE
+    baseline_min_coverage: float = DEFAULT_MIN_COVERAGE
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _resamples(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value} resamples; expected at least 1 (e.g. 500)")
+        return value
+
+    @field_validator("reference")
+    @classmethod
+    def _baseline(cls, value: str) -> str:
+        if value not in BASELINE_NAMES:
+            raise ValueError(f"{value!r} is not a baseline score; {nearest(value, BASELINE_NAMES, 'allowed')} "
+                             f"(allowed: {', '.join(BASELINE_NAMES)})")
+        return value
+
+    @field_validator("baseline_min_coverage")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError(f"{value!r}; expected a share between 0 and 1 (e.g. 0.8)")
+        return value

@@ -49,6 +49,7 @@ from sksurv.linear_model import CoxnetSurvivalAnalysis
 from xgboost import XGBClassifier
 
 from features.schema import PATIENT_ID
+from features.settings import settings_class
 from models import training
 from models.plots import caption
 from models.predictor import RecurrencePredictor, ResponsePredictor
@@ -84,7 +85,7 @@ PLOT_AREA_WIDTH = 5.5             # inches kept for the data next to the feature
 LABEL_INCHES_PER_CHARACTER = 0.065
 
 
-@dataclass(frozen=True)
+@settings_class
 class ExplainSettings:
     """The ``explain`` block of params.yaml, validated when built."""
 

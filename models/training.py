@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from pydantic import field_validator
 from sklearn.pipeline import Pipeline
 
 from features import schema as s
 from features import scores
+from features.settings import nearest, settings_class
 from models import outcomes, preprocessing, registry
 from models.registry import (  # their home
     BASELINES,
@@ -273,7 +275,7 @@ def _minority(table: pd.DataFrame, task: str) -> int:
 
 
 def plan_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index: np.ndarray,
-              settings: Mapping[str, Any]) -> TaskPlan:
+              settings: TrainSettings) -> TaskPlan:
     """Check what the training and held-out patients of ``task`` allow before anything is fitted.
 
     Adapts where it can (fewer CV folds, a smaller feature-selection grid) and says so in
@@ -285,28 +287,110 @@ def plan_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_inde
     if minority_test < MIN_TEST_MINORITY:
         raise ValueError(f"{task}: the held-out split has {len(test)} patients with {minority_test} {unit}; "
                          f"at least {MIN_TEST_MINORITY} are needed for any held-out metric. Fix: more patients, "
-                         f"or a larger train.test_fraction (now {settings['test_fraction']})")
-    wanted = int(settings["cv_folds"])
+                         f"or a larger train.test_fraction (now {settings.test_fraction})")
+    wanted = settings.cv_folds
     folds = min(wanted, minority_train // MIN_MINORITY_PER_FOLD)
     notes: list[str] = []
     if folds < MIN_CV_FOLDS:
         raise ValueError(f"{task}: the training split has {len(train)} patients with {minority_train} {unit}; "
                          f"cross-validation needs at least {MIN_CV_FOLDS * MIN_MINORITY_PER_FOLD} "
                          f"({MIN_MINORITY_PER_FOLD} per fold, {MIN_CV_FOLDS} folds). Fix: more patients "
-                         f"(or events), or a smaller train.test_fraction (now {settings['test_fraction']})")
+                         f"(or events), or a smaller train.test_fraction (now {settings.test_fraction})")
     if folds < wanted:
         notes.append(f"{folds} CV folds instead of {wanted}: {minority_train} {unit} in the training split "
                      f"allow {MIN_MINORITY_PER_FOLD} per fold")
     # Univariate selection is fitted inside each fold: keep k below the fold's training patients.
     fold_train = len(train) - math.ceil(len(train) / folds)
     cap = max(1, fold_train // 2)
-    requested = tuple(int(k) for k in settings["k_features"])
+    requested = settings.k_features
     k_features = tuple(sorted({min(k, cap) for k in requested}))
     if k_features != tuple(sorted(set(requested))):
         notes.append(f"feature-selection grid {list(k_features)} instead of {list(requested)}: "
                      f"{fold_train} training patients per fold allow at most {cap} selected features")
     return TaskPlan(task, len(train), len(test), minority_train, minority_test, folds, k_features, tuple(notes))
 
+
+
+@settings_class
+class TrainSettings:
+    """The ``train`` block of params.yaml.
+
+    ``seed`` of the split and the CV folds; ``test_fraction`` of held-out patients (0-1);
+    ``cv_folds`` (>= 2); ``jobs``, parallel fits (-1: all cores); ``correlation_threshold``
+    (0-1] above which a feature is dropped; ``k_features``, the univariate-selection grid;
+    ``select_among`` (``preprocessing.SELECT_K``: imaging or all); ``grids``, per model family
+    (``MODELS``) its estimator's hyper-parameter grid (sklearn names, checked against the
+    estimator's ``get_params``: a misspelt option is an error, not a silently dropped model); a
+    family without a grid keeps its estimator's settings.
+    """
+
+    seed: int
+    test_fraction: float
+    cv_folds: int
+    jobs: int
+    correlation_threshold: float
+    k_features: tuple[int, ...]
+    select_among: str = "all"
+    grids: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+
+    @field_validator("test_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"{value!r}; expected a share between 0 and 1, e.g. 0.3")
+        return value
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, value: int) -> int:
+        if value < MIN_CV_FOLDS:
+            raise ValueError(f"{value}; expected at least {MIN_CV_FOLDS} folds")
+        return value
+
+    @field_validator("jobs")
+    @classmethod
+    def _jobs(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError(f"{value}; expected a positive number or -1 (all cores)")
+        return value
+
+    @field_validator("correlation_threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError(f"{value!r}; expected a correlation in (0, 1], e.g. 0.9")
+        return value
+
+    @field_validator("k_features")
+    @classmethod
+    def _k(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 1:
+            raise ValueError(f"{list(value)}; expected a list of positive numbers of features, e.g. [20, 40]")
+        return value
+
+    @field_validator("select_among")
+    @classmethod
+    def _scope(cls, value: str) -> str:
+        if value not in preprocessing.SELECT_K:
+            raise ValueError(f"{value!r} is not allowed; {nearest(value, preprocessing.SELECT_K, 'allowed')}")
+        return value
+
+    @field_validator("grids")
+    @classmethod
+    def _grids(cls, value: dict[str, dict[str, tuple[Any, ...]]]) -> dict[str, dict[str, tuple[Any, ...]]]:
+        families = {f.name: f for f in registry.FAMILIES}
+        for name, grid in value.items():
+            if name not in families:
+                raise ValueError(f"unknown model '{name}'; {nearest(name, families, 'models')}")
+            estimator = families[name].estimator(0)
+            options = estimator.get_params(deep=False)
+            for option, values in grid.items():
+                if option not in options:
+                    raise ValueError(f"{name}: unknown option '{option}' of {type(estimator).__name__}; "
+                                     f"{nearest(option, options, 'options')}")
+                if not values:
+                    raise ValueError(f"{name}.{option}: an empty list; give at least one value")
+        return {**{name: {} for name in families}, **value}   # a family without a grid: its estimator's defaults
 
 
 @dataclass
@@ -329,7 +413,7 @@ class FittedTask:
 
 def _grid(name: str, grids: Mapping[str, Mapping[str, Sequence[Any]]], k_features: Sequence[int],
           select_key: str | None) -> dict:
-    grid = {f"model__{key}": list(values) for key, values in grids.get(name, {}).items()}
+    grid = {f"model__{key}": list(values) for key, values in grids[name].items()}
     if select_key is not None:
         grid[select_key] = list(k_features)
     return grid
@@ -343,12 +427,12 @@ def _failure(exc: BaseException) -> str:
 
 
 def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index: np.ndarray,
-             settings: Mapping[str, Any], covariates: Sequence[str] = (), jobs: int = 1,
+             settings: TrainSettings, covariates: Sequence[str] = (), jobs: int = 1,
              plan: TaskPlan | None = None) -> FittedTask:
     """Fit every model of ``task`` on the training rows, tuned by cross-validation there.
 
-    ``settings`` is the ``train`` block of params.yaml: ``seed``, ``cv_folds``,
-    ``correlation_threshold``, ``k_features`` (list), and per-model grids under ``grids``.
+    ``settings`` is the ``train`` block of params.yaml (`TrainSettings`): ``seed``, ``cv_folds``,
+    ``correlation_threshold``, ``k_features``, ``select_among`` and per-model grids under ``grids``.
     ``plan`` (from :func:`plan_task`) overrides the folds and the selection grid for a small
     cohort. A model family whose every fit fails on these data (e.g. the Cox net's
     ``ArithmeticError`` on a tiny cohort) is left out and named in ``failed``; grid points
@@ -359,11 +443,11 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
         raise ValueError(f"{task}: no usable model input: every candidate column is missing for all patients")
     numeric, categorical = preprocessing.split_feature_types(table, columns)
     imaging = [c for c in numeric if c.startswith(IMAGING_PREFIXES)]
-    select_among = str(settings.get("select_among", "all"))
+    select_among = settings.select_among
     select_key = (None if select_among == "imaging" and not imaging
                   else preprocessing.SELECT_K.get(select_among))
-    folds_n = plan.cv_folds if plan is not None else int(settings["cv_folds"])
-    k_features = list(plan.k_features) if plan is not None else list(settings["k_features"])
+    folds_n = plan.cv_folds if plan is not None else settings.cv_folds
+    k_features = list(plan.k_features) if plan is not None else list(settings.k_features)
     X = _model_frame(table, numeric, categorical)
     train = table.iloc[train_index]
     if task == RECURRENCE:
@@ -372,20 +456,20 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
     else:
         y = outcomes.response_outcome(train)
         strata = y
-    folds = StratifiedKFold(n_splits=folds_n, shuffle=True, random_state=int(settings["seed"]))
+    folds = StratifiedKFold(n_splits=folds_n, shuffle=True, random_state=settings.seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         splits = list(folds.split(np.zeros(len(y)), strata))
     fitted = FittedTask(task, columns, train_index, test_index)
     with tempfile.TemporaryDirectory(prefix="crlm-cv-") as cache:
         for name in MODELS[task]:
-            steps = preprocessing.feature_pipeline(numeric, categorical, float(settings["correlation_threshold"]),
+            steps = preprocessing.feature_pipeline(numeric, categorical, settings.correlation_threshold,
                                                    int(k_features[0]), imaging=imaging,
                                                    select_among=select_among)
             # The shared pre-processing of a fold is fitted once and reused across the grid.
-            pipeline = Pipeline([*steps, ("model", registry.family(task, name).estimator(int(settings["seed"])))],
+            pipeline = Pipeline([*steps, ("model", registry.family(task, name).estimator(settings.seed))],
                                 memory=cache)
-            search = GridSearchCV(pipeline, _grid(name, settings.get("grids", {}), k_features, select_key),
+            search = GridSearchCV(pipeline, _grid(name, settings.grids, k_features, select_key),
                                   cv=splits, n_jobs=jobs, refit=True, error_score=np.nan,
                                   scoring=None if task == RECURRENCE else "roc_auc")
             try:

@@ -18,7 +18,11 @@ from pipeline.paths import (
     DEFAULT_WORLD,
     REPO_ROOT,
 )
-
+# Relative paths, on the command line and in settings files, are relative to the working
+# directory (where crlm or dvc runs; docs/settings.md): so under `dvc exp run --temp` a stage
+# reads the experiment's params.yaml, not the workspace's.
+DEFAULT_PARAMS = Path("params.yaml")
+PARAMS_HELP = "params.yaml to read ({} blocks; default: params.yaml in the working directory)"
 SCHEDULER_HELP = ("Dask scheduler to run the cases on, e.g. tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, "
                   "else local processes; 'local' forces local processes); see docs/cluster.md")
 
@@ -27,6 +31,19 @@ SCHEDULER_HELP = ("Dask scheduler to run the cases on, e.g. tcp://host:8786 (def
 for _variable, _value in (("DVC_NO_ANALYTICS", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
                           ("DO_NOT_TRACK", "1")):
     os.environ.setdefault(_variable, _value)
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old option name: still works, with a deprecation warning on stderr naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"crlm: warning: {option_string} is deprecated here; use {self.new} (--params names "
+              f"params.yaml in train, evaluate, explain and report)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _jobs(value: str) -> int:
@@ -69,7 +86,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from pipeline.execution import resolve_scheduler
     from pipeline.extract import run_extract
 
-    run_extract(args.cohort, args.out, params=args.params, config=args.config, labels_path=args.labels,
+    run_extract(args.cohort, args.out, params=args.radiomics, config=args.config, labels_path=args.labels,
                 jobs=args.jobs, cache=args.cache, liver_label=args.liver_label,
                 lesion_label=args.lesion_label, resample_mask=args.resample_mask or None,
                 scheduler=resolve_scheduler(args.scheduler))
@@ -81,13 +98,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     labels = None
     if args.images:
-        from dataclasses import replace
-
+        from features import settings
         from pipeline.world import load_labels
 
         labels = load_labels(args.labels)
         if args.liver_label is not None or args.lesion_label is not None:
-            labels = replace(labels, liver=args.liver_label or labels.liver, lesion=args.lesion_label or labels.lesion)
+            labels = settings.replace(labels, "--liver-label/--lesion-label", liver=args.liver_label or labels.liver,
+                                      lesion=args.lesion_label or labels.lesion)
     return run_validate(args.cohort, args.mapping, labels=labels, resample_mask=args.resample_mask,
                         images_out=args.images_out, jobs=args.jobs)
 
@@ -139,12 +156,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import yaml
-
     from pipeline.explain import run_explain
+    from pipeline.settings import load_params
 
-    params = yaml.safe_load(Path(args.params).read_text()) or {}
-    run_explain(args.models, args.features, args.split, args.out, params.get("explain") or {},
+    params = load_params(args.params, "explain")
+    run_explain(args.models, args.features, args.split, args.out, params.explain,
                 repo_root=REPO_ROOT, track=not args.no_tracking)
     return 0
 
@@ -154,7 +170,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     run_report(args.train, args.out, features=args.features, extraction=args.extraction,
                external_dir=args.external, explain_dir=args.explain, truth=args.truth,
-               repo_root=REPO_ROOT, track=not args.no_tracking)
+               params=args.params, repo_root=REPO_ROOT, track=not args.no_tracking)
     return 0
 
 
@@ -164,7 +180,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     run_predict(args.cohort, args.model, args.out, mapping=args.mapping, jobs=args.jobs,
                 chunk_size=args.chunk_size, cache=args.cache, top_k=args.top_k, repo_root=REPO_ROOT,
-                radiomics_params=args.params, extraction_config=args.config, labels=args.labels,
+                radiomics_params=args.radiomics, extraction_config=args.config, labels=args.labels,
                 liver_label=args.liver_label, lesion_label=args.lesion_label,
                 resample_mask=args.resample_mask or None, scheduler=resolve_scheduler(args.scheduler),
                 allow_different_settings=args.allow_different_settings)
@@ -175,8 +191,10 @@ def _add_extraction_options(parser: argparse.ArgumentParser, cache_type=_path_or
     """The settings of image extraction, shared by crlm extract and crlm predict (where they
     default to the settings the model was trained with, see pipeline.predict.resolve_settings)."""
     model = " (default: the model's, else {})" if for_predict else " (default: {})"
-    parser.add_argument("--params", type=Path, default=None if for_predict else DEFAULT_RADIOMICS,
+    parser.add_argument("--radiomics", type=Path, default=None if for_predict else DEFAULT_RADIOMICS,
                         help="pyradiomics parameter file" + model.format("configs/radiomics.yaml"))
+    parser.add_argument("--params", dest="radiomics", type=Path, action=_DeprecatedAlias, new="--radiomics",
+                        help=argparse.SUPPRESS)   # the old name of --radiomics; --params is params.yaml
     parser.add_argument("--config", type=Path, default=None if for_predict else DEFAULT_EXTRACTION,
                         help="crop margin, cache, aggregation" + model.format("configs/extraction.yaml"))
     parser.add_argument("--labels", type=Path, default=None if for_predict else DEFAULT_LABELS,
@@ -254,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "cohort name; the pipeline's own run uses crlm)")
     tra.add_argument("--jobs", type=_jobs, default=None, help="parallel fits in the grid search (default: train.jobs)")
     tra.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
-    tra.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="experiment knobs")
+    tra.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help=PARAMS_HELP.format("train, evaluate"))
     tra.add_argument("--mapping", type=Path, default=None,
                      help="cohort mapping whose declared covariates the models use as they are")
     tra.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
@@ -265,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     eva.add_argument("--features", type=Path, required=True, help="features.parquet of the cohort")
     eva.add_argument("--out", type=Path, required=True, help="folder for metrics.json")
     eva.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
-    eva.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="bootstrap settings")
+    eva.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help=PARAMS_HELP.format("evaluate"))
     eva.add_argument("--no-tracking", action="store_true",
                      help="do not log the external metrics to the MLflow run that trained the models")
     eva.set_defaults(func=cmd_evaluate)
@@ -275,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--features", type=Path, required=True, help="features.parquet the models were trained on")
     exp.add_argument("--split", type=Path, required=True, help="split.csv written by crlm train (test = explained)")
     exp.add_argument("--out", type=Path, required=True, help="folder for SHAP tables and plots")
-    exp.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="the explain block")
+    exp.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help=PARAMS_HELP.format("explain"))
     exp.add_argument("--no-tracking", action="store_true", help="do not log to the models' MLflow runs")
     exp.set_defaults(func=cmd_explain)
 
@@ -287,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--external", type=Path, default=None, help="crlm evaluate --out folder (external site)")
     rep.add_argument("--explain", type=Path, default=None, help="crlm explain --out folder (SHAP)")
     rep.add_argument("--truth", type=Path, default=None, help="truth.csv: marks the data as synthetic")
+    rep.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                     help=PARAMS_HELP.format("train, evaluate") + "; shown in the report")
     rep.add_argument("--no-tracking", action="store_true", help="do not log the report to MLflow")
     rep.set_defaults(func=cmd_report)
 
@@ -312,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.settings import SettingsError
+    from features.settings import SettingsError
 
     args = build_parser().parse_args(argv)
     try:

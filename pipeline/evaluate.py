@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from features.schema import OK, PATIENT_ID, STATUS
 from models import comparison, evaluation, outcomes, registry, training
@@ -25,6 +24,7 @@ from models.registry import (  # their home
     is_model_uri,
     training_run_id,
 )
+from pipeline.settings import load_params
 
 SUMMARY_FILE = "summary.json"
 
@@ -50,9 +50,9 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
     from pipeline import tracking
     from pipeline.paths import REPO_ROOT
 
-    params = yaml.safe_load(Path(params_path).read_text())["evaluate"]
+    params = load_params(params_path, "evaluate").evaluate
     uri = tracking.tracking_uri(repo_root if repo_root is not None else REPO_ROOT)
-    reference_name, min_coverage = evaluation.baseline_settings(params)
+    reference_name, min_coverage = params.reference, params.baseline_min_coverage
     full = pd.read_parquet(features)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
     metrics: dict[str, Any] = {}
@@ -78,7 +78,7 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
         metrics[task] = evaluation.evaluate_task(task, build(reference), build(table), predictions,
                                                  reference=delta_reference,
-                                                 n_resamples=int(params["bootstrap"]), seed=int(params["seed"]))
+                                                 n_resamples=params.bootstrap, seed=params.seed)
         notes[task] = {"n_patients": len(table), "reference": delta_reference or None,
                        "baselines": {b: status.as_dict() for b, status in availability.items()}}
         for status in availability.values():

@@ -32,7 +32,7 @@ from models import explain, registry
 from models.plots import save_plot
 from models.predictor import RecurrencePredictor, ResponsePredictor
 from models.registry import RUNS_FILE  # its home: models.registry
-from pipeline.settings import build
+from features.settings import build
 
 SPLIT = "split"
 TRAIN, TEST = "train", "test"
@@ -139,20 +139,22 @@ def _track(runs_file: Path, folders: Mapping[str, Path], repo_root: Path) -> Non
         print(f"tracking: logged {folder} into run {run_id} ({key}) under '{ARTIFACT_PATH}/'")
 
 
-def run_explain(models_dir: Path | str, features: Path, split: Path, out: Path, settings: dict,
+def run_explain(models_dir: Path | str, features: Path, split: Path, out: Path,
+                settings: explain.ExplainSettings | Mapping[str, Any],
                 repo_root: Path | None = None, track: bool = True) -> dict:
     """Explain every fitted model on the test patients of ``split``; return the summary.
 
     ``models_dir``: a models folder (every fitted model in it) or an MLflow model URI
     (``models:/crlm-response@champion``, looked up in the project's store; not tracked).
 
-    ``settings`` is the ``explain`` block of params.yaml (keys ``top_k``, ``dependence_plots``,
-    ``waterfalls``, ``background_size``, ``seed``; all optional, unknown keys are an error).
+    ``settings`` is the ``explain`` block of params.yaml (`ExplainSettings`, or its keys ``top_k``,
+    ``dependence_plots``, ``waterfalls``, ``background_size``, ``seed``; all optional, unknown keys are
+    an error).
     """
     from pipeline import tracking
     from pipeline.paths import REPO_ROOT
 
-    config = build(explain.ExplainSettings, settings or {}, where="params.yaml explain")
+    config = build(explain.ExplainSettings, settings, where="params.yaml: explain")
     repo_root = Path(repo_root) if repo_root is not None else REPO_ROOT
     features, split, out = Path(features), Path(split), Path(out)
     predictors = load_predictors(models_dir, tracking.tracking_uri(repo_root))

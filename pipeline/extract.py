@@ -21,9 +21,7 @@ def run_extract(cohort: str | Path, out: str | Path, params: Path, config: Path,
     """
     options, cfg = case_options(params, config, labels_path, liver_label, lesion_label, resample_mask)
     cases = extraction.read_manifest(cohort)
-    cache_dir = cache if cache is not None else cfg.cache_dir
-    if not extraction.is_url(cache_dir):
-        cache_dir = Path(cache_dir)
+    cache_dir = cfg.cache_location(cache)
     start = time.perf_counter()
     lesions, report = extraction.extract_cohort(cases, options, cache_dir, jobs=jobs, progress=progress,
                                                 scheduler=scheduler, map_cases=map_cases)

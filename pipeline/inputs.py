@@ -8,7 +8,6 @@ stage imports another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,9 +21,10 @@ from features.mapping import (
     load_mapping,
     sheet_headers,
 )
+from features import settings
 from features.schema import PATIENT_ID
+from features.settings import settings_class
 from features.validation import ValidationReport, validate_cohort
-from pipeline import settings
 from pipeline.world import load_labels
 
 # --------------------------------------------------------------------------- clinical table
@@ -65,7 +65,7 @@ def read_and_validate(cohort: Path, mapping: Path | None = None) -> tuple[pd.Dat
 
 # --------------------------------------------------------------------------- extraction settings
 
-@dataclass(frozen=True)
+@settings_class
 class ExtractionConfig:
     """``configs/extraction.yaml``: how lesions are cropped, cached and aggregated."""
 
@@ -74,6 +74,15 @@ class ExtractionConfig:
     resample_mask: bool
     min_lesion_voxels: int
     aggregation: tuple[str, ...]
+
+    def cache_location(self, override: str | Path | None = None) -> str | Path:
+        """The per-case cache: ``override`` (``--cache``) else ``cache_dir``. A URL stays text; a
+        relative path is relative to the working directory (where ``crlm`` or ``dvc`` runs), the
+        one rule for every relative path of the command line and the settings (docs/settings.md)."""
+        location = override if override is not None else self.cache_dir
+        if extraction.is_url(location):
+            return str(location)
+        return Path.cwd() / location
 
 
 def load_extraction_config(path: str | Path) -> ExtractionConfig:
@@ -88,8 +97,9 @@ def case_options(params: Path, config: Path, labels_path: Path, liver_label: int
     cfg = load_extraction_config(config)
     labels: LabelRoles = load_labels(labels_path)
     if liver_label is not None or lesion_label is not None:
-        labels = replace(labels, liver=liver_label if liver_label is not None else labels.liver,
-                         lesion=lesion_label if lesion_label is not None else labels.lesion)
+        labels = settings.replace(labels, "--liver-label/--lesion-label",
+                                  liver=liver_label if liver_label is not None else labels.liver,
+                                  lesion=lesion_label if lesion_label is not None else labels.lesion)
     options = extraction.CaseOptions(
         settings=radiomics.ExtractionSettings(radiomics.load_radiomics_params(params), cfg.crop_margin_mm),
         labels=labels,

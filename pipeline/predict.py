@@ -426,17 +426,17 @@ model_settings_record = registry.settings_record   # the record the models were 
 def resolve_settings(record: dict[str, Any] | None, radiomics_params: Path | None, extraction_config: Path | None,
                      labels: Path | None, liver_label: int | None, lesion_label: int | None,
                      resample_mask: bool | None, allow_different_settings: bool = False
-                     ) -> tuple[extraction.CaseOptions, tuple[str, ...], str]:
+                     ) -> tuple[extraction.CaseOptions, tuple[str, ...], str | Path]:
     """The extraction settings of a prediction: the model's record, with what was given on the
     command line in place of its parts. Without a record: the given files, else the defaults.
 
-    Returns (options, aggregation rules, cache_dir of the extraction config). Raises ValueError
-    naming every difference (key, model's value, given value) unless ``allow_different_settings``.
+    Returns (options, aggregation rules, the extraction config's cache: `ExtractionConfig.cache_location`).
+    Raises ValueError naming every difference (key, model's value, given value) unless ``allow_different_settings``.
     """
     options, cfg = case_options(radiomics_params or DEFAULT_RADIOMICS, extraction_config or DEFAULT_EXTRACTION,
                                 labels or DEFAULT_LABELS, liver_label, lesion_label, resample_mask)
     if record is None:
-        return options, tuple(cfg.aggregation), cfg.cache_dir
+        return options, tuple(cfg.aggregation), cfg.cache_location()
     given = extraction.settings_record(options, cfg.aggregation)
     merged = json.loads(json.dumps(record))
     if radiomics_params is not None:
@@ -466,7 +466,8 @@ def resolve_settings(record: dict[str, Any] | None, radiomics_params: Path | Non
                                                {"versions": radiomics.library_versions()})
     for key, model, value in versions:
         print(f"warning: the model's features were extracted with {key.split('.', 1)[1]} {model}, this is {value}")
-    return extraction.options_from_record(merged), tuple(merged.get("aggregation", cfg.aggregation)), cfg.cache_dir
+    return (extraction.options_from_record(merged), tuple(merged.get("aggregation", cfg.aggregation)),
+            cfg.cache_location())
 
 
 def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | None = None, jobs: int = 1,
@@ -482,7 +483,7 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
     ``models``: models folders (``crlm train --models``), ``{task}_{name}.joblib`` files or
     MLflow URIs (``models:/crlm-recurrence@champion``, store from ``pipeline.tracking``).
     ``chunk_size``: patients per chunk (bounds memory). ``cache``: per-case extraction cache
-    (default: ``cache_dir`` of ``extraction_config``, relative to ``repo_root``). ``jobs`` /
+    (default: ``cache_dir`` of ``extraction_config``, relative to the working directory). ``jobs`` /
     ``scheduler``: where cases are extracted (`pipeline.execution`: local processes or Dask).
     Extraction settings: the ones the models were trained with (`model_settings_record`) by
     default; ``radiomics_params``, ``extraction_config``, ``labels`` and the label/resampling
@@ -523,7 +524,7 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
             users = ", ".join(f"{m.task}/{m.name}" for m in loaded if m.needs_images)
             raise ValueError(f"{cohort}: no {' and '.join(absent)} column, but {users} use(s) imaging features; "
                              f"add image and mask paths (relative to the table) or use a clinical-only model")
-        cache_dir = Path(cache) if cache is not None else repo_root / cache_default
+        cache_dir = Path(cache) if cache is not None else cache_default
     else:
         cache_dir = None
     ids = index_ids(cohort, raw_id, chunk_size)

@@ -253,13 +253,14 @@ def _git_revision(repo_root: Path) -> str:
 # --------------------------------------------------------------------------- header
 
 
-def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None],
-           oracle_present: bool) -> dict[str, Any]:
-    """Title, what data this is, date, git revision, inputs and the params used."""
+def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], oracle_present: bool,
+           params_file: Path | None = None) -> dict[str, Any]:
+    """Title, what data this is, date, git revision, inputs and the params used (``params_file``,
+    the params.yaml the run was given; default ``repo_root/params.yaml``)."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     facts = [("generated", now), ("git revision", _git_revision(repo_root))]
     facts += [(name, str(path) if path is not None else "not given") for name, path in inputs.items()]
-    params_path = repo_root / "params.yaml"
+    params_path = Path(params_file) if params_file is not None else repo_root / "params.yaml"
     params, problem = _try_read(params_path, lambda p: yaml.safe_load(p.read_text(encoding="utf-8")))
     if problem is not None or not isinstance(params, dict):
         shown = {"problem": f"params: {problem or f'{params_path} holds no mapping'}"}
@@ -752,9 +753,10 @@ def _report_path(out: Path) -> Path:
 
 def run_report(train_dir: Path, out: Path, features: Path | None = None, extraction: Path | None = None,
                external_dir: Path | None = None, explain_dir: Path | None = None, truth: Path | None = None,
-               repo_root: Path | None = None, track: bool = True) -> Path:
+               params: Path | None = None, repo_root: Path | None = None, track: bool = True) -> Path:
     """Write the run's HTML report to ``out`` (a ``.html`` file, or a folder for ``report.html``).
 
+    ``params`` is the params.yaml the run used, shown in the report (``crlm report --params``).
     Raises FileNotFoundError if ``train_dir/metrics.json`` is missing (run ``crlm train``).
     With ``track``, the report is logged to the latest MLflow parent run named ``train``.
     """
@@ -769,7 +771,7 @@ def run_report(train_dir: Path, out: Path, features: Path | None = None, extract
               "explain": explain_dir, "truth": truth}
     oracle_present = any(ORACLE in (m or {}) for m in metrics.values() if isinstance(m, dict))
     context = {"title": f"crlm-prognosis report: {SYNTHETIC_LABEL if synthetic else REAL_LABEL}",
-               "head": header(synthetic, repo_root, inputs, oracle_present), "cohort_": cohort,
+               "head": header(synthetic, repo_root, inputs, oracle_present, params), "cohort_": cohort,
                "extraction_": extraction_section(extraction), "models_": models_section(metrics, cv, train_dir),
                "explain_": explain_section(explain_dir), "external_": external_section(external_dir, metrics, cv)}
     path = _report_path(out)

@@ -18,7 +18,6 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-import yaml
 
 from features.schema import OK, PATIENT_ID, SITE, STATUS
 from models import comparison, evaluation, outcomes, plots, registry, training
@@ -28,6 +27,9 @@ from models.registry import (  # their home: models.registry
     PRIMARY_METRIC,
     RUNS_FILE,
 )
+from models.evaluation import EvaluateSettings
+from models.training import TrainSettings
+from pipeline.settings import as_dict, load_params
 
 PIPELINE_NAME = "crlm"            # the pipeline's own registered models: crlm-recurrence, crlm-response
 SUMMARY_FILE = "summary.json"      # headline numbers per task: what `dvc metrics show` / `dvc exp show` display
@@ -260,12 +262,8 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
     with ``explicit_tasks``). The best model of each task is registered as ``{name}-{task}``.
     ``models_dir`` defaults to ``out/models``. ``jobs`` overrides ``train.jobs``.
     """
-    params = yaml.safe_load(Path(params_path).read_text())
-    for block in ("train", "evaluate"):
-        if block not in (params or {}):
-            raise ValueError(f"{params_path}: no '{block}' block; copy it from the project's params.yaml")
-    settings, evaluate = params["train"], params["evaluate"]
-    evaluation.baseline_settings(evaluate)   # a bad value stops here, before any fit
+    params = load_params(params_path, "train", "evaluate")   # a bad value stops here, before any fit
+    settings, evaluate = params.train, params.evaluate
     models_dir = Path(models_dir) if models_dir is not None else Path(out) / "models"
     full = pd.read_parquet(features)
     if STATUS not in full:
@@ -275,7 +273,7 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
         print(f"{task}: skipped: {reason}")
     table = training.usable_patients(full, tasks)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
-    train_index, test_index = training.split_patients(table, float(settings["test_fraction"]), int(settings["seed"]),
+    train_index, test_index = training.split_patients(table, settings.test_fraction, settings.seed,
                                                       tasks)
     source = _source(table, truth_table)
     # Everything the data allow is checked before the first fit (no model is written for nothing).
@@ -304,11 +302,11 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
             for task, reason in skipped.items():
                 tags[f"skipped.{task}"] = reason[:5000]
             parent = stack.enter_context(tracking.pipeline_run(
-                "train", {k: params[k] for k in ("train", "evaluate") if k in params}, tags))
+                "train", {"train": as_dict(settings), "evaluate": as_dict(evaluate)}, tags))
             parent_id = parent.info.run_id
         metrics, fitted_tasks = _fit_and_write(
             table, full, features, truth_table, tasks, skipped, plans, train_index, test_index, settings, evaluate,
-            covariates, n_jobs=int(jobs if jobs is not None else settings["jobs"]), out=out, models_dir=models_dir,
+            covariates, n_jobs=jobs if jobs is not None else settings.jobs, out=out, models_dir=models_dir,
             source=source)
         if track:
             split = pd.read_csv(out / "split.csv", dtype={PATIENT_ID: str})["split"]
@@ -328,11 +326,11 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
 
 def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, truth_table: pd.DataFrame | None,
                    tasks: tuple[str, ...], skipped: dict[str, str], plans: dict, train_index: np.ndarray,
-                   test_index: np.ndarray, settings: dict, evaluate: dict, covariates: tuple[str, ...], n_jobs: int,
+                   test_index: np.ndarray, settings: TrainSettings, evaluate: EvaluateSettings, covariates: tuple[str, ...], n_jobs: int,
                    out: Path, models_dir: Path, source: str) -> tuple[dict[str, Any], dict[str, tuple]]:
     """Fit, evaluate, plot and write every output of ``tasks``; return the metrics and, per task,
     (fitted task, predictors, chosen model) for tracking."""
-    reference_name, min_coverage = evaluation.baseline_settings(evaluate)
+    reference_name, min_coverage = evaluate.reference, evaluate.baseline_min_coverage
     notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort",
                              "patients": {"in_table": len(full), "not_ok": int((full[STATUS] != OK).sum()),
                                           "usable": len(table)},
@@ -359,7 +357,7 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
         y_train, y_test = build(train), build(test)
         metrics[task] = evaluation.evaluate_task(task, y_train, y_test, predictions, reference=reference or "",
-                                                 n_resamples=int(evaluate["bootstrap"]), seed=int(evaluate["seed"]))
+                                                 n_resamples=evaluate.bootstrap, seed=evaluate.seed)
         best = best_model(fitted.cv_scores, task)
         warning = evaluation.calibration_warning(task, metrics[task][best], predictions[best], y_test)
         if warning:

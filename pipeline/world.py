@@ -1,18 +1,18 @@
 """Parameters of the simulated CRLM world (DESIGN.md 5), as read from ``configs/world.yaml``.
 
-Each dataclass mirrors one block of the file; `pipeline.settings.load` rejects unknown keys.
+Each settings class mirrors one block of the file; `features.settings.load` rejects unknown keys.
 The values themselves live only in the YAML file.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from features import schema
 from features.imaging import LabelRoles
-from pipeline import settings
+from features import settings
+from features.settings import settings_class
 
 _PROBABILITY_TOLERANCE = 1e-6
 
@@ -28,7 +28,7 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
 
 
-@dataclass(frozen=True)
+@settings_class
 class ClinicalParams:
     age_mean_years: float
     age_sd_years: float
@@ -100,14 +100,14 @@ class ClinicalParams:
             raise ValueError(f"lesions_max must be at least 1, got {self.lesions_max}")
 
 
-@dataclass(frozen=True)
+@settings_class
 class TraitParams:
     necrosis_beta_a: float
     necrosis_beta_b: float
     lesion_trait_jitter_sd: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class RecurrenceLogHazardRatios:
     """Log hazard ratios of the true recurrence model (per unit or per present factor)."""
 
@@ -126,14 +126,14 @@ class RecurrenceLogHazardRatios:
     rim: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class RecurrenceThresholds:
     dfi_months: float
     largest_cm: float
     cea_ng_ml: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class RecurrenceParams:
     weibull_shape: float
     weibull_scale_months: float
@@ -150,7 +150,7 @@ class RecurrenceParams:
             raise ValueError(f"censoring_uniform_months needs 0 <= low < high, got {low, high}")
 
 
-@dataclass(frozen=True)
+@settings_class
 class ResponseCoefficients:
     """Terms of the true response logit (before `ResponseParams.scale`)."""
 
@@ -165,13 +165,13 @@ class ResponseCoefficients:
     cea_under_20: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class ResponseThresholds:
     largest_cm: float
     cea_ng_ml: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class ResponseParams:
     intercept: float
     thresholds: ResponseThresholds
@@ -181,7 +181,7 @@ class ResponseParams:
     progression_fraction_of_non_responders: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class TissueHU:
     air: float
     fat: float
@@ -193,7 +193,7 @@ class TissueHU:
     necrosis: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class PhantomParams:
     """Anatomy of the CT phantom, in mm and HU, LPS axes, liver centre at the origin."""
 
@@ -233,7 +233,7 @@ class PhantomParams:
     lesion_inside_liver_fraction: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class SiteParams:
     """Scanner settings of one acquisition site."""
 
@@ -248,14 +248,14 @@ class SiteParams:
             raise ValueError(f"spacing_mm must be positive, got {self.spacing_mm}")
 
 
-@dataclass(frozen=True)
+@settings_class
 class UnenhancedHU:
     liver: float
     vessel: float
     lesion: float
 
 
-@dataclass(frozen=True)
+@settings_class
 class World:
     """The whole simulated world: clinical marginals, outcome models, phantom and sites."""
 

@@ -55,10 +55,7 @@ def forbidden_edges(root: Path = REPO) -> list[tuple[str, str]]:
 
 def test_no_stage_imports_another_stage_and_no_library_imports_pipeline():
     edges = forbidden_edges()
-    # features/mapping.py -> pipeline.settings moves with the settings mechanism (issue 12 item 3,
-    # done in the same change by the settings work); every other edge is gone.
-    remaining = [e for e in edges if e != ("features.mapping", "pipeline.settings")]
-    assert remaining == [], "\n".join(f"{a} imports {b}" for a, b in remaining)
+    assert edges == [], "\n".join(f"{a} imports {b}" for a, b in edges)
 
 
 def test_the_layering_check_sees_imports_inside_functions(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from features import schema as s
 from features.mapping import MappingError, apply_mapping, load_mapping, mapping_from_dict
 from features.validation import validate_cohort
-from pipeline.settings import SettingsError
+from features.settings import SettingsError
 from pipeline.validate import run_validate
 
 REPO = Path(__file__).resolve().parents[2]

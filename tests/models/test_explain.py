@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from features import schema as s
 from models import comparison, explain, training
 from models.predictor import RecurrencePredictor
-from pipeline.settings import SettingsError, build
+from features.settings import SettingsError, build
 
 N_PATIENTS = 300
 RECURRENCE_DRIVER = "rad_driver"      # imaging: log hazard ratio 1.5 per SD
@@ -56,7 +56,8 @@ def fitted_planted() -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
     train, test = training.split_patients(table, 0.3, seed=3)
     predictors = {}
     for task in training.TASKS:
-        fitted = training.fit_task(table, task, train, test, FAST)
+        fitted = training.fit_task(table, task, train, test,
+                                   training.TrainSettings(**FAST, test_fraction=0.3, jobs=1))
         predictors.update({(task, name): p for name, p in comparison.build_predictors(fitted, table).items()})
     return table, train, test, predictors
 

@@ -18,6 +18,7 @@ FAST = {
     "grids": {"coxnet": {"alphas": [[0.02], [0.1]]}, "xgb_cox": {"max_depth": [1]},
               "xgb_aft": {"max_depth": [1]}, "logistic": {"C": [0.1, 1.0]}, "xgb": {"max_depth": [1]}},
 }
+FAST_SETTINGS = training.TrainSettings(**FAST, test_fraction=0.3, jobs=1)   # the train block as fit_task takes it
 
 
 def cohort_with_measured_traits(world, n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -34,7 +35,7 @@ def cohort_with_measured_traits(world, n: int, seed: int) -> tuple[pd.DataFrame,
 def planted(world):
     table, truth = cohort_with_measured_traits(world, n=900, seed=11)
     train, test = training.split_patients(table, 0.3, seed=3)
-    fitted = {task: training.fit_task(table, task, train, test, FAST) for task in training.TASKS}
+    fitted = {task: training.fit_task(table, task, train, test, FAST_SETTINGS) for task in training.TASKS}
     return table, truth, train, test, fitted
 
 
@@ -90,8 +91,8 @@ def test_same_seed_gives_the_same_models(world):
     table, _ = cohort_with_measured_traits(world, n=200, seed=5)
     train, test = training.split_patients(table, 0.3, seed=1)
     assert np.array_equal(train, training.split_patients(table, 0.3, seed=1)[0])
-    first = training.fit_task(table, training.RECURRENCE, train, test, FAST)
-    again = training.fit_task(table, training.RECURRENCE, train, test, FAST)
+    first = training.fit_task(table, training.RECURRENCE, train, test, FAST_SETTINGS)
+    again = training.fit_task(table, training.RECURRENCE, train, test, FAST_SETTINGS)
     frame = training.model_frame(table.iloc[test], first.features)
     for name in first.models:
         np.testing.assert_array_equal(first.models[name].predict(frame), again.models[name].predict(frame))
@@ -110,8 +111,8 @@ def test_declared_covariates_are_model_inputs_and_carry_their_signal(world):
     rng = np.random.default_rng(0)
     table["lab_marker"] = truth[synthesis.TRUTH_RECURRENCE_IMAGING_LP].to_numpy() + rng.normal(0, 0.1, 500)
     train, test = training.split_patients(table, 0.3, seed=3)
-    without = training.fit_task(table, training.RECURRENCE, train, test, FAST)
-    with_marker = training.fit_task(table, training.RECURRENCE, train, test, FAST, covariates=["lab_marker"])
+    without = training.fit_task(table, training.RECURRENCE, train, test, FAST_SETTINGS)
+    with_marker = training.fit_task(table, training.RECURRENCE, train, test, FAST_SETTINGS, covariates=["lab_marker"])
     assert "lab_marker" not in without.features and "lab_marker" in with_marker.features
     frame = lambda fitted: training.model_frame(table.iloc[test], fitted.features)  # noqa: E731
     gain = c_index(table.iloc[test], with_marker.models["coxnet"].predict(frame(with_marker)))
@@ -127,8 +128,8 @@ def test_selection_among_imaging_keeps_every_clinical_input(world):
     for j in range(60):                       # noise imaging features that crowd the ranking
         table[f"rad_noise_{j}"] = rng.normal(size=len(table))
     train, test = training.split_patients(table, 0.3, seed=3)
-    settings = {**FAST, "k_features": [1], "select_among": "imaging",
-                "grids": {"coxnet": {"alphas": [[0.1]]}}}
+    settings = training.TrainSettings(**{**FAST, "k_features": [1], "select_among": "imaging",
+                                         "grids": {"coxnet": {"alphas": [[0.1]]}}}, test_fraction=0.3, jobs=1)
     models = training.MODELS
     training.MODELS = {**models, training.RECURRENCE: ("coxnet",)}
     try:

@@ -12,7 +12,7 @@ import yaml
 from models import comparison, evaluation, outcomes, training
 from pipeline.evaluate import run_evaluate
 from pipeline.train import run_train
-from tests.models.test_training import FAST, cohort_with_measured_traits
+from tests.models.test_training import FAST, FAST_SETTINGS, cohort_with_measured_traits
 
 PARAMS = {"train": {**FAST, "test_fraction": 0.3, "jobs": 1}, "evaluate": {"bootstrap": 40, "seed": 0}}
 
@@ -87,7 +87,7 @@ def test_permuted_outcomes_give_confidence_intervals_that_cover_chance(world):
     table[outcome_columns] = table[outcome_columns].to_numpy()[order]
     train, test = training.split_patients(table, 0.3, seed=3)
     for task, metric in ((training.RECURRENCE, "c_index"), (training.RESPONSE, "roc_auc")):
-        fitted = training.fit_task(table, task, train, test, FAST)
+        fitted = training.fit_task(table, task, train, test, FAST_SETTINGS)
         predictors = comparison.build_predictors(fitted, table)
         predictions = comparison.task_predictions(task, predictors, table.iloc[train], table.iloc[test])
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
