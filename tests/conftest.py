@@ -90,13 +90,3 @@ def tracked_training(tmp_path_factory, world) -> dict:
     if previous is not None:
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) each test file runs on one
-    worker, so a module-scoped fixture is built once; the tests that share ``tracked_training``
-    run on one worker too, so the session's most expensive fixture is built once."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        shared = "tracked_training" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("tracked_training" if shared else item.nodeid.split("::")[0]))
