@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,12 @@ LIGHT_PARAMS = {
 
 
 @pytest.fixture(scope="module")
-def small_cohort(tmp_path_factory, world, labels) -> Path:
-    out = tmp_path_factory.mktemp("cohort")
-    synthetic.write_cohort(out, n=3, seed=5, site="B", world=world, labels=labels, jobs=1, progress=False)
+def small_cohort(tmp_path_factory, synthetic_cohort) -> Path:
+    """The first three patients of the shared cohort (tests/conftest.py), in a copy of its folder."""
+    out = tmp_path_factory.mktemp("cohort") / "cohort"
+    shutil.copytree(synthetic_cohort, out)
+    clinical = pd.read_csv(out / synthetic.CLINICAL_FILE, dtype={PATIENT_ID: str})
+    clinical.head(3).to_csv(out / synthetic.CLINICAL_FILE, index=False)
     return out
 
 

@@ -7,46 +7,23 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import mlflow
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from models import training
 from pipeline import tracking
-from pipeline.evaluate import run_evaluate
-from pipeline.train import SUMMARY_FILE, run_train
-from tests.models.test_training import FAST, cohort_with_measured_traits
+from pipeline.train import SUMMARY_FILE
 
-PARAMS = {"train": {**FAST, "test_fraction": 0.3, "jobs": 1},
-          "evaluate": {"bootstrap": 20, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}}
 TERMINAL = 120
 
 
-@pytest.fixture(scope="module")
-def tracked(tmp_path_factory, world):
-    """One tracked training run and its external evaluation, in a temporary SQLite store."""
-    root = tmp_path_factory.mktemp("compare")
-    previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    for name, seed, n in (("train", 31, 240), ("external", 32, 120)):
-        table, truth = cohort_with_measured_traits(world, n=n, seed=seed)
-        table["site"] = "A" if name == "train" else "B"
-        table.to_parquet(root / f"{name}.parquet")
-        truth.to_csv(root / f"{name}_truth.csv", index=False)
-    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    started = time.time() * 1000
-    metrics = run_train(root / "train.parquet", root / "reports", root / "models", root / "params.yaml",
-                        training.TASKS, truth=root / "train_truth.csv", repo_root=root)
-    external = run_evaluate(str(root / "models"), root / "external.parquet", root / "external", root / "params.yaml",
-                            truth=root / "external_truth.csv", repo_root=root)
-    tracking.configure(root)
-    parent = mlflow.search_runs(filter_string="tags.mlflow.runName = 'train'", output_format="list")[0]
-    yield {"root": root, "metrics": metrics, "external": external, "parent": parent, "started": started}
-    if previous is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+@pytest.fixture()
+def tracked(tracked_training):
+    """One tracked training run and its external evaluation, in a temporary SQLite store
+    (tests/conftest.py, shared with tests/pipeline/test_train.py), as the current store."""
+    tracking.configure(tracked_training["root"])
+    return tracked_training
 
 
 def test_the_experiment_opens_on_the_runs_table(tracked):

@@ -18,13 +18,13 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from tests.models.test_training import FAST
+from tests.conftest import SMALL_TRAIN
 from tests.pipeline.test_validate import write_gbsg2_csv
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPING = REPO / "configs" / "mappings" / "gbsg2.yaml"
-PARAMS = {"train": {**FAST, "test_fraction": 0.3, "jobs": 1},
-          "evaluate": {"bootstrap": 30, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8},
+PARAMS = {"train": SMALL_TRAIN,
+          "evaluate": {"bootstrap": 10, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8},
           "explain": {"top_k": 3, "dependence_plots": 2, "waterfalls": 2, "background_size": 50, "seed": 0}}
 
 

@@ -19,9 +19,9 @@ from models.evaluation import ResponsePrediction, SurvivalPrediction
 from pipeline import synthesis
 from pipeline.cli import main
 from pipeline.train import run_train
-from tests.models.test_training import FAST
+from tests.conftest import SMALL_TRAIN
 
-PARAMS = {"train": {**FAST, "test_fraction": 0.3, "jobs": 1},
+PARAMS = {"train": SMALL_TRAIN,
           "evaluate": {"bootstrap": 10, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}}
 GBSG2_COVARIATES = ("tsize", "pnodes", "progrec", "estrec", "tgrade", "menostat", "horTh")
 

@@ -24,10 +24,9 @@ def cohort_a(tmp_path_factory, world, labels) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cohort_b(tmp_path_factory, world, labels) -> Path:
-    out = tmp_path_factory.mktemp("site_b")
-    cohort.write_cohort(out, n=3, seed=3, site="B", world=world, labels=labels, jobs=1, progress=False)
-    return out
+def cohort_b(synthetic_cohort) -> Path:
+    """Site B: the shared cohort of tests/conftest.py (read-only)."""
+    return synthetic_cohort
 
 
 def read(folder: Path, relative: str) -> tuple[sitk.Image, np.ndarray]:

@@ -51,12 +51,12 @@ EXPECTED = {"BAD-missing": "missing_file", "BAD-truncated": "unreadable", "BAD-g
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, world, labels) -> dict:
-    """Phantoms, light settings and two trained models folders (with and without imaging)."""
+def setup(tmp_path_factory, world, labels, synthetic_cohort) -> dict:
+    """Phantoms (the shared cohort of tests/conftest.py, read-only), light settings and two
+    trained models folders (with and without imaging)."""
     root = tmp_path_factory.mktemp("predict")
-    phantoms = root / "phantoms"
-    synthetic.write_cohort(phantoms, n=N_PHANTOMS, seed=5, site="B", world=world, labels=labels, jobs=1,
-                           progress=False)
+    phantoms = synthetic_cohort
+    assert len(pd.read_csv(phantoms / synthetic.CLINICAL_FILE)) == N_PHANTOMS
     (root / "radiomics.yaml").write_text(yaml.safe_dump(LIGHT_RADIOMICS))
     (root / "extraction.yaml").write_text(yaml.safe_dump({
         "crop_margin_mm": CROP_MARGIN_MM, "cache_dir": str(root / "cache"), "resample_mask": False,

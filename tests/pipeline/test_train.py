@@ -1,5 +1,5 @@
 """crlm train / evaluate end to end on a small clinical-only synthetic cohort, tracked in a
-temporary MLflow store; permuted outcomes show no signal."""
+temporary MLflow store (the shared run of tests/conftest.py); permuted outcomes show no signal."""
 
 from __future__ import annotations
 
@@ -7,36 +7,22 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 
 from models import comparison, evaluation, outcomes, training
 from pipeline.evaluate import run_evaluate
 from pipeline.train import run_train
-from tests.models.test_training import FAST, FAST_SETTINGS, cohort_with_measured_traits
+from tests.conftest import SMALL_TRAIN
+from tests.models.test_training import cohort_with_measured_traits
 
-PARAMS = {"train": {**FAST, "test_fraction": 0.3, "jobs": 1}, "evaluate": {"bootstrap": 40, "seed": 0}}
-
-
-@pytest.fixture()
-def cohort_files(tmp_path, world):
-    paths = {}
-    for name, seed, n in (("train", 21, 360), ("external", 22, 200)):
-        table, truth = cohort_with_measured_traits(world, n=n, seed=seed)
-        table.to_parquet(tmp_path / f"{name}.parquet")
-        truth.to_csv(tmp_path / f"{name}_truth.csv", index=False)
-        paths[name] = (tmp_path / f"{name}.parquet", tmp_path / f"{name}_truth.csv")
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(PARAMS))
-    return paths, params
+# The permuted-outcome check fits every family on the fewest grid points: chance is chance.
+PERMUTED_GRID = training.TrainSettings(**SMALL_TRAIN)   # the train block as fit_task takes it
 
 
-def test_train_writes_metrics_plots_models_and_tracks_them(tmp_path, cohort_files, monkeypatch):
+def test_train_writes_metrics_plots_models_and_tracks_them(tracked_training, tmp_path, monkeypatch):
+    """The shared tracked run (tests/conftest.py): files, metrics, registry and nested runs."""
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    paths, params = cohort_files
-    features, truth = paths["train"]
-    out, models = tmp_path / "reports", tmp_path / "models"
-    metrics = run_train(features, out, models, params, training.TASKS, truth=truth, repo_root=tmp_path)
+    root, metrics = tracked_training["root"], tracked_training["metrics"]
+    out, models, params = root / "reports", root / "models", root / "params.yaml"
     written = json.loads((out / "metrics.json").read_text())
     assert set(written) == {"recurrence", "response", "notes"}
     assert written["notes"]["data"] == "synthetic" and written["notes"]["skipped_tasks"] == {}
@@ -57,6 +43,9 @@ def test_train_writes_metrics_plots_models_and_tracks_them(tmp_path, cohort_file
     import mlflow
     from mlflow import MlflowClient
 
+    from pipeline import tracking
+
+    tracking.configure(root)
     client = MlflowClient()
     for name in ("crlm-recurrence", "crlm-response"):
         version = client.get_model_version_by_alias(name, "candidate")
@@ -70,11 +59,12 @@ def test_train_writes_metrics_plots_models_and_tracks_them(tmp_path, cohort_file
     coxnet = next(r for r in children if r.data.tags["mlflow.runName"] == "recurrence/coxnet")
     assert "c_index_ci_low" in coxnet.data.metrics
 
-    external_features, external_truth = paths["external"]
-    result = run_evaluate(str(models), external_features, tmp_path / "external", params, truth=external_truth)
+    external_features = root / "external.parquet"
+    result = tracked_training["external"]
     assert set(result) == {"recurrence", "response", "notes"}
-    assert json.loads((tmp_path / "external" / "metrics.json").read_text()).keys() == result.keys()
-    via_registry = run_evaluate("models:/crlm-response@candidate", external_features, tmp_path / "ext2", params)
+    assert json.loads((root / "external" / "metrics.json").read_text()).keys() == result.keys()
+    via_registry = run_evaluate("models:/crlm-response@candidate", external_features, tmp_path / "ext2", params,
+                                repo_root=root, track=False)
     best = next(iter(set(via_registry["response"]) & set(training.MODELS["response"])))
     assert via_registry["response"][best]["roc_auc"]["value"] == pytest.approx(
         result["response"][best]["roc_auc"]["value"])
@@ -87,7 +77,7 @@ def test_permuted_outcomes_give_confidence_intervals_that_cover_chance(world):
     table[outcome_columns] = table[outcome_columns].to_numpy()[order]
     train, test = training.split_patients(table, 0.3, seed=3)
     for task, metric in ((training.RECURRENCE, "c_index"), (training.RESPONSE, "roc_auc")):
-        fitted = training.fit_task(table, task, train, test, FAST_SETTINGS)
+        fitted = training.fit_task(table, task, train, test, PERMUTED_GRID)
         predictors = comparison.build_predictors(fitted, table)
         predictions = comparison.task_predictions(task, predictors, table.iloc[train], table.iloc[test])
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
