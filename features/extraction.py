@@ -276,10 +276,12 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
     except imaging.CaseError as exc:
         return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
     image, mask = loaded.image, loaded.mask
-    mask_array = sitk.GetArrayFromImage(mask)
-    lesion_labels = imaging.lesion_labels_present(mask_array, options.labels)
+    mask_array = sitk.GetArrayViewFromImage(mask)
+    summary = loaded.label_summary   # counts and lesions of the mask, found once by load_case
+    lesion_labels = summary.lesion_labels if summary is not None else \
+        imaging.lesion_labels_present(mask_array, options.labels)
     morphology = patient_morphology(mask_array, image.GetSpacing(), options.labels.liver, lesion_labels,
-                                    loaded.lesions_by_label)
+                                    loaded.lesions_by_label, summary=summary)
     provenance: dict[str, Any] = {SETTINGS_HASH: options.digest(), IMAGE_SHA256: image_hash,
                                   MASK_SHA256: mask_hash}
     provenance.update({f"{name}_version": version for name, version in radiomics.library_versions().items()})
@@ -290,7 +292,7 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
     result = CaseResult()
     extractor = radiomics.make_extractor(options.settings.radiomics)
     for row in radiomics.lesion_rows(image, mask, lesion_labels, options.settings, extractor,
-                                     loaded.lesions_by_label):
+                                     loaded.lesions_by_label, summary=summary):
         error = row.pop("error")
         seconds = round(time.perf_counter() - start, 3)
         if error:

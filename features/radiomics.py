@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import yaml
 from scipy import ndimage
 
-from features.morphology import FULL_CONNECTIVITY, max_feret_diameter_mm, voxel_volume_ml
+from features.morphology import LabelSummary, summary_for, max_feret_diameter_mm, voxel_volume_ml
 
 # Columns of the per-lesion table besides the radiomics features.
 LESION = "lesion"
@@ -111,23 +111,40 @@ def make_extractor(params: Mapping[str, Any]) -> LesionExtractor:
     return LesionExtractor(extractor, settings)
 
 
-def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
-                  by_label: bool = False) -> tuple[np.ndarray, list[int]]:
-    """Number the lesions of a label map 1..n, largest first (ties: first in memory): the
-    26-connected components of each label, or with ``by_label`` each label value as one lesion
-    (one lesion per DICOM-SEG segment, even if drawn in several pieces).
+@dataclass(frozen=True)
+class NumberedLesions:
+    """Lesions numbered 1..n (largest first) inside a box of the volume: ``numbered`` holds the
+    numbers of the voxels in ``box`` (0 = no lesion; every lesion voxel lies in the box),
+    ``shape`` is the whole volume's, ``labels[k - 1]`` the mask label of lesion k."""
 
-    Returns the numbered array (0 = no lesion) and the mask label of each lesion.
-    """
-    numbered = np.zeros(mask.shape, dtype=np.int32)
-    found: list[tuple[int, int, int]] = []  # (voxels, first flat index, label)
+    numbered: np.ndarray
+    box: tuple[slice, ...]
+    shape: tuple[int, ...]
+    labels: list[int]
+
+    def window(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Lesion numbers inside ``region`` (slices of the whole volume, within it); 0 outside the box."""
+        out = np.zeros(tuple(r.stop - r.start for r in region), dtype=self.numbered.dtype)
+        inner = tuple(slice(max(r.start, b.start), min(r.stop, b.stop)) for r, b in zip(region, self.box))
+        if all(i.stop > i.start for i in inner):
+            out[tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inner, region))] = \
+                self.numbered[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, self.box))]
+        return out
+
+
+def number_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: bool = False,
+                   summary: LabelSummary | None = None) -> NumberedLesions:
+    """Number the lesions of a label map 1..n, largest first (ties: first in memory), inside the
+    lesions' bounding box (`features.morphology.summarize_labels`; ``summary`` if already
+    computed): the 26-connected components of each label, or with ``by_label`` each label
+    value as one lesion (one lesion per DICOM-SEG segment, even if drawn in several pieces)."""
+    summary = summary_for(mask, tuple(lesion_labels), by_label, summary)
+    box = summary.box if summary.box is not None else tuple(slice(0, 0) for _ in summary.shape)
+    numbered = np.zeros(tuple(b.stop - b.start for b in box), dtype=np.int32)
+    found: list[tuple[int, int, int]] = []  # (voxels, first flat index in the box, label)
     offset = 0
     for label in lesion_labels:
-        if by_label:
-            components = (mask == label).astype(np.int32)
-            count = int(components.any())
-        else:
-            components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
+        components, count = summary.components[label]
         if count == 0:
             continue
         flat = components.ravel()
@@ -138,10 +155,21 @@ def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
         found.extend((int(sizes[k]), int(first[k]), label) for k in range(1, count + 1))
         numbered[components > 0] = components[components > 0] + offset
         offset += count
+    # A box keeps the memory order of its voxels, so "first in memory" is the same as over the volume.
     order = sorted(range(len(found)), key=lambda i: (-found[i][0], found[i][1]))
     lookup = np.zeros(len(found) + 1, dtype=np.int32)
     lookup[[i + 1 for i in order]] = np.arange(1, len(found) + 1)
-    return lookup[numbered], [found[i][2] for i in order]
+    return NumberedLesions(lookup[numbered], box, summary.shape, [found[i][2] for i in order])
+
+
+def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
+                  by_label: bool = False) -> tuple[np.ndarray, list[int]]:
+    """`number_lesions` on the whole volume: the numbered array (0 = no lesion) and the mask
+    label of each lesion."""
+    lesions = number_lesions(mask, lesion_labels, by_label)
+    numbered = np.zeros(lesions.shape, dtype=np.int32)
+    numbered[lesions.box] = lesions.numbered
+    return numbered, lesions.labels
 
 
 def crop_box(box: tuple[slice, ...], margin_mm: float, spacing_xyz: tuple[float, ...],
@@ -172,7 +200,7 @@ def extract_lesion_features(image: sitk.Image, lesion_mask: sitk.Image,
     return {name: float(value) for name, value in result.items() if not name.startswith("diagnostics_")}
 
 
-def _preprocess_lesion(image: sitk.Image, numbered: np.ndarray, number: int, box: tuple[slice, ...],
+def _preprocess_lesion(image: sitk.Image, lesions: NumberedLesions, number: int, box: tuple[slice, ...],
                        margin_mm: float, extractor: LesionExtractor) -> tuple[sitk.Image, sitk.Image]:
     """Crop (and resample) one lesion as pyradiomics would on the whole image.
 
@@ -185,50 +213,54 @@ def _preprocess_lesion(image: sitk.Image, numbered: np.ndarray, number: int, box
     # B-spline interpolation pre-filters the whole image it is given with a recursive filter
     # whose influence decays by 0.268 per voxel: enough voxels make the crop exact.
     min_voxels = BSPLINE_EXACT_MARGIN_VOXELS if extractor.resamples else 0
-    crop = crop_box(box, margin_mm, image.GetSpacing(), numbered.shape, min_voxels)
+    crop = crop_box(box, margin_mm, image.GetSpacing(), lesions.shape, min_voxels)
     crop_image = _sub_image(image, crop)
     if extractor.resamples:
-        full = np.zeros(numbered.shape, dtype=np.uint8)
-        full[box][numbered[box] == number] = 1
+        full = np.zeros(lesions.shape, dtype=np.uint8)
+        full[box][lesions.window(box) == number] = 1
         mask = sitk.GetImageFromArray(full)
         mask.CopyInformation(image)
         settings = {**extractor.settings, "label": 1}
         return imageoperations.resampleImage(crop_image, mask, **settings)
-    crop_mask = sitk.GetImageFromArray((numbered[crop] == number).astype(np.uint8))
+    crop_mask = sitk.GetImageFromArray((lesions.window(crop) == number).astype(np.uint8))
     crop_mask.CopyInformation(crop_image)
     return crop_image, crop_mask
 
 
 def lesion_rows(image: sitk.Image, mask: sitk.Image, lesion_labels: tuple[int, ...],
                 settings: ExtractionSettings, extractor: LesionExtractor | None = None,
-                by_label: bool = False) -> list[dict[str, Any]]:
-    """One row per lesion (`label_lesions`): morphology and radiomics on a crop around it.
+                by_label: bool = False, summary: LabelSummary | None = None) -> list[dict[str, Any]]:
+    """One row per lesion (`number_lesions`): morphology and radiomics on a crop around it.
 
-    A lesion that pyradiomics cannot process gets ``error`` set instead of features.
+    ``summary``: the mask's `features.morphology.summarize_labels`, if already computed (the
+    lesions are then not labelled again). A lesion that pyradiomics cannot process gets
+    ``error`` set instead of features.
     """
     from radiomics import imageoperations
 
     extractor = extractor or make_extractor(settings.radiomics)
     if extractor.settings.get("normalize"):
         image = imageoperations.normalizeImage(image, **extractor.settings)  # whole-image statistics
-    numbered, labels = label_lesions(sitk.GetArrayFromImage(mask), lesion_labels, by_label)
+    lesions = number_lesions(sitk.GetArrayViewFromImage(mask), tuple(lesion_labels), by_label, summary)
+    offset = tuple(int(b.start) for b in lesions.box)
     spacing = image.GetSpacing()
     unit = voxel_volume_ml(spacing)
     rows = []
-    for number, box in enumerate(ndimage.find_objects(numbered), start=1):
-        local = numbered[box] == number
+    for number, inner in enumerate(ndimage.find_objects(lesions.numbered), start=1):
+        local = lesions.numbered[inner] == number
+        box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(inner, offset))   # in the whole volume
         centre = ndimage.center_of_mass(local)
         index_xyz = [float(c + s.start) for c, s in zip(centre, box)][::-1]
         row: dict[str, Any] = {
             LESION: number,
-            LESION_LABEL: labels[number - 1],
+            LESION_LABEL: lesions.labels[number - 1],
             LESION_VOXELS: int(local.sum()),
             LESION_VOLUME_ML: float(local.sum()) * unit,
             LESION_DIAMETER_MM: max_feret_diameter_mm(local, spacing),
         }
         row.update(dict(zip(CENTROID_MM, image.TransformContinuousIndexToPhysicalPoint(index_xyz))))
         try:
-            lesion_image, lesion_mask = _preprocess_lesion(image, numbered, number, box,
+            lesion_image, lesion_mask = _preprocess_lesion(image, lesions, number, box,
                                                            settings.crop_margin_mm, extractor)
             row.update(extract_lesion_features(lesion_image, lesion_mask, extractor))
             row["error"] = ""
