@@ -175,6 +175,32 @@ def copy_record_to_models(features: str | Path, models_dir: str | Path) -> dict[
     return record
 
 
+def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOptions:
+    """``options`` whose radiomics compute only what the patient-level ``columns`` a model uses
+    need (issue 14): the lesion features behind its aggregated columns (``rad_<rule>__<feature>``,
+    `features.aggregation.RULE_PREFIX`), by `radiomics.params_for_features`. Morphology
+    (``patient_*``) and the per-lesion volume the aggregation weighs by are always computed.
+    The options are returned unchanged when a column cannot be traced (an unknown rule or
+    feature name): then everything is extracted, never a guess. The reduced options have their
+    own settings hash, so their cache entries never stand in for a full extraction."""
+    from features.aggregation import RULE_PREFIX
+
+    names: list[str] = []
+    for column in columns:
+        if not str(column).startswith("rad_"):
+            continue
+        rule = [prefix for prefix in RULE_PREFIX.values() if str(column).startswith(prefix)]
+        if not rule:
+            return options
+        names.append(str(column)[len(rule[0]):])
+    params = radiomics.params_for_features(options.settings.radiomics, sorted(set(names)))
+    if params is None:
+        return options
+    settings = radiomics.ExtractionSettings(params, options.settings.crop_margin_mm)
+    return CaseOptions(settings=settings, labels=options.labels, resample_mask=options.resample_mask,
+                       min_lesion_voxels=options.min_lesion_voxels, require_hu=options.require_hu)
+
+
 def _failure(patient_id: str, reason: str, message: str, seconds: float, lesion=pd.NA) -> dict[str, Any]:
     return {PATIENT_ID: patient_id, radiomics.LESION: lesion, STATUS: reason, REASON: message,
             SECONDS: round(seconds, 3), CACHED: False}

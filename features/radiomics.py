@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,65 @@ def load_radiomics_params(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # pyradiomics raises pykwalify's SchemaError and ValueError
         raise ValueError(f"{path}: not a valid pyradiomics parameter file: {exc}") from exc
     return params
+
+
+# pyradiomics image type (parameter file key) of a feature name's first part, by prefix; the
+# longest prefix that matches wins ("squareroot" before "square").
+_IMAGE_TYPE_PREFIXES = (("original", "Original"), ("wavelet", "Wavelet"), ("log-sigma-", "LoG"),
+                        ("squareroot", "SquareRoot"), ("square", "Square"), ("logarithm", "Logarithm"),
+                        ("exponential", "Exponential"), ("gradient", "Gradient"), ("lbp-2D", "LBP2D"),
+                        ("lbp-3D", "LBP3D"))
+
+
+def _log_image_name(sigma: Any) -> str:
+    """pyradiomics' name of the LoG image of one sigma (``imageoperations.getLoGImage``)."""
+    return "log-sigma-%s-mm-3D" % (str(sigma).replace(".", "-"))
+
+
+def params_for_features(params: Mapping[str, Any], feature_names: Sequence[str]) -> dict[str, Any] | None:
+    """pyradiomics parameters that compute ``feature_names`` (pyradiomics names, e.g.
+    ``wavelet-LLH_glcm_Contrast``) and as little else as the parameters allow: only the image
+    types they come from (for LoG only their sigmas) and only their feature classes; the
+    ``setting`` section is unchanged, so every feature kept has the value the full parameters
+    give it (pyradiomics computes each image type and class on its own). With no name, the
+    original image and first-order statistics only (pyradiomics still checks every lesion).
+
+    None if a name cannot be traced to these parameters (an unknown image type or class, a
+    LoG sigma or feature class they do not enable): the caller then extracts everything.
+    """
+    from radiomics import featureextractor
+
+    full = featureextractor.RadiomicsFeatureExtractor(json.loads(json.dumps(dict(params))))
+    image_types: dict[str, dict[str, Any]] = {}
+    classes: dict[str, Any] = {}
+    sigmas: set[str] = set()
+    for name in feature_names:
+        parts = str(name).rsplit("_", 2)
+        if len(parts) != 3:
+            return None
+        image, feature_class, _ = parts
+        matches = [key for prefix, key in _IMAGE_TYPE_PREFIXES if image.startswith(prefix)]
+        key = matches[0] if matches else None
+        if key is None or key not in full.enabledImagetypes or feature_class not in full.enabledFeatures:
+            return None
+        if feature_class.startswith("shape") and key != "Original":
+            return None
+        image_types[key] = dict(full.enabledImagetypes[key])
+        classes[feature_class] = full.enabledFeatures[feature_class]
+        if key == "LoG":
+            sigmas.add(image)
+    if "LoG" in image_types:
+        configured = list(image_types["LoG"].get("sigma", []))
+        kept = [sigma for sigma in configured if _log_image_name(sigma) in sigmas]
+        if len(kept) != len(sigmas):
+            return None                     # a LoG image these parameters do not make
+        image_types["LoG"]["sigma"] = kept
+    if not classes:
+        image_types, classes = {"Original": {}}, {"firstorder": None}
+    reduced = json.loads(json.dumps(dict(params), default=str))
+    reduced["imageType"] = image_types
+    reduced["featureClass"] = classes
+    return reduced
 
 
 @dataclass(frozen=True)

@@ -681,6 +681,8 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
             raise ValueError(f"{cohort}: no {' and '.join(absent)} column, but {users} use(s) imaging features; "
                              f"add image and mask paths (relative to the table) or use a clinical-only model")
         cache_dir = Path(cache) if cache is not None else repo_root / cache_default
+        # Only the image types and feature classes the models' inputs come from (issue 14).
+        options = extraction.options_for_columns(options, [c for m in loaded for c in m.feature_columns])
     else:
         cache_dir = None
     ids = index_ids(cohort, raw_id, chunk_size)
