@@ -20,24 +20,21 @@ FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 _BRUTE_FORCE_POINTS = 2000
 
 
-# Label counting runs over the label map in blocks of this many voxels (np.bincount widens each
-# block to int64: 8 bytes per voxel, 32 MB here, instead of 8 bytes per voxel of the volume).
-_COUNT_BLOCK_VOXELS = 1 << 22
+def _counts_of(values: np.ndarray) -> dict[int, int]:
+    """Voxels per value of a 1-D array of label values, ascending."""
+    if values.dtype == np.uint8:
+        counts = np.bincount(values, minlength=256)
+        return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    found, counts = np.unique(values, return_counts=True)
+    return {int(v): int(c) for v, c in zip(found, counts)}
 
 
 def label_counts(mask: np.ndarray) -> dict[int, int]:
-    """Voxels per non-zero label value of a label map, in ascending value order: one pass,
-    memory bounded (blockwise ``np.bincount`` for uint8, ``np.unique`` otherwise)."""
+    """Voxels per non-zero label value of a label map, in ascending value order. Only the
+    non-zero voxels (liver and lesions, a tenth of a CT) are counted, so no int64 copy of the
+    whole volume is made."""
     mask = np.asarray(mask)
-    if mask.dtype == np.uint8:
-        flat = mask.reshape(-1)
-        counts = np.zeros(256, dtype=np.int64)
-        for start in range(0, flat.size, _COUNT_BLOCK_VOXELS):
-            counts += np.bincount(flat[start:start + _COUNT_BLOCK_VOXELS], minlength=256)
-        values = np.flatnonzero(counts)
-        return {int(v): int(counts[v]) for v in values if v != 0}
-    values, counts = np.unique(mask, return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts) if v != 0}
+    return {v: c for v, c in _counts_of(mask[mask != 0]).items() if v != 0}
 
 
 @dataclass(frozen=True)
@@ -93,19 +90,22 @@ def summarize_labels(mask: np.ndarray, liver_label: int | None = None,
     so its cost follows the lesions, not the volume (a liver label needs a count, not components).
     """
     mask = np.asarray(mask)
-    counts = label_counts(mask)
+    nonzero = mask != 0
+    counts = {v: c for v, c in _counts_of(mask[nonzero]).items() if v != 0}
     if lesion_labels is None:
         lesion_labels = tuple(v for v in counts if v != liver_label)
     lesion_labels = tuple(int(v) for v in lesion_labels)
     present = [v for v in lesion_labels if counts.get(v, 0)]
     box = None
     if present:
-        if mask.dtype == np.uint8 and all(0 <= v < 256 for v in present):
-            lookup = np.zeros(256, dtype=bool)
-            lookup[present] = True
-            box = _bounding_box(lookup[mask])
+        others = [v for v in counts if v not in present]
+        if not others:                      # every non-zero voxel is a lesion's
+            inside = nonzero
+        elif others == [liver_label]:       # a label map: liver and lesions
+            inside = nonzero & (mask != liver_label)
         else:
-            box = _bounding_box(np.isin(mask, present))
+            inside = np.isin(mask, present)
+        box = _bounding_box(inside)
     crop = mask[box] if box is not None else None
     components: dict[int, tuple[np.ndarray, int]] = {}
     for label in lesion_labels:
