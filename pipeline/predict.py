@@ -474,15 +474,21 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
 
 def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
     """Predictions, scores, top contributions and explanation files of the ok patients."""
+    from models.predictor import used_columns
+
+    # Imaging columns a fitted pipeline drops (selection) are not extracted (issue 14) and
+    # cannot change its predictions: only the used ones must be there.
+    used = {id(m): set(used_columns(m.predictor.pipeline, m.feature_columns)) for m in ctx.models}
     missing_imaging = sorted({c for m in ctx.models for c in m.feature_columns
-                              if c.startswith(training.IMAGING_PREFIXES) and c not in features})
+                              if c.startswith(training.IMAGING_PREFIXES) and c not in features and c in used[id(m)]})
     if missing_imaging:
         raise ValueError(f"the models use imaging feature(s) {missing_imaging[:5]} that extraction did not "
                          f"produce; extract with the radiomics parameters and aggregation rules the models "
                          f"were trained with (--radiomics-params, --extraction-config)")
     for model in ctx.models:
         ctx.absent.setdefault(f"{model.task}/{model.name}", set()).update(
-            c for c in model.feature_columns if c not in features)
+            c for c in model.feature_columns if c not in features
+            and (c in used[id(model)] or not c.startswith(training.IMAGING_PREFIXES)))
     index = features.index
     for column in SCORE_COLUMNS:
         out.loc[index, column] = features[column].astype(object).where(features[column].notna(), None)
@@ -681,8 +687,11 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
             raise ValueError(f"{cohort}: no {' and '.join(absent)} column, but {users} use(s) imaging features; "
                              f"add image and mask paths (relative to the table) or use a clinical-only model")
         cache_dir = Path(cache) if cache is not None else repo_root / cache_default
-        # Only the image types and feature classes the models' inputs come from (issue 14).
-        options = extraction.options_for_columns(options, [c for m in loaded for c in m.feature_columns])
+        # Only the image types and feature classes of the columns the fitted models use (issue 14).
+        from models.predictor import used_columns
+
+        used = [c for m in loaded for c in used_columns(m.predictor.pipeline, m.feature_columns)]
+        options = extraction.options_for_columns(options, used)
     else:
         cache_dir = None
     ids = index_ids(cohort, raw_id, chunk_size)
