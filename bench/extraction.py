@@ -73,7 +73,10 @@ INSTRUMENTED = {            # (module, attribute) -> part
     ("features.imaging", "check_mask"): "checks",
     ("features.imaging", "geometry_differences"): "checks",
     ("features.imaging", "lesion_labels_present"): "label values",   # which lesion labels occur
+    ("features.morphology", "summarize_labels"): "label values",   # counts and lesion box, once (issue 14)
+    ("features.imaging", "summarize_labels"): "label values",       # the same, as load_case calls it
     ("features.radiomics", "label_lesions"): "components",
+    ("features.radiomics", "number_lesions"): "components",
     ("features.morphology", "lesion_components"): "components",
     ("scipy.ndimage", "label"): "components",            # also check_mask's labelling
     ("features.extraction", "patient_morphology"): "morphology",

@@ -174,6 +174,32 @@ def copy_record_to_models(features: str | Path, models_dir: str | Path) -> dict[
     return record
 
 
+def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOptions:
+    """``options`` whose radiomics compute only what the patient-level ``columns`` a model uses
+    need (issue 14): the lesion features behind its aggregated columns (``rad_<rule>__<feature>``,
+    `features.aggregation.RULE_PREFIX`), by `radiomics.params_for_features`. Morphology
+    (``patient_*``) and the per-lesion volume the aggregation weighs by are always computed.
+    The options are returned unchanged when a column cannot be traced (an unknown rule or
+    feature name): then everything is extracted, never a guess. The reduced options have their
+    own settings hash, so their cache entries never stand in for a full extraction."""
+    from features.aggregation import RULE_PREFIX
+
+    names: list[str] = []
+    for column in columns:
+        if not str(column).startswith("rad_"):
+            continue
+        rule = [prefix for prefix in RULE_PREFIX.values() if str(column).startswith(prefix)]
+        if not rule:
+            return options
+        names.append(str(column)[len(rule[0]):])
+    params = radiomics.params_for_features(options.settings.radiomics, sorted(set(names)))
+    if params is None:
+        return options
+    settings = radiomics.ExtractionSettings(params, options.settings.crop_margin_mm)
+    return CaseOptions(settings=settings, labels=options.labels, resample_mask=options.resample_mask,
+                       min_lesion_voxels=options.min_lesion_voxels, require_hu=options.require_hu)
+
+
 def _failure(patient_id: str, reason: str, message: str, seconds: float, lesion=pd.NA) -> dict[str, Any]:
     return {PATIENT_ID: patient_id, radiomics.LESION: lesion, STATUS: reason, REASON: message,
             SECONDS: round(seconds, 3), CACHED: False}
@@ -275,10 +301,12 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
     except imaging.CaseError as exc:
         return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
     image, mask = loaded.image, loaded.mask
-    mask_array = sitk.GetArrayFromImage(mask)
-    lesion_labels = imaging.lesion_labels_present(mask_array, options.labels)
+    mask_array = sitk.GetArrayViewFromImage(mask)
+    summary = loaded.label_summary   # counts and lesions of the mask, found once by load_case
+    lesion_labels = summary.lesion_labels if summary is not None else \
+        imaging.lesion_labels_present(mask_array, options.labels)
     morphology = patient_morphology(mask_array, image.GetSpacing(), options.labels.liver, lesion_labels,
-                                    loaded.lesions_by_label)
+                                    loaded.lesions_by_label, summary=summary)
     provenance: dict[str, Any] = {SETTINGS_HASH: options.digest(), IMAGE_SHA256: image_hash,
                                   MASK_SHA256: mask_hash}
     provenance.update({f"{name}_version": version for name, version in radiomics.library_versions().items()})
@@ -289,7 +317,7 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
     result = CaseResult()
     extractor = radiomics.make_extractor(options.settings.radiomics)
     for row in radiomics.lesion_rows(image, mask, lesion_labels, options.settings, extractor,
-                                     loaded.lesions_by_label):
+                                     loaded.lesions_by_label, summary=summary):
         error = row.pop("error")
         seconds = round(time.perf_counter() - start, 3)
         if error:

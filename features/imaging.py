@@ -30,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from pydicom.errors import BytesLengthException, InvalidDicomError
-from scipy import ndimage
 
-from features.morphology import FULL_CONNECTIVITY
+from features.morphology import FULL_CONNECTIVITY, LabelSummary, label_counts, summarize_labels
 from features.settings import settings_class
 
 logger = logging.getLogger(__name__)
@@ -92,8 +90,16 @@ _CHUNK_BYTES = 1 << 22
 # AttributeError on a cut DICOM-SEG); only the library calls are wrapped, not our own code.
 # A truncated DICOM-SEG can fail inside pydicom or highdicom with any of these (highdicom raises
 # RuntimeError for a pixel data shorter than its frames, depending on where the file is cut).
-_DICOM_ERRORS = (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, KeyError,
-                 AttributeError, RuntimeError)
+# pydicom's own two are added when pydicom is first needed (`_dicom_errors`): a NIfTI-only
+# extraction does not import pydicom (issue 14, start-up).
+_DICOM_ERRORS = (EOFError, OSError, ValueError, KeyError, AttributeError, RuntimeError)
+
+
+def _dicom_errors() -> tuple[type[BaseException], ...]:
+    """`_DICOM_ERRORS` plus pydicom's InvalidDicomError and BytesLengthException (imports pydicom)."""
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    return (InvalidDicomError, BytesLengthException) + _DICOM_ERRORS
 
 
 class CaseError(Exception):
@@ -119,6 +125,7 @@ class Case:
     mask: sitk.Image
     mask_resampled: bool = False
     lesions_by_label: bool = False   # one lesion per label value (DICOM-SEG segments), not components
+    label_summary: LabelSummary | None = None   # the mask's label counts and lesions, found once
 
 
 def _rounded(values) -> tuple[float, ...]:
@@ -174,6 +181,47 @@ def _check_nifti_complete(path: Path, patient_id: str) -> None:
     if expected is not None and size < expected:
         raise CaseError(patient_id, path, "unreadable",
                         f"{path} is truncated: {size} of {expected} bytes; copy or export the file again")
+
+
+# NIfTI datatype codes -> numpy type of the stored voxels (for `_gzip_crc_matches`).
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
+                 1280: "u8"}
+
+
+def _gzip_crc_matches(path: Path, image: sitk.Image) -> bool:
+    """Whether a gzip NIfTI file's trailer vouches for the voxels SimpleITK read from it: the
+    trailer's length (ISIZE) is the header's size, and its CRC-32 is that of the header bytes
+    followed by the image buffer, i.e. ITK returned the stored bytes, all of them (a truncated
+    or corrupt stream fails one of the two, as gzip's own integrity check would). False
+    whenever it cannot tell (big-endian or rescaled voxels, several gzip members, ...): the
+    caller then decompresses the whole file (`_check_nifti_complete`). Costs a CRC over the
+    voxels instead of a second decompression (issue 14)."""
+    try:
+        with path.open("rb") as stream:
+            if stream.read(2) != b"\x1f\x8b":
+                return False
+            stream.seek(-8, 2)
+            crc, isize = struct.unpack("<II", stream.read(8))
+        with gzip.open(path, "rb") as stream:
+            header = stream.read(NIFTI2_HEADER_BYTES)
+            expected = _nifti_expected_bytes(header)
+            if expected is None or expected != isize or header[:4] not in (struct.pack("<i", 348),
+                                                                          struct.pack("<i", 540)):
+                return False                    # not NIfTI, over 4 GB, or big-endian: not vouched for
+            nifti1 = header[:4] == struct.pack("<i", 348)
+            datatype = struct.unpack("<h", header[70:72] if nifti1 else header[12:14])[0]
+            offset = int(struct.unpack("<f", header[108:112])[0]) if nifti1 else \
+                struct.unpack("<q", header[168:176])[0]
+            offset = max(offset, 352)
+            header += stream.read(max(offset - len(header), 0))
+    except (OSError, EOFError, zlib.error, struct.error):
+        return False
+    values = sitk.GetArrayViewFromImage(image)
+    stored = _NIFTI_DTYPES.get(datatype)
+    if stored is None or values.dtype != np.dtype("<" + stored) or not values.flags.c_contiguous \
+            or offset + values.nbytes != expected or len(header) < offset:
+        return False
+    return zlib.crc32(values, zlib.crc32(header[:offset])) == crc
 
 
 # ----------------------------------------------------------------------------- DICOM headers
@@ -282,7 +330,7 @@ def _slice_fields(path: Path) -> tuple[str, str, str, SliceHeader | None] | None
     else:
         try:
             header = _read_header(path)
-        except _DICOM_ERRORS + (TypeError, struct.error):
+        except _dicom_errors() + (TypeError, struct.error):
             return None
 
         def get(keyword: str) -> str:
@@ -456,7 +504,7 @@ def _read_itk(path: Path, patient_id: str, files: list[SliceHeader] | None = Non
                         f"{path} cannot be read ({lines[-1] if lines else exc}){_dicom_kind(path)}; "
                         f"tried it as a NIfTI, NRRD or MHA file and as a DICOM series (SimpleITK): check it "
                         f"is one of these, complete") from exc
-    if path.name.lower().endswith((".nii", ".nii.gz")):
+    if path.name.lower().endswith((".nii", ".nii.gz")) and not _gzip_crc_matches(path, image):
         _check_nifti_complete(path, patient_id)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise CaseError(patient_id, path, "unsupported_image",
@@ -472,7 +520,7 @@ def _dicom_kind(path: Path) -> str:
         return ""
     try:
         header = _read_header(path, ["SOPClassUID", "Modality"])
-    except _DICOM_ERRORS + (TypeError, struct.error):
+    except _dicom_errors() + (TypeError, struct.error):
         return ""
     uid = str(header.get("SOPClassUID", ""))
     if not uid:
@@ -506,7 +554,7 @@ def _is_dicom_seg(path: Path) -> bool:
         return dicom_header.text(fast, _TAGS["SOPClassUID"]) in SEG_STORAGE_CLASSES
     try:
         header = _read_header(path, ["SOPClassUID"])
-    except _DICOM_ERRORS + (TypeError, struct.error):
+    except _dicom_errors() + (TypeError, struct.error):
         return False
     return str(header.get("SOPClassUID", "")) in SEG_STORAGE_CLASSES
 
@@ -538,7 +586,7 @@ def seg_referenced_series(seg_file: Path, patient_id: str, fast=None) -> tuple[s
         header = _read_header(seg_file, ["ReferencedSeriesSequence"])
         return tuple(str(item.SeriesInstanceUID) for item in header.get("ReferencedSeriesSequence", [])
                      if "SeriesInstanceUID" in item)
-    except _DICOM_ERRORS as exc:
+    except _dicom_errors() as exc:
         raise _unreadable_seg(seg_file, patient_id, exc) from exc
 
 
@@ -610,12 +658,12 @@ def _read_dicom_seg(path: Path, reference: sitk.Image | None, patient_id: str,
     try:
         seg = hd.seg.segread(path)
         names = {n: seg.get_segment_description(n).segment_label for n in seg.segment_numbers}
-    except _DICOM_ERRORS as exc:
+    except _dicom_errors() as exc:
         raise _unreadable_seg(path, patient_id, exc) from exc
     liver, lesions = segment_roles_of(names, segment_roles, patient_id, path)
     try:
         volume = seg.get_volume(segment_numbers=liver + lesions, combine_segments=False)
-    except _DICOM_ERRORS as exc:
+    except _dicom_errors() as exc:
         raise _unreadable_seg(path, patient_id, exc) from exc
     if volume.array.ndim == 3:       # one segment asked for: no channel axis
         volume = volume.with_array(volume.array[..., None], channels={})
@@ -746,40 +794,40 @@ def resample_mask_to_image(mask: sitk.Image, image: sitk.Image, patient_id: str 
 
 def lesion_labels_present(mask_array: np.ndarray, labels: LabelRoles) -> tuple[int, ...]:
     """Lesion label values in the mask, ascending: every non-zero value except the liver's."""
-    if mask_array.dtype == np.uint8:
-        values = np.flatnonzero(np.bincount(mask_array.ravel(), minlength=256))
-    else:
-        values = np.unique(mask_array)
-    return tuple(int(v) for v in values if v != 0 and v != labels.liver)
+    return tuple(v for v in label_counts(mask_array) if v != labels.liver)
 
 
 def check_mask(mask_array: np.ndarray, labels: LabelRoles, patient_id: str, path: str | Path,
-               require_liver: bool = False, min_lesion_voxels: int = 2, by_label: bool = False) -> None:
+               require_liver: bool = False, min_lesion_voxels: int = 2, by_label: bool = False,
+               summary: LabelSummary | None = None) -> None:
     """Raise `CaseError` for an empty mask, a missing liver (if required), no lesion label, or
     a lesion with fewer than ``min_lesion_voxels`` voxels: a 26-connected component, or with
-    ``by_label`` a whole label value (one lesion per DICOM-SEG segment)."""
-    if not mask_array.any():
+    ``by_label`` a whole label value (one lesion per DICOM-SEG segment).
+
+    ``summary``: the mask's `features.morphology.summarize_labels` with ``labels.liver`` and
+    ``by_label`` (one pass over the volume, shared with the extraction), if already computed."""
+    if summary is None or summary.by_label != by_label or summary.shape != tuple(mask_array.shape) \
+            or summary.lesion_labels != tuple(v for v in summary.counts if v != labels.liver):
+        summary = summarize_labels(mask_array, labels.liver, by_label=by_label)
+    if not summary.counts:
         raise CaseError(patient_id, path, "empty_mask",
                         f"mask {path} is empty (all voxels 0); check it is the right file for this patient")
-    if require_liver and not (mask_array == labels.liver).any():
+    if require_liver and not summary.voxels(labels.liver):
         raise CaseError(patient_id, path, "no_liver_label",
                         f"mask {path} has no liver voxels (label {labels.liver}); add the liver or set the "
                         f"liver label (--liver-label)")
-    lesion_labels = lesion_labels_present(mask_array, labels)
+    lesion_labels = summary.lesion_labels
     if not lesion_labels:
         raise CaseError(patient_id, path, "missing_lesion_label",
                         f"mask {path} holds only the liver label {labels.liver}, no lesion (label "
                         f"{labels.lesion} or any other value); set the lesion label (--lesion-label) or "
                         f"check the mask")
     for label in lesion_labels:
-        if by_label:
-            components = (mask_array == label).astype(np.int32)
-        else:
-            components, _ = ndimage.label(mask_array == label, structure=FULL_CONNECTIVITY)
+        components, _ = summary.components[label]    # inside the lesions' box, in memory order
         sizes = np.bincount(components.ravel())
         small = np.flatnonzero(sizes[1:] < min_lesion_voxels) + 1
         if small.size:
-            where = np.argwhere(components == small[0])[0][::-1]
+            where = (np.argwhere(components == small[0])[0] + np.array(summary.offset))[::-1]
             raise CaseError(patient_id, path, "lesion_too_small",
                             f"mask {path}: a lesion of label {label} has {sizes[small[0]]} voxel(s) "
                             f"(at index x,y,z {tuple(int(i) for i in where)}), fewer than {min_lesion_voxels}; "
@@ -906,16 +954,20 @@ def load_case(patient_id: str, image_path: str | Path, mask_path: str | Path, la
         mask, resampled = resample_mask_to_image(mask, image, patient_id), True
     else:
         mask.CopyInformation(image)  # equal within tolerance: share the exact grid downstream
+    stored_float = image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
     if image.GetPixelID() != sitk.sitkFloat32:
         image = sitk.Cast(image, sitk.sitkFloat32)   # once, before any filter (docs/imaging.md)
     values = sitk.GetArrayViewFromImage(image)
-    check_image_values(values, patient_id, image_path)
+    if stored_float:    # integers cast to float32 cannot be NaN or infinite
+        check_image_values(values, patient_id, image_path)
     if require_hu:
         check_hu(values, patient_id, image_path)
     by_label = seg_file is not None and labels.seg_lesions == "segments"
-    check_mask(sitk.GetArrayViewFromImage(mask), labels, patient_id, mask_path, require_liver, min_lesion_voxels,
-               by_label=by_label)
-    return Case(str(patient_id), image, mask, resampled, by_label)
+    mask_values = sitk.GetArrayViewFromImage(mask)
+    summary = summarize_labels(mask_values, labels.liver, by_label=by_label)   # the one pass over the mask
+    check_mask(mask_values, labels, patient_id, mask_path, require_liver, min_lesion_voxels, by_label=by_label,
+               summary=summary)
+    return Case(str(patient_id), image, mask, resampled, by_label, summary)
 
 
 # ----------------------------------------------------------------------------- from headers only
@@ -1026,7 +1078,7 @@ def _check_seg_headers(seg_file: Path, grid: Geometry, patient_id: str, labels: 
             names = {int(item.SegmentNumber): str(item.SegmentLabel) for item in header.SegmentSequence}
             positions = np.array([[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
                                   for frame in header.PerFrameFunctionalGroupsSequence])
-        except (AttributeError, IndexError, TypeError) + _DICOM_ERRORS as exc:
+        except (AttributeError, IndexError, TypeError) + _dicom_errors() as exc:
             raise _unreadable_seg(seg_file, patient_id, exc) from exc
     roles = labels.segment_roles or TCIA_SEGMENT_ROLES
     segment_roles_of(names, roles, patient_id, seg_file)

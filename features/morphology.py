@@ -6,6 +6,7 @@ SimpleITK reports them. Diameters are measured between voxel centres, in mm.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,114 @@ from scipy.spatial.distance import pdist
 FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 # Below this many points the exact pairwise maximum is cheap enough without a hull.
 _BRUTE_FORCE_POINTS = 2000
+
+
+def _counts_of(values: np.ndarray) -> dict[int, int]:
+    """Voxels per value of a 1-D array of label values, ascending."""
+    if values.dtype == np.uint8:
+        counts = np.bincount(values, minlength=256)
+        return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    found, counts = np.unique(values, return_counts=True)
+    return {int(v): int(c) for v, c in zip(found, counts)}
+
+
+def label_counts(mask: np.ndarray) -> dict[int, int]:
+    """Voxels per non-zero label value of a label map, in ascending value order. Only the
+    non-zero voxels (liver and lesions, a tenth of a CT) are counted, so no int64 copy of the
+    whole volume is made."""
+    mask = np.asarray(mask)
+    return {v: c for v, c in _counts_of(mask[mask != 0]).items() if v != 0}
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    """One pass over a label map (issue 14): voxels per label value, the bounding box of the
+    lesion labels' voxels, and the lesions of each lesion label as connected components inside
+    that box, computed once and shared by the mask checks (`features.imaging.check_mask`), the
+    lesion numbering (`features.radiomics.lesion_rows`) and the morphology (`lesion_components`).
+
+    ``components[label]`` is (component numbers inside ``box``, count): 26-connected
+    components numbered in memory order (as ``scipy.ndimage.label`` numbers them over the whole
+    volume, since a box keeps the order of its voxels), or with ``by_label`` the whole label as
+    component 1. ``box`` is None when no lesion label has a voxel.
+    """
+
+    shape: tuple[int, ...]
+    counts: dict[int, int]
+    lesion_labels: tuple[int, ...]
+    box: tuple[slice, ...] | None
+    components: dict[int, tuple[np.ndarray, int]]
+    by_label: bool = False
+
+    @property
+    def offset(self) -> tuple[int, ...]:
+        """Index of the box's first voxel in the whole volume."""
+        return tuple(int(s.start) for s in self.box) if self.box is not None else (0,) * len(self.shape)
+
+    def voxels(self, label: int | None) -> int:
+        """Voxels of a label value (0 for None or an absent value)."""
+        return self.counts.get(int(label), 0) if label is not None else 0
+
+
+def _bounding_box(inside: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every True voxel, or None. The first axis is found on the whole
+    array, the others only on the slab it spans."""
+    first = np.flatnonzero(inside.any(axis=tuple(range(1, inside.ndim))))
+    if first.size == 0:
+        return None
+    slab = inside[first[0]:first[-1] + 1]
+    box = [slice(int(first[0]), int(first[-1]) + 1)]
+    for axis in range(1, inside.ndim):
+        hits = np.flatnonzero(slab.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def summarize_labels(mask: np.ndarray, liver_label: int | None = None,
+                     lesion_labels: Sequence[int] | None = None, by_label: bool = False) -> LabelSummary:
+    """Count the label values of ``mask`` and find its lesions once (`LabelSummary`).
+
+    ``lesion_labels``: the lesion label values; by default every non-zero value present except
+    ``liver_label``. Connected-component labelling runs only inside the lesions' bounding box,
+    so its cost follows the lesions, not the volume (a liver label needs a count, not components).
+    """
+    mask = np.asarray(mask)
+    nonzero = mask != 0
+    counts = {v: c for v, c in _counts_of(mask[nonzero]).items() if v != 0}
+    if lesion_labels is None:
+        lesion_labels = tuple(v for v in counts if v != liver_label)
+    lesion_labels = tuple(int(v) for v in lesion_labels)
+    present = [v for v in lesion_labels if counts.get(v, 0)]
+    box = None
+    if present:
+        others = [v for v in counts if v not in present]
+        if not others:                      # every non-zero voxel is a lesion's
+            inside = nonzero
+        elif others == [liver_label]:       # a label map: liver and lesions
+            inside = nonzero & (mask != liver_label)
+        else:
+            inside = np.isin(mask, present)
+        box = _bounding_box(inside)
+    crop = mask[box] if box is not None else None
+    components: dict[int, tuple[np.ndarray, int]] = {}
+    for label in lesion_labels:
+        if crop is None or not counts.get(label, 0):
+            components[label] = (np.zeros((0,) * mask.ndim, dtype=np.int32), 0)
+        elif by_label:
+            components[label] = ((crop == label).astype(np.int32), 1)
+        else:
+            numbers, count = ndimage.label(crop == label, structure=FULL_CONNECTIVITY)
+            components[label] = (numbers, int(count))
+    return LabelSummary(tuple(mask.shape), counts, lesion_labels, box, components, by_label)
+
+
+def summary_for(mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: bool,
+                 summary: LabelSummary | None) -> LabelSummary:
+    """``summary`` if it covers these lesion labels the same way, else a new one."""
+    if summary is not None and summary.by_label == by_label and summary.shape == tuple(np.shape(mask)) \
+            and all(label in summary.components for label in lesion_labels):
+        return summary
+    return summarize_labels(mask, lesion_labels=lesion_labels, by_label=by_label)
 
 
 @dataclass(frozen=True)
@@ -57,21 +166,21 @@ def max_feret_diameter_mm(mask: np.ndarray, spacing_xyz: tuple[float, float, flo
 
 
 def lesion_components(mask: np.ndarray, lesion_labels: tuple[int, ...],
-                      spacing_xyz: tuple[float, float, float], by_label: bool = False) -> list[Lesion]:
+                      spacing_xyz: tuple[float, float, float], by_label: bool = False,
+                      summary: LabelSummary | None = None) -> list[Lesion]:
     """Split the lesion label(s) of a label map into connected lesions, largest first.
 
     Lesions sharing a label are separated by 26-connectivity; different labels are never
     merged. With ``by_label`` each label value is one lesion (one per DICOM-SEG segment).
+    ``summary``: the map's `summarize_labels`, if already computed (else it is computed here).
     Returns one `Lesion` per component (or label).
     """
     lesions: list[Lesion] = []
     unit = voxel_volume_ml(spacing_xyz)
+    summary = summary_for(mask, tuple(lesion_labels), by_label, summary)
+    offset = summary.offset
     for label in lesion_labels:
-        if by_label:
-            components = (mask == label).astype(np.int32)
-            count = int(components.any())
-        else:
-            components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
+        components, count = summary.components[label]
         if count == 0:
             continue
         boxes = ndimage.find_objects(components)
@@ -84,7 +193,7 @@ def lesion_components(mask: np.ndarray, lesion_labels: tuple[int, ...],
                 voxels=voxels,
                 volume_ml=voxels * unit,
                 max_diameter_mm=max_feret_diameter_mm(local, spacing_xyz),
-                centroid_zyx=tuple(float(c + s.start) for c, s in zip(centre, box)),
+                centroid_zyx=tuple(float(c + (s.start + o)) for c, s, o in zip(centre, box, offset)),
             ))
     lesions.sort(key=lambda les: (-les.voxels, les.centroid_zyx))
     return lesions
@@ -105,7 +214,7 @@ PATIENT_MORPHOLOGY_COLUMNS = (LESION_COUNT, LARGEST_DIAMETER_MM, LARGEST_VOLUME_
 
 def patient_morphology(mask_array: np.ndarray, spacing_xyz: tuple[float, float, float],
                        liver_label: int | None, lesion_labels: tuple[int, ...],
-                       by_label: bool = False) -> dict[str, float]:
+                       by_label: bool = False, summary: LabelSummary | None = None) -> dict[str, float]:
     """Per-patient lesion and liver morphology from a label map (z, y, x; spacing x, y, z in mm).
 
     - lesion count: 26-connected components of the lesion labels (labels never merge), or
@@ -118,11 +227,14 @@ def patient_morphology(mask_array: np.ndarray, spacing_xyz: tuple[float, float, 
     - imaging TBS = sqrt(largest diameter [cm]^2 + count^2) from the measured values
       (Sasaki et al., Ann Surg 2018;267:132; `features.scores` computes it from the
       clinical table). No lesions give zeros.
+
+    ``summary``: the map's `summarize_labels` (one pass over the volume), if already computed.
     """
     unit = voxel_volume_ml(spacing_xyz)
-    lesions = lesion_components(mask_array, tuple(lesion_labels), spacing_xyz, by_label)
+    summary = summary_for(mask_array, tuple(lesion_labels), by_label, summary)
+    lesions = lesion_components(mask_array, tuple(lesion_labels), spacing_xyz, by_label, summary)
     tumour_voxels = sum(les.voxels for les in lesions)
-    liver_voxels = int(np.count_nonzero(mask_array == liver_label)) if liver_label is not None else 0
+    liver_voxels = summary.voxels(liver_label)
     largest_diameter = max((les.max_diameter_mm for les in lesions), default=0.0)
     liver_ml = (liver_voxels + tumour_voxels) * unit if liver_voxels else float("nan")
     tumour_ml = tumour_voxels * unit

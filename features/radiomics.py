@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import yaml
 from scipy import ndimage
 
-from features.morphology import FULL_CONNECTIVITY, max_feret_diameter_mm, voxel_volume_ml
+from features.morphology import LabelSummary, summary_for, max_feret_diameter_mm, voxel_volume_ml
 
 # Columns of the per-lesion table besides the radiomics features.
 LESION = "lesion"
@@ -52,6 +52,65 @@ def load_radiomics_params(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # pyradiomics raises pykwalify's SchemaError and ValueError
         raise ValueError(f"{path}: not a valid pyradiomics parameter file: {exc}") from exc
     return params
+
+
+# pyradiomics image type (parameter file key) of a feature name's first part, by prefix; the
+# longest prefix that matches wins ("squareroot" before "square").
+_IMAGE_TYPE_PREFIXES = (("original", "Original"), ("wavelet", "Wavelet"), ("log-sigma-", "LoG"),
+                        ("squareroot", "SquareRoot"), ("square", "Square"), ("logarithm", "Logarithm"),
+                        ("exponential", "Exponential"), ("gradient", "Gradient"), ("lbp-2D", "LBP2D"),
+                        ("lbp-3D", "LBP3D"))
+
+
+def _log_image_name(sigma: Any) -> str:
+    """pyradiomics' name of the LoG image of one sigma (``imageoperations.getLoGImage``)."""
+    return "log-sigma-%s-mm-3D" % (str(sigma).replace(".", "-"))
+
+
+def params_for_features(params: Mapping[str, Any], feature_names: Sequence[str]) -> dict[str, Any] | None:
+    """pyradiomics parameters that compute ``feature_names`` (pyradiomics names, e.g.
+    ``wavelet-LLH_glcm_Contrast``) and as little else as the parameters allow: only the image
+    types they come from (for LoG only their sigmas) and only their feature classes; the
+    ``setting`` section is unchanged, so every feature kept has the value the full parameters
+    give it (pyradiomics computes each image type and class on its own). With no name, the
+    original image and first-order statistics only (pyradiomics still checks every lesion).
+
+    None if a name cannot be traced to these parameters (an unknown image type or class, a
+    LoG sigma or feature class they do not enable): the caller then extracts everything.
+    """
+    from radiomics import featureextractor
+
+    full = featureextractor.RadiomicsFeatureExtractor(json.loads(json.dumps(dict(params))))
+    image_types: dict[str, dict[str, Any]] = {}
+    classes: dict[str, Any] = {}
+    sigmas: set[str] = set()
+    for name in feature_names:
+        parts = str(name).rsplit("_", 2)
+        if len(parts) != 3:
+            return None
+        image, feature_class, _ = parts
+        matches = [key for prefix, key in _IMAGE_TYPE_PREFIXES if image.startswith(prefix)]
+        key = matches[0] if matches else None
+        if key is None or key not in full.enabledImagetypes or feature_class not in full.enabledFeatures:
+            return None
+        if feature_class.startswith("shape") and key != "Original":
+            return None
+        image_types[key] = dict(full.enabledImagetypes[key])
+        classes[feature_class] = full.enabledFeatures[feature_class]
+        if key == "LoG":
+            sigmas.add(image)
+    if "LoG" in image_types:
+        configured = list(image_types["LoG"].get("sigma", []))
+        kept = [sigma for sigma in configured if _log_image_name(sigma) in sigmas]
+        if len(kept) != len(sigmas):
+            return None                     # a LoG image these parameters do not make
+        image_types["LoG"]["sigma"] = kept
+    if not classes:
+        image_types, classes = {"Original": {}}, {"firstorder": None}
+    reduced = json.loads(json.dumps(dict(params), default=str))
+    reduced["imageType"] = image_types
+    reduced["featureClass"] = classes
+    return reduced
 
 
 @dataclass(frozen=True)
@@ -111,23 +170,40 @@ def make_extractor(params: Mapping[str, Any]) -> LesionExtractor:
     return LesionExtractor(extractor, settings)
 
 
-def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
-                  by_label: bool = False) -> tuple[np.ndarray, list[int]]:
-    """Number the lesions of a label map 1..n, largest first (ties: first in memory): the
-    26-connected components of each label, or with ``by_label`` each label value as one lesion
-    (one lesion per DICOM-SEG segment, even if drawn in several pieces).
+@dataclass(frozen=True)
+class NumberedLesions:
+    """Lesions numbered 1..n (largest first) inside a box of the volume: ``numbered`` holds the
+    numbers of the voxels in ``box`` (0 = no lesion; every lesion voxel lies in the box),
+    ``shape`` is the whole volume's, ``labels[k - 1]`` the mask label of lesion k."""
 
-    Returns the numbered array (0 = no lesion) and the mask label of each lesion.
-    """
-    numbered = np.zeros(mask.shape, dtype=np.int32)
-    found: list[tuple[int, int, int]] = []  # (voxels, first flat index, label)
+    numbered: np.ndarray
+    box: tuple[slice, ...]
+    shape: tuple[int, ...]
+    labels: list[int]
+
+    def window(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Lesion numbers inside ``region`` (slices of the whole volume, within it); 0 outside the box."""
+        out = np.zeros(tuple(r.stop - r.start for r in region), dtype=self.numbered.dtype)
+        inner = tuple(slice(max(r.start, b.start), min(r.stop, b.stop)) for r, b in zip(region, self.box))
+        if all(i.stop > i.start for i in inner):
+            out[tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inner, region))] = \
+                self.numbered[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, self.box))]
+        return out
+
+
+def number_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: bool = False,
+                   summary: LabelSummary | None = None) -> NumberedLesions:
+    """Number the lesions of a label map 1..n, largest first (ties: first in memory), inside the
+    lesions' bounding box (`features.morphology.summarize_labels`; ``summary`` if already
+    computed): the 26-connected components of each label, or with ``by_label`` each label
+    value as one lesion (one lesion per DICOM-SEG segment, even if drawn in several pieces)."""
+    summary = summary_for(mask, tuple(lesion_labels), by_label, summary)
+    box = summary.box if summary.box is not None else tuple(slice(0, 0) for _ in summary.shape)
+    numbered = np.zeros(tuple(b.stop - b.start for b in box), dtype=np.int32)
+    found: list[tuple[int, int, int]] = []  # (voxels, first flat index in the box, label)
     offset = 0
     for label in lesion_labels:
-        if by_label:
-            components = (mask == label).astype(np.int32)
-            count = int(components.any())
-        else:
-            components, count = ndimage.label(mask == label, structure=FULL_CONNECTIVITY)
+        components, count = summary.components[label]
         if count == 0:
             continue
         flat = components.ravel()
@@ -138,10 +214,21 @@ def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
         found.extend((int(sizes[k]), int(first[k]), label) for k in range(1, count + 1))
         numbered[components > 0] = components[components > 0] + offset
         offset += count
+    # A box keeps the memory order of its voxels, so "first in memory" is the same as over the volume.
     order = sorted(range(len(found)), key=lambda i: (-found[i][0], found[i][1]))
     lookup = np.zeros(len(found) + 1, dtype=np.int32)
     lookup[[i + 1 for i in order]] = np.arange(1, len(found) + 1)
-    return lookup[numbered], [found[i][2] for i in order]
+    return NumberedLesions(lookup[numbered], box, summary.shape, [found[i][2] for i in order])
+
+
+def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
+                  by_label: bool = False) -> tuple[np.ndarray, list[int]]:
+    """`number_lesions` on the whole volume: the numbered array (0 = no lesion) and the mask
+    label of each lesion."""
+    lesions = number_lesions(mask, lesion_labels, by_label)
+    numbered = np.zeros(lesions.shape, dtype=np.int32)
+    numbered[lesions.box] = lesions.numbered
+    return numbered, lesions.labels
 
 
 def crop_box(box: tuple[slice, ...], margin_mm: float, spacing_xyz: tuple[float, ...],
@@ -172,7 +259,7 @@ def extract_lesion_features(image: sitk.Image, lesion_mask: sitk.Image,
     return {name: float(value) for name, value in result.items() if not name.startswith("diagnostics_")}
 
 
-def _preprocess_lesion(image: sitk.Image, numbered: np.ndarray, number: int, box: tuple[slice, ...],
+def _preprocess_lesion(image: sitk.Image, lesions: NumberedLesions, number: int, box: tuple[slice, ...],
                        margin_mm: float, extractor: LesionExtractor) -> tuple[sitk.Image, sitk.Image]:
     """Crop (and resample) one lesion as pyradiomics would on the whole image.
 
@@ -185,50 +272,54 @@ def _preprocess_lesion(image: sitk.Image, numbered: np.ndarray, number: int, box
     # B-spline interpolation pre-filters the whole image it is given with a recursive filter
     # whose influence decays by 0.268 per voxel: enough voxels make the crop exact.
     min_voxels = BSPLINE_EXACT_MARGIN_VOXELS if extractor.resamples else 0
-    crop = crop_box(box, margin_mm, image.GetSpacing(), numbered.shape, min_voxels)
+    crop = crop_box(box, margin_mm, image.GetSpacing(), lesions.shape, min_voxels)
     crop_image = _sub_image(image, crop)
     if extractor.resamples:
-        full = np.zeros(numbered.shape, dtype=np.uint8)
-        full[box][numbered[box] == number] = 1
+        full = np.zeros(lesions.shape, dtype=np.uint8)
+        full[box][lesions.window(box) == number] = 1
         mask = sitk.GetImageFromArray(full)
         mask.CopyInformation(image)
         settings = {**extractor.settings, "label": 1}
         return imageoperations.resampleImage(crop_image, mask, **settings)
-    crop_mask = sitk.GetImageFromArray((numbered[crop] == number).astype(np.uint8))
+    crop_mask = sitk.GetImageFromArray((lesions.window(crop) == number).astype(np.uint8))
     crop_mask.CopyInformation(crop_image)
     return crop_image, crop_mask
 
 
 def lesion_rows(image: sitk.Image, mask: sitk.Image, lesion_labels: tuple[int, ...],
                 settings: ExtractionSettings, extractor: LesionExtractor | None = None,
-                by_label: bool = False) -> list[dict[str, Any]]:
-    """One row per lesion (`label_lesions`): morphology and radiomics on a crop around it.
+                by_label: bool = False, summary: LabelSummary | None = None) -> list[dict[str, Any]]:
+    """One row per lesion (`number_lesions`): morphology and radiomics on a crop around it.
 
-    A lesion that pyradiomics cannot process gets ``error`` set instead of features.
+    ``summary``: the mask's `features.morphology.summarize_labels`, if already computed (the
+    lesions are then not labelled again). A lesion that pyradiomics cannot process gets
+    ``error`` set instead of features.
     """
     from radiomics import imageoperations
 
     extractor = extractor or make_extractor(settings.radiomics)
     if extractor.settings.get("normalize"):
         image = imageoperations.normalizeImage(image, **extractor.settings)  # whole-image statistics
-    numbered, labels = label_lesions(sitk.GetArrayFromImage(mask), lesion_labels, by_label)
+    lesions = number_lesions(sitk.GetArrayViewFromImage(mask), tuple(lesion_labels), by_label, summary)
+    offset = tuple(int(b.start) for b in lesions.box)
     spacing = image.GetSpacing()
     unit = voxel_volume_ml(spacing)
     rows = []
-    for number, box in enumerate(ndimage.find_objects(numbered), start=1):
-        local = numbered[box] == number
+    for number, inner in enumerate(ndimage.find_objects(lesions.numbered), start=1):
+        local = lesions.numbered[inner] == number
+        box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(inner, offset))   # in the whole volume
         centre = ndimage.center_of_mass(local)
         index_xyz = [float(c + s.start) for c, s in zip(centre, box)][::-1]
         row: dict[str, Any] = {
             LESION: number,
-            LESION_LABEL: labels[number - 1],
+            LESION_LABEL: lesions.labels[number - 1],
             LESION_VOXELS: int(local.sum()),
             LESION_VOLUME_ML: float(local.sum()) * unit,
             LESION_DIAMETER_MM: max_feret_diameter_mm(local, spacing),
         }
         row.update(dict(zip(CENTROID_MM, image.TransformContinuousIndexToPhysicalPoint(index_xyz))))
         try:
-            lesion_image, lesion_mask = _preprocess_lesion(image, numbered, number, box,
+            lesion_image, lesion_mask = _preprocess_lesion(image, lesions, number, box,
                                                            settings.crop_margin_mm, extractor)
             row.update(extract_lesion_features(lesion_image, lesion_mask, extractor))
             row["error"] = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,38 @@ RISK = "risk"
 RISK_GROUP = "risk_group"
 RESPONSE_PROBABILITY = "response_probability"
 GROUP_NAMES = ("low", "intermediate", "high")
+
+
+# Transformers that map each input column on its own (or drop it): a column they do not pass on
+# to the estimator cannot change a prediction, whatever its value (`used_columns`).
+_COLUMNWISE = {"SimpleImputer", "VarianceThreshold", "QuantileTransformer", "StandardScaler", "OneHotEncoder",
+               "CorrelationFilter", "UnivariateSelector"}
+
+
+def _columnwise(step: Any) -> bool:
+    if step in ("drop", "passthrough", None):
+        return True
+    if isinstance(step, Pipeline):
+        return all(_columnwise(inner) for _, inner in step.steps)
+    if type(step).__name__ == "ColumnTransformer":
+        return all(_columnwise(inner) for _, inner, _ in step.transformers_)
+    return type(step).__name__ in _COLUMNWISE
+
+
+def used_columns(pipeline: Pipeline, feature_columns: Sequence[str]) -> list[str]:
+    """The input columns a fitted pipeline's estimator actually receives (issue 14): those that
+    survive its near-constant removal, decorrelation and univariate selection, read from the
+    fitted steps (``get_feature_names_out``). Only when every step before the estimator works
+    column by column (`_COLUMNWISE`: imputation, scaling, selection), so that the other columns
+    cannot change a prediction; otherwise, or if the names cannot be read, every input column."""
+    steps = getattr(pipeline, "steps", None)
+    try:
+        if not steps or not all(_columnwise(step) for _, step in steps[:-1]):
+            return list(feature_columns)
+        out = set(str(name) for name in pipeline[:-1].get_feature_names_out())
+    except (AttributeError, TypeError, ValueError):
+        return list(feature_columns)
+    return [c for c in feature_columns if c in out]
 
 
 def survival_column(horizon: float) -> str:

@@ -49,7 +49,7 @@ from models import explain as shap_explain
 from models import registry
 from models.evaluation import logit
 from models.explain import explain_without_background
-from models.predictor import RESPONSE_PROBABILITY, RISK, RISK_GROUP, survival_column
+from models.predictor import RESPONSE_PROBABILITY, RISK, RISK_GROUP, survival_column, used_columns
 from models.preprocessing import split_feature_types
 from models.registry import LoadedModel
 from pipeline.execution import map_cases
@@ -333,15 +333,21 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
 
 def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
     """Predictions, scores, top contributions and explanation files of the ok patients."""
+    from models.predictor import used_columns
+
+    # Imaging columns a fitted pipeline drops (selection) are not extracted (issue 14) and
+    # cannot change its predictions: only the used ones must be there.
+    used = {id(m): set(used_columns(m.predictor.pipeline, m.feature_columns)) for m in ctx.models}
     missing_imaging = sorted({c for m in ctx.models for c in m.feature_columns
-                              if c.startswith(registry.IMAGING_PREFIXES) and c not in features})
+                              if c.startswith(registry.IMAGING_PREFIXES) and c not in features and c in used[id(m)]})
     if missing_imaging:
         raise ValueError(f"the models use imaging feature(s) {missing_imaging[:5]} that extraction did not "
                          f"produce; extract with the radiomics parameters and aggregation rules the models "
                          f"were trained with (--radiomics-params, --extraction-config)")
     for model in ctx.models:
         ctx.absent.setdefault(f"{model.task}/{model.name}", set()).update(
-            c for c in model.feature_columns if c not in features)
+            c for c in model.feature_columns if c not in features
+            and (c in used[id(model)] or not c.startswith(registry.IMAGING_PREFIXES)))
     index = features.index
     for column in SCORE_COLUMNS:
         out.loc[index, column] = features[column].astype(object).where(features[column].notna(), None)
@@ -525,6 +531,9 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
             raise ValueError(f"{cohort}: no {' and '.join(absent)} column, but {users} use(s) imaging features; "
                              f"add image and mask paths (relative to the table) or use a clinical-only model")
         cache_dir = Path(cache) if cache is not None else cache_default
+        # Only the image types and feature classes of the columns the fitted models use (issue 14).
+        used = [c for m in loaded for c in used_columns(m.predictor.pipeline, m.feature_columns)]
+        options = extraction.options_for_columns(options, used)
     else:
         cache_dir = None
     ids = index_ids(cohort, raw_id, chunk_size)

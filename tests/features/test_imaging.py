@@ -325,3 +325,45 @@ def test_case_errors_survive_pickling_with_their_attributes():
     error = pickle.loads(pickle.dumps(CaseError("P1", "/x.nii", "unreadable", "broken")))
     assert (error.patient_id, error.path, error.reason, str(error)) == ("P1", "/x.nii", "unreadable",
                                                                         "patient P1: broken")
+
+
+def test_a_gzip_nifti_whose_trailer_crc_disagrees_is_unreadable(tmp_path, ct_array):
+    """The gzip trailer vouches for the voxels ITK read (issue 14: no second decompression); a
+    stream whose CRC-32 disagrees with its content is corrupt, whatever ITK made of it."""
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(make_image(ct_array), str(path), True)
+    assert imaging._gzip_crc_matches(path, sitk.ReadImage(str(path)))
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 0xFF                                  # the trailer's CRC-32, not the voxels
+    path.write_bytes(bytes(data))
+    error = expect_case_error("unreadable", "P8", imaging.read_image, path, "P8")
+    assert str(path) in str(error)
+
+
+def test_the_gzip_trailer_does_not_vouch_for_other_voxels(tmp_path, ct_array):
+    """Zeros where ITK could not read (its NIfTI reader fills a short stream with zeros) do not
+    match the stored CRC-32: the whole file is then decompressed and checked."""
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(make_image(ct_array), str(path), True)
+    zeroed = ct_array.copy()
+    zeroed[-1] = 0
+    assert not imaging._gzip_crc_matches(path, make_image(zeroed))
+    assert not imaging._gzip_crc_matches(path, make_image(ct_array.astype(np.float32)))   # not the stored type
+
+
+def test_load_case_finds_the_lesions_once_inside_their_box(tmp_path, ct_array):
+    """One pass over the mask (issue 14): label counts, and components only inside the lesions'
+    bounding box, shared with the extraction through Case.label_summary."""
+    mask = label_map()
+    mask[1, 1, 1] = 5
+    sitk.WriteImage(make_image(ct_array), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(make_image(mask), str(tmp_path / "mask.nii.gz"))
+    case = imaging.load_case("P14", tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz", LABELS, min_lesion_voxels=1)
+    summary = case.label_summary
+    values, counts = np.unique(mask, return_counts=True)
+    assert summary.counts == {int(v): int(c) for v, c in zip(values, counts) if v}
+    assert summary.lesion_labels == imaging.lesion_labels_present(mask, LABELS) == (2, 5)
+    lesion_voxels = np.argwhere((mask != 0) & (mask != LABELS.liver))
+    assert summary.offset == tuple(lesion_voxels.min(axis=0))
+    box_shape = tuple(lesion_voxels.max(axis=0) - lesion_voxels.min(axis=0) + 1)
+    assert all(summary.components[label][0].shape == box_shape for label in (2, 5))

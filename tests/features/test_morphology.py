@@ -114,3 +114,44 @@ def test_a_liver_without_lesions_has_zero_burden():
     result = patient_morphology(mask, spacing, liver_label=1, lesion_labels=())
     assert result[morphology.LESION_COUNT] == 0
     assert result[morphology.TUMOUR_BURDEN_PERCENT] == 0.0 and result[morphology.IMAGING_TBS] == 0.0
+
+
+def test_a_shared_label_summary_gives_the_same_lesions_as_labelling_the_whole_volume():
+    """Components inside the lesions' box, computed once (issue 14), number and measure the
+    lesions exactly as labelling the whole volume did: same order, centroids, diameters."""
+    from scipy import ndimage
+
+    from features import radiomics
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((30, 60, 70), np.uint8)
+    mask[2:28, 5:55, 4:66] = 1                                   # liver
+    blobs = ndimage.binary_opening(rng.random((12, 20, 24)) > 0.55)
+    mask[10:22, 20:40, 30:54][blobs] = 2                          # many small lesions of label 2
+    mask[5:8, 8:11, 8:11] = 4                                     # a lesion of another label
+    summary = morphology.summarize_labels(mask, liver_label=1)
+    assert summary.lesion_labels == (2, 4) and summary.counts[1] == int((mask == 1).sum())
+    spacing = (0.8, 0.7, 2.5)
+    shared = lesion_components(mask, (2, 4), spacing, summary=summary)
+    assert shared == lesion_components(mask, (2, 4), spacing) and len(shared) > 3
+    expected, order = [], []        # labelling the whole volume, as before issue 14
+    for label in (2, 4):
+        full, _ = ndimage.label(mask == label, structure=morphology.FULL_CONNECTIVITY)
+        for index, box in enumerate(ndimage.find_objects(full), start=1):
+            local = full[box] == index
+            centre = ndimage.center_of_mass(local)
+            expected.append(morphology.Lesion(label, int(local.sum()), int(local.sum()) * morphology.voxel_volume_ml(
+                spacing), max_feret_diameter_mm(local, spacing), tuple(float(c + s.start) for c, s in zip(centre, box))))
+            order.append((-int(local.sum()), int(np.flatnonzero((full == index).ravel())[0]), label, full == index))
+    expected.sort(key=lambda les: (-les.voxels, les.centroid_zyx))
+    assert shared == expected
+    by_box = radiomics.number_lesions(mask, (2, 4), summary=summary)
+    whole = np.zeros(mask.shape, np.int32)
+    whole[by_box.box] = by_box.numbered
+    order.sort(key=lambda item: item[:2])
+    for number, (_, _, label, voxels) in enumerate(order, start=1):
+        assert by_box.labels[number - 1] == label and np.array_equal(whole == number, voxels)
+    numbered, labels = radiomics.label_lesions(mask, (2, 4))
+    np.testing.assert_array_equal(whole, numbered)
+    assert by_box.labels == labels
+    assert patient_morphology(mask, spacing, 1, (2, 4), summary=summary) == patient_morphology(mask, spacing, 1, (2, 4))

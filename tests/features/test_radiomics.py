@@ -52,3 +52,54 @@ def test_an_invalid_pyradiomics_file_is_rejected_with_its_name(tmp_path):
     bad.write_text("setting:\n  binWidht: 25\n")
     with pytest.raises(ValueError, match="bad.yaml: not a valid pyradiomics parameter file"):
         radiomics.load_radiomics_params(bad)
+
+
+def _small_case():
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(4)
+    z, y, x = np.mgrid[:20, :32, :32]
+    ct = (40 + 25 * rng.standard_normal((20, 32, 32))).astype(np.float32)
+    mask = np.zeros((20, 32, 32), np.uint8)
+    lesion = (z - 10) ** 2 + ((y - 16) / 1.3) ** 2 + (x - 15) ** 2 <= 36
+    mask[lesion] = 2
+    ct[lesion] -= 30 * np.exp(-((z[lesion] - 10) ** 2) / 20)
+    image, label_map = sitk.GetImageFromArray(ct), sitk.GetImageFromArray(mask)
+    for item in (image, label_map):
+        item.SetSpacing((1.2, 1.2, 2.0))
+    return image, label_map
+
+
+def test_reduced_parameters_compute_the_named_features_exactly_and_little_else():
+    """Issue 14: predict extracts only the image types, LoG sigmas and classes its model's
+    inputs come from; each feature kept equals the full extraction's (pyradiomics computes image
+    types and classes independently)."""
+    params = radiomics.load_radiomics_params(REPO / "configs" / "radiomics.yaml")
+    wanted = ["original_shape_Sphericity", "log-sigma-2-0-mm-3D_firstorder_Mean", "wavelet-LHL_glcm_Contrast",
+              "original_glcm_Idm"]
+    reduced = radiomics.params_for_features(params, wanted)
+    assert reduced["imageType"] == {"Original": {}, "LoG": {"sigma": [2.0]}, "Wavelet": {}}
+    assert set(reduced["featureClass"]) == {"shape", "firstorder", "glcm"}
+    assert reduced["setting"] == params["setting"]
+    image, mask = _small_case()
+    rows = {}
+    for name, settings in (("full", params), ("reduced", reduced)):
+        extraction_settings = radiomics.ExtractionSettings(settings, 10.0)
+        (row,) = radiomics.lesion_rows(image, mask, (2,), extraction_settings)
+        assert row["error"] == ""
+        rows[name] = row
+    assert all(name in rows["reduced"] for name in wanted)
+    for name in wanted:
+        assert rows["reduced"][name] == pytest.approx(rows["full"][name], rel=1e-12, abs=1e-12)
+    kept = [c for c in rows["reduced"] if c.startswith(radiomics.FEATURE_PREFIXES)]
+    assert len(kept) < len([c for c in rows["full"] if c.startswith(radiomics.FEATURE_PREFIXES)]) / 2
+    assert all(rows["reduced"][c] == rows["full"][c] for c in kept)
+    assert radiomics.ExtractionSettings(reduced, 10.0).digest() != radiomics.ExtractionSettings(params, 10.0).digest()
+
+
+@pytest.mark.parametrize("name", ["log-sigma-5-0-mm-3D_firstorder_Mean", "square_firstorder_Mean",
+                                  "original_ngtdm2_Busyness", "wavelet-LLH_shape_Sphericity", "nonsense"])
+def test_a_feature_the_parameters_cannot_make_means_the_full_extraction(name):
+    """Never a guess: a name that cannot be traced to the parameters keeps everything."""
+    params = radiomics.load_radiomics_params(REPO / "configs" / "radiomics.yaml")
+    assert radiomics.params_for_features(params, ["original_firstorder_Mean", name]) is None

@@ -75,6 +75,7 @@ def test_validate_exit_codes(tmp_path, capsys):
 # Start-up (issue 14): a command imports what it uses. Extraction and synthesis never need the
 # model stack, MLflow, SHAP or Dask; they are checked in a fresh interpreter, after a real run.
 _NOT_FOR_IMAGES = ("mlflow", "shap", "xgboost", "dask", "distributed", "sklearn", "sksurv", "matplotlib")
+_DICOM_ONLY = ("pydicom", "highdicom")   # imported when a DICOM case appears, not for NIfTI (issue 14)
 _RUN_AND_LIST_MODULES = (
     "import json, sys\n"
     "from pipeline.cli import main\n"
@@ -122,6 +123,7 @@ def test_extract_imports_neither_models_nor_mlflow_shap_xgboost_dask(tmp_path):
     assert (tmp_path / "out" / "lesions.parquet").is_file()
     assert "radiomics" in run["modules"]                      # the run did extract
     assert sorted(set(_NOT_FOR_IMAGES) & set(run["modules"])) == []
+    assert sorted(set(_DICOM_ONLY) & set(run["modules"])) == []   # a NIfTI-only cohort
 
 
 def test_synthesize_imports_neither_models_nor_radiomics(tmp_path):

@@ -18,6 +18,7 @@ from features.patient_table import patient_feature_table
 from features.schema import CEA, IMAGE, MASK, PATIENT_ID, PRIMARY_SITE
 from models import training
 from models.explain import explain_without_background
+from models.predictor import used_columns
 from pipeline import cohort as synthetic
 from pipeline import synthesis
 from pipeline.predict import (DUPLICATE_ID, PREDICTIONS_FILE, SUMMARY_FILE, explanation_file,
@@ -381,3 +382,45 @@ def test_models_with_different_extraction_settings_are_not_mixed(setup, remember
     models = [str(remembering / "recurrence_coxnet.joblib"), str(other / "response_logistic.joblib")]
     with pytest.raises(ValueError, match="different extraction settings"):
         run_predict(setup["phantoms"] / synthetic.CLINICAL_FILE, models, tmp_path / "out", progress=False)
+
+
+def test_predict_extracts_only_what_the_models_use_with_the_same_predictions(setup, mixed, labels, tmp_path,
+                                                                           monkeypatch):
+    """Issue 14: predict computes only the image types and feature classes the models' inputs
+    come from; the predictions, statuses and reasons are those of the full extraction, and the
+    reduced extraction's cache entries never stand in for a full one."""
+    root = setup["root"]
+    table = pd.read_parquet(root / "imaging.parquet")
+    table.drop(columns=[c for c in table if "_glcm_" in c]).to_parquet(tmp_path / "no_glcm.parquet")
+    folder = tmp_path / "models_no_glcm"          # a model whose inputs need no GLCM
+    run_train(tmp_path / "no_glcm.parquet", tmp_path / "train", folder, root / "params.yaml", training.TASKS,
+              track=False)
+    loaded = load_models([str(folder)], root)
+    inputs = [c for m in loaded for c in m.feature_columns if c.startswith("rad_")]
+    columns = [c for m in loaded for c in used_columns(m.predictor.pipeline, m.feature_columns)]
+    assert 0 < len([c for c in columns if c.startswith("rad_")]) < len(inputs)   # selection inside the pipeline
+    full = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_RADIOMICS, CROP_MARGIN_MM), labels)
+    reduced = extraction.options_for_columns(full, columns)
+    used = {c.split("__", 1)[1].rsplit("_", 2)[1] for c in columns if c.startswith("rad_")}
+    assert set(reduced.settings.radiomics["featureClass"]) == used and "glcm" not in used
+    assert reduced.digest() != full.digest()
+
+    def run(out: str, cache: str) -> pd.DataFrame:
+        return run_predict(mixed["cohort"], [str(folder)], tmp_path / out, progress=False, cache=tmp_path / cache,
+                           radiomics_params=root / "radiomics.yaml", extraction_config=root / "extraction.yaml")
+
+    subset = run("subset", "c1")
+    monkeypatch.setattr(extraction, "options_for_columns", lambda options, columns: options)
+    everything = run("full", "c2")
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(subset, everything, check_exact=False, rtol=TOLERANCE, atol=TOLERANCE)
+    assert (subset["status"] == "ok").sum() >= N_PHANTOMS
+
+    cases = extraction.read_manifest(setup["phantoms"] / synthetic.CLINICAL_FILE)
+    lesions, report = extraction.extract_cohort(cases, full, tmp_path / "c1", progress=False)
+    assert not report[extraction.CACHED].any()     # the reduced entries were not taken for a full extraction
+    fresh, _ = extraction.extract_cohort(cases, full, None, progress=False)
+    pd.testing.assert_frame_equal(lesions, fresh)
+    assert any("_glcm_" in c for c in lesions) and not any("_glcm_" in c for c in
+                                                          extraction.extract_cohort(cases, reduced, None,
+                                                                                    progress=False)[0])
