@@ -1,4 +1,4 @@
-"""Patient-level aggregation of per-lesion radiomics (DESIGN.md 6).
+"""Patient-level aggregation of per-lesion radiomics (docs/design.md section 6).
 
 Rules, named in ``configs/extraction.yaml``:
 - ``largest``: the values of the patient's largest lesion (by voxel count);

@@ -1,7 +1,7 @@
 """Cohort extraction: per-case morphology and radiomics, cached, in parallel, never losing a case.
 
 Every input patient ends up in the report: one row per extracted lesion with status ``ok``,
-or one row per failed lesion or case with the failure code and the reason (DESIGN.md 3).
+or one row per failed lesion or case with the failure code and the reason (docs/design.md section 3).
 Each case is cached under a key made of the image hash, the mask hash and the settings hash,
 so an interrupted run resumes and a re-run on the same inputs extracts nothing.
 

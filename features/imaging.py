@@ -1,4 +1,4 @@
-"""Reading and checking one case: a CT volume and its label mask (DESIGN.md 3).
+"""Reading and checking one case: a CT volume and its label mask (docs/design.md section 3).
 
 Images: NIfTI (.nii, .nii.gz), NRRD, MHA/MHD, or a DICOM series folder. Masks: the same
 formats or DICOM-SEG (BINARY, FRACTIONAL or LABELMAP; one file, or a folder holding one). A
@@ -83,7 +83,7 @@ class LabelRoles:
             raise ValueError(f"segment_roles: unknown role(s) {bad}; allowed: {', '.join(SEGMENT_ROLES)}")
 
 
-DEFAULT_LABELS = LabelRoles(liver=1, lesion=2)  # DESIGN.md 3; configs/labels.yaml overrides it
+DEFAULT_LABELS = LabelRoles(liver=1, lesion=2)  # docs/design.md section 3; configs/labels.yaml overrides it
 _ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _CHUNK_BYTES = 1 << 22
 # What pydicom/highdicom raise on truncated or non-conforming files (seen: KeyError, OSError,

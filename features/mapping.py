@@ -1,4 +1,4 @@
-"""Cohort mappings: turn a user's clinical sheet into the canonical table (DESIGN.md 3).
+"""Cohort mappings: turn a user's clinical sheet into the canonical table (docs/design.md section 3).
 
 A mapping is a YAML file (``configs/mappings/*.yaml``) loaded into ``CohortMapping`` by the
 project's strict loader (``features.settings``): unknown keys, unknown canonical columns and
@@ -95,7 +95,7 @@ def _key(value: Any) -> str | None:
 # --- derivation rules: a closed set, each a function plus its arguments ----------------------
 
 def dfi_from_synchronous(df: pd.DataFrame) -> pd.Series:
-    """Disease-free interval (months): 0 where ``synchronous`` == 1, by definition (DESIGN.md 3).
+    """Disease-free interval (months): 0 where ``synchronous`` == 1, by definition (docs/design.md section 3).
 
     Elsewhere the provided ``disease_free_interval_months`` is kept, or missing if none is
     given (metachronous patients without a recorded interval). A provided non-zero interval of

@@ -199,7 +199,7 @@ def lesion_components(mask: np.ndarray, lesion_labels: tuple[int, ...],
     return lesions
 
 
-# Per-patient morphology columns (DESIGN.md 6): counts by connected components, volumes by
+# Per-patient morphology columns (docs/design.md section 6): counts by connected components, volumes by
 # voxel counting, no mesh.
 LESION_COUNT = "lesion_count"
 LARGEST_DIAMETER_MM = "largest_lesion_diameter_mm"

@@ -1,4 +1,4 @@
-"""Per-lesion radiomics with pyradiomics, on a crop around each lesion (DESIGN.md 6).
+"""Per-lesion radiomics with pyradiomics, on a crop around each lesion (docs/design.md section 6).
 
 Each connected lesion is cropped from the image with a margin (``crop_margin_mm``) before
 pyradiomics sees it, so the cost of filtering (LoG, wavelet) follows the lesion's size, not

@@ -1,6 +1,6 @@
 """Canonical clinical columns: names, types, units and allowed values.
 
-This module is the one place that states what a canonical cohort table holds (DESIGN.md 3).
+This module is the one place that states what a canonical cohort table holds (docs/design.md section 3).
 Every other module refers to columns through the constants below, never by retyping the
 string. Binary columns are stored as 0/1 (pandas nullable ``Int64``), categorical columns as
 lower-case strings, continuous columns as floats in the unit given here.

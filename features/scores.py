@@ -1,4 +1,4 @@
-"""Clinical prognostic scores for colorectal liver metastases (DESIGN.md 4).
+"""Clinical prognostic scores for colorectal liver metastases (docs/design.md section 4).
 
 Pure, vectorised functions over the canonical clinical table (``features.schema``). Each score
 function takes a DataFrame and returns a Series indexed like it, named after the score.
@@ -73,7 +73,7 @@ GAME_HIGH_RISK_MIN = 4
 GAME_MAX = 7
 
 # --- Nordlinger score: Nordlinger et al., Cancer 1996;77:1254 -------------------------------
-# Thresholds as tabulated in secondary sources (DESIGN.md 4); not yet checked against the paper.
+# Thresholds as tabulated in secondary sources (docs/design.md section 4); not yet checked against the paper.
 NORDLINGER_AGE_YEARS = 60.0  # point if age > 60 years
 NORDLINGER_T_STAGE = 4  # point if primary T4 (serosal invasion), i.e. T stage >= 4
 NORDLINGER_DFI_MONTHS = 24.0  # point if disease-free interval < 24 months
@@ -378,7 +378,7 @@ def nordlinger_score(df: pd.DataFrame) -> pd.Series:
     One point each: age > 60 years; primary T4; node-positive primary; disease-free interval
     < 24 months (0 months for synchronous disease); more than 3 liver metastases (not more
     than 3 when ``multiple_liver_lesions`` = 0); largest metastasis > 5 cm. Thresholds as
-    tabulated in secondary sources (DESIGN.md 4), not yet checked against the 1996 paper.
+    tabulated in secondary sources (docs/design.md section 4), not yet checked against the 1996 paper.
     """
     return _score(df, "nordlinger")
 

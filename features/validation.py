@@ -1,4 +1,4 @@
-"""Validation of a canonical cohort table against ``features.schema`` (DESIGN.md 3).
+"""Validation of a canonical cohort table against ``features.schema`` (docs/design.md section 3).
 
 One pandera ``DataFrameSchema`` is built from ``schema.COLUMNS`` and run once with
 ``lazy=True``, so every problem of every patient is reported in one call. Problems come in two

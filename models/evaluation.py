@@ -1,4 +1,4 @@
-"""Held-out evaluation with bootstrap confidence intervals (DESIGN.md 7).
+"""Held-out evaluation with bootstrap confidence intervals (docs/design.md section 7).
 
 Recurrence: Harrell's and Uno's C-index, time-dependent AUC at 12/24/36 months, integrated
 Brier score, calibration slope at 24 months. Response: ROC AUC, PR AUC, Brier score,
@@ -225,7 +225,7 @@ def evaluate_task(task: str, y_train, y_test, predictions: Mapping[str, Survival
     return result
 
 
-# A chosen model's held-out calibration outside these bounds is flagged (docs/small_cohorts.md).
+# A chosen model's held-out calibration outside these bounds is flagged (docs/own_cohort_training.md).
 CALIBRATION_SLOPE_RANGE = (0.5, 2.0)
 CALIBRATION_IN_THE_LARGE_MAX = 0.2   # |mean predicted - observed| probability (or survival at 24 months)
 

@@ -1,4 +1,4 @@
-"""SHAP explanations of the fitted predictors: values, tables and plots (DESIGN.md 7).
+"""SHAP explanations of the fitted predictors: values, tables and plots (docs/design.md section 7).
 
 A predictor's pipeline is pre-processing (imputation, rank normalisation, one-hot encoding,
 correlation filter, univariate selection) followed by one estimator. The estimator is explained

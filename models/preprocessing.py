@@ -2,7 +2,7 @@
 
 Imputation, scaling, removal of near-constant and highly correlated features and univariate
 feature selection all learn from the rows they are fitted on and nothing else, so a
-`sklearn.pipeline.Pipeline` of them can be cross-validated without leakage (DESIGN.md 7).
+`sklearn.pipeline.Pipeline` of them can be cross-validated without leakage (docs/design.md section 7).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One MLflow pyfunc wrapper for every fitted prognosis model (DESIGN.md 8).
+"""One MLflow pyfunc wrapper for every fitted prognosis model (docs/design.md section 8).
 
 ``PrognosisModel`` wraps a fitted *predictor*: any object with
 

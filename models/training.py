@@ -1,4 +1,4 @@
-"""Fitting the recurrence and response models on a patient-level split (DESIGN.md 7).
+"""Fitting the recurrence and response models on a patient-level split (docs/design.md section 7).
 
 The split is by patient and stratified by outcome; every pre-processing step lives in the
 model's `sklearn.pipeline.Pipeline`, and hyper-parameters are chosen by grid search with
@@ -246,7 +246,7 @@ def outcome_missing_reason(table: pd.DataFrame, task: str) -> str | None:
     return None
 
 
-# Smallest numbers a task needs (docs/small_cohorts.md): per CV validation fold and on the held-out split.
+# Smallest numbers a task needs (docs/own_cohort_training.md): per CV validation fold and on the held-out split.
 MIN_MINORITY_PER_FOLD = 2
 MIN_CV_FOLDS = 2
 MIN_TEST_MINORITY = 2

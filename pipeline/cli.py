@@ -1,4 +1,4 @@
-"""The ``crlm`` command line: one sub-command per pipeline stage (DESIGN.md 1).
+"""The ``crlm`` command line: one sub-command per pipeline stage (docs/design.md section 1).
 
 Entry points read configuration files and pass plain objects to library functions.
 """

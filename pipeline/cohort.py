@@ -1,6 +1,6 @@
 """Writing a synthetic cohort to disk: tables, and phantoms rendered in parallel.
 
-Layout (DESIGN.md 3)::
+Layout (docs/design.md section 3)::
 
     <out>/clinical.csv              canonical columns + patient_id, image, mask
     <out>/truth.csv                 true linear predictors and latent traits (never for models)

@@ -5,7 +5,7 @@ worker renders it. Geometry follows ITK: LPS axes in mm (x to the patient's left
 posterior, z superior), identity direction, the liver centre near the origin. Arrays are in
 SimpleITK's numpy order (z, y, x).
 
-Latent lesion traits are rendered as (DESIGN.md 5):
+Latent lesion traits are rendered as (docs/design.md section 5):
 - heterogeneity h: amplitude (x exp(a h)) and correlation length (x exp(-b h)) of a Gaussian
   random texture;
 - margin irregularity g: radial perturbation of the surface, relative amplitude

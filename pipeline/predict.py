@@ -1,4 +1,4 @@
-"""``crlm predict``: batch inference on a new cohort in bounded memory (DESIGN.md 8).
+"""``crlm predict``: batch inference on a new cohort in bounded memory (docs/design.md section 8).
 
 The cohort table is read in chunks of ``chunk_size`` patients. Per chunk: identifiers are
 checked (a ``patient_id`` that appears on several rows marks *every* such row, wherever it is

@@ -1,4 +1,4 @@
-"""``crlm report``: one self-contained HTML report per pipeline run (DESIGN.md 1).
+"""``crlm report``: one self-contained HTML report per pipeline run (docs/design.md section 1).
 
 The report is a single file that renders offline: CSS inline, every image a base64
 ``data:image/png`` URI, no JavaScript, no fonts, no http(s) resource (a Content-Security-Policy
@@ -399,7 +399,7 @@ def _column_families(table_: pd.DataFrame) -> tuple[dict[str, Any], str | None]:
 
 
 def _agreement(table_: pd.DataFrame) -> dict[str, Any]:
-    """Clinical vs mask-measured lesion count and largest diameter (DESIGN.md 3)."""
+    """Clinical vs mask-measured lesion count and largest diameter (docs/design.md section 3)."""
     count, diameter = MORPHOLOGY_PREFIX + LESION_COUNT, MORPHOLOGY_PREFIX + LARGEST_DIAMETER_MM
     rows = []
     if {s.N_LESIONS, count} <= set(table_.columns):

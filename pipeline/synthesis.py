@@ -1,6 +1,6 @@
 """The synthetic CRLM cohort: clinical table, latent tumour biology and true outcomes.
 
-Vectorised over patients and deterministic for a seed (DESIGN.md 5). The clinical table and
+Vectorised over patients and deterministic for a seed (docs/design.md section 5). The clinical table and
 the outcomes do not depend on whether images are rendered: phantoms draw from their own
 per-patient random streams (see `patient_seed`).
 

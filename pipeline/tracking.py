@@ -1,4 +1,4 @@
-"""MLflow tracking and model registry for the pipeline (DESIGN.md 8).
+"""MLflow tracking and model registry for the pipeline (docs/design.md section 8).
 
 Entry-point layer: this module may read ``MLFLOW_TRACKING_URI``; nothing happens on import.
 A stage calls :func:`configure` first, then::

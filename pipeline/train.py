@@ -143,7 +143,7 @@ def summary_row(row: dict[str, Any], task: str) -> dict[str, Any]:
     difference to the reference baseline), 3 decimals.
 
     Deliberately narrow, so that ``dvc exp show --only-changed`` fits a 120-column terminal with the
-    external site's two numbers beside it (docs/comparing_runs.md); CIs and the oracle share are in
+    external site's two numbers beside it (README, "Comparing runs"); CIs and the oracle share are in
     ``metrics.json`` and on the MLflow run.
     """
     prefix, primary = SUMMARY_PREFIX[task], PRIMARY_METRIC[task]

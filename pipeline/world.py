@@ -1,4 +1,4 @@
-"""Parameters of the simulated CRLM world (DESIGN.md 5), as read from ``configs/world.yaml``.
+"""Parameters of the simulated CRLM world (docs/design.md section 5), as read from ``configs/world.yaml``.
 
 Each settings class mirrors one block of the file; `features.settings.load` rejects unknown keys.
 The values themselves live only in the YAML file.

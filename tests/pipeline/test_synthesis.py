@@ -1,6 +1,6 @@
 """The simulated clinical world: literature marginals, calibrated outcomes, known truth.
 
-A large clinical-only draw (no images) is compared with the targets of DESIGN.md 5 and the
+A large clinical-only draw (no images) is compared with the targets of docs/design.md section 5 and the
 published anchors (Fong C-index ~0.57-0.58 on real cohorts).
 """
 
