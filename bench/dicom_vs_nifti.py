@@ -73,8 +73,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="crlm-dicom-bench-") as tmp:
         root = Path(tmp)
-        sources = rd.write_series(ct, spacing, origin, root / "ct", study_uid=generate_uid(),
-                                  frame_uid=generate_uid())
+        sources = rd.write_series(ct, spacing, origin, root / "ct", study_uid=generate_uid(), frame_uid=generate_uid())
         seg = rd.write_seg(sources, stack, root / "seg" / "seg.dcm")
         nifti_image = sitk.GetImageFromArray(ct)
         nifti_image.SetSpacing(spacing)
@@ -85,35 +84,44 @@ def main() -> None:
         sitk.WriteImage(nifti_mask, str(root / "mask.nii.gz"))
         paths = {"nifti": (root / "ct.nii.gz", root / "mask.nii.gz"), "dicom": (root / "ct", seg)}
 
-        print(f"case {args.case}: {ct.shape[2]} x {ct.shape[1]} x {ct.shape[0]} voxels, "
-              f"{len(sources)} DICOM files, SEG {seg.stat().st_size / 1e6:.1f} MB; best of {args.repeats}")
+        print(
+            f"case {args.case}: {ct.shape[2]} x {ct.shape[1]} x {ct.shape[0]} voxels, "
+            f"{len(sources)} DICOM files, SEG {seg.stat().st_size / 1e6:.1f} MB; best of {args.repeats}"
+        )
         seconds: dict[tuple[str, str], float] = {}
         for path_kind, (image_path, mask_path) in paths.items():
-            seconds["read", path_kind] = _best(lambda: imaging.load_case("P", image_path, mask_path, labels),
-                                               args.repeats)
+            seconds["read", path_kind] = _best(
+                lambda i=image_path, m=mask_path: imaging.load_case("P", i, m, labels), args.repeats
+            )
             case = extraction.CaseInput("P", image_path, mask_path)
-            seconds["extract", path_kind] = _best(lambda: extraction.extract_case(case, options, None),
-                                                  args.repeats)
+            seconds["extract", path_kind] = _best(
+                lambda c=case: extraction.extract_case(c, options, None), args.repeats
+            )
         for step in ("read", "extract"):
             nifti, dicom = seconds[step, "nifti"], seconds[step, "dicom"]
             print(f"{step:8s} nifti {nifti:7.3f} s   dicom {dicom:7.3f} s   dicom/nifti {dicom / nifti:5.2f}x")
 
         n = args.validate_patients
-        table = pd.DataFrame({PATIENT_ID: [f"P{i:04d}" for i in range(n)], IMAGE: [str(root / "ct")] * n,
-                              MASK: [str(seg)] * n})
+        table = pd.DataFrame(
+            {PATIENT_ID: [f"P{i:04d}" for i in range(n)], IMAGE: [str(root / "ct")] * n, MASK: [str(seg)] * n}
+        )
         for jobs in (1, 2):
             start = time.perf_counter()
             statuses = check_images(table, root, labels, jobs=jobs)
             elapsed = time.perf_counter() - start
-            print(f"validate {n} DICOM patients from headers, jobs={jobs}: {elapsed:.2f} s "
-                  f"({elapsed / n * 1000:.1f} ms per patient, {len(sources)} slice headers + SEG header each); "
-                  f"statuses {statuses['status'].value_counts().to_dict()}")
+            print(
+                f"validate {n} DICOM patients from headers, jobs={jobs}: {elapsed:.2f} s "
+                f"({elapsed / n * 1000:.1f} ms per patient, {len(sources)} slice headers + SEG header each); "
+                f"statuses {statuses['status'].value_counts().to_dict()}"
+            )
         table[IMAGE], table[MASK] = str(paths["nifti"][0]), str(paths["nifti"][1])
         start = time.perf_counter()
         statuses = check_images(table, root, labels)
         elapsed = time.perf_counter() - start
-        print(f"validate {n} NIfTI patients from headers: {elapsed:.2f} s ({elapsed / n * 1000:.1f} ms per patient); "
-              f"statuses {statuses['status'].value_counts().to_dict()}")
+        print(
+            f"validate {n} NIfTI patients from headers: {elapsed:.2f} s ({elapsed / n * 1000:.1f} ms per patient); "
+            f"statuses {statuses['status'].value_counts().to_dict()}"
+        )
 
 
 if __name__ == "__main__":

@@ -47,38 +47,54 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from machine_info import cpu_model   # bench/machine_info.py (this folder is on sys.path)
+from machine_info import cpu_model  # bench/machine_info.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPE_ZYX = (100, 512, 512)
 SPACING_XYZ = (0.78, 0.78, 2.5)
 ORIGIN_XYZ = (-200.0, -200.0, -125.0)
 LIVER, LESION = 1, 2
-LIVER_CENTRE_MM = (-60.0, -15.0, 0.0)          # x, y, z
-LIVER_SEMI_AXES_MM = (110.0, 88.0, 112.0)      # ~3.0 million voxels of 0.78 x 0.78 x 2.5 mm
-LESION_CENTRES_MM = ((-75.0, -20.0, 10.0), (-30.0, -45.0, -35.0), (-110.0, 5.0, 40.0), (-50.0, 25.0, -55.0),
-                     (-90.0, -50.0, -20.0), (-20.0, 10.0, 30.0))
+LIVER_CENTRE_MM = (-60.0, -15.0, 0.0)  # x, y, z
+LIVER_SEMI_AXES_MM = (110.0, 88.0, 112.0)  # ~3.0 million voxels of 0.78 x 0.78 x 2.5 mm
+LESION_CENTRES_MM = (
+    (-75.0, -20.0, 10.0),
+    (-30.0, -45.0, -35.0),
+    (-110.0, 5.0, 40.0),
+    (-50.0, 25.0, -55.0),
+    (-90.0, -50.0, -20.0),
+    (-20.0, 10.0, 30.0),
+)
 TARGET_LESION_VOXELS = 15_000
 TARGETS = {"whole process vs default": 5.0, "outside pyradiomics share": 0.25, "peak MB": 600.0}
 # The split of one case. Each function below is timed exclusively (time in a nested timed call
 # goes to the nested part); the rest of extract_case is "other".
-PARTS = ("read", "checks", "label values", "components", "morphology", "crop/resample", "pyradiomics", "write",
-         "hash", "setup", "other")
-INSTRUMENTED = {            # (module, attribute) -> part
+PARTS = (
+    "read",
+    "checks",
+    "label values",
+    "components",
+    "morphology",
+    "crop/resample",
+    "pyradiomics",
+    "write",
+    "hash",
+    "setup",
+    "other",
+)
+INSTRUMENTED = {  # (module, attribute) -> part
     ("features.imaging", "read_image"): "read",
     ("features.imaging", "read_mask"): "read",
     ("features.imaging", "check_nifti_values"): "checks",
     ("features.imaging", "check_image_values"): "checks",
     ("features.imaging", "check_mask"): "checks",
     ("features.imaging", "geometry_differences"): "checks",
-    ("features.imaging", "lesion_labels_present"): "label values",   # which lesion labels occur
-    ("features.morphology", "summarize_labels"): "label values",   # counts and lesion box, once (issue 14)
-    ("features.imaging", "summarize_labels"): "label values",       # the same, as load_case calls it
+    ("features.imaging", "lesion_labels_present"): "label values",  # which lesion labels occur
+    ("features.morphology", "summarize_labels"): "label values",  # counts and lesion box, once (issue 14)
+    ("features.imaging", "summarize_labels"): "label values",  # the same, as load_case calls it
     ("features.radiomics", "label_lesions"): "components",
     ("features.radiomics", "number_lesions"): "components",
     ("features.morphology", "lesion_components"): "components",
-    ("scipy.ndimage", "label"): "components",            # also check_mask's labelling
+    ("scipy.ndimage", "label"): "components",  # also check_mask's labelling
     ("features.extraction", "patient_morphology"): "morphology",
     ("features.radiomics", "max_feret_diameter_mm"): "morphology",
     ("features.morphology", "max_feret_diameter_mm"): "morphology",
@@ -102,27 +118,28 @@ def build_case(index: int) -> tuple[np.ndarray, np.ndarray]:
     y = (ORIGIN_XYZ[1] + sy * np.arange(ny)).astype(np.float32)[None, :, None]
     z = (ORIGIN_XYZ[2] + sz * np.arange(nz)).astype(np.float32)[:, None, None]
 
-    axial = np.full((ny, nx), -1000.0, dtype=np.float32)                     # air
-    axial[((x / 190.0) ** 2 + (y / 135.0) ** 2 <= 1.0)[0]] = -100.0          # subcutaneous fat
-    axial[((x / 178.0) ** 2 + (y / 123.0) ** 2 <= 1.0)[0]] = 40.0            # muscle, bowel
-    axial[((x - 20.0) ** 2 + (y - 95.0) ** 2 <= 18.0 ** 2)[0]] = 450.0       # vertebra
+    axial = np.full((ny, nx), -1000.0, dtype=np.float32)  # air
+    axial[((x / 190.0) ** 2 + (y / 135.0) ** 2 <= 1.0)[0]] = -100.0  # subcutaneous fat
+    axial[((x / 178.0) ** 2 + (y / 123.0) ** 2 <= 1.0)[0]] = 40.0  # muscle, bowel
+    axial[((x - 20.0) ** 2 + (y - 95.0) ** 2 <= 18.0**2)[0]] = 450.0  # vertebra
     ct = np.repeat(axial[None], nz, axis=0)
     (cx, cy, cz), (ax, ay, az) = LIVER_CENTRE_MM, LIVER_SEMI_AXES_MM
     liver = ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2 <= 1.0
-    ct[liver] = 100.0                                                    # portal venous phase
-    portal = ((x - cx - 15.0) ** 2 + (y - cy + 5.0) ** 2 <= 6.0 ** 2) & liver
+    ct[liver] = 100.0  # portal venous phase
+    portal = ((x - cx - 15.0) ** 2 + (y - cy + 5.0) ** 2 <= 6.0**2) & liver
     ct[portal] = 180.0
 
     # lesion: irregular sphere inside the liver, enhancing rim, darker core, own texture
     centre = np.array(LESION_CENTRES_MM[index % len(LESION_CENTRES_MM)], dtype=np.float32)
-    box = tuple(slice(int(np.floor((c - 30.0 - o) / s)), int(np.ceil((c + 30.0 - o) / s)))
-                for c, o, s in zip(centre[::-1], ORIGIN_XYZ[::-1], (sz, sy, sx)))
+    box = tuple(
+        slice(int(np.floor((c - 30.0 - o) / s)), int(np.ceil((c + 30.0 - o) / s)))
+        for c, o, s in zip(centre[::-1], ORIGIN_XYZ[::-1], (sz, sy, sx), strict=True)
+    )
     lz, ly, lx = z[box[0]] - centre[2], y[:, box[1]] - centre[1], x[:, :, box[2]] - centre[0]
-    r = np.sqrt(lx ** 2 + ly ** 2 + lz ** 2)
+    r = np.sqrt(lx**2 + ly**2 + lz**2)
     theta, phi = np.arccos(np.clip(lz / np.maximum(r, 1e-6), -1, 1)), np.arctan2(ly, lx)
     twist = 1.0 + index
-    bumps = (1.0 + 0.12 * np.sin(3 * phi + twist) * np.sin(2 * theta)
-             + 0.08 * np.cos(5 * phi + twist) * np.sin(theta))
+    bumps = 1.0 + 0.12 * np.sin(3 * phi + twist) * np.sin(2 * theta) + 0.08 * np.cos(5 * phi + twist) * np.sin(theta)
     radius = 17.6
     for _ in range(4):  # scale the radius to the target voxel count
         inside = r <= radius * bumps
@@ -176,13 +193,13 @@ class Split:
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(PARTS, 0.0)
-        self.stack: list[list[Any]] = []            # [part, start, time of nested parts]
+        self.stack: list[list[Any]] = []  # [part, start, time of nested parts]
 
     def wrap(self, part: str, function):
         @functools.wraps(function)
         def timed(*args, **kwargs):
             if self.stack and self.stack[-1][0] == "pyradiomics":
-                return function(*args, **kwargs)    # pyradiomics' own labelling stays pyradiomics
+                return function(*args, **kwargs)  # pyradiomics' own labelling stays pyradiomics
             self.stack.append([part, time.perf_counter(), 0.0])
             try:
                 return function(*args, **kwargs)
@@ -192,6 +209,7 @@ class Split:
                 self.seconds[name] += spent - nested
                 if self.stack:
                     self.stack[-1][2] += spent
+
         return timed
 
     def install(self) -> list[str]:
@@ -219,8 +237,9 @@ def ours_in_process(folder: str, cache: str) -> dict[str, Any]:
     imports = time.perf_counter() - start
     split = Split()
     missing = split.install()
-    options, _ = case_options(REPO / "configs" / "radiomics.yaml", REPO / "configs" / "extraction.yaml",
-                              REPO / "configs" / "labels.yaml")
+    options, _ = case_options(
+        REPO / "configs" / "radiomics.yaml", REPO / "configs" / "extraction.yaml", REPO / "configs" / "labels.yaml"
+    )
     cases = extraction.read_manifest(Path(folder) / "cohort.csv")
     per_case = []
     for case in cases:
@@ -254,8 +273,13 @@ def default_in_process(folder: str) -> dict[str, Any]:
         read = time.perf_counter() - begin
         features = extractor.execute(image, labels, label=LESION)
         total = time.perf_counter() - begin
-        per_case.append({"total": total, "parts": {"read": read, "pyradiomics": total - read},
-                         "features": sum(not k.startswith("diagnostics_") for k in features)})
+        per_case.append(
+            {
+                "total": total,
+                "parts": {"read": read, "pyradiomics": total - read},
+                "features": sum(not k.startswith("diagnostics_") for k in features),
+            }
+        )
     return {"imports": imports, "cases": per_case, "peak_mb": peak_rss_mb()}
 
 
@@ -274,23 +298,41 @@ for line in open(folder + "/cohort.csv").read().splitlines()[1:]:
 
 
 def environment() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     return env
 
 
 def wall(command: list[str], cwd: Path) -> float:
     start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, env=environment(), check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
+    subprocess.run(command, cwd=cwd, env=environment(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - start
 
 
 def ours_command(folder: Path, run: int) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "extract", "--cohort", str(folder / "cohort.csv"),
-            "--out", str(folder / f"out{run}"), "--cache", str(folder / f"cache{run}"), "--jobs", "1",
-            "--scheduler", "local"]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "extract",
+        "--cohort",
+        str(folder / "cohort.csv"),
+        "--out",
+        str(folder / f"out{run}"),
+        "--cache",
+        str(folder / f"cache{run}"),
+        "--jobs",
+        "1",
+        "--scheduler",
+        "local",
+    ]
 
 
 def in_child(function, *args: Any) -> Any:
@@ -309,8 +351,10 @@ def versions() -> str:
     import radiomics
     import SimpleITK as sitk
 
-    return (f"Python {platform.python_version()}, pyradiomics {radiomics.__version__}, "
-            f"SimpleITK {sitk.Version_VersionString()}, PyWavelets {pywt.__version__}, numpy {np.__version__}")
+    return (
+        f"Python {platform.python_version()}, pyradiomics {radiomics.__version__}, "
+        f"SimpleITK {sitk.Version_VersionString()}, PyWavelets {pywt.__version__}, numpy {np.__version__}"
+    )
 
 
 def median_parts(runs: list[dict[str, Any]], n_cases: int) -> list[dict[str, float]]:
@@ -332,9 +376,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1 or args.cases < 1:
         parser.error("--repeats and --cases must be at least 1")
 
-    summary: dict[str, Any] = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                               "machine": machine(), "software": versions(), "repeats": args.repeats,
-                               "cases": args.cases, "targets": TARGETS}
+    summary: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "software": versions(),
+        "repeats": args.repeats,
+        "cases": args.cases,
+        "targets": TARGETS,
+    }
     print(f"date     {summary['date']}")
     print(f"machine  {summary['machine']}")
     print(f"software {summary['software']}")
@@ -343,23 +392,30 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         built = in_child(write_cases, folder, args.cases)
         summary["built"] = built
-        print(f"cases    {args.cases} x {SHAPE_ZYX[2]} x {SHAPE_ZYX[1]} x {SHAPE_ZYX[0]} int16, {SPACING_XYZ} mm, "
-              f"gzip NIfTI {statistics.mean(built['ct_megabytes']):.0f} MB per CT; liver "
-              f"{statistics.mean(built['liver_voxels']) / 1e6:.2f} M voxels, lesion "
-              f"{min(built['lesion_voxels'])}-{max(built['lesion_voxels'])} voxels "
-              f"(built in {time.perf_counter() - start:.0f} s); configs/radiomics.yaml for both sides; "
-              f"{args.repeats} repeat(s), SimpleITK on 1 thread")
+        print(
+            f"cases    {args.cases} x {SHAPE_ZYX[2]} x {SHAPE_ZYX[1]} x {SHAPE_ZYX[0]} int16, {SPACING_XYZ} mm, "
+            f"gzip NIfTI {statistics.mean(built['ct_megabytes']):.0f} MB per CT; liver "
+            f"{statistics.mean(built['liver_voxels']) / 1e6:.2f} M voxels, lesion "
+            f"{min(built['lesion_voxels'])}-{max(built['lesion_voxels'])} voxels "
+            f"(built in {time.perf_counter() - start:.0f} s); configs/radiomics.yaml for both sides; "
+            f"{args.repeats} repeat(s), SimpleITK on 1 thread"
+        )
 
         # 1. whole processes, alternated
         params = str(REPO / "configs" / "radiomics.yaml")
         whole: dict[str, list[float]] = {"ours": [], "default": [], "help": [], "imports": []}
-        imports = ("import pyarrow.parquet, radiomics.featureextractor, joblib; "
-                   "import pipeline.cli, pipeline.extract, pipeline.execution")
+        imports = (
+            "import pyarrow.parquet, radiomics.featureextractor, joblib; "
+            "import pipeline.cli, pipeline.extract, pipeline.execution"
+        )
         for run in range(args.repeats):
             order = ("ours", "default") if run % 2 == 0 else ("default", "ours")
             for side in order:
-                command = (ours_command(folder, run) if side == "ours"
-                           else [sys.executable, "-c", DEFAULT_PROCESS, str(folder), params])
+                command = (
+                    ours_command(folder, run)
+                    if side == "ours"
+                    else [sys.executable, "-c", DEFAULT_PROCESS, str(folder), params]
+                )
                 whole[side].append(wall(command, REPO))
             whole["help"].append(wall([sys.executable, "-m", "pipeline.cli", "extract", "--help"], REPO))
             whole["imports"].append(wall([sys.executable, "-c", imports], REPO))
@@ -368,8 +424,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n== whole processes, {args.cases} cases (wall seconds, median of {args.repeats})")
         print(f"crlm extract --jobs 1          {w['ours']:7.2f}   ({w['ours'] / args.cases:.2f} s per case)")
         print(f"pyradiomics default process    {w['default']:7.2f}   ({w['default'] / args.cases:.2f} s per case)")
-        print(f"speed-up                       {speedup:7.2f}x  (target >= {TARGETS['whole process vs default']:g}x: "
-              f"{'met' if speedup >= TARGETS['whole process vs default'] else 'NOT met'})")
+        print(
+            f"speed-up                       {speedup:7.2f}x  (target >= {TARGETS['whole process vs default']:g}x: "
+            f"{'met' if speedup >= TARGETS['whole process vs default'] else 'NOT met'})"
+        )
         print(f"start-up: crlm extract --help {w['help']:.2f} s; imports crlm extract needs {w['imports']:.2f} s")
 
         # 2. in-process, with the split
@@ -379,42 +437,66 @@ def main(argv: list[str] | None = None) -> None:
             default_runs.append(in_child(default_in_process, str(folder)))
         ours_cases, default_cases = median_parts(ours_runs, args.cases), median_parts(default_runs, args.cases)
         missing = sorted({m for r in ours_runs for m in r["missing"]})
-        print(f"\n== in-process, per case after imports (seconds, median of {args.repeats}); "
-              f"imports: ours {statistics.median(r['imports'] for r in ours_runs):.2f} s, "
-              f"pyradiomics {statistics.median(r['imports'] for r in default_runs):.2f} s")
-        print(f"{'case':<7}{'ours':>7}" + "".join(f"{p:>14}" for p in PARTS) + f"{'default':>9}{'(read)':>8}{'ratio':>7}")
+        print(
+            f"\n== in-process, per case after imports (seconds, median of {args.repeats}); "
+            f"imports: ours {statistics.median(r['imports'] for r in ours_runs):.2f} s, "
+            f"pyradiomics {statistics.median(r['imports'] for r in default_runs):.2f} s"
+        )
+        print(
+            f"{'case':<7}{'ours':>7}" + "".join(f"{p:>14}" for p in PARTS) + f"{'default':>9}{'(read)':>8}{'ratio':>7}"
+        )
         for k in range(args.cases):
             o, d = ours_cases[k], default_cases[k]
-            print(f"case{k + 1:<3}{o['total']:>7.2f}" + "".join(f"{o['parts'][p]:>14.3f}" for p in PARTS)
-                  + f"{d['total']:>9.2f}{d['parts']['read']:>8.2f}{d['total'] / o['total']:>6.1f}x")
+            print(
+                f"case{k + 1:<3}{o['total']:>7.2f}"
+                + "".join(f"{o['parts'][p]:>14.3f}" for p in PARTS)
+                + f"{d['total']:>9.2f}{d['parts']['read']:>8.2f}{d['total'] / o['total']:>6.1f}x"
+            )
         mean_parts = {p: statistics.mean(c["parts"][p] for c in ours_cases) for p in PARTS}
         mean_total = statistics.mean(c["total"] for c in ours_cases)
         default_total = statistics.mean(c["total"] for c in default_cases)
         outside = 1.0 - mean_parts["pyradiomics"] / mean_total
         whole_outside = 1.0 - args.cases * mean_parts["pyradiomics"] / w["ours"]
         peak = {"ours": max(r["peak_mb"] for r in ours_runs), "default": max(r["peak_mb"] for r in default_runs)}
-        print(f"mean   {mean_total:>7.2f}" + "".join(f"{mean_parts[p]:>14.3f}" for p in PARTS)
-              + f"{default_total:>9.2f}{statistics.mean(c['parts']['read'] for c in default_cases):>8.2f}"
-              f"{default_total / mean_total:>6.1f}x")
+        print(
+            f"mean   {mean_total:>7.2f}"
+            + "".join(f"{mean_parts[p]:>14.3f}" for p in PARTS)
+            + f"{default_total:>9.2f}{statistics.mean(c['parts']['read'] for c in default_cases):>8.2f}"
+            f"{default_total / mean_total:>6.1f}x"
+        )
         if missing:
             print(f"not split out (renamed or gone, counted in 'other'): {', '.join(missing)}")
-        print(f"time outside pyradiomics' feature computation: {outside:.0%} of a case in-process, "
-              f"{whole_outside:.0%} of the whole process (target <= {TARGETS['outside pyradiomics share']:.0%}: "
-              f"{'met' if whole_outside <= TARGETS['outside pyradiomics share'] else 'NOT met'})")
-        print(f"peak memory: ours {peak['ours']:.0f} MB, pyradiomics default {peak['default']:.0f} MB "
-              f"(target < {TARGETS['peak MB']:g} MB: {'met' if peak['ours'] < TARGETS['peak MB'] else 'NOT met'})")
+        print(
+            f"time outside pyradiomics' feature computation: {outside:.0%} of a case in-process, "
+            f"{whole_outside:.0%} of the whole process (target <= {TARGETS['outside pyradiomics share']:.0%}: "
+            f"{'met' if whole_outside <= TARGETS['outside pyradiomics share'] else 'NOT met'})"
+        )
+        print(
+            f"peak memory: ours {peak['ours']:.0f} MB, pyradiomics default {peak['default']:.0f} MB "
+            f"(target < {TARGETS['peak MB']:g} MB: {'met' if peak['ours'] < TARGETS['peak MB'] else 'NOT met'})"
+        )
         summary.update(
             whole={"seconds": w, "runs": whole, "speedup": speedup},
-            in_process={"ours": ours_cases, "default": default_cases, "mean_parts": mean_parts,
-                        "mean_total": mean_total, "default_mean_total": default_total,
-                        "imports": {"ours": statistics.median(r["imports"] for r in ours_runs),
-                                    "default": statistics.median(r["imports"] for r in default_runs)},
-                        "not_split": missing},
+            in_process={
+                "ours": ours_cases,
+                "default": default_cases,
+                "mean_parts": mean_parts,
+                "mean_total": mean_total,
+                "default_mean_total": default_total,
+                "imports": {
+                    "ours": statistics.median(r["imports"] for r in ours_runs),
+                    "default": statistics.median(r["imports"] for r in default_runs),
+                },
+                "not_split": missing,
+            },
             outside_share={"in_process": outside, "whole_process": whole_outside},
             peak_mb=peak,
-            targets_met={"whole process vs default": speedup >= TARGETS["whole process vs default"],
-                         "outside pyradiomics share": whole_outside <= TARGETS["outside pyradiomics share"],
-                         "peak MB": peak["ours"] < TARGETS["peak MB"]})
+            targets_met={
+                "whole process vs default": speedup >= TARGETS["whole process vs default"],
+                "outside pyradiomics share": whole_outside <= TARGETS["outside pyradiomics share"],
+                "peak MB": peak["ours"] < TARGETS["peak MB"],
+            },
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
 

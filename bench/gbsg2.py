@@ -50,7 +50,7 @@ def write_gbsg2_csv(path: Path, permute_seed: int | None = None) -> Path:
             sheet[column] = sheet[column].astype(str)
     sheet.insert(0, "patient_id", [f"gbsg2-{i:03d}" for i in range(len(sheet))])
     sheet["time"], sheet["cens"] = y["time"], y["cens"].astype(int)
-    if permute_seed is not None:   # outcomes shuffled as pairs: no covariate can predict them
+    if permute_seed is not None:  # outcomes shuffled as pairs: no covariate can predict them
         order = np.random.default_rng(permute_seed).permutation(len(sheet))
         sheet[["time", "cens"]] = sheet[["time", "cens"]].to_numpy()[order]
     sheet.to_csv(path, index=False)
@@ -59,32 +59,48 @@ def write_gbsg2_csv(path: Path, permute_seed: int | None = None) -> Path:
 
 def crlm(*args: str, cwd: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
 def plain_cox(features: pd.DataFrame, split: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Ridge Cox on the eight covariates as the mapping gives them: alpha by 5-fold CV on the training split."""
     table = features.merge(split, on="patient_id")
-    covariates = ["age_years", "tumour_size_mm", "positive_nodes", "progesterone_receptor", "estrogen_receptor",
-                  "tumour_grade", "postmenopausal", "hormone_therapy"]   # configs/mappings/gbsg2.yaml
+    covariates = [
+        "age_years",
+        "tumour_size_mm",
+        "positive_nodes",
+        "progesterone_receptor",
+        "estrogen_receptor",
+        "tumour_grade",
+        "postmenopausal",
+        "hormone_therapy",
+    ]  # configs/mappings/gbsg2.yaml
     X = table[covariates].astype(float)
-    y = np.array(list(zip(table["recurrence_event"].astype(bool), table["recurrence_months"].astype(float))),
-                 dtype=[("event", bool), ("time", float)])
+    y = np.array(
+        list(zip(table["recurrence_event"].astype(bool), table["recurrence_months"].astype(float), strict=True)),
+        dtype=[("event", bool), ("time", float)],
+    )
     train, test = (table["split"] == "train").to_numpy(), (table["split"] == "test").to_numpy()
-    search = GridSearchCV(make_pipeline(StandardScaler(), CoxPHSurvivalAnalysis()),
-                          {"coxphsurvivalanalysis__alpha": [0.01, 0.1, 1.0, 10.0, 100.0]},
-                          cv=KFold(5, shuffle=True, random_state=seed))
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), CoxPHSurvivalAnalysis()),
+        {"coxphsurvivalanalysis__alpha": [0.01, 0.1, 1.0, 10.0, 100.0]},
+        cv=KFold(5, shuffle=True, random_state=seed),
+    )
     search.fit(X[train], y[train])
-    return table.loc[test, "patient_id"].to_numpy(), search.predict(X[test]), \
-        float(search.best_params_["coxphsurvivalanalysis__alpha"])
+    return (
+        table.loc[test, "patient_id"].to_numpy(),
+        search.predict(X[test]),
+        float(search.best_params_["coxphsurvivalanalysis__alpha"]),
+    )
 
 
 def paired_bootstrap(event, time_, risk_a, risk_b, n: int, seed: int) -> tuple[float, float, float, float, float]:
     """C of a, C of b, difference a - b with its percentile 95% CI, and a's CI."""
+
     def c(risk, index):
         return concordance_index_censored(event[index], time_[index], risk[index])[0]
+
     everyone = np.arange(len(event))
     rng = np.random.default_rng(seed)
     diffs, a_values = [], []
@@ -104,12 +120,35 @@ def run(folder: Path, permute_seed: int | None, n_boot: int) -> dict:
     sheet = write_gbsg2_csv(folder / "gbsg2.csv", permute_seed)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    seconds = {"validate": crlm("validate", "--cohort", str(sheet), "--mapping", str(MAPPING), cwd=folder),
-               "featurize": crlm("featurize", "--cohort", str(sheet), "--mapping", str(MAPPING), "--no-images",
-                                 "--out", str(folder / "features.parquet"), cwd=folder),
-               "train": crlm("train", "--features", str(folder / "features.parquet"), "--out", str(folder / "train"),
-                             "--task", "recurrence", "--mapping", str(MAPPING), "--params",
-                             str(folder / "params.yaml"), "--no-tracking", cwd=folder)}
+    seconds = {
+        "validate": crlm("validate", "--cohort", str(sheet), "--mapping", str(MAPPING), cwd=folder),
+        "featurize": crlm(
+            "featurize",
+            "--cohort",
+            str(sheet),
+            "--mapping",
+            str(MAPPING),
+            "--no-images",
+            "--out",
+            str(folder / "features.parquet"),
+            cwd=folder,
+        ),
+        "train": crlm(
+            "train",
+            "--features",
+            str(folder / "features.parquet"),
+            "--out",
+            str(folder / "train"),
+            "--task",
+            "recurrence",
+            "--mapping",
+            str(MAPPING),
+            "--params",
+            str(folder / "params.yaml"),
+            "--no-tracking",
+            cwd=folder,
+        ),
+    }
     features = pd.read_parquet(folder / "features.parquet")
     split = pd.read_csv(folder / "train" / "split.csv", dtype={"patient_id": str})
     chosen = json.loads((folder / "train" / "cv.json").read_text())["recurrence"]["best"]
@@ -120,8 +159,17 @@ def run(folder: Path, permute_seed: int | None, n_boot: int) -> dict:
     ours_risk = ours.set_index("patient_id").loc[ids, "prediction"].to_numpy(float)
     event, time_ = test["recurrence_event"].astype(bool).to_numpy(), test["recurrence_months"].astype(float).to_numpy()
     c_ours, c_cox, low, high, ci_ours = paired_bootstrap(event, time_, ours_risk, cox_risk, n_boot, seed=0)
-    return {"chosen": chosen, "c_ours": c_ours, "ci_ours": ci_ours, "c_cox": c_cox, "alpha": alpha,
-            "diff": c_ours - c_cox, "diff_ci": (low, high), "n_test": len(ids), "seconds": seconds}
+    return {
+        "chosen": chosen,
+        "c_ours": c_ours,
+        "ci_ours": ci_ours,
+        "c_cox": c_cox,
+        "alpha": alpha,
+        "diff": c_ours - c_cox,
+        "diff_ci": (low, high),
+        "n_test": len(ids),
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -138,9 +186,11 @@ def main() -> None:
     print(f"{'run':<12} {'crlm model':<10} {'crlm C [95% CI]':<24} {'plain Cox C':<12} {'difference [95% CI]':<26}")
     rows = [("real", real), *((f"permuted {i}", r) for i, r in enumerate(permuted, start=1))]
     for name, r in rows:
-        print(f"{name:<12} {r['chosen']:<10} {r['c_ours']:.3f} [{r['ci_ours'][0]:.3f}, {r['ci_ours'][1]:.3f}]"
-              f"{'':<5} {r['c_cox']:.3f} (a={r['alpha']:g}) {r['diff']:+.3f} [{r['diff_ci'][0]:+.3f}, "
-              f"{r['diff_ci'][1]:+.3f}]")
+        print(
+            f"{name:<12} {r['chosen']:<10} {r['c_ours']:.3f} [{r['ci_ours'][0]:.3f}, {r['ci_ours'][1]:.3f}]"
+            f"{'':<5} {r['c_cox']:.3f} (a={r['alpha']:g}) {r['diff']:+.3f} [{r['diff_ci'][0]:+.3f}, "
+            f"{r['diff_ci'][1]:+.3f}]"
+        )
     print("seconds (real run): " + ", ".join(f"{k} {v:.1f}" for k, v in real["seconds"].items()))
 
 

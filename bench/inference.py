@@ -34,24 +34,40 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = (50, 400)
 DEFAULT_MODELS = REPO / "artifacts" / "models"
 SITE, SEED = "B", 101
-PEAK_RATIO_TARGET = 1.15            # largest size's peak / smallest size's peak
-SAMPLE_SECONDS = 0.1                # resident-memory sampling period of a benchmark process
+PEAK_RATIO_TARGET = 1.15  # largest size's peak / smallest size's peak
+SAMPLE_SECONDS = 0.1  # resident-memory sampling period of a benchmark process
 MIB = 1024 * 1024
 LIGHT_RADIOMICS = {
-    "setting": {"binWidth": 25, "resampledPixelSpacing": [2.0, 2.0, 2.0], "interpolator": "sitkBSpline",
-                "padDistance": 5, "label": 1},
+    "setting": {
+        "binWidth": 25,
+        "resampledPixelSpacing": [2.0, 2.0, 2.0],
+        "interpolator": "sitkBSpline",
+        "padDistance": 5,
+        "label": 1,
+    },
     "imageType": {"Original": {}},
     "featureClass": {"shape": None, "firstorder": None, "glcm": None},
 }
 LIGHT_TRAIN_PATIENTS = 160
-LIGHT_GRID = {"seed": 3, "cv_folds": 3, "correlation_threshold": 0.95, "k_features": [8], "test_fraction": 0.3,
-              "jobs": 1, "grids": {"coxnet": {"alphas": [[0.05]]}, "logistic": {"C": [0.1]},
-                                   "xgb_cox": {"max_depth": [1], "n_estimators": [50]},
-                                   "xgb_aft": {"max_depth": [1], "n_estimators": [50]},
-                                   "xgb": {"max_depth": [1], "n_estimators": [50]}}}
+LIGHT_GRID = {
+    "seed": 3,
+    "cv_folds": 3,
+    "correlation_threshold": 0.95,
+    "k_features": [8],
+    "test_fraction": 0.3,
+    "jobs": 1,
+    "grids": {
+        "coxnet": {"alphas": [[0.05]]},
+        "logistic": {"C": [0.1]},
+        "xgb_cox": {"max_depth": [1], "n_estimators": [50]},
+        "xgb_aft": {"max_depth": [1], "n_estimators": [50]},
+        "xgb": {"max_depth": [1], "n_estimators": [50]},
+    },
+}
 
 
 # --------------------------------------------------------------------------- child process
+
 
 def _vm_hwm_mib() -> float:
     """Peak resident memory of this process (MiB), from /proc/self/status."""
@@ -100,16 +116,34 @@ def child(args: argparse.Namespace) -> None:
 
     with TreePeak() as tree:
         start = time.perf_counter()
-        run_predict(Path(args.cohort), [args.models], Path(args.out), jobs=args.jobs, chunk_size=args.chunk_size,
-                    cache=Path(args.out) / "cache", progress=False, radiomics_params=Path(args.radiomics))
+        run_predict(
+            Path(args.cohort),
+            [args.models],
+            Path(args.out),
+            jobs=args.jobs,
+            chunk_size=args.chunk_size,
+            cache=Path(args.out) / "cache",
+            progress=False,
+            radiomics_params=Path(args.radiomics),
+        )
         seconds = time.perf_counter() - start
     summary = json.loads((Path(args.out) / SUMMARY_FILE).read_text())
-    print(json.dumps({"patients": summary["patients"], "ok": summary["ok"], "seconds": seconds,
-                      "extraction_seconds": summary["extraction_seconds"], "vm_hwm_mib": _vm_hwm_mib(),
-                      "tree_peak_mib": tree.peak / MIB}))
+    print(
+        json.dumps(
+            {
+                "patients": summary["patients"],
+                "ok": summary["ok"],
+                "seconds": seconds,
+                "extraction_seconds": summary["extraction_seconds"],
+                "vm_hwm_mib": _vm_hwm_mib(),
+                "tree_peak_mib": tree.peak / MIB,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------- parent
+
 
 def _light_models(folder: Path, cohort: Path) -> tuple[Path, Path]:
     """Train a small model on light radiomics settings; return (models folder, radiomics yaml)."""
@@ -130,8 +164,10 @@ def _light_models(folder: Path, cohort: Path) -> tuple[Path, Path]:
     world, labels = load_world(REPO / "configs" / "world.yaml"), load_labels(REPO / "configs" / "labels.yaml")
     clinical = pd.read_csv(cohort, dtype={PATIENT_ID: str}).head(4)
     options = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_RADIOMICS, 25.0), labels)
-    cases = [extraction.CaseInput(p, cohort.parent / i, cohort.parent / m)
-             for p, i, m in clinical[[PATIENT_ID, "image", "mask"]].itertuples(index=False)]
+    cases = [
+        extraction.CaseInput(p, cohort.parent / i, cohort.parent / m)
+        for p, i, m in clinical[[PATIENT_ID, "image", "mask"]].itertuples(index=False)
+    ]
     lesions, report = extraction.extract_cohort(cases, options, None, progress=False)
     imaging = patient_feature_table(clinical, pd.Series("ok", index=clinical.index), lesions, report)
     columns = [c for c in imaging if c.startswith(training.IMAGING_PREFIXES) and c != PATIENT_ID]
@@ -142,17 +178,42 @@ def _light_models(folder: Path, cohort: Path) -> tuple[Path, Path]:
     table = pd.concat([table, pd.DataFrame(donors, columns=columns)], axis=1)
     table.to_parquet(folder / "light_train.parquet")
     (folder / "params.yaml").write_text(yaml.safe_dump({"train": LIGHT_GRID, "evaluate": {"bootstrap": 10, "seed": 0}}))
-    run_train(folder / "light_train.parquet", folder / "light_train", folder / "light_models", folder / "params.yaml",
-              training.TASKS, track=False)
+    run_train(
+        folder / "light_train.parquet",
+        folder / "light_train",
+        folder / "light_models",
+        folder / "params.yaml",
+        training.TASKS,
+        track=False,
+    )
     return folder / "light_models", params
 
 
 def _run_child(cohort: Path, out: Path, models: str, radiomics: Path, jobs: int, chunk_size: int) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--cohort", str(cohort), "--out", str(out),
-               "--models", models, "--radiomics", str(radiomics), "--jobs", str(jobs),
-               "--chunk-size", str(chunk_size)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--cohort",
+        str(cohort),
+        "--out",
+        str(out),
+        "--models",
+        models,
+        "--radiomics",
+        str(radiomics),
+        "--jobs",
+        str(jobs),
+        "--chunk-size",
+        str(chunk_size),
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark run on {cohort} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -164,8 +225,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="extraction workers per run")
     parser.add_argument("--chunk-size", type=int, default=None, help="patients per chunk (default: run_predict's)")
     parser.add_argument("--models", default=str(DEFAULT_MODELS), help="models folder or models:/ URI")
-    parser.add_argument("--radiomics", type=Path, default=REPO / "configs" / "radiomics.yaml",
-                        help="radiomics parameters the models were trained with")
+    parser.add_argument(
+        "--radiomics",
+        type=Path,
+        default=REPO / "configs" / "radiomics.yaml",
+        help="radiomics parameters the models were trained with",
+    )
     parser.add_argument("--light", action="store_true", help="train a small light-radiomics model instead")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the printed numbers to this JSON file")
@@ -193,8 +258,16 @@ def main() -> None:
         cohort_dir = work / "cohort"
         start = time.perf_counter()
         if not (cohort_dir / "clinical.csv").is_file() or len(pd.read_csv(cohort_dir / "clinical.csv")) < sizes[-1]:
-            write_cohort(cohort_dir, n=sizes[-1], seed=SEED, site=SITE, world=load_world(REPO / "configs" / "world.yaml"),
-                         labels=load_labels(REPO / "configs" / "labels.yaml"), jobs=-1, progress=True)
+            write_cohort(
+                cohort_dir,
+                n=sizes[-1],
+                seed=SEED,
+                site=SITE,
+                world=load_world(REPO / "configs" / "world.yaml"),
+                labels=load_labels(REPO / "configs" / "labels.yaml"),
+                jobs=-1,
+                progress=True,
+            )
         print(f"synthesized {sizes[-1]} patients (site {SITE}) in {time.perf_counter() - start:.0f} s")
         models, radiomics = args.models, args.radiomics
         if args.light:
@@ -208,27 +281,51 @@ def main() -> None:
             cohort = cohort_dir / f"first_{n}.csv"
             full.head(n).to_csv(cohort, index=False)
             result = _run_child(cohort, work / f"out_{n}", models, radiomics, args.jobs, args.chunk_size)
-            rows.append({"patients": n, "ok": result["ok"], "seconds": round(result["seconds"], 1),
-                         "patients_per_min": round(n / result["seconds"] * 60, 1),
-                         "extraction_share": round(result["extraction_seconds"] / result["seconds"], 3),
-                         "VmHWM_MiB": round(result["vm_hwm_mib"]), "tree_peak_MiB": round(result["tree_peak_mib"])})
+            rows.append(
+                {
+                    "patients": n,
+                    "ok": result["ok"],
+                    "seconds": round(result["seconds"], 1),
+                    "patients_per_min": round(n / result["seconds"] * 60, 1),
+                    "extraction_share": round(result["extraction_seconds"] / result["seconds"], 3),
+                    "VmHWM_MiB": round(result["vm_hwm_mib"]),
+                    "tree_peak_MiB": round(result["tree_peak_mib"]),
+                }
+            )
         table = pd.DataFrame(rows)
-    print(f"\ncrlm predict benchmark: {platform.node()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
-          f"models {models}; radiomics {Path(radiomics).name}; jobs {args.jobs}, chunk size {args.chunk_size}")
+    print(
+        f"\ncrlm predict benchmark: {platform.node()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
+        f"models {models}; radiomics {Path(radiomics).name}; jobs {args.jobs}, chunk size {args.chunk_size}"
+    )
     print(table.to_string(index=False))
     ratios = {}
     for column in ("VmHWM_MiB", "tree_peak_MiB"):
         ratio = table[column].iloc[-1] / table[column].iloc[0]
         ratios[column] = float(ratio)
         verdict = "within" if ratio <= PEAK_RATIO_TARGET else "ABOVE"
-        print(f"peak {column} ratio {sizes[-1]} vs {sizes[0]} patients: {ratio:.3f} "
-              f"({verdict} the {PEAK_RATIO_TARGET - 1:.0%} target)")
+        print(
+            f"peak {column} ratio {sizes[-1]} vs {sizes[0]} patients: {ratio:.3f} "
+            f"({verdict} the {PEAK_RATIO_TARGET - 1:.0%} target)"
+        )
     if args.json:
-        args.json.write_text(json.dumps({
-            "host": platform.node(), "cpus": os.cpu_count(), "models": str(models), "light": args.light,
-            "radiomics": Path(radiomics).name, "jobs": args.jobs, "chunk_size": args.chunk_size,
-            "rows": json.loads(table.to_json(orient="records")), "peak_ratio": ratios,
-            "peak_ratio_target": PEAK_RATIO_TARGET}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "host": platform.node(),
+                    "cpus": os.cpu_count(),
+                    "models": str(models),
+                    "light": args.light,
+                    "radiomics": Path(radiomics).name,
+                    "jobs": args.jobs,
+                    "chunk_size": args.chunk_size,
+                    "rows": json.loads(table.to_json(orient="records")),
+                    "peak_ratio": ratios,
+                    "peak_ratio_target": PEAK_RATIO_TARGET,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -43,15 +43,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from machine_info import cpu_model   # bench/machine_info.py (this folder is on sys.path)
+from machine_info import cpu_model  # bench/machine_info.py (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results.md"
-BIN = Path(sys.executable).parent          # the project's venv (make runs $(BIN)/python)
+BIN = Path(sys.executable).parent  # the project's venv (make runs $(BIN)/python)
 NAMES = ("extraction", "scaling", "inference", "repro")
-LABELS = {"extraction": "extraction", "scaling": "extraction scaling", "inference": "inference",
-          "repro": "dvc repro"}
+LABELS = {"extraction": "extraction", "scaling": "extraction scaling", "inference": "inference", "repro": "dvc repro"}
 FULL = {"repeats": 3, "n": 12, "sizes": [50, 400]}
 QUICK = {"repeats": 1, "n": 6, "sizes": [10, 40]}
 # Nothing phones home (as in the Makefile).
@@ -66,28 +65,37 @@ class Failed(Exception):
 
 # --------------------------------------------------------------------------- the machine
 
+
 def machine() -> dict[str, Any]:
     model = cpu_model()
     memory_gib = float("nan")
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
-                memory_gib = int(line.split()[1]) / 1024 ** 2  # kB
+                memory_gib = int(line.split()[1]) / 1024**2  # kB
                 break
     except OSError:
         pass
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "host": platform.node(), "cpu": model, "cores": os.cpu_count(), "memory_gib": memory_gib,
-            "load": os.getloadavg()}
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "load": os.getloadavg(),
+    }
 
 
 def header_line(m: dict[str, Any]) -> str:
     load = ", ".join(f"{v:.2f}" for v in m["load"])
-    return (f"{m['date']}, host {m['host']}, {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.1f} GiB memory, "
-            f"load average at start {load}")
+    return (
+        f"{m['date']}, host {m['host']}, {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.1f} GiB memory, "
+        f"load average at start {load}"
+    )
 
 
 # --------------------------------------------------------------------------- running
+
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
@@ -115,8 +123,9 @@ def stop_group(process: subprocess.Popen) -> None:
             continue
 
 
-def run_logged(command: list[str], log_path: Path, timeout: float | None, cwd: Path = REPO,
-               env: dict[str, str] | None = None) -> float:
+def run_logged(
+    command: list[str], log_path: Path, timeout: float | None, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> float:
     """Run ``command`` in its own process group, output to ``log_path``; return wall seconds.
 
     On a timeout or an interrupt the whole group (the benchmark and its workers) is stopped."""
@@ -124,8 +133,15 @@ def run_logged(command: list[str], log_path: Path, timeout: float | None, cwd: P
     with log_path.open("a") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
-        process = subprocess.Popen(command, cwd=cwd, env=env or {**os.environ, **QUIET_ENV}, stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env or {**os.environ, **QUIET_ENV},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             code = process.wait(timeout=timeout)
         except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
@@ -144,14 +160,14 @@ def run_script(script: str, arguments: list[str], work: Path, name: str, timeout
     """Run bench/<script> with ``--json``; return its summary."""
     summary = work / f"{name}.json"
     summary.unlink(missing_ok=True)
-    run_logged([sys.executable, str(BENCH / script), *arguments, "--json", str(summary)], work / f"{name}.log",
-               timeout)
+    run_logged([sys.executable, str(BENCH / script), *arguments, "--json", str(summary)], work / f"{name}.log", timeout)
     if not summary.is_file():
         raise Failed(f"{script} wrote no JSON summary")
     return json.loads(summary.read_text())
 
 
 # --------------------------------------------------------------------------- dvc repro in a scratch copy
+
 
 def _set_param(params: dict[str, Any], assignment: str) -> None:
     import yaml
@@ -169,8 +185,9 @@ def _set_param(params: dict[str, Any], assignment: str) -> None:
 def copy_repository(destination: Path) -> int:
     """Tracked and untracked-but-not-ignored files (the working tree as it is, uncommitted changes
     included; ignored data, caches and the venv left out). Read-only git. Returns the file count."""
-    listing = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                             capture_output=True, check=False)
+    listing = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=False
+    )
     if listing.returncode != 0:
         raise Failed(f"git ls-files: {listing.stderr.decode(errors='replace').strip()[-200:]}")
     count = 0
@@ -207,27 +224,47 @@ def time_repro(work: Path, overrides: list[str], timeout: float | None, keep: li
             _set_param(params, assignment)
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     params = yaml.safe_load(params_file.read_text())
-    env = {**os.environ, **QUIET_ENV,
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": os.pathsep.join([str(copy), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{(copy / 'mlruns' / 'mlflow.db').as_posix()}"}
+    env = {
+        **os.environ,
+        **QUIET_ENV,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join([str(copy), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{(copy / 'mlruns' / 'mlflow.db').as_posix()}",
+    }
     # Safety first: the pipeline must import the copy's code, or it would write next to /work/main's.
-    probe = subprocess.run([str(BIN / "python"), "-c", "import pipeline.cli as c; print(c.REPO_ROOT)"], cwd=copy,
-                           env=env, capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        [str(BIN / "python"), "-c", "import pipeline.cli as c; print(c.REPO_ROOT)"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if probe.returncode != 0 or Path(probe.stdout.strip()).resolve() != copy:
-        raise Failed(f"the copy would not run its own code (pipeline.cli.REPO_ROOT = {probe.stdout.strip()!r}"
-                     f"{', ' + probe.stderr.strip()[-200:] if probe.returncode else ''})")
-    log_path.write_text(f"scratch copy {copy} ({files} files); PYTHONPATH={env['PYTHONPATH']}; "
-                        f"MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}\n")
+        raise Failed(
+            f"the copy would not run its own code (pipeline.cli.REPO_ROOT = {probe.stdout.strip()!r}"
+            f"{', ' + probe.stderr.strip()[-200:] if probe.returncode else ''})"
+        )
+    log_path.write_text(
+        f"scratch copy {copy} ({files} files); PYTHONPATH={env['PYTHONPATH']}; "
+        f"MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}\n"
+    )
     seconds = run_logged([str(BIN / "dvc"), "repro"], log_path, timeout, cwd=copy, env=env)
     models = copy / "artifacts" / "models"
-    return {"seconds": seconds, "copy": str(copy), "files": files, "overrides": overrides,
-            "train_n": params["synthesize"]["train"]["n"], "external_n": params["synthesize"]["external"]["n"],
-            "models": str(models) if models.is_dir() and any(models.iterdir()) else None,
-            "metrics": (copy / "reports" / "train" / "metrics.json").is_file()}
+    return {
+        "seconds": seconds,
+        "copy": str(copy),
+        "files": files,
+        "overrides": overrides,
+        "train_n": params["synthesize"]["train"]["n"],
+        "external_n": params["synthesize"]["external"]["n"],
+        "models": str(models) if models.is_dir() and any(models.iterdir()) else None,
+        "metrics": (copy / "reports" / "train" / "metrics.json").is_file(),
+    }
 
 
 # --------------------------------------------------------------------------- table rows
+
 
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
@@ -239,22 +276,43 @@ def extraction_rows(s: dict[str, Any]) -> list[Row]:
     label = f"extraction, {s['cases']} realistic cases"
     split = ", ".join(f"{part} {seconds:.2f}" for part, seconds in ip["mean_parts"].items() if seconds >= 0.005)
     return [
-        (label, f"whole process seconds: crlm extract --jobs 1 / pyradiomics default (median of {s['repeats']})",
-         f"{w['ours']:.1f} / {w['default']:.1f}", ""),
-        (label, "whole process speed-up vs pyradiomics default", f"{s['whole']['speedup']:.1f}x",
-         f">= {t['whole process vs default']:g}x: {_met(met['whole process vs default'])}"),
-        (label, "start-up: crlm extract --help / imports before the first case",
-         f"{w['help']:.2f} / {w['imports']:.2f} s", ""),
-        (label, "in-process seconds per case: ours / pyradiomics default",
-         f"{ip['mean_total']:.2f} / {ip['default_mean_total']:.2f}",
-         f"{ip['default_mean_total'] / ip['mean_total']:.1f}x"),
+        (
+            label,
+            f"whole process seconds: crlm extract --jobs 1 / pyradiomics default (median of {s['repeats']})",
+            f"{w['ours']:.1f} / {w['default']:.1f}",
+            "",
+        ),
+        (
+            label,
+            "whole process speed-up vs pyradiomics default",
+            f"{s['whole']['speedup']:.1f}x",
+            f">= {t['whole process vs default']:g}x: {_met(met['whole process vs default'])}",
+        ),
+        (
+            label,
+            "start-up: crlm extract --help / imports before the first case",
+            f"{w['help']:.2f} / {w['imports']:.2f} s",
+            "",
+        ),
+        (
+            label,
+            "in-process seconds per case: ours / pyradiomics default",
+            f"{ip['mean_total']:.2f} / {ip['default_mean_total']:.2f}",
+            f"{ip['default_mean_total'] / ip['mean_total']:.1f}x",
+        ),
         (label, "in-process split of a case (s)", split, ""),
-        (label, "time outside pyradiomics' feature computation (whole process)",
-         f"{s['outside_share']['whole_process']:.0%} (in-process {s['outside_share']['in_process']:.0%})",
-         f"<= {t['outside pyradiomics share']:.0%}: {_met(met['outside pyradiomics share'])}"),
-        (label, "peak memory ours (pyradiomics default)",
-         f"{s['peak_mb']['ours']:.0f} MB ({s['peak_mb']['default']:.0f})",
-         f"< {t['peak MB']:g} MB: {_met(met['peak MB'])}"),
+        (
+            label,
+            "time outside pyradiomics' feature computation (whole process)",
+            f"{s['outside_share']['whole_process']:.0%} (in-process {s['outside_share']['in_process']:.0%})",
+            f"<= {t['outside pyradiomics share']:.0%}: {_met(met['outside pyradiomics share'])}",
+        ),
+        (
+            label,
+            "peak memory ours (pyradiomics default)",
+            f"{s['peak_mb']['ours']:.0f} MB ({s['peak_mb']['default']:.0f})",
+            f"< {t['peak MB']:g} MB: {_met(met['peak MB'])}",
+        ),
     ]
 
 
@@ -264,10 +322,17 @@ def scaling_rows(s: dict[str, Any]) -> list[Row]:
     for c in s["configurations"]:
         startup = f", start-up {c['startup_s']:.1f} s" if c["startup_s"] else ""
         target = "reference" if c["configuration"] == "jobs=1" else f"{c['speedup']:.2f}x (ideal {ideal}x)"
-        rows.append(("extraction scaling", f"{c['configuration']}: {s['cases']} cases",
-                     f"{c['extract_s']:.1f} s ({c['s_per_case']:.2f} s/case{startup})", target))
-    rows.append(("extraction scaling", "identical tables across configurations", str(s["identical_tables"]),
-                 "must be True"))
+        rows.append(
+            (
+                "extraction scaling",
+                f"{c['configuration']}: {s['cases']} cases",
+                f"{c['extract_s']:.1f} s ({c['s_per_case']:.2f} s/case{startup})",
+                target,
+            )
+        )
+    rows.append(
+        ("extraction scaling", "identical tables across configurations", str(s["identical_tables"]), "must be True")
+    )
     return rows
 
 
@@ -276,18 +341,32 @@ def inference_rows(s: dict[str, Any], models_note: str) -> list[Row]:
     for r in s["rows"]:
         n = r["patients"]
         rows += [
-            ("inference", f"{n} patients: throughput", f"{r['patients_per_min']:.1f} patients/min",
-             f"ok {r['ok']}/{n}, {r['seconds']:.0f} s"),
+            (
+                "inference",
+                f"{n} patients: throughput",
+                f"{r['patients_per_min']:.1f} patients/min",
+                f"ok {r['ok']}/{n}, {r['seconds']:.0f} s",
+            ),
             ("inference", f"{n} patients: extraction share", f"{r['extraction_share']:.0%}", ""),
-            ("inference", f"{n} patients: peak memory, process + workers (VmHWM)",
-             f"{r['tree_peak_MiB']} MiB ({r['VmHWM_MiB']} MiB)", ""),
+            (
+                "inference",
+                f"{n} patients: peak memory, process + workers (VmHWM)",
+                f"{r['tree_peak_MiB']} MiB ({r['VmHWM_MiB']} MiB)",
+                "",
+            ),
         ]
     sizes = [r["patients"] for r in s["rows"]]
     target = s["peak_ratio_target"]
     for column, label in (("tree_peak_MiB", "process + workers"), ("VmHWM_MiB", "VmHWM")):
         ratio = s["peak_ratio"][column]
-        rows.append(("inference", f"peak ratio {sizes[-1]} vs {sizes[0]} patients, {label}", f"{ratio:.3f}",
-                     f"<= {target:g}: {_met(ratio <= target)}"))
+        rows.append(
+            (
+                "inference",
+                f"peak ratio {sizes[-1]} vs {sizes[0]} patients, {label}",
+                f"{ratio:.3f}",
+                f"<= {target:g}: {_met(ratio <= target)}",
+            )
+        )
     return rows
 
 
@@ -297,8 +376,9 @@ def repro_rows(s: dict[str, Any]) -> list[Row]:
     if s["overrides"]:
         cohort += f"; overrides {' '.join(s['overrides'])}"
     what = "wall time, params.yaml overridden" if s["overrides"] else "wall time of the default pipeline"
-    rows: list[Row] = [("dvc repro", f"{what} (scratch copy, empty cache)",
-                        f"{minutes:.1f} min ({s['seconds']:.0f} s)", cohort)]
+    rows: list[Row] = [
+        ("dvc repro", f"{what} (scratch copy, empty cache)", f"{minutes:.1f} min ({s['seconds']:.0f} s)", cohort)
+    ]
     if not s["metrics"]:
         rows.append(("dvc repro", "reports/train/metrics.json", "missing", "expected"))
     return rows
@@ -315,23 +395,38 @@ def markdown(rows: list[Row]) -> str:
 
 # --------------------------------------------------------------------------- main
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small run: repeats {QUICK['repeats']}, n {QUICK['n']}, "
-                             f"sizes {' '.join(map(str, QUICK['sizes']))}, no repro")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small run: repeats {QUICK['repeats']}, n {QUICK['n']}, "
+        f"sizes {' '.join(map(str, QUICK['sizes']))}, no repro",
+    )
     parser.add_argument("--skip-repro", action="store_true", help="leave out the `dvc repro` timing")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=None, help="run only these benchmarks")
     parser.add_argument("--write", action="store_true", help="also write the table to bench/results.md")
-    parser.add_argument("--repeats", type=int, default=None, help=f"extraction.py --repeats (default {FULL['repeats']})")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help=f"extraction.py --repeats (default {FULL['repeats']})"
+    )
     parser.add_argument("--n", type=int, default=None, help=f"extraction_scaling.py --n (default {FULL['n']})")
-    parser.add_argument("--sizes", type=int, nargs="+", default=None,
-                        help=f"inference.py --sizes (default {' '.join(map(str, FULL['sizes']))})")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"inference.py --sizes (default {' '.join(map(str, FULL['sizes']))})",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="inference.py --jobs (default 2)")
     parser.add_argument("--models", default=None, help="inference.py --models (default: see the module docstring)")
-    parser.add_argument("--repro-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override params.yaml in the scratch copy (e.g. synthesize.train.n=100); the default "
-                             "pipeline has none")
+    parser.add_argument(
+        "--repro-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override params.yaml in the scratch copy (e.g. synthesize.train.n=100); the default pipeline has none",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per benchmark (default: none)")
     parser.add_argument("--log-dir", type=Path, default=None, help="logs and JSON summaries (default: a new temp dir)")
     parser.add_argument("--keep-repro", action="store_true", help="keep the scratch copy of the repro")
@@ -376,8 +471,9 @@ def main(argv: list[str] | None = None) -> int:
         return repro_rows(repro)
 
     def do_extraction() -> list[Row]:
-        return extraction_rows(run_script("extraction.py", ["--repeats", str(repeats)], work, "extraction",
-                                          args.timeout))
+        return extraction_rows(
+            run_script("extraction.py", ["--repeats", str(repeats)], work, "extraction", args.timeout)
+        )
 
     def do_scaling() -> list[Row]:
         return scaling_rows(run_script("extraction_scaling.py", ["--n", str(n)], work, "scaling", args.timeout))
@@ -408,9 +504,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"scratch copy kept: {', '.join(map(str, scratch))}")
 
     rows = [row for name in NAMES if name in results for row in results[name]]
-    described = {"extraction": f"extraction.py --repeats {repeats}", "scaling": f"extraction_scaling.py --n {n}",
-                 "inference": f"inference.py --sizes {' '.join(map(str, sizes))} --jobs {args.jobs}",
-                 "repro": "dvc repro"}
+    described = {
+        "extraction": f"extraction.py --repeats {repeats}",
+        "scaling": f"extraction_scaling.py --n {n}",
+        "inference": f"inference.py --sizes {' '.join(map(str, sizes))} --jobs {args.jobs}",
+        "repro": "dvc repro",
+    }
     settings = f"ran: {'; '.join(described[name] for name in NAMES if name in selected) or 'nothing'}"
     text = f"{header_line(info)}\n\n{settings}\n\n{markdown(rows)}\n"
     print(text)

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import SimpleITK as sitk  # noqa: E402
-
 from machine_info import cpu_model  # noqa: E402  (bench/ is on sys.path)
+
 from features import schema as s  # noqa: E402
 from pipeline import phantoms, synthesis  # noqa: E402
 from pipeline.world import load_labels, load_world  # noqa: E402
@@ -40,13 +40,14 @@ from pipeline.world import load_labels, load_world  # noqa: E402
 
 def phantoms_at(revision: str, folder: Path):
     """``pipeline/phantoms.py`` of ``revision`` as a module (its imports resolve to this tree)."""
-    source = subprocess.run(["git", "show", f"{revision}:pipeline/phantoms.py"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{revision}:pipeline/phantoms.py"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     path = folder / "phantoms_reference.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("phantoms_reference", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module          # dataclasses look their module up
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -55,10 +56,17 @@ def digest(phantom) -> str:
     h = hashlib.sha256()
     for image in (phantom.image, phantom.mask):
         h.update(sitk.GetArrayViewFromImage(image).tobytes())
-        h.update(repr((image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
-                       image.GetPixelIDTypeAsString())).encode())
-    h.update(repr([(les.centre_mm, les.diameter_mm, les.voxels, les.lobe, tuple(vars(les.traits).values()))
-                   for les in phantom.lesions]).encode())
+        h.update(
+            repr((image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetPixelIDTypeAsString())).encode()
+        )
+    h.update(
+        repr(
+            [
+                (les.centre_mm, les.diameter_mm, les.voxels, les.lobe, tuple(vars(les.traits).values()))
+                for les in phantom.lesions
+            ]
+        ).encode()
+    )
     return h.hexdigest()
 
 
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="crlm-bench-synth-") as tmp:
         folder = Path(tmp)
         sides = {args.against: phantoms_at(args.against, folder), "working tree": phantoms}
-        times = {name: [] for name in sides}      # (wall render, wall write, cpu render, cpu write)
+        times = {name: [] for name in sides}  # (wall render, wall write, cpu render, cpu write)
         digests = {name: {} for name in sides}
         for repeat in range(args.repeats):
             for i, row in enumerate(clinical.to_dict("records")):
@@ -91,34 +99,62 @@ def main(argv: list[str] | None = None) -> None:
                     traits = module.LesionTraits(*(float(truth.at[i, t]) for t in synthesis.TRAITS))
                     wall, cpu = time.perf_counter(), time.process_time()
                     phantom = module.render_phantom(
-                        int(row[s.N_LESIONS]), float(row[s.LARGEST_CM]), bool(row[s.BILOBAR]), traits,
-                        world.phantom, world.site(args.site), world.unenhanced_hu, world.traits, labels,
-                        synthesis.patient_seed(args.seed, args.site, i), row[s.PATIENT_ID])
+                        int(row[s.N_LESIONS]),
+                        float(row[s.LARGEST_CM]),
+                        bool(row[s.BILOBAR]),
+                        traits,
+                        world.phantom,
+                        world.site(args.site),
+                        world.unenhanced_hu,
+                        world.traits,
+                        labels,
+                        synthesis.patient_seed(args.seed, args.site, i),
+                        row[s.PATIENT_ID],
+                    )
                     wall_render, cpu_render = time.perf_counter() - wall, time.process_time() - cpu
                     wall, cpu = time.perf_counter(), time.process_time()
                     sitk.WriteImage(phantom.image, str(folder / "ct.nii.gz"), True)
                     sitk.WriteImage(phantom.mask, str(folder / "mask.nii.gz"), True)
-                    times[name].append((wall_render, time.perf_counter() - wall, cpu_render,
-                                        time.process_time() - cpu))
+                    times[name].append((wall_render, time.perf_counter() - wall, cpu_render, time.process_time() - cpu))
                     digests[name][row[s.PATIENT_ID]] = digest(phantom)
         identical = digests[args.against] == digests["working tree"]
-    summary = {"n": args.n, "site": args.site, "seed": args.seed, "repeats": args.repeats, "against": args.against,
-               "identical": identical, "sides": {}}
-    print(f"{args.n} patients of site {args.site} (seed {args.seed}), {args.repeats} repeat(s), "
-          "seconds per patient, median")
+    summary = {
+        "n": args.n,
+        "site": args.site,
+        "seed": args.seed,
+        "repeats": args.repeats,
+        "against": args.against,
+        "identical": identical,
+        "sides": {},
+    }
+    print(
+        f"{args.n} patients of site {args.site} (seed {args.seed}), {args.repeats} repeat(s), "
+        "seconds per patient, median"
+    )
     print(f"{'revision':<14}{'render':>8}{'write':>8}{'both':>8}{'cpu render':>12}{'cpu write':>11}{'cpu both':>10}")
     for name, rows in times.items():
         med = [statistics.median(r[k] for r in rows) for k in range(4)]
         both = statistics.median(r[0] + r[1] for r in rows)
         cpu_both = statistics.median(r[2] + r[3] for r in rows)
-        summary["sides"][name] = {"render": med[0], "write": med[1], "both": both, "cpu_render": med[2],
-                                  "cpu_write": med[3], "cpu_both": cpu_both}
+        summary["sides"][name] = {
+            "render": med[0],
+            "write": med[1],
+            "both": both,
+            "cpu_render": med[2],
+            "cpu_write": med[3],
+            "cpu_both": cpu_both,
+        }
         print(f"{name:<14}{med[0]:>8.3f}{med[1]:>8.3f}{both:>8.3f}{med[2]:>12.3f}{med[3]:>11.3f}{cpu_both:>10.3f}")
     old, new = summary["sides"][args.against], summary["sides"]["working tree"]
-    summary["speedup"] = {"wall": old["both"] / new["both"], "cpu": old["cpu_both"] / new["cpu_both"],
-                          "cpu_render": old["cpu_render"] / new["cpu_render"]}
-    print(f"speed-up (render + write): wall {summary['speedup']['wall']:.2f}x, CPU {summary['speedup']['cpu']:.2f}x "
-          f"(render alone, CPU: {summary['speedup']['cpu_render']:.2f}x)")
+    summary["speedup"] = {
+        "wall": old["both"] / new["both"],
+        "cpu": old["cpu_both"] / new["cpu_both"],
+        "cpu_render": old["cpu_render"] / new["cpu_render"],
+    }
+    print(
+        f"speed-up (render + write): wall {summary['speedup']['wall']:.2f}x, CPU {summary['speedup']['cpu']:.2f}x "
+        f"(render alone, CPU: {summary['speedup']['cpu_render']:.2f}x)"
+    )
     print(f"same bytes for every patient: {identical}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

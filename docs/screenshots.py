@@ -23,14 +23,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 5057
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 
 
 def screenshot(url: str, path: Path, size: tuple[int, int], wait_ms: int = 12000, scroll_to: str | None = None) -> None:
     """A PNG of ``url`` after the page has rendered, with MLflow's assistant panel closed."""
-    from playwright.sync_api import sync_playwright   # pip install -e '.[screenshots]'
+    from playwright.sync_api import sync_playwright  # pip install -e '.[screenshots]'
 
     browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser_path is None:
@@ -46,7 +54,7 @@ def screenshot(url: str, path: Path, size: tuple[int, int], wait_ms: int = 12000
                 button.first.click()
                 page.wait_for_timeout(1500)
                 break
-        if scroll_to is not None:   # e.g. the compare view's metrics table, below its plots
+        if scroll_to is not None:  # e.g. the compare view's metrics table, below its plots
             page.get_by_text(scroll_to, exact=True).first.scroll_into_view_if_needed()
             page.evaluate("window.scrollBy(0, -20)")
             page.wait_for_timeout(1000)
@@ -67,13 +75,21 @@ def main() -> None:
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(args.experiment)
-    runs = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'train'",
-                              order_by=["attributes.start_time DESC"], max_results=2)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        "tags.mlflow.runName = 'train'",
+        order_by=["attributes.start_time DESC"],
+        max_results=2,
+    )
     if len(runs) < 2:
         raise SystemExit(f"need two train runs in {args.store}, found {len(runs)}")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                               "--port", str(PORT)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(PORT)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{PORT}"
     try:
         for _ in range(120):
@@ -84,8 +100,10 @@ def main() -> None:
                 time.sleep(1)
         ids = [r.info.run_id for r in runs]
         table = f"{base}/#/experiments/{experiment.experiment_id}/runs"
-        compare = (f"{base}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
-                   f"&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}")
+        compare = (
+            f"{base}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
+            f"&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}"
+        )
         screenshot(table, args.out / "mlflow_runs_table.png", (1500, 520))
         screenshot(compare, args.out / "mlflow_compare.png", (1500, 1100))
         screenshot(compare, args.out / "mlflow_compare_metrics.png", (1500, 900), scroll_to="Metrics")

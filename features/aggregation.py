@@ -24,8 +24,9 @@ def _check_rules(rules: Sequence[str]) -> None:
         raise ValueError(f"unknown aggregation rule(s) {unknown}; allowed: {', '.join(RULE_PREFIX)}")
 
 
-def aggregate_lesions(lesions: pd.DataFrame, feature_columns: Sequence[str], rules: Sequence[str],
-                      volume_column: str, lesion_column: str) -> pd.DataFrame:
+def aggregate_lesions(
+    lesions: pd.DataFrame, feature_columns: Sequence[str], rules: Sequence[str], volume_column: str, lesion_column: str
+) -> pd.DataFrame:
     """One row per patient with each rule applied to each feature column.
 
     ``lesions`` has one row per lesion with ``patient_id``, ``lesion_column`` (1 = largest)

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Union
 
 Tag = tuple[int, int]
-Element = Union[bytes, list]          # raw value, or a sequence: a list of items (dicts)
+Element = bytes | list  # raw value, or a sequence: a list of items (dicts)
 Header = dict[Tag, Element]
 
 PIXEL_DATA: Tag = (0x7FE0, 0x0010)
@@ -27,15 +26,22 @@ _IMPLICIT = "1.2.840.10008.1.2"
 _EXPLICIT_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 _UNDEFINED = 0xFFFFFFFF
-_READ_BYTES = 1 << 14   # first read; grown 4x while the header goes on
+_READ_BYTES = 1 << 14  # first read; grown 4x while the header goes on
 
 
 class _Unsure(Exception):
     """The bytes are not what this reader handles: let pydicom read the file."""
 
 
-def _walk(data: bytes, offset: int, end: int, implicit: bool, stop_at_pixels: bool,
-          until_item_end: bool = False, until: Tag | None = None) -> tuple[Header, int]:
+def _walk(
+    data: bytes,
+    offset: int,
+    end: int,
+    implicit: bool,
+    stop_at_pixels: bool,
+    until_item_end: bool = False,
+    until: Tag | None = None,
+) -> tuple[Header, int]:
     """Elements from ``offset`` to ``end`` (or an item delimiter); returns them and the offset after."""
     elements: Header = {}
     while offset < end:
@@ -54,7 +60,7 @@ def _walk(data: bytes, offset: int, end: int, implicit: bool, stop_at_pixels: bo
             length = struct.unpack_from("<I", data, offset + 4)[0]
             offset += 8
         else:
-            vr = data[offset + 4:offset + 6]
+            vr = data[offset + 4 : offset + 6]
             if not vr.isalpha() or not vr.isupper():
                 raise _Unsure(f"no VR at element {tag}")
             if vr in _LONG_VRS:
@@ -72,7 +78,7 @@ def _walk(data: bytes, offset: int, end: int, implicit: bool, stop_at_pixels: bo
             raise _Unsure(f"undefined length at element {tag}")
         if offset + length > len(data):
             raise _Unsure("header longer than read")
-        elements[tag] = data[offset:offset + length]
+        elements[tag] = data[offset : offset + length]
         offset += length
     if until_item_end:
         raise _Unsure("item without delimiter")
@@ -134,7 +140,7 @@ def _parse(data: bytes, complete: bool, until: Tag | None = None) -> Header:
             raise _Unsure(f"transfer syntax {syntax}")
         implicit = syntax == _IMPLICIT
         header.update(meta)
-    else:   # no preamble: guess the VR encoding from the first element
+    else:  # no preamble: guess the VR encoding from the first element
         if len(data) < 8:
             raise _Unsure("too short")
         implicit = not (data[4:6].isalpha() and data[4:6].isupper())
@@ -151,7 +157,7 @@ def _parse(data: bytes, complete: bool, until: Tag | None = None) -> Header:
 def _walk_one(data: bytes, offset: int) -> tuple[Header, int]:
     """One explicit-VR little-endian element (the file meta group)."""
     group, number = struct.unpack_from("<HH", data, offset)
-    vr = data[offset + 4:offset + 6]
+    vr = data[offset + 4 : offset + 6]
     if vr in _LONG_VRS:
         length = struct.unpack_from("<I", data, offset + 8)[0]
         offset += 12
@@ -160,7 +166,7 @@ def _walk_one(data: bytes, offset: int) -> tuple[Header, int]:
         offset += 8
     if length == _UNDEFINED or offset + length > len(data):
         raise _Unsure("file meta element")
-    return {(group, number): data[offset:offset + length]}, offset + length
+    return {(group, number): data[offset : offset + length]}, offset + length
 
 
 def text(header: Header, tag: Tag) -> str:

@@ -46,9 +46,9 @@ MASK_SHA256 = "mask_sha256"
 SPACING = ("image_spacing_x_mm", "image_spacing_y_mm", "image_spacing_z_mm")
 SIZE = ("image_size_x", "image_size_y", "image_size_z")
 ORIGIN = ("image_origin_x_mm", "image_origin_y_mm", "image_origin_z_mm")
-SETTINGS_FILE = "extraction_settings.json"   # the settings record, next to lesions.parquet and in a models folder
-SETTINGS_METADATA_KEY = b"crlm_extraction_settings"   # the same record in a feature table's parquet metadata
-_CACHE_FORMAT = 2   # 2: images cast to float32, SEG lesions per segment (issue 11)
+SETTINGS_FILE = "extraction_settings.json"  # the settings record, next to lesions.parquet and in a models folder
+SETTINGS_METADATA_KEY = b"crlm_extraction_settings"  # the same record in a feature table's parquet metadata
+_CACHE_FORMAT = 2  # 2: images cast to float32, SEG lesions per segment (issue 11)
 # An executor: (function, items, jobs=, scheduler=, progress=, desc=) -> results in input order.
 MapCases = Callable[..., Iterator[Any]]
 
@@ -82,13 +82,16 @@ class CaseOptions:
 
     def digest(self) -> str:
         roles = sorted(self.labels.segment_roles.items())
-        payload = f"{self.settings.digest()}|{self.labels.liver}|{self.labels.lesion}|{roles}|" \
-                  f"{self.labels.seg_lesions}|{self.resample_mask}|{self.min_lesion_voxels}|{self.require_hu}|" \
-                  f"{_CACHE_FORMAT}"
+        payload = (
+            f"{self.settings.digest()}|{self.labels.liver}|{self.labels.lesion}|{roles}|"
+            f"{self.labels.seg_lesions}|{self.resample_mask}|{self.min_lesion_voxels}|{self.require_hu}|"
+            f"{_CACHE_FORMAT}"
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- settings record
+
 
 def settings_record(options: CaseOptions, aggregation: Sequence[str] | None = None) -> dict[str, Any]:
     """What determines the imaging features: radiomics parameters, crop margin, label roles,
@@ -99,8 +102,12 @@ def settings_record(options: CaseOptions, aggregation: Sequence[str] | None = No
         SETTINGS_HASH: options.digest(),
         "radiomics": json.loads(json.dumps(options.settings.radiomics, default=str)),
         "crop_margin_mm": options.settings.crop_margin_mm,
-        "labels": {"liver": labels.liver, "lesion": labels.lesion, "segment_roles": dict(labels.segment_roles),
-                   "seg_lesions": labels.seg_lesions},
+        "labels": {
+            "liver": labels.liver,
+            "lesion": labels.lesion,
+            "segment_roles": dict(labels.segment_roles),
+            "seg_lesions": labels.seg_lesions,
+        },
         "resample_mask": options.resample_mask,
         "min_lesion_voxels": options.min_lesion_voxels,
         "require_hu": options.require_hu,
@@ -113,10 +120,13 @@ def settings_record(options: CaseOptions, aggregation: Sequence[str] | None = No
 
 def options_from_record(record: dict[str, Any]) -> CaseOptions:
     """The `CaseOptions` a settings record was made from."""
-    return CaseOptions(settings=radiomics.ExtractionSettings(record["radiomics"], float(record["crop_margin_mm"])),
-                       labels=imaging.LabelRoles(**record["labels"]), resample_mask=bool(record["resample_mask"]),
-                       min_lesion_voxels=int(record["min_lesion_voxels"]),
-                       require_hu=bool(record.get("require_hu", True)))
+    return CaseOptions(
+        settings=radiomics.ExtractionSettings(record["radiomics"], float(record["crop_margin_mm"])),
+        labels=imaging.LabelRoles(**record["labels"]),
+        resample_mask=bool(record["resample_mask"]),
+        min_lesion_voxels=int(record["min_lesion_voxels"]),
+        require_hu=bool(record.get("require_hu", True)),
+    )
 
 
 # Keys of a record that are not settings: the hash follows from the rest, versions are reported apart.
@@ -137,8 +147,11 @@ def settings_differences(model: dict[str, Any], given: dict[str, Any]) -> list[t
     (``radiomics.setting.binWidth``); a key absent on one side has the value None there."""
     left = _flatten({k: v for k, v in model.items() if k not in _RECORD_DERIVED})
     right = _flatten({k: v for k, v in given.items() if k not in _RECORD_DERIVED})
-    return [(key, left.get(key), right.get(key)) for key in sorted(set(left) | set(right))
-            if json.dumps(left.get(key), sort_keys=True) != json.dumps(right.get(key), sort_keys=True)]
+    return [
+        (key, left.get(key), right.get(key))
+        for key in sorted(set(left) | set(right))
+        if json.dumps(left.get(key), sort_keys=True) != json.dumps(right.get(key), sort_keys=True)
+    ]
 
 
 def write_table_with_record(table: pd.DataFrame, path: str | Path, record: dict[str, Any] | None) -> None:
@@ -148,8 +161,9 @@ def write_table_with_record(table: pd.DataFrame, path: str | Path, record: dict[
 
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     if record is not None:
-        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
-                                               SETTINGS_METADATA_KEY: json.dumps(record).encode("utf-8")})
+        arrow = arrow.replace_schema_metadata(
+            {**(arrow.schema.metadata or {}), SETTINGS_METADATA_KEY: json.dumps(record).encode("utf-8")}
+        )
     pq.write_table(arrow, path)
 
 
@@ -191,18 +205,29 @@ def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOpt
         rule = [prefix for prefix in RULE_PREFIX.values() if str(column).startswith(prefix)]
         if not rule:
             return options
-        names.append(str(column)[len(rule[0]):])
+        names.append(str(column)[len(rule[0]) :])
     params = radiomics.params_for_features(options.settings.radiomics, sorted(set(names)))
     if params is None:
         return options
     settings = radiomics.ExtractionSettings(params, options.settings.crop_margin_mm)
-    return CaseOptions(settings=settings, labels=options.labels, resample_mask=options.resample_mask,
-                       min_lesion_voxels=options.min_lesion_voxels, require_hu=options.require_hu)
+    return CaseOptions(
+        settings=settings,
+        labels=options.labels,
+        resample_mask=options.resample_mask,
+        min_lesion_voxels=options.min_lesion_voxels,
+        require_hu=options.require_hu,
+    )
 
 
 def _failure(patient_id: str, reason: str, message: str, seconds: float, lesion=pd.NA) -> dict[str, Any]:
-    return {PATIENT_ID: patient_id, radiomics.LESION: lesion, STATUS: reason, REASON: message,
-            SECONDS: round(seconds, 3), CACHED: False}
+    return {
+        PATIENT_ID: patient_id,
+        radiomics.LESION: lesion,
+        STATUS: reason,
+        REASON: message,
+        SECONDS: round(seconds, 3),
+        CACHED: False,
+    }
 
 
 def is_url(location: str | Path) -> bool:
@@ -233,7 +258,7 @@ def _local_copy(location: str | Path) -> Iterator[Path]:
         yield Path(path)
         return
     with tempfile.TemporaryDirectory(prefix="crlm-case-") as tmp:
-        local = Path(tmp) / posixpath.basename(path.rstrip("/"))   # keeps .nii.gz for SimpleITK
+        local = Path(tmp) / posixpath.basename(path.rstrip("/"))  # keeps .nii.gz for SimpleITK
         fs.get(path, str(local), recursive=fs.isdir(path))
         yield local
 
@@ -273,21 +298,22 @@ def extract_case(case: CaseInput, options: CaseOptions, cache_dir: str | Path | 
     with _local_copy(case.image) as image_path, _local_copy(case.mask) as mask_path:
         result = _extract_local(pid, image_path, mask_path, options, cache_dir, start)
     for local, original in ((image_path, case.image), (mask_path, case.mask)):
-        if str(local) != str(original):      # name the URL in reasons, not the temporary copy
+        if str(local) != str(original):  # name the URL in reasons, not the temporary copy
             for row in result.report:
                 row[REASON] = row[REASON].replace(str(local), str(original))
     return result
 
 
-def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOptions,
-                   cache_dir: str | Path | None, start: float) -> CaseResult:
+def _extract_local(
+    pid: str, image_path: Path, mask_path: Path, options: CaseOptions, cache_dir: str | Path | None, start: float
+) -> CaseResult:
     image_hash, mask_hash = radiomics.file_digest(image_path), radiomics.file_digest(mask_path)
     key = hashlib.sha256(f"{image_hash}|{mask_hash}|{options.digest()}".encode()).hexdigest()
     cache = _cache_location(cache_dir, key) if cache_dir is not None else None
     payload = _read_cache(*cache) if cache is not None else None
     if payload is not None:
         for row in payload["lesions"] + payload["report"]:
-            row[PATIENT_ID] = pid           # the cache is keyed by content, not by identifier
+            row[PATIENT_ID] = pid  # the cache is keyed by content, not by identifier
         for row in payload["report"]:
             row[CACHED] = True
             row[SECONDS] = 0.0
@@ -295,39 +321,56 @@ def _extract_local(pid: str, image_path: Path, mask_path: Path, options: CaseOpt
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        loaded = imaging.load_case(pid, image_path, mask_path, options.labels,
-                                   resample_mask=options.resample_mask,
-                                   min_lesion_voxels=options.min_lesion_voxels, require_hu=options.require_hu)
+        loaded = imaging.load_case(
+            pid,
+            image_path,
+            mask_path,
+            options.labels,
+            resample_mask=options.resample_mask,
+            min_lesion_voxels=options.min_lesion_voxels,
+            require_hu=options.require_hu,
+        )
     except imaging.CaseError as exc:
         return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
     image, mask = loaded.image, loaded.mask
     mask_array = sitk.GetArrayViewFromImage(mask)
-    summary = loaded.label_summary   # counts and lesions of the mask, found once by load_case
-    lesion_labels = summary.lesion_labels if summary is not None else \
-        imaging.lesion_labels_present(mask_array, options.labels)
-    morphology = patient_morphology(mask_array, image.GetSpacing(), options.labels.liver, lesion_labels,
-                                    loaded.lesions_by_label, summary=summary)
-    provenance: dict[str, Any] = {SETTINGS_HASH: options.digest(), IMAGE_SHA256: image_hash,
-                                  MASK_SHA256: mask_hash}
+    summary = loaded.label_summary  # counts and lesions of the mask, found once by load_case
+    lesion_labels = (
+        summary.lesion_labels if summary is not None else imaging.lesion_labels_present(mask_array, options.labels)
+    )
+    morphology = patient_morphology(
+        mask_array, image.GetSpacing(), options.labels.liver, lesion_labels, loaded.lesions_by_label, summary=summary
+    )
+    provenance: dict[str, Any] = {SETTINGS_HASH: options.digest(), IMAGE_SHA256: image_hash, MASK_SHA256: mask_hash}
     provenance.update({f"{name}_version": version for name, version in radiomics.library_versions().items()})
-    provenance.update(dict(zip(SPACING, image.GetSpacing())))
-    provenance.update(dict(zip(SIZE, image.GetSize())))
-    provenance.update(dict(zip(ORIGIN, image.GetOrigin())))
+    provenance.update(dict(zip(SPACING, image.GetSpacing(), strict=True)))
+    provenance.update(dict(zip(SIZE, image.GetSize(), strict=True)))
+    provenance.update(dict(zip(ORIGIN, image.GetOrigin(), strict=True)))
 
     result = CaseResult()
     extractor = radiomics.make_extractor(options.settings.radiomics)
-    for row in radiomics.lesion_rows(image, mask, lesion_labels, options.settings, extractor,
-                                     loaded.lesions_by_label, summary=summary):
+    for row in radiomics.lesion_rows(
+        image, mask, lesion_labels, options.settings, extractor, loaded.lesions_by_label, summary=summary
+    ):
         error = row.pop("error")
         seconds = round(time.perf_counter() - start, 3)
         if error:
             message = f"patient {pid}, lesion {row[radiomics.LESION]}: {error}"
             result.report.append(_failure(pid, "radiomics_failed", message, seconds, row[radiomics.LESION]))
             continue
-        result.lesions.append({PATIENT_ID: pid, **row, **{f"patient_{k}": v for k, v in morphology.items()},
-                               **provenance})
-        result.report.append({PATIENT_ID: pid, radiomics.LESION: row[radiomics.LESION], STATUS: OK,
-                              REASON: "", SECONDS: seconds, CACHED: False})
+        result.lesions.append(
+            {PATIENT_ID: pid, **row, **{f"patient_{k}": v for k, v in morphology.items()}, **provenance}
+        )
+        result.report.append(
+            {
+                PATIENT_ID: pid,
+                radiomics.LESION: row[radiomics.LESION],
+                STATUS: OK,
+                REASON: "",
+                SECONDS: seconds,
+                CACHED: False,
+            }
+        )
     if cache is not None:
         _write_json_atomically(*cache, {"lesions": result.lesions, "report": result.report})
     return result
@@ -353,13 +396,15 @@ def read_manifest(path: str | Path) -> list[CaseInput]:
 
         def locate(value: str) -> str | Path:
             return value if is_url(value) else path.parent / value
-    return [CaseInput(str(pid), locate(str(image)), locate(str(mask)))
-            for pid, image, mask in table[[PATIENT_ID, "image", "mask"]].itertuples(index=False)]
+
+    return [
+        CaseInput(str(pid), locate(str(image)), locate(str(mask)))
+        for pid, image, mask in table[[PATIENT_ID, "image", "mask"]].itertuples(index=False)
+    ]
 
 
 def _read_manifest_table(source, path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(source, dtype={PATIENT_ID: str}, keep_default_na=False,
-                        na_values={"image": [""], "mask": [""]})
+    table = pd.read_csv(source, dtype={PATIENT_ID: str}, keep_default_na=False, na_values={"image": [""], "mask": [""]})
     missing = [c for c in (PATIENT_ID, "image", "mask") if c not in table]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; a manifest needs patient_id, image, mask")
@@ -369,20 +414,34 @@ def _read_manifest_table(source, path: str | Path) -> pd.DataFrame:
     return table
 
 
-def map_in_process(function: Callable[[Any], Any], items: Sequence[Any], jobs: int = 1, scheduler: Any = None,
-                   progress: bool = False, desc: str = "cases") -> Iterator[Any]:
+def map_in_process(
+    function: Callable[[Any], Any],
+    items: Sequence[Any],
+    jobs: int = 1,
+    scheduler: Any = None,
+    progress: bool = False,
+    desc: str = "cases",
+) -> Iterator[Any]:
     """``function(item)`` for every item, in order, in this process: the executor used when none is
     passed in. Parallel or cluster execution (``jobs`` other than 1, a ``scheduler``) needs the
     caller's executor (``pipeline.execution.map_cases``); asking this one for it is an error."""
     if jobs != 1 or scheduler is not None:
-        raise ValueError(f"jobs={jobs}, scheduler={scheduler!r}: parallel or cluster extraction needs an executor; "
-                         "pass map_cases=pipeline.execution.map_cases")
+        raise ValueError(
+            f"jobs={jobs}, scheduler={scheduler!r}: parallel or cluster extraction needs an executor; "
+            "pass map_cases=pipeline.execution.map_cases"
+        )
     return (function(item) for item in items)
 
 
-def extract_cohort(cases: Sequence[CaseInput], options: CaseOptions, cache_dir: str | Path | None,
-                   jobs: int = 1, progress: bool = True, scheduler: Any = None,
-                   map_cases: MapCases | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def extract_cohort(
+    cases: Sequence[CaseInput],
+    options: CaseOptions,
+    cache_dir: str | Path | None,
+    jobs: int = 1,
+    progress: bool = True,
+    scheduler: Any = None,
+    map_cases: MapCases | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Extract every case; return (lesions, report), both in input order.
 
     ``map_cases`` runs the cases: the stage passes ``pipeline.execution.map_cases`` (``jobs``
@@ -406,17 +465,20 @@ def extract_cohort(cases: Sequence[CaseInput], options: CaseOptions, cache_dir: 
     return lesion_table, report_table
 
 
-def write_extraction(out: str | Path, lesions: pd.DataFrame, report: pd.DataFrame,
-                     record: dict[str, Any] | None = None) -> None:
+def write_extraction(
+    out: str | Path, lesions: pd.DataFrame, report: pd.DataFrame, record: dict[str, Any] | None = None
+) -> None:
     """Write ``lesions.parquet``, ``extraction_report.csv``, ``extraction_summary.json`` and,
     if given, the settings record (`settings_record`, ``extraction_settings.json``) under
     ``out``: a local folder or an fsspec URL (shared storage)."""
     fs, root = fsspec.core.url_to_fs(str(out))
     fs.makedirs(root, exist_ok=True)
-    summary = {"cases": int(report[PATIENT_ID].nunique()),
-               "lesions_ok": int((report[STATUS] == OK).sum()),
-               "status_counts": {str(k): int(v) for k, v in report[STATUS].value_counts().items()},
-               "cached_rows": int(report[CACHED].sum())}
+    summary = {
+        "cases": int(report[PATIENT_ID].nunique()),
+        "lesions_ok": int((report[STATUS] == OK).sum()),
+        "status_counts": {str(k): int(v) for k, v in report[STATUS].value_counts().items()},
+        "cached_rows": int(report[CACHED].sum()),
+    }
     with fs.open(f"{root}/lesions.parquet", "wb") as handle:
         lesions.to_parquet(handle, index=False)
     with fs.open(f"{root}/extraction_report.csv", "w", encoding="utf-8", newline="") as handle:
@@ -431,4 +493,3 @@ def write_extraction(out: str | Path, lesions: pd.DataFrame, report: pd.DataFram
 def lesion_feature_columns(lesions: pd.DataFrame) -> list[str]:
     """The radiomics feature columns of a lesion table (pyradiomics naming)."""
     return [c for c in lesions.columns if c.startswith(radiomics.FEATURE_PREFIXES)]
-

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from features.morphology import FULL_CONNECTIVITY, LabelSummary, label_counts, summarize_labels
+from features.morphology import LabelSummary, label_counts, summarize_labels
 from features.settings import settings_class
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ ORIENTATION_TOLERANCE = 1e-4
 # Segment roles of the TCIA "Colorectal-Liver-Metastases" DICOM-SEGs, used when none are given.
 TCIA_SEGMENT_ROLES: Mapping[str, str] = {"Liver": "liver", "Tumor_*": "lesion"}
 SEGMENT_ROLES = ("liver", "lesion", "ignore")
+
 
 @settings_class
 class LabelRoles:
@@ -124,8 +125,8 @@ class Case:
     image: sitk.Image
     mask: sitk.Image
     mask_resampled: bool = False
-    lesions_by_label: bool = False   # one lesion per label value (DICOM-SEG segments), not components
-    label_summary: LabelSummary | None = None   # the mask's label counts and lesions, found once
+    lesions_by_label: bool = False  # one lesion per label value (DICOM-SEG segments), not components
+    label_summary: LabelSummary | None = None  # the mask's label counts and lesions, found once
 
 
 def _rounded(values) -> tuple[float, ...]:
@@ -134,10 +135,10 @@ def _rounded(values) -> tuple[float, ...]:
 
 # ----------------------------------------------------------------------------- files
 
+
 def _require(path: Path, patient_id: str, what: str) -> None:
     if not path.exists():
-        raise CaseError(patient_id, path, "missing_file",
-                        f"{what} {path} not found; fix the path in the cohort table")
+        raise CaseError(patient_id, path, "missing_file", f"{what} {path} not found; fix the path in the cohort table")
 
 
 def _nifti_expected_bytes(header: bytes) -> int | None:
@@ -156,7 +157,7 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
     else:
         return None
     ndim = min(max(int(dims[0]), 1), 7)
-    return max(offset, 352) + int(np.prod(dims[1:ndim + 1], dtype=np.int64)) * bitpix // 8
+    return max(offset, 352) + int(np.prod(dims[1 : ndim + 1], dtype=np.int64)) * bitpix // 8
 
 
 def _check_nifti_complete(path: Path, patient_id: str) -> None:
@@ -175,17 +176,21 @@ def _check_nifti_complete(path: Path, patient_id: str) -> None:
                 header = stream.read(540)
             size = path.stat().st_size
     except (EOFError, OSError, zlib.error) as exc:
-        raise CaseError(patient_id, path, "unreadable",
-                        f"{path} is truncated or corrupt ({exc}); copy or export the file again") from exc
+        raise CaseError(
+            patient_id, path, "unreadable", f"{path} is truncated or corrupt ({exc}); copy or export the file again"
+        ) from exc
     expected = _nifti_expected_bytes(header)
     if expected is not None and size < expected:
-        raise CaseError(patient_id, path, "unreadable",
-                        f"{path} is truncated: {size} of {expected} bytes; copy or export the file again")
+        raise CaseError(
+            patient_id,
+            path,
+            "unreadable",
+            f"{path} is truncated: {size} of {expected} bytes; copy or export the file again",
+        )
 
 
 # NIfTI datatype codes -> numpy type of the stored voxels (for `_gzip_crc_matches`).
-_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
-                 1280: "u8"}
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
 
 
 def _gzip_crc_matches(path: Path, image: sitk.Image) -> bool:
@@ -205,31 +210,53 @@ def _gzip_crc_matches(path: Path, image: sitk.Image) -> bool:
         with gzip.open(path, "rb") as stream:
             header = stream.read(NIFTI2_HEADER_BYTES)
             expected = _nifti_expected_bytes(header)
-            if expected is None or expected != isize or header[:4] not in (struct.pack("<i", 348),
-                                                                          struct.pack("<i", 540)):
-                return False                    # not NIfTI, over 4 GB, or big-endian: not vouched for
+            if (
+                expected is None
+                or expected != isize
+                or header[:4] not in (struct.pack("<i", 348), struct.pack("<i", 540))
+            ):
+                return False  # not NIfTI, over 4 GB, or big-endian: not vouched for
             nifti1 = header[:4] == struct.pack("<i", 348)
             datatype = struct.unpack("<h", header[70:72] if nifti1 else header[12:14])[0]
-            offset = int(struct.unpack("<f", header[108:112])[0]) if nifti1 else \
-                struct.unpack("<q", header[168:176])[0]
+            offset = int(struct.unpack("<f", header[108:112])[0]) if nifti1 else struct.unpack("<q", header[168:176])[0]
             offset = max(offset, 352)
             header += stream.read(max(offset - len(header), 0))
     except (OSError, EOFError, zlib.error, struct.error):
         return False
     values = sitk.GetArrayViewFromImage(image)
     stored = _NIFTI_DTYPES.get(datatype)
-    if stored is None or values.dtype != np.dtype("<" + stored) or not values.flags.c_contiguous \
-            or offset + values.nbytes != expected or len(header) < offset:
+    if (
+        stored is None
+        or values.dtype != np.dtype("<" + stored)
+        or not values.flags.c_contiguous
+        or offset + values.nbytes != expected
+        or len(header) < offset
+    ):
         return False
     return zlib.crc32(values, zlib.crc32(header[:offset])) == crc
 
 
 # ----------------------------------------------------------------------------- DICOM headers
 
-_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SeriesDescription", "Modality",
-                "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                "Rows", "Columns", "AcquisitionNumber", "InstanceNumber", "PixelRepresentation",
-                "RescaleIntercept", "RescaleSlope", "NumberOfFrames"]
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "Modality",
+    "FrameOfReferenceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "AcquisitionNumber",
+    "InstanceNumber",
+    "PixelRepresentation",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "NumberOfFrames",
+]
 
 
 @dataclass(frozen=True)
@@ -238,9 +265,9 @@ class SliceHeader:
 
     path: Path
     sop_instance_uid: str
-    position: tuple[float, float, float]        # ImagePositionPatient, mm
-    orientation: tuple[float, ...]              # ImageOrientationPatient, row then column cosines
-    pixel_spacing: tuple[float, float]          # row spacing (y), column spacing (x), mm
+    position: tuple[float, float, float]  # ImagePositionPatient, mm
+    orientation: tuple[float, ...]  # ImageOrientationPatient, row then column cosines
+    pixel_spacing: tuple[float, float]  # row spacing (y), column spacing (x), mm
     rows: int
     columns: int
     acquisition: str
@@ -307,12 +334,21 @@ def _number(text: str, default: float) -> float:
 
 
 # (group, element) of the slice header fields, for the fast reader (features.dicom_header)
-_TAGS = {"SOPClassUID": (0x0008, 0x0016), "SOPInstanceUID": (0x0008, 0x0018), "SeriesDescription": (0x0008, 0x103E),
-         "SeriesInstanceUID": (0x0020, 0x000E), "AcquisitionNumber": (0x0020, 0x0012),
-         "ImagePositionPatient": (0x0020, 0x0032), "ImageOrientationPatient": (0x0020, 0x0037),
-         "Rows": (0x0028, 0x0010), "Columns": (0x0028, 0x0011), "PixelSpacing": (0x0028, 0x0030),
-         "PixelRepresentation": (0x0028, 0x0103), "RescaleIntercept": (0x0028, 0x1052),
-         "RescaleSlope": (0x0028, 0x1053)}
+_TAGS = {
+    "SOPClassUID": (0x0008, 0x0016),
+    "SOPInstanceUID": (0x0008, 0x0018),
+    "SeriesDescription": (0x0008, 0x103E),
+    "SeriesInstanceUID": (0x0020, 0x000E),
+    "AcquisitionNumber": (0x0020, 0x0012),
+    "ImagePositionPatient": (0x0020, 0x0032),
+    "ImageOrientationPatient": (0x0020, 0x0037),
+    "Rows": (0x0028, 0x0010),
+    "Columns": (0x0028, 0x0011),
+    "PixelSpacing": (0x0028, 0x0030),
+    "PixelRepresentation": (0x0028, 0x0103),
+    "RescaleIntercept": (0x0028, 0x1052),
+    "RescaleSlope": (0x0028, 0x1053),
+}
 
 
 def _slice_fields(path: Path) -> tuple[str, str, str, SliceHeader | None] | None:
@@ -322,6 +358,7 @@ def _slice_fields(path: Path) -> tuple[str, str, str, SliceHeader | None] | None
 
     fast = dicom_header.read_header(path)
     if fast is not None:
+
         def get(keyword: str) -> str:
             return dicom_header.text(fast, _TAGS[keyword])
 
@@ -339,6 +376,7 @@ def _slice_fields(path: Path) -> tuple[str, str, str, SliceHeader | None] | None
         def get_us(keyword: str, default: int) -> int:
             value = header.get(keyword, default)
             return default if value in (None, "") else int(value)
+
     uid = get("SeriesInstanceUID")
     position = _floats(get("ImagePositionPatient"), 3)
     orientation = _floats(get("ImageOrientationPatient"), 6)
@@ -348,10 +386,18 @@ def _slice_fields(path: Path) -> tuple[str, str, str, SliceHeader | None] | None
     slice_header = None
     if position is not None and orientation is not None and spacing is not None:
         slice_header = SliceHeader(
-            path=path, sop_instance_uid=get("SOPInstanceUID"), position=position, orientation=orientation,
-            pixel_spacing=spacing, rows=get_us("Rows", 0), columns=get_us("Columns", 0),
-            acquisition=get("AcquisitionNumber"), unsigned=get_us("PixelRepresentation", 1) == 0,
-            intercept=_number(get("RescaleIntercept"), 0.0), slope=_number(get("RescaleSlope"), 1.0))
+            path=path,
+            sop_instance_uid=get("SOPInstanceUID"),
+            position=position,
+            orientation=orientation,
+            pixel_spacing=spacing,
+            rows=get_us("Rows", 0),
+            columns=get_us("Columns", 0),
+            acquisition=get("AcquisitionNumber"),
+            unsigned=get_us("PixelRepresentation", 1) == 0,
+            intercept=_number(get("RescaleIntercept"), 0.0),
+            slope=_number(get("RescaleSlope"), 1.0),
+        )
     return uid, get("SeriesDescription"), get("SOPClassUID"), slice_header
 
 
@@ -375,29 +421,46 @@ def scan_dicom_folder(folder: Path, patient_id: str = "") -> dict[str, SeriesHea
         found.setdefault(uid, []).append(slice_header)
         descriptions.setdefault(uid, description)
     if not found:
-        raise CaseError(patient_id, folder, "unreadable",
-                        f"folder {folder} holds no DICOM image series (no file with a slice position); "
-                        f"point the cohort table at the CT series folder")
+        raise CaseError(
+            patient_id,
+            folder,
+            "unreadable",
+            f"folder {folder} holds no DICOM image series (no file with a slice position); "
+            f"point the cohort table at the CT series folder",
+        )
     return {uid: SeriesHeaders(uid, descriptions[uid], tuple(slices)) for uid, slices in found.items()}
 
 
-def choose_series(folder: Path, series: Mapping[str, SeriesHeaders], patient_id: str,
-                  referenced: tuple[str, ...] = (), seg_path: Path | None = None) -> SeriesHeaders:
+def choose_series(
+    folder: Path,
+    series: Mapping[str, SeriesHeaders],
+    patient_id: str,
+    referenced: tuple[str, ...] = (),
+    seg_path: Path | None = None,
+) -> SeriesHeaders:
     """The series the SEG references; the only series without a reference. Else `CaseError`
     ``series_mismatch`` (the SEG references none of the folder's series) or ``ambiguous_series``."""
     listing = "; ".join(s.describe() for s in series.values())
     if referenced:
         matches = [series[uid] for uid in referenced if uid in series]
         if not matches:
-            raise CaseError(patient_id, seg_path or folder, "series_mismatch",
-                            f"DICOM-SEG {seg_path} was drawn on series {', '.join(referenced)}, but folder "
-                            f"{folder} holds {listing}; point the cohort table at the series the SEG references")
+            raise CaseError(
+                patient_id,
+                seg_path or folder,
+                "series_mismatch",
+                f"DICOM-SEG {seg_path} was drawn on series {', '.join(referenced)}, but folder "
+                f"{folder} holds {listing}; point the cohort table at the series the SEG references",
+            )
         return matches[0]
     if len(series) > 1:
-        raise CaseError(patient_id, folder, "ambiguous_series",
-                        f"folder {folder} holds {len(series)} DICOM series: {listing}; nothing says which one "
-                        f"the mask was drawn on: move the other series out of the folder or use a DICOM-SEG "
-                        f"that references its series")
+        raise CaseError(
+            patient_id,
+            folder,
+            "ambiguous_series",
+            f"folder {folder} holds {len(series)} DICOM series: {listing}; nothing says which one "
+            f"the mask was drawn on: move the other series out of the folder or use a DICOM-SEG "
+            f"that references its series",
+        )
     return next(iter(series.values()))
 
 
@@ -410,20 +473,35 @@ def check_series(series: SeriesHeaders, patient_id: str, folder: Path) -> list[S
     ``uneven_spacing``, each naming the slice positions (mm along the slice normal).
     """
     first = series.slices[0]
-    tilted = [s for s in series.slices
-              if not np.allclose(s.orientation, first.orientation, rtol=0, atol=ORIENTATION_TOLERANCE)]
+    tilted = [
+        s
+        for s in series.slices
+        if not np.allclose(s.orientation, first.orientation, rtol=0, atol=ORIENTATION_TOLERANCE)
+    ]
     if tilted:
-        raise CaseError(patient_id, folder, "mixed_orientation",
-                        f"series {series.uid} in {folder} mixes slice orientations: {tilted[0].path.name} has "
-                        f"{_rounded(tilted[0].orientation)}, {first.path.name} {_rounded(first.orientation)}; "
-                        f"export one reconstruction per series")
-    odd = [s for s in series.slices if (s.rows, s.columns) != (first.rows, first.columns)
-           or not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=0)]
+        raise CaseError(
+            patient_id,
+            folder,
+            "mixed_orientation",
+            f"series {series.uid} in {folder} mixes slice orientations: {tilted[0].path.name} has "
+            f"{_rounded(tilted[0].orientation)}, {first.path.name} {_rounded(first.orientation)}; "
+            f"export one reconstruction per series",
+        )
+    odd = [
+        s
+        for s in series.slices
+        if (s.rows, s.columns) != (first.rows, first.columns)
+        or not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=0)
+    ]
     if odd:
-        raise CaseError(patient_id, folder, "inconsistent_slices",
-                        f"series {series.uid} in {folder}: {odd[0].path.name} is {odd[0].rows}x{odd[0].columns} "
-                        f"at {_rounded(odd[0].pixel_spacing)} mm, {first.path.name} {first.rows}x{first.columns} "
-                        f"at {_rounded(first.pixel_spacing)} mm; export one reconstruction per series")
+        raise CaseError(
+            patient_id,
+            folder,
+            "inconsistent_slices",
+            f"series {series.uid} in {folder}: {odd[0].path.name} is {odd[0].rows}x{odd[0].columns} "
+            f"at {_rounded(odd[0].pixel_spacing)} mm, {first.path.name} {first.rows}x{first.columns} "
+            f"at {_rounded(first.pixel_spacing)} mm; export one reconstruction per series",
+        )
     ordered = series.ordered()
     if len(ordered) < 2:
         return ordered
@@ -435,30 +513,48 @@ def check_series(series: SeriesHeaders, patient_id: str, folder: Path) -> list[S
         where = ", ".join(f"{z[i]:.2f}" for i in same[:5])
         acquisitions = sorted({s.acquisition for s in ordered})
         if len(acquisitions) > 1:
-            raise CaseError(patient_id, folder, "multiple_acquisitions",
-                            f"series {series.uid} in {folder} holds acquisitions {', '.join(acquisitions)} "
-                            f"that share slice positions ({same.size} position(s), e.g. {where} mm); export "
-                            f"each acquisition as its own series")
-        raise CaseError(patient_id, folder, "duplicate_positions",
-                        f"series {series.uid} in {folder} has {same.size} slice position(s) taken twice "
-                        f"(e.g. {where} mm: {ordered[same[0]].path.name}, {ordered[same[0] + 1].path.name}); "
-                        f"remove the duplicated files")
+            raise CaseError(
+                patient_id,
+                folder,
+                "multiple_acquisitions",
+                f"series {series.uid} in {folder} holds acquisitions {', '.join(acquisitions)} "
+                f"that share slice positions ({same.size} position(s), e.g. {where} mm); export "
+                f"each acquisition as its own series",
+            )
+        raise CaseError(
+            patient_id,
+            folder,
+            "duplicate_positions",
+            f"series {series.uid} in {folder} has {same.size} slice position(s) taken twice "
+            f"(e.g. {where} mm: {ordered[same[0]].path.name}, {ordered[same[0] + 1].path.name}); "
+            f"remove the duplicated files",
+        )
     step = float(np.median(steps))
     tolerance = SLICE_STEP_RTOL * step
     off = np.flatnonzero(np.abs(steps - step) > tolerance)
     if off.size:
         multiples = np.round(steps[off] / step)
         if np.all(multiples >= 2) and np.all(np.abs(steps[off] - multiples * step) <= tolerance):
-            gaps = ", ".join(f"{int(m) - 1} between {z[i]:.2f} and {z[i + 1]:.2f} mm"
-                             for i, m in zip(off[:5], multiples[:5]))
-            raise CaseError(patient_id, folder, "missing_slices",
-                            f"series {series.uid} in {folder} is missing {int((multiples - 1).sum())} slice(s) of its "
-                            f"{step:.3f} mm step: {gaps}; export the complete series (resampling the mask "
-                            f"would not repair the image grid)")
+            gaps = ", ".join(
+                f"{int(m) - 1} between {z[i]:.2f} and {z[i + 1]:.2f} mm"
+                for i, m in zip(off[:5], multiples[:5], strict=True)
+            )
+            raise CaseError(
+                patient_id,
+                folder,
+                "missing_slices",
+                f"series {series.uid} in {folder} is missing {int((multiples - 1).sum())} slice(s) of its "
+                f"{step:.3f} mm step: {gaps}; export the complete series (resampling the mask "
+                f"would not repair the image grid)",
+            )
         where = ", ".join(f"{steps[i]:.3f} mm between {z[i]:.2f} and {z[i + 1]:.2f} mm" for i in off[:5])
-        raise CaseError(patient_id, folder, "uneven_spacing",
-                        f"series {series.uid} in {folder} has uneven slice spacing (median {step:.3f} mm; "
-                        f"{where}); export a reconstruction with even spacing")
+        raise CaseError(
+            patient_id,
+            folder,
+            "uneven_spacing",
+            f"series {series.uid} in {folder} has uneven slice spacing (median {step:.3f} mm; "
+            f"{where}); export a reconstruction with even spacing",
+        )
     return ordered
 
 
@@ -467,10 +563,14 @@ def check_series_hu(series: SeriesHeaders, patient_id: str, folder: Path) -> Non
     non-negative rescale): such a CT has no air at -1000 HU, so its values are not HU."""
     if all(s.unsigned and s.slope > 0 and s.intercept >= 0 for s in series.slices):
         first = series.slices[0]
-        raise CaseError(patient_id, folder, "not_hu",
-                        f"series {series.uid} in {folder} stores unsigned pixels with rescale slope "
-                        f"{first.slope:g} and intercept {first.intercept:g}, so no voxel can be below 0 HU "
-                        f"(air is -1000 HU); set the Rescale Intercept (usually -1024) and export it again")
+        raise CaseError(
+            patient_id,
+            folder,
+            "not_hu",
+            f"series {series.uid} in {folder} stores unsigned pixels with rescale slope "
+            f"{first.slope:g} and intercept {first.intercept:g}, so no voxel can be below 0 HU "
+            f"(air is -1000 HU); set the Rescale Intercept (usually -1024) and export it again",
+        )
 
 
 def series_geometry(ordered: list[SliceHeader]) -> dict[str, tuple]:
@@ -483,12 +583,16 @@ def series_geometry(ordered: list[SliceHeader]) -> dict[str, tuple]:
     else:
         step = 1.0
     direction = np.column_stack([row, column, normal])
-    return {"size": (first.columns, first.rows, len(ordered)),
-            "spacing": (first.pixel_spacing[1], first.pixel_spacing[0], step),
-            "origin": first.position, "direction": tuple(direction.ravel())}
+    return {
+        "size": (first.columns, first.rows, len(ordered)),
+        "spacing": (first.pixel_spacing[1], first.pixel_spacing[0], step),
+        "origin": first.position,
+        "direction": tuple(direction.ravel()),
+    }
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 def _read_itk(path: Path, patient_id: str, files: list[SliceHeader] | None = None) -> sitk.Image:
     try:
@@ -500,17 +604,25 @@ def _read_itk(path: Path, patient_id: str, files: list[SliceHeader] | None = Non
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         lines = str(exc).strip().splitlines()  # ITK's last line names the cause
-        raise CaseError(patient_id, path, "unreadable",
-                        f"{path} cannot be read ({lines[-1] if lines else exc}){_dicom_kind(path)}; "
-                        f"tried it as a NIfTI, NRRD or MHA file and as a DICOM series (SimpleITK): check it "
-                        f"is one of these, complete") from exc
+        raise CaseError(
+            patient_id,
+            path,
+            "unreadable",
+            f"{path} cannot be read ({lines[-1] if lines else exc}){_dicom_kind(path)}; "
+            f"tried it as a NIfTI, NRRD or MHA file and as a DICOM series (SimpleITK): check it "
+            f"is one of these, complete",
+        ) from exc
     if path.name.lower().endswith((".nii", ".nii.gz")) and not _gzip_crc_matches(path, image):
         _check_nifti_complete(path, patient_id)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise CaseError(patient_id, path, "unsupported_image",
-                        f"{path} has {image.GetDimension()} dimensions and "
-                        f"{image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                        f"a 3-D scalar volume is needed")
+        raise CaseError(
+            patient_id,
+            path,
+            "unsupported_image",
+            f"{path} has {image.GetDimension()} dimensions and "
+            f"{image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            f"a 3-D scalar volume is needed",
+        )
     return image
 
 
@@ -528,8 +640,9 @@ def _dicom_kind(path: Path) -> str:
     return f", a DICOM {SOP_CLASS_NAMES.get(uid, 'object of SOP class ' + uid)} file"
 
 
-def read_image(path: str | Path, patient_id: str = "", referenced_series: tuple[str, ...] = (),
-               seg_path: Path | None = None) -> sitk.Image:
+def read_image(
+    path: str | Path, patient_id: str = "", referenced_series: tuple[str, ...] = (), seg_path: Path | None = None
+) -> sitk.Image:
     """Read a CT volume: NIfTI, NRRD, MHA/MHD, or a DICOM series folder.
 
     In a folder: the series a DICOM-SEG references (``referenced_series``), else the only one;
@@ -567,9 +680,13 @@ def find_dicom_seg(path: Path, patient_id: str) -> Path | None:
         return path if _is_dicom_seg(path) else None
     segs = [p for p in sorted(path.iterdir()) if p.is_file() and _is_dicom_seg(p)]
     if len(segs) > 1:
-        raise CaseError(patient_id, path, "ambiguous_file",
-                        f"folder {path} holds {len(segs)} DICOM-SEG files ({segs[0].name}, {segs[1].name}, ...); "
-                        f"point the cohort table at one of them")
+        raise CaseError(
+            patient_id,
+            path,
+            "ambiguous_file",
+            f"folder {path} holds {len(segs)} DICOM-SEG files ({segs[0].name}, {segs[1].name}, ...); "
+            f"point the cohort table at one of them",
+        )
     return segs[0] if segs else None
 
 
@@ -584,8 +701,11 @@ def seg_referenced_series(seg_file: Path, patient_id: str, fast=None) -> tuple[s
         return tuple(uid for item in items if (uid := dicom_header.text(item, _TAGS["SeriesInstanceUID"])))
     try:
         header = _read_header(seg_file, ["ReferencedSeriesSequence"])
-        return tuple(str(item.SeriesInstanceUID) for item in header.get("ReferencedSeriesSequence", [])
-                     if "SeriesInstanceUID" in item)
+        return tuple(
+            str(item.SeriesInstanceUID)
+            for item in header.get("ReferencedSeriesSequence", [])
+            if "SeriesInstanceUID" in item
+        )
     except _dicom_errors() as exc:
         raise _unreadable_seg(seg_file, patient_id, exc) from exc
 
@@ -599,23 +719,32 @@ def _segment_role(label: str, segment_roles: Mapping[str, str]) -> str:
 
 
 def _unreadable_seg(path: Path, patient_id: str, exc: Exception) -> CaseError:
-    return CaseError(patient_id, path, "unreadable",
-                     f"DICOM-SEG {path} cannot be read ({type(exc).__name__}: {exc}); tried it with highdicom "
-                     f"as a BINARY, FRACTIONAL or LABELMAP Segmentation: check it is a complete Segmentation "
-                     f"Storage object")
+    return CaseError(
+        patient_id,
+        path,
+        "unreadable",
+        f"DICOM-SEG {path} cannot be read ({type(exc).__name__}: {exc}); tried it with highdicom "
+        f"as a BINARY, FRACTIONAL or LABELMAP Segmentation: check it is a complete Segmentation "
+        f"Storage object",
+    )
 
 
-def segment_roles_of(names: Mapping[int, str], segment_roles: Mapping[str, str], patient_id: str,
-                     path: Path) -> tuple[list[int], list[int]]:
+def segment_roles_of(
+    names: Mapping[int, str], segment_roles: Mapping[str, str], patient_id: str, path: Path
+) -> tuple[list[int], list[int]]:
     """Segment numbers of the liver and of the lesions; `CaseError` if there is no lesion segment."""
     roles = {n: _segment_role(name, segment_roles) for n, name in names.items()}
     liver = [n for n, role in roles.items() if role == "liver"]
     lesions = [n for n, role in roles.items() if role == "lesion"]
     if not lesions:
-        raise CaseError(patient_id, path, "missing_lesion_label",
-                        f"DICOM-SEG {path} has segments {sorted(names.values())}, none of which is a "
-                        f"lesion under the segment roles {dict(segment_roles)}; map the lesion segments "
-                        f"to 'lesion' in configs/labels.yaml (segment_roles)")
+        raise CaseError(
+            patient_id,
+            path,
+            "missing_lesion_label",
+            f"DICOM-SEG {path} has segments {sorted(names.values())}, none of which is a "
+            f"lesion under the segment roles {dict(segment_roles)}; map the lesion segments "
+            f"to 'lesion' in configs/labels.yaml (segment_roles)",
+        )
     return liver, lesions
 
 
@@ -647,9 +776,14 @@ def _outside_voxels(volume, reference: sitk.Image) -> tuple[int, float, float]:
     return int(flags.sum()), float(along.min()), float(along.max())
 
 
-def _read_dicom_seg(path: Path, reference: sitk.Image | None, patient_id: str,
-                    segment_roles: Mapping[str, str], labels: LabelRoles,
-                    separate_lesion_segments: bool) -> sitk.Image:
+def _read_dicom_seg(
+    path: Path,
+    reference: sitk.Image | None,
+    patient_id: str,
+    segment_roles: Mapping[str, str],
+    labels: LabelRoles,
+    separate_lesion_segments: bool,
+) -> sitk.Image:
     import highdicom as hd
 
     bad_roles = {p: r for p, r in segment_roles.items() if r not in SEGMENT_ROLES}
@@ -665,21 +799,29 @@ def _read_dicom_seg(path: Path, reference: sitk.Image | None, patient_id: str,
         volume = seg.get_volume(segment_numbers=liver + lesions, combine_segments=False)
     except _dicom_errors() as exc:
         raise _unreadable_seg(path, patient_id, exc) from exc
-    if volume.array.ndim == 3:       # one segment asked for: no channel axis
+    if volume.array.ndim == 3:  # one segment asked for: no channel axis
         volume = volume.with_array(volume.array[..., None], channels={})
     on_reference = False
     if reference is not None:
         count, low, high = _outside_voxels(volume, reference)
         if count:
             extent = (reference.GetSize()[2] - 1) * reference.GetSpacing()[2]
-            raise CaseError(patient_id, path, "seg_outside_image",
-                            f"DICOM-SEG {path}: {count} segment voxel(s) lie outside the CT, from {low:.1f} to "
-                            f"{high:.1f} mm along its slice axis while the CT covers 0 to {extent:.1f} mm; "
-                            f"the CT series is incomplete (cut short) or is not the one the SEG was drawn on")
+            raise CaseError(
+                patient_id,
+                path,
+                "seg_outside_image",
+                f"DICOM-SEG {path}: {count} segment voxel(s) lie outside the CT, from {low:.1f} to "
+                f"{high:.1f} mm along its slice axis while the CT covers 0 to {extent:.1f} mm; "
+                f"the CT series is incomplete (cut short) or is not the one the SEG was drawn on",
+            )
         try:
             grid = hd.VolumeGeometry.from_components(  # axes x, y, z as in Volume.from_simpleitk
-                reference.GetSize(), spacing=reference.GetSpacing(), position=reference.GetOrigin(),
-                direction=np.reshape(reference.GetDirection(), (3, 3)), coordinate_system="PATIENT")
+                reference.GetSize(),
+                spacing=reference.GetSpacing(),
+                position=reference.GetOrigin(),
+                direction=np.reshape(reference.GetDirection(), (3, 3)),
+                coordinate_system="PATIENT",
+            )
             volume = volume.match_geometry(grid)
             on_reference = True
         except RuntimeError:  # another grid: the caller's geometry check reports or resamples it
@@ -687,13 +829,17 @@ def _read_dicom_seg(path: Path, reference: sitk.Image | None, patient_id: str,
     channels = volume.array > (0.5 if volume.array.dtype.kind == "f" else 0)
     further = iter(range(max(labels.liver, labels.lesion) + 1, 256))
     label_map = np.zeros(volume.spatial_shape, np.uint8)
-    label_map[channels[..., :len(liver)].any(axis=-1)] = labels.liver
-    for k in range(len(lesions)):             # lesions are painted over the liver
+    label_map[channels[..., : len(liver)].any(axis=-1)] = labels.liver
+    for k in range(len(lesions)):  # lesions are painted over the liver
         value = labels.lesion if k == 0 or not separate_lesion_segments else next(further, None)
         if value is None:
-            raise CaseError(patient_id, path, "invalid_labels",
-                            f"DICOM-SEG {path} has more lesion segments than fit in a uint8 label map "
-                            f"({len(lesions)}); merge lesion segments or set seg_lesions: components")
+            raise CaseError(
+                patient_id,
+                path,
+                "invalid_labels",
+                f"DICOM-SEG {path} has more lesion segments than fit in a uint8 label map "
+                f"({len(lesions)}); merge lesion segments or set seg_lesions: components",
+            )
         label_map[channels[..., len(liver) + k]] = value
     mask = volume.with_array(label_map, channels={}).to_simpleitk()
     if on_reference:
@@ -709,16 +855,25 @@ def _as_label_map(mask: sitk.Image, path: Path, patient_id: str) -> sitk.Image:
     low, high = float(values.min()), float(values.max())
     fractional = values.dtype.kind == "f" and not np.array_equal(values, np.round(values))
     if low < 0 or high > 255 or fractional:
-        raise CaseError(patient_id, path, "invalid_labels",
-                        f"mask {path} holds values in [{low:g}, {high:g}]"
-                        f"{' that are not integers' if fractional else ''}; a label map of integers "
-                        f"0-255 is needed (threshold a probability map first)")
+        raise CaseError(
+            patient_id,
+            path,
+            "invalid_labels",
+            f"mask {path} holds values in [{low:g}, {high:g}]"
+            f"{' that are not integers' if fractional else ''}; a label map of integers "
+            f"0-255 is needed (threshold a probability map first)",
+        )
     return sitk.Cast(mask, sitk.sitkUInt8)
 
 
-def read_mask(path: str | Path, reference: sitk.Image | None = None, patient_id: str = "",
-              segment_roles: Mapping[str, str] | None = None, labels: LabelRoles | None = None,
-              separate_lesion_segments: bool = True) -> sitk.Image:
+def read_mask(
+    path: str | Path,
+    reference: sitk.Image | None = None,
+    patient_id: str = "",
+    segment_roles: Mapping[str, str] | None = None,
+    labels: LabelRoles | None = None,
+    separate_lesion_segments: bool = True,
+) -> sitk.Image:
     """Read a mask as a uint8 label map.
 
     NIfTI/NRRD/MHA/DICOM series are read as stored. A DICOM-SEG (BINARY, FRACTIONAL thresholded
@@ -737,22 +892,27 @@ def read_mask(path: str | Path, reference: sitk.Image | None = None, patient_id:
     seg_file = find_dicom_seg(path, patient_id)
     if seg_file is not None:
         roles = TCIA_SEGMENT_ROLES if segment_roles is None else segment_roles
-        return _read_dicom_seg(seg_file, reference, patient_id, roles, labels or DEFAULT_LABELS,
-                               separate_lesion_segments)
+        return _read_dicom_seg(
+            seg_file, reference, patient_id, roles, labels or DEFAULT_LABELS, separate_lesion_segments
+        )
     kind = _dicom_kind(path) if not path.name.lower().endswith(_ITK_SUFFIXES) else ""
     if kind:
-        raise CaseError(patient_id, path, "unreadable",
-                        f"mask {path} is{kind.removeprefix(',')}, not a DICOM-SEG (Segmentation or Label Map "
-                        f"Segmentation Storage); tried it as a DICOM-SEG: point the cohort table at the "
-                        f"segmentation, or convert it (e.g. an RT Structure Set with dcmrtstruct2nii)")
+        raise CaseError(
+            patient_id,
+            path,
+            "unreadable",
+            f"mask {path} is{kind.removeprefix(',')}, not a DICOM-SEG (Segmentation or Label Map "
+            f"Segmentation Storage); tried it as a DICOM-SEG: point the cohort table at the "
+            f"segmentation, or convert it (e.g. an RT Structure Set with dcmrtstruct2nii)",
+        )
     if path.is_dir():
         series = choose_series(path, scan_dicom_folder(path, patient_id), patient_id)
-        return _as_label_map(_read_itk(path, patient_id, check_series(series, patient_id, path)), path,
-                             patient_id)
+        return _as_label_map(_read_itk(path, patient_id, check_series(series, patient_id, path)), path, patient_id)
     return _as_label_map(_read_itk(path, patient_id), path, patient_id)
 
 
 # ----------------------------------------------------------------------------- geometry
+
 
 def geometry_differences(image: sitk.Image, mask: sitk.Image, tolerance: float = 1e-3) -> list[str]:
     """Descriptions of how the mask's grid differs from the image's (empty if they agree).
@@ -772,66 +932,104 @@ def geometry_differences(image: sitk.Image, mask: sitk.Image, tolerance: float =
     return differences
 
 
-def check_geometry(image: sitk.Image, mask: sitk.Image, patient_id: str = "", tolerance: float = 1e-3,
-                   mask_path: str | Path = "") -> None:
+def check_geometry(
+    image: sitk.Image, mask: sitk.Image, patient_id: str = "", tolerance: float = 1e-3, mask_path: str | Path = ""
+) -> None:
     """Raise `CaseError` ``geometry_mismatch`` unless the mask lies on the image's grid."""
     differences = geometry_differences(image, mask, tolerance)
     if differences:
-        raise CaseError(patient_id, mask_path, "geometry_mismatch",
-                        f"mask {mask_path} is on another grid than the image ({'; '.join(differences)}, "
-                        f"mask vs image); resample it onto the image or pass --resample-mask")
+        raise CaseError(
+            patient_id,
+            mask_path,
+            "geometry_mismatch",
+            f"mask {mask_path} is on another grid than the image ({'; '.join(differences)}, "
+            f"mask vs image); resample it onto the image or pass --resample-mask",
+        )
 
 
 def resample_mask_to_image(mask: sitk.Image, image: sitk.Image, patient_id: str = "") -> sitk.Image:
     """The mask resampled onto the image grid by nearest neighbour (labels are kept, not blended)."""
-    logger.info("patient %s: resampling the mask onto the image grid (size %s -> %s, spacing %s -> %s mm)",
-                patient_id, mask.GetSize(), image.GetSize(), _rounded(mask.GetSpacing()),
-                _rounded(image.GetSpacing()))
+    logger.info(
+        "patient %s: resampling the mask onto the image grid (size %s -> %s, spacing %s -> %s mm)",
+        patient_id,
+        mask.GetSize(),
+        image.GetSize(),
+        _rounded(mask.GetSpacing()),
+        _rounded(image.GetSpacing()),
+    )
     return sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
 
 
 # ----------------------------------------------------------------------------- content checks
+
 
 def lesion_labels_present(mask_array: np.ndarray, labels: LabelRoles) -> tuple[int, ...]:
     """Lesion label values in the mask, ascending: every non-zero value except the liver's."""
     return tuple(v for v in label_counts(mask_array) if v != labels.liver)
 
 
-def check_mask(mask_array: np.ndarray, labels: LabelRoles, patient_id: str, path: str | Path,
-               require_liver: bool = False, min_lesion_voxels: int = 2, by_label: bool = False,
-               summary: LabelSummary | None = None) -> None:
+def check_mask(
+    mask_array: np.ndarray,
+    labels: LabelRoles,
+    patient_id: str,
+    path: str | Path,
+    require_liver: bool = False,
+    min_lesion_voxels: int = 2,
+    by_label: bool = False,
+    summary: LabelSummary | None = None,
+) -> None:
     """Raise `CaseError` for an empty mask, a missing liver (if required), no lesion label, or
     a lesion with fewer than ``min_lesion_voxels`` voxels: a 26-connected component, or with
     ``by_label`` a whole label value (one lesion per DICOM-SEG segment).
 
     ``summary``: the mask's `features.morphology.summarize_labels` with ``labels.liver`` and
     ``by_label`` (one pass over the volume, shared with the extraction), if already computed."""
-    if summary is None or summary.by_label != by_label or summary.shape != tuple(mask_array.shape) \
-            or summary.lesion_labels != tuple(v for v in summary.counts if v != labels.liver):
+    if (
+        summary is None
+        or summary.by_label != by_label
+        or summary.shape != tuple(mask_array.shape)
+        or summary.lesion_labels != tuple(v for v in summary.counts if v != labels.liver)
+    ):
         summary = summarize_labels(mask_array, labels.liver, by_label=by_label)
     if not summary.counts:
-        raise CaseError(patient_id, path, "empty_mask",
-                        f"mask {path} is empty (all voxels 0); check it is the right file for this patient")
+        raise CaseError(
+            patient_id,
+            path,
+            "empty_mask",
+            f"mask {path} is empty (all voxels 0); check it is the right file for this patient",
+        )
     if require_liver and not summary.voxels(labels.liver):
-        raise CaseError(patient_id, path, "no_liver_label",
-                        f"mask {path} has no liver voxels (label {labels.liver}); add the liver or set the "
-                        f"liver label (--liver-label)")
+        raise CaseError(
+            patient_id,
+            path,
+            "no_liver_label",
+            f"mask {path} has no liver voxels (label {labels.liver}); add the liver or set the "
+            f"liver label (--liver-label)",
+        )
     lesion_labels = summary.lesion_labels
     if not lesion_labels:
-        raise CaseError(patient_id, path, "missing_lesion_label",
-                        f"mask {path} holds only the liver label {labels.liver}, no lesion (label "
-                        f"{labels.lesion} or any other value); set the lesion label (--lesion-label) or "
-                        f"check the mask")
+        raise CaseError(
+            patient_id,
+            path,
+            "missing_lesion_label",
+            f"mask {path} holds only the liver label {labels.liver}, no lesion (label "
+            f"{labels.lesion} or any other value); set the lesion label (--lesion-label) or "
+            f"check the mask",
+        )
     for label in lesion_labels:
-        components, _ = summary.components[label]    # inside the lesions' box, in memory order
+        components, _ = summary.components[label]  # inside the lesions' box, in memory order
         sizes = np.bincount(components.ravel())
         small = np.flatnonzero(sizes[1:] < min_lesion_voxels) + 1
         if small.size:
             where = (np.argwhere(components == small[0])[0] + np.array(summary.offset))[::-1]
-            raise CaseError(patient_id, path, "lesion_too_small",
-                            f"mask {path}: a lesion of label {label} has {sizes[small[0]]} voxel(s) "
-                            f"(at index x,y,z {tuple(int(i) for i in where)}), fewer than {min_lesion_voxels}; "
-                            f"remove it from the mask or lower the minimum lesion size")
+            raise CaseError(
+                patient_id,
+                path,
+                "lesion_too_small",
+                f"mask {path}: a lesion of label {label} has {sizes[small[0]]} voxel(s) "
+                f"(at index x,y,z {tuple(int(i) for i in where)}), fewer than {min_lesion_voxels}; "
+                f"remove it from the mask or lower the minimum lesion size",
+            )
 
 
 def check_hu(image_array: np.ndarray, patient_id: str, path: str | Path) -> None:
@@ -840,14 +1038,18 @@ def check_hu(image_array: np.ndarray, patient_id: str, path: str | Path) -> None
     storage without its rescale intercept) would otherwise give every feature a silent offset."""
     low = float(image_array.min())
     if low >= 0:
-        raise CaseError(patient_id, path, "not_hu",
-                        f"image {path} holds values in [{low:g}, {float(image_array.max()):g}]: no air below 0, "
-                        f"so they are not HU (e.g. HU + 1024 stored without a rescale); export it in HU")
+        raise CaseError(
+            patient_id,
+            path,
+            "not_hu",
+            f"image {path} holds values in [{low:g}, {float(image_array.max()):g}]: no air below 0, "
+            f"so they are not HU (e.g. HU + 1024 stored without a rescale); export it in HU",
+        )
 
 
 # ITK's NIfTI reader turns NaN voxels into 0 (a float32 .nii.gz with NaN reads back without
 # any through SimpleITK; NRRD keeps them), so NIfTI files are checked on their stored bytes.
-NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}   # NIfTI datatype codes of float32 / float64 voxels
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 / float64 voxels
 NIFTI1_HEADER_BYTES, NIFTI2_HEADER_BYTES = 348, 540
 _READ_BYTES = 1 << 22
 
@@ -893,7 +1095,7 @@ def nifti_nonfinite_voxels(path: Path) -> tuple[int, tuple[int, int, int] | None
             bad = ~np.isfinite(values)
             if bad.any():
                 if first is None:
-                    flat = position + int(np.flatnonzero(bad)[0])   # x fastest (NIfTI order)
+                    flat = position + int(np.flatnonzero(bad)[0])  # x fastest (NIfTI order)
                     first = (flat % shape[0], flat // shape[0] % shape[1], flat // (shape[0] * shape[1]))
                 count += int(bad.sum())
             position += len(values)
@@ -907,11 +1109,15 @@ def check_nifti_values(path: Path, patient_id: str) -> None:
     try:
         count, first = nifti_nonfinite_voxels(path)
     except (OSError, EOFError, ValueError):
-        return   # unreadable: read_image reports it with its own reason
+        return  # unreadable: read_image reports it with its own reason
     if count:
-        raise CaseError(patient_id, path, "nan_voxels",
-                        f"image {path} has {count} NaN or infinite voxel(s) (first at index x,y,z {first}); "
-                        f"fill them (e.g. with -1000 HU) and export it again")
+        raise CaseError(
+            patient_id,
+            path,
+            "nan_voxels",
+            f"image {path} has {count} NaN or infinite voxel(s) (first at index x,y,z {first}); "
+            f"fill them (e.g. with -1000 HU) and export it again",
+        )
 
 
 def check_image_values(image_array: np.ndarray, patient_id: str, path: str | Path) -> None:
@@ -921,15 +1127,28 @@ def check_image_values(image_array: np.ndarray, patient_id: str, path: str | Pat
     bad = ~np.isfinite(image_array)
     if bad.any():
         where = np.argwhere(bad)[0][::-1]
-        raise CaseError(patient_id, path, "nan_voxels",
-                        f"image {path} has {int(bad.sum())} NaN or infinite voxel(s) (first at index x,y,z "
-                        f"{tuple(int(i) for i in where)}); fill them (e.g. with -1000 HU) and export it again")
+        raise CaseError(
+            patient_id,
+            path,
+            "nan_voxels",
+            f"image {path} has {int(bad.sum())} NaN or infinite voxel(s) (first at index x,y,z "
+            f"{tuple(int(i) for i in where)}); fill them (e.g. with -1000 HU) and export it again",
+        )
 
 
-def load_case(patient_id: str, image_path: str | Path, mask_path: str | Path, labels: LabelRoles,
-              resample_mask: bool = False, segment_roles: Mapping[str, str] | None = None,
-              separate_lesion_segments: bool = True, min_lesion_voxels: int = 2,
-              require_liver: bool = False, tolerance: float = 1e-3, require_hu: bool = True) -> Case:
+def load_case(
+    patient_id: str,
+    image_path: str | Path,
+    mask_path: str | Path,
+    labels: LabelRoles,
+    resample_mask: bool = False,
+    segment_roles: Mapping[str, str] | None = None,
+    separate_lesion_segments: bool = True,
+    min_lesion_voxels: int = 2,
+    require_liver: bool = False,
+    tolerance: float = 1e-3,
+    require_hu: bool = True,
+) -> Case:
     """Read and check one case: image, mask on the image grid (resampled only if allowed),
     finite HU values (``require_hu``: `check_hu`) and a usable label map. Raises `CaseError`.
 
@@ -956,21 +1175,23 @@ def load_case(patient_id: str, image_path: str | Path, mask_path: str | Path, la
         mask.CopyInformation(image)  # equal within tolerance: share the exact grid downstream
     stored_float = image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
     if image.GetPixelID() != sitk.sitkFloat32:
-        image = sitk.Cast(image, sitk.sitkFloat32)   # once, before any filter (docs/imaging.md)
+        image = sitk.Cast(image, sitk.sitkFloat32)  # once, before any filter (docs/imaging.md)
     values = sitk.GetArrayViewFromImage(image)
-    if stored_float:    # integers cast to float32 cannot be NaN or infinite
+    if stored_float:  # integers cast to float32 cannot be NaN or infinite
         check_image_values(values, patient_id, image_path)
     if require_hu:
         check_hu(values, patient_id, image_path)
     by_label = seg_file is not None and labels.seg_lesions == "segments"
     mask_values = sitk.GetArrayViewFromImage(mask)
-    summary = summarize_labels(mask_values, labels.liver, by_label=by_label)   # the one pass over the mask
-    check_mask(mask_values, labels, patient_id, mask_path, require_liver, min_lesion_voxels, by_label=by_label,
-               summary=summary)
+    summary = summarize_labels(mask_values, labels.liver, by_label=by_label)  # the one pass over the mask
+    check_mask(
+        mask_values, labels, patient_id, mask_path, require_liver, min_lesion_voxels, by_label=by_label, summary=summary
+    )
     return Case(str(patient_id), image, mask, resampled, by_label, summary)
 
 
 # ----------------------------------------------------------------------------- from headers only
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -1018,20 +1239,28 @@ def _file_geometry(path: Path, patient_id: str) -> Geometry:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         lines = str(exc).strip().splitlines()
-        raise CaseError(patient_id, path, "unreadable",
-                        f"{path} cannot be read ({lines[-1] if lines else exc}){_dicom_kind(path)}; tried its "
-                        f"header as a NIfTI, NRRD or MHA file (SimpleITK): check it is one of these, complete") from exc
+        raise CaseError(
+            patient_id,
+            path,
+            "unreadable",
+            f"{path} cannot be read ({lines[-1] if lines else exc}){_dicom_kind(path)}; tried its "
+            f"header as a NIfTI, NRRD or MHA file (SimpleITK): check it is one of these, complete",
+        ) from exc
     if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
-        raise CaseError(patient_id, path, "unsupported_image",
-                        f"{path} has {reader.GetDimension()} dimensions and {reader.GetNumberOfComponents()} "
-                        f"components per voxel; a 3-D scalar volume is needed")
+        raise CaseError(
+            patient_id,
+            path,
+            "unsupported_image",
+            f"{path} has {reader.GetDimension()} dimensions and {reader.GetNumberOfComponents()} "
+            f"components per voxel; a 3-D scalar volume is needed",
+        )
     if path.name.lower().endswith((".nii", ".nii.gz")):
         with _open_nifti(path) as stream:
             expected = _nifti_expected_bytes(stream.read(540))
         with path.open("rb") as stream:
             gzipped = stream.read(2) == b"\x1f\x8b"
         if expected is None or not gzipped or not _gzip_size_matches(path, expected):
-            _check_nifti_complete(path, patient_id)   # the whole file only when the trailer disagrees
+            _check_nifti_complete(path, patient_id)  # the whole file only when the trailer disagrees
     return Geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
@@ -1055,13 +1284,18 @@ def _seg_frames_fast(header) -> tuple[dict[int, str] | None, np.ndarray | None]:
     segments, frames = header.get((0x0062, 0x0002)), header.get((0x5200, 0x9230))
     if not isinstance(segments, list) or not isinstance(frames, list):
         return None, None
-    names = {dicom_header.unsigned_short(item, (0x0062, 0x0004), 0): dicom_header.text(item, (0x0062, 0x0005))
-             for item in segments}
+    names = {
+        dicom_header.unsigned_short(item, (0x0062, 0x0004), 0): dicom_header.text(item, (0x0062, 0x0005))
+        for item in segments
+    }
     positions = []
     for frame in frames:
         plane = frame.get((0x0020, 0x9113))
-        position = _floats(dicom_header.text(plane[0], _TAGS["ImagePositionPatient"]), 3) \
-            if isinstance(plane, list) and plane else None
+        position = (
+            _floats(dicom_header.text(plane[0], _TAGS["ImagePositionPatient"]), 3)
+            if isinstance(plane, list) and plane
+            else None
+        )
         if position is None:
             return None, None
         positions.append(position)
@@ -1076,8 +1310,12 @@ def _check_seg_headers(seg_file: Path, grid: Geometry, patient_id: str, labels: 
         try:
             header = _read_header(seg_file, None)
             names = {int(item.SegmentNumber): str(item.SegmentLabel) for item in header.SegmentSequence}
-            positions = np.array([[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
-                                  for frame in header.PerFrameFunctionalGroupsSequence])
+            positions = np.array(
+                [
+                    [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+                    for frame in header.PerFrameFunctionalGroupsSequence
+                ]
+            )
         except (AttributeError, IndexError, TypeError) + _dicom_errors() as exc:
             raise _unreadable_seg(seg_file, patient_id, exc) from exc
     roles = labels.segment_roles or TCIA_SEGMENT_ROLES
@@ -1085,12 +1323,18 @@ def _check_seg_headers(seg_file: Path, grid: Geometry, patient_id: str, labels: 
     direction = np.reshape(grid.direction, (3, 3))
     index = (positions - np.array(grid.origin)) @ direction / np.array(grid.spacing)
     outside = (index < -0.5 - 1e-3) | (index > np.array(grid.size) - 0.5 + 1e-3)
-    if outside.any():       # decode: the same check (and message) as extraction
+    if outside.any():  # decode: the same check (and message) as extraction
         _read_dicom_seg(seg_file, grid.as_image(), patient_id, roles, labels, True)
 
 
-def check_case_headers(patient_id: str, image_path: str | Path, mask_path: str | Path, labels: LabelRoles,
-                       resample_mask: bool = False, tolerance: float = 1e-3) -> None:
+def check_case_headers(
+    patient_id: str,
+    image_path: str | Path,
+    mask_path: str | Path,
+    labels: LabelRoles,
+    resample_mask: bool = False,
+    tolerance: float = 1e-3,
+) -> None:
     """Check one image/mask pair from file headers, with the statuses of `load_case`: existence,
     format, DICOM series choice and integrity (`choose_series`, `check_series`), stored values
     that cannot be HU (DICOM), DICOM-SEG segment roles and frame positions, and the mask's grid
@@ -1106,17 +1350,21 @@ def check_case_headers(patient_id: str, image_path: str | Path, mask_path: str |
 
     seg_file = find_dicom_seg(mask_path, patient_id)
     fast = dicom_header.read_header(seg_file) if seg_file is not None else None
-    referenced = seg_referenced_series(seg_file, patient_id, fast) if seg_file is not None and image_path.is_dir() \
-        else ()
+    referenced = (
+        seg_referenced_series(seg_file, patient_id, fast) if seg_file is not None and image_path.is_dir() else ()
+    )
     grid = _image_geometry(image_path, patient_id, referenced, seg_file)
     if seg_file is not None:
         _check_seg_headers(seg_file, grid, patient_id, labels, fast)
         return
     kind = _dicom_kind(mask_path) if not mask_path.name.lower().endswith(_ITK_SUFFIXES) else ""
     if kind:
-        raise CaseError(patient_id, mask_path, "unreadable",
-                        f"mask {mask_path} is{kind.removeprefix(',')}, not a DICOM-SEG; point the cohort table "
-                        f"at the segmentation")
+        raise CaseError(
+            patient_id,
+            mask_path,
+            "unreadable",
+            f"mask {mask_path} is{kind.removeprefix(',')}, not a DICOM-SEG; point the cohort table at the segmentation",
+        )
     mask_grid = _image_geometry(mask_path, patient_id, (), None)
     if not resample_mask:
         check_geometry(grid, mask_grid, patient_id, tolerance, mask_path)

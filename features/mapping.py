@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 from pydantic import field_validator
 
+from features import settings
 from features.schema import (
     COLUMN_BY_NAME,
     DFI_MONTHS,
@@ -54,15 +55,13 @@ from features.schema import (
     RECURRENCE_EVENT,
     SYNCHRONOUS,
     Column,
-    nearest_name,
 )
-from features.validation import as_numbers, is_blank
-from features import settings
 from features.settings import SettingsError, settings_class
+from features.validation import as_numbers, is_blank
 
 COVARIATE_KINDS = ("numeric", "categorical")
 COHORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-NEAR_MISS_CUTOFF = 0.8   # difflib ratio above which an unknown header is taken for a canonical one
+NEAR_MISS_CUTOFF = 0.8  # difflib ratio above which an unknown header is taken for a canonical one
 NUMERIC_KINDS = ("float", "int", "binary")
 WHOLE_KINDS = ("int", "binary")
 
@@ -94,6 +93,7 @@ def _key(value: Any) -> str | None:
 
 # --- derivation rules: a closed set, each a function plus its arguments ----------------------
 
+
 def dfi_from_synchronous(df: pd.DataFrame) -> pd.Series:
     """Disease-free interval (months): 0 where ``synchronous`` == 1, by definition (docs/design.md section 3).
 
@@ -107,8 +107,9 @@ def dfi_from_synchronous(df: pd.DataFrame) -> pd.Series:
     return provided.mask(as_numbers(df[SYNCHRONOUS]) == 1, 0.0)
 
 
-def recurrence_event_from(df: pd.DataFrame, column: str, event: Iterable[Any] = (1,),
-                          censored: Iterable[Any] = (0,)) -> pd.Series:
+def recurrence_event_from(
+    df: pd.DataFrame, column: str, event: Iterable[Any] = (1,), censored: Iterable[Any] = (0,)
+) -> pd.Series:
     """``recurrence_event``: 1 where ``column`` is one of ``event``, 0 where one of ``censored``.
 
     Missing stays missing; any other value is kept as given, so validation reports it.
@@ -167,6 +168,7 @@ RULES: dict[str, type[DfiFromSynchronous] | type[RecurrenceEventFrom]] = {
 
 # --- the mapping -----------------------------------------------------------------------------
 
+
 @settings_class
 class Covariate:
     """An extra model input kept beside the canonical columns."""
@@ -179,8 +181,10 @@ class Covariate:
 
     def __post_init__(self) -> None:
         if self.kind not in COVARIATE_KINDS:
-            raise ValueError(f"kind '{self.kind}' is not one of {', '.join(COVARIATE_KINDS)}; "
-                             f"{_nearest(self.kind, COVARIATE_KINDS, 'kinds')}")
+            raise ValueError(
+                f"kind '{self.kind}' is not one of {', '.join(COVARIATE_KINDS)}; "
+                f"{_nearest(self.kind, COVARIATE_KINDS, 'kinds')}"
+            )
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"minimum {self.minimum} is above maximum {self.maximum}")
 
@@ -214,27 +218,30 @@ class CohortMapping:
         for i, value in enumerate(values if isinstance(values, (list, tuple)) else ()):
             if isinstance(value, bool):
                 raise ValueError(f"[{i}]: {value!r}: {settings.YAML_BOOLEAN_HINT}")
-        return tuple(values) if isinstance(values, list) else values   # strict: a tuple after this hook
+        return tuple(values) if isinstance(values, list) else values  # strict: a tuple after this hook
 
     def __post_init__(self) -> None:
         if self.cohort and not COHORT_NAME.match(self.cohort):
-            raise ValueError(f"cohort: '{self.cohort}' must be lower-case letters, digits, '-' or '_' "
-                             f"(it names the cohort's models), e.g. '{_slug(self.cohort)}'")
+            raise ValueError(
+                f"cohort: '{self.cohort}' must be lower-case letters, digits, '-' or '_' "
+                f"(it names the cohort's models), e.g. '{_slug(self.cohort)}'"
+            )
         ranged = sorted(c.name for c in COLUMN_BY_NAME.values() if c.kind in ("float", "int"))
         for name, (low, high) in self.ranges.items():
             if name in self.covariates:
-                raise ValueError(f"ranges: '{name}' is a covariate; give its minimum and maximum under "
-                                 f"covariates.{name}")
+                raise ValueError(
+                    f"ranges: '{name}' is a covariate; give its minimum and maximum under covariates.{name}"
+                )
             if name not in ranged:
-                what = ("has no range (binary or category)" if name in COLUMN_BY_NAME
-                        else "is not a canonical column")
+                what = "has no range (binary or category)" if name in COLUMN_BY_NAME else "is not a canonical column"
                 raise ValueError(f"ranges: '{name}' {what}; {_nearest(name, ranged, 'numeric canonical columns')}")
             for bound in (low, high):
                 if bound is not None and not math.isfinite(bound):
                     raise ValueError(f"ranges: '{name}': bounds must be finite numbers or null, got {bound}")
             if low is not None and high is not None and low > high:
-                raise ValueError(f"ranges: '{name}': minimum {low:g} is above maximum {high:g}; write [minimum, "
-                                 f"maximum]")
+                raise ValueError(
+                    f"ranges: '{name}': minimum {low:g} is above maximum {high:g}; write [minimum, maximum]"
+                )
         for name in self.covariates:
             if name in COLUMN_BY_NAME:
                 raise ValueError(f"covariates: '{name}' is a canonical column; map it under rename instead")
@@ -245,20 +252,26 @@ class CohortMapping:
                 raise ValueError(
                     f"rename: '{source}' -> '{target}': '{target}' is not a canonical column; "
                     f"{_nearest(target, COLUMN_BY_NAME, 'canonical columns')} (to keep it as an extra "
-                    f"model input, declare it under covariates)")
+                    f"model input, declare it under covariates)"
+                )
             if targets.count(target) > 1:
                 sources = [s for s, t in self.rename.items() if t == target]
                 raise ValueError(f"rename: {sources} all map to '{target}'; keep one")
-        for key, names in (("column_missing_values", self.column_missing_values), ("percent_columns",
-                           self.percent_columns), ("recode", self.recode), ("units", self.units)):
+        for key, names in (
+            ("column_missing_values", self.column_missing_values),
+            ("percent_columns", self.percent_columns),
+            ("recode", self.recode),
+            ("units", self.units),
+        ):
             for name in names:
                 if name == PATIENT_ID:
-                    raise ValueError(f"{key}: '{PATIENT_ID}' is passed through unchanged; it cannot be "
-                                     f"transformed")
+                    raise ValueError(f"{key}: '{PATIENT_ID}' is passed through unchanged; it cannot be transformed")
                 if name not in outputs:
-                    raise ValueError(f"{key}: '{name}' is neither a canonical column nor a covariate; "
-                                     f"{_nearest(name, outputs, 'output columns')} (keys after rename "
-                                     f"name output columns)")
+                    raise ValueError(
+                        f"{key}: '{name}' is neither a canonical column nor a covariate; "
+                        f"{_nearest(name, outputs, 'output columns')} (keys after rename "
+                        f"name output columns)"
+                    )
         for key, names in (("percent_columns", self.percent_columns), ("units", self.units)):
             for name in names:
                 if not self._numeric(name):
@@ -269,8 +282,9 @@ class CohortMapping:
         for name, table in self.recode.items():
             for source, to in table.items():
                 if isinstance(to, bool) or not (to is None or isinstance(to, (str, int, float))):
-                    raise ValueError(f"recode.{name}: '{source}' -> {to!r}: write text, a number (1/0 for "
-                                     f"yes/no) or null")
+                    raise ValueError(
+                        f"recode.{name}: '{source}' -> {to!r}: write text, a number (1/0 for yes/no) or null"
+                    )
         for rule in self.derive:
             if not rule.keeps_provided and rule.target in targets:
                 raise ValueError(f"derive: {type(rule).__name__} and rename both produce '{rule.target}'")
@@ -326,6 +340,7 @@ def load_mapping(path: str | Path) -> CohortMapping:
 
 # --- headers as people write them ------------------------------------------------------------
 
+
 def _header_key(name: Any) -> str:
     return str(name).strip().casefold()
 
@@ -354,8 +369,10 @@ def sheet_headers(header: Sequence[Any], mapping: CohortMapping | None = None) -
         key = _header_key(raw)
         target = expected.get(key)
         if key in taken:
-            raise MappingError(f"columns '{taken[key]}' and '{raw}' are the same name once spaces and case are "
-                               f"ignored; keep one of them (or rename one in the sheet)")
+            raise MappingError(
+                f"columns '{taken[key]}' and '{raw}' are the same name once spaces and case are "
+                f"ignored; keep one of them (or rename one in the sheet)"
+            )
         taken[key] = raw
         if target is not None and raw != target:
             renames[raw] = target
@@ -374,11 +391,13 @@ def sheet_headers(header: Sequence[Any], mapping: CohortMapping | None = None) -
                 f"column '{raw}' is not a canonical column, but looks like '{canonical}', which the table "
                 f"does not have; if it is {canonical} ({COLUMN_BY_NAME[canonical].description}), rename it "
                 f"(in the sheet, or in a mapping: rename: {{{raw}: {canonical}}}); if it is something else, "
-                f"declare it under covariates in a mapping")
+                f"declare it under covariates in a mapping"
+            )
     return renames
 
 
 # --- applying a mapping ----------------------------------------------------------------------
+
 
 def _check_sheet(df: pd.DataFrame, mapping: CohortMapping) -> None:
     """Every column the mapping reads is in the sheet, and no two columns share an output name."""
@@ -387,17 +406,20 @@ def _check_sheet(df: pd.DataFrame, mapping: CohortMapping) -> None:
     needed += [(f"derive ({type(r).__name__})", s) for r in mapping.derive for s in r.sources()]
     for where, name in needed:
         if name not in columns and name not in mapping.rename.values():
-            raise MappingError(f"{where}: the sheet has no column '{name}'; "
-                               f"{_nearest(name, columns, 'sheet columns')}")
+            raise MappingError(f"{where}: the sheet has no column '{name}'; {_nearest(name, columns, 'sheet columns')}")
     for source, target in mapping.rename.items():
         if target != source and target in columns and target not in mapping.rename:
-            raise MappingError(f"rename: '{source}' -> '{target}', but the sheet already has a column "
-                               f"'{target}'; rename or drop one of them")
+            raise MappingError(
+                f"rename: '{source}' -> '{target}', but the sheet already has a column "
+                f"'{target}'; rename or drop one of them"
+            )
     produced = set(mapping.rename.values()) | set(columns)
     for name in mapping.covariates:
         if name not in produced:
-            raise MappingError(f"covariates: '{name}' is neither a sheet column nor a rename target; "
-                               f"{_nearest(name, columns, 'sheet columns')}")
+            raise MappingError(
+                f"covariates: '{name}' is neither a sheet column nor a rename target; "
+                f"{_nearest(name, columns, 'sheet columns')}"
+            )
 
 
 def _missing(s: pd.Series, codes: Iterable[Any]) -> pd.Series:
@@ -480,8 +502,11 @@ def apply_mapping(df: pd.DataFrame, mapping: CohortMapping) -> pd.DataFrame:
         if name in table.columns:
             table[name] = _scale(table[name], factor)
     for rule in mapping.derive:
-        resolved = dataclasses.replace(rule, column=mapping.rename.get(rule.column, rule.column)) \
-            if isinstance(rule, RecurrenceEventFrom) else rule
+        resolved = (
+            dataclasses.replace(rule, column=mapping.rename.get(rule.column, rule.column))
+            if isinstance(rule, RecurrenceEventFrom)
+            else rule
+        )
         table[rule.target] = resolved(table)
     for name, whole in _typed_names(mapping, table.columns).items():
         table[name] = _to_numbers(table[name], whole)

@@ -26,7 +26,7 @@ def _counts_of(values: np.ndarray) -> dict[int, int]:
         counts = np.bincount(values, minlength=256)
         return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
     found, counts = np.unique(values, return_counts=True)
-    return {int(v): int(c) for v, c in zip(found, counts)}
+    return {int(v): int(c) for v, c in zip(found, counts, strict=True)}
 
 
 def label_counts(mask: np.ndarray) -> dict[int, int]:
@@ -73,7 +73,7 @@ def _bounding_box(inside: np.ndarray) -> tuple[slice, ...] | None:
     first = np.flatnonzero(inside.any(axis=tuple(range(1, inside.ndim))))
     if first.size == 0:
         return None
-    slab = inside[first[0]:first[-1] + 1]
+    slab = inside[first[0] : first[-1] + 1]
     box = [slice(int(first[0]), int(first[-1]) + 1)]
     for axis in range(1, inside.ndim):
         hits = np.flatnonzero(slab.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
@@ -81,8 +81,9 @@ def _bounding_box(inside: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def summarize_labels(mask: np.ndarray, liver_label: int | None = None,
-                     lesion_labels: Sequence[int] | None = None, by_label: bool = False) -> LabelSummary:
+def summarize_labels(
+    mask: np.ndarray, liver_label: int | None = None, lesion_labels: Sequence[int] | None = None, by_label: bool = False
+) -> LabelSummary:
     """Count the label values of ``mask`` and find its lesions once (`LabelSummary`).
 
     ``lesion_labels``: the lesion label values; by default every non-zero value present except
@@ -99,9 +100,9 @@ def summarize_labels(mask: np.ndarray, liver_label: int | None = None,
     box = None
     if present:
         others = [v for v in counts if v not in present]
-        if not others:                      # every non-zero voxel is a lesion's
+        if not others:  # every non-zero voxel is a lesion's
             inside = nonzero
-        elif others == [liver_label]:       # a label map: liver and lesions
+        elif others == [liver_label]:  # a label map: liver and lesions
             inside = nonzero & (mask != liver_label)
         else:
             inside = np.isin(mask, present)
@@ -119,11 +120,16 @@ def summarize_labels(mask: np.ndarray, liver_label: int | None = None,
     return LabelSummary(tuple(mask.shape), counts, lesion_labels, box, components, by_label)
 
 
-def summary_for(mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: bool,
-                 summary: LabelSummary | None) -> LabelSummary:
+def summary_for(
+    mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: bool, summary: LabelSummary | None
+) -> LabelSummary:
     """``summary`` if it covers these lesion labels the same way, else a new one."""
-    if summary is not None and summary.by_label == by_label and summary.shape == tuple(np.shape(mask)) \
-            and all(label in summary.components for label in lesion_labels):
+    if (
+        summary is not None
+        and summary.by_label == by_label
+        and summary.shape == tuple(np.shape(mask))
+        and all(label in summary.components for label in lesion_labels)
+    ):
         return summary
     return summarize_labels(mask, lesion_labels=lesion_labels, by_label=by_label)
 
@@ -165,9 +171,13 @@ def max_feret_diameter_mm(mask: np.ndarray, spacing_xyz: tuple[float, float, flo
     return float(pdist(points).max())
 
 
-def lesion_components(mask: np.ndarray, lesion_labels: tuple[int, ...],
-                      spacing_xyz: tuple[float, float, float], by_label: bool = False,
-                      summary: LabelSummary | None = None) -> list[Lesion]:
+def lesion_components(
+    mask: np.ndarray,
+    lesion_labels: tuple[int, ...],
+    spacing_xyz: tuple[float, float, float],
+    by_label: bool = False,
+    summary: LabelSummary | None = None,
+) -> list[Lesion]:
     """Split the lesion label(s) of a label map into connected lesions, largest first.
 
     Lesions sharing a label are separated by 26-connectivity; different labels are never
@@ -188,13 +198,15 @@ def lesion_components(mask: np.ndarray, lesion_labels: tuple[int, ...],
             local = components[box] == index
             voxels = int(local.sum())
             centre = ndimage.center_of_mass(local)
-            lesions.append(Lesion(
-                label=int(label),
-                voxels=voxels,
-                volume_ml=voxels * unit,
-                max_diameter_mm=max_feret_diameter_mm(local, spacing_xyz),
-                centroid_zyx=tuple(float(c + (s.start + o)) for c, s, o in zip(centre, box, offset)),
-            ))
+            lesions.append(
+                Lesion(
+                    label=int(label),
+                    voxels=voxels,
+                    volume_ml=voxels * unit,
+                    max_diameter_mm=max_feret_diameter_mm(local, spacing_xyz),
+                    centroid_zyx=tuple(float(c + (s.start + o)) for c, s, o in zip(centre, box, offset, strict=True)),
+                )
+            )
     lesions.sort(key=lambda les: (-les.voxels, les.centroid_zyx))
     return lesions
 
@@ -208,13 +220,25 @@ TOTAL_TUMOUR_VOLUME_ML = "total_tumour_volume_ml"
 LIVER_VOLUME_ML = "liver_volume_ml"
 TUMOUR_BURDEN_PERCENT = "tumour_burden_percent"
 IMAGING_TBS = "imaging_tbs"
-PATIENT_MORPHOLOGY_COLUMNS = (LESION_COUNT, LARGEST_DIAMETER_MM, LARGEST_VOLUME_ML, TOTAL_TUMOUR_VOLUME_ML,
-                              LIVER_VOLUME_ML, TUMOUR_BURDEN_PERCENT, IMAGING_TBS)
+PATIENT_MORPHOLOGY_COLUMNS = (
+    LESION_COUNT,
+    LARGEST_DIAMETER_MM,
+    LARGEST_VOLUME_ML,
+    TOTAL_TUMOUR_VOLUME_ML,
+    LIVER_VOLUME_ML,
+    TUMOUR_BURDEN_PERCENT,
+    IMAGING_TBS,
+)
 
 
-def patient_morphology(mask_array: np.ndarray, spacing_xyz: tuple[float, float, float],
-                       liver_label: int | None, lesion_labels: tuple[int, ...],
-                       by_label: bool = False, summary: LabelSummary | None = None) -> dict[str, float]:
+def patient_morphology(
+    mask_array: np.ndarray,
+    spacing_xyz: tuple[float, float, float],
+    liver_label: int | None,
+    lesion_labels: tuple[int, ...],
+    by_label: bool = False,
+    summary: LabelSummary | None = None,
+) -> dict[str, float]:
     """Per-patient lesion and liver morphology from a label map (z, y, x; spacing x, y, z in mm).
 
     - lesion count: 26-connected components of the lesion labels (labels never merge), or

@@ -48,14 +48,17 @@ def imaging_features(lesions: pd.DataFrame, rules: Sequence[str]) -> pd.DataFram
     morphology_columns = [c for c in lesions.columns if c.startswith(MORPHOLOGY_PREFIX) and c != PATIENT_ID]
     morphology = lesions.groupby(PATIENT_ID, sort=False)[morphology_columns].first()
     features = extraction.lesion_feature_columns(lesions)
-    aggregated = aggregation.aggregate_lesions(lesions, features, rules, radiomics.LESION_VOLUME_ML,
-                                               radiomics.LESION)
+    aggregated = aggregation.aggregate_lesions(lesions, features, rules, radiomics.LESION_VOLUME_ML, radiomics.LESION)
     return morphology.join(aggregated)
 
 
-def patient_feature_table(clinical: pd.DataFrame, validation_status: pd.Series,
-                          lesions: pd.DataFrame | None = None, report: pd.DataFrame | None = None,
-                          rules: Sequence[str] = ("largest", "volume_weighted_mean")) -> pd.DataFrame:
+def patient_feature_table(
+    clinical: pd.DataFrame,
+    validation_status: pd.Series,
+    lesions: pd.DataFrame | None = None,
+    report: pd.DataFrame | None = None,
+    rules: Sequence[str] = ("largest", "volume_weighted_mean"),
+) -> pd.DataFrame:
     """Join clinical columns, clinical scores and (optionally) imaging features per patient.
 
     ``validation_status`` is indexed like ``clinical`` ("ok" or "invalid: ..."); ``clinical`` is
@@ -83,7 +86,7 @@ def patient_feature_table(clinical: pd.DataFrame, validation_status: pd.Series,
         table.loc[still_ok & failed, STATUS] = status[STATUS].to_numpy()[still_ok & failed]
         table.loc[still_ok & failed, REASON] = status[REASON].to_numpy()[still_ok & failed]
         imaging = imaging.reindex(ids)
-        imaging.loc[failed] = np.nan   # never a half-filled row
+        imaging.loc[failed] = np.nan  # never a half-filled row
         table = pd.concat([table, imaging.reset_index(drop=True)], axis=1)
     front = [PATIENT_ID, STATUS, REASON]
     return table[front + [c for c in table.columns if c not in front]]

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import yaml
 from scipy import ndimage
 
-from features.morphology import LabelSummary, summary_for, max_feret_diameter_mm, voxel_volume_ml
+from features.morphology import LabelSummary, max_feret_diameter_mm, summary_for, voxel_volume_ml
 
 # Columns of the per-lesion table besides the radiomics features.
 LESION = "lesion"
@@ -35,8 +35,17 @@ LESION_DIAMETER_MM = "lesion_max_diameter_mm"
 CENTROID_MM = ("lesion_centroid_x_mm", "lesion_centroid_y_mm", "lesion_centroid_z_mm")
 # Cubic B-spline pre-filter pole |z| = 2 - sqrt(3) = 0.268: 0.268^26 < 1e-14 (double precision).
 BSPLINE_EXACT_MARGIN_VOXELS = 26
-FEATURE_PREFIXES = ("original_", "log-sigma-", "wavelet-", "square", "squareroot", "logarithm",
-                    "exponential", "gradient", "lbp-")
+FEATURE_PREFIXES = (
+    "original_",
+    "log-sigma-",
+    "wavelet-",
+    "square",
+    "squareroot",
+    "logarithm",
+    "exponential",
+    "gradient",
+    "lbp-",
+)
 
 
 def load_radiomics_params(path: str | Path) -> dict[str, Any]:
@@ -56,15 +65,23 @@ def load_radiomics_params(path: str | Path) -> dict[str, Any]:
 
 # pyradiomics image type (parameter file key) of a feature name's first part, by prefix; the
 # longest prefix that matches wins ("squareroot" before "square").
-_IMAGE_TYPE_PREFIXES = (("original", "Original"), ("wavelet", "Wavelet"), ("log-sigma-", "LoG"),
-                        ("squareroot", "SquareRoot"), ("square", "Square"), ("logarithm", "Logarithm"),
-                        ("exponential", "Exponential"), ("gradient", "Gradient"), ("lbp-2D", "LBP2D"),
-                        ("lbp-3D", "LBP3D"))
+_IMAGE_TYPE_PREFIXES = (
+    ("original", "Original"),
+    ("wavelet", "Wavelet"),
+    ("log-sigma-", "LoG"),
+    ("squareroot", "SquareRoot"),
+    ("square", "Square"),
+    ("logarithm", "Logarithm"),
+    ("exponential", "Exponential"),
+    ("gradient", "Gradient"),
+    ("lbp-2D", "LBP2D"),
+    ("lbp-3D", "LBP3D"),
+)
 
 
 def _log_image_name(sigma: Any) -> str:
     """pyradiomics' name of the LoG image of one sigma (``imageoperations.getLoGImage``)."""
-    return "log-sigma-%s-mm-3D" % (str(sigma).replace(".", "-"))
+    return f"log-sigma-{str(sigma).replace('.', '-')}-mm-3D"
 
 
 def params_for_features(params: Mapping[str, Any], feature_names: Sequence[str]) -> dict[str, Any] | None:
@@ -103,7 +120,7 @@ def params_for_features(params: Mapping[str, Any], feature_names: Sequence[str])
         configured = list(image_types["LoG"].get("sigma", []))
         kept = [sigma for sigma in configured if _log_image_name(sigma) in sigmas]
         if len(kept) != len(sigmas):
-            return None                     # a LoG image these parameters do not make
+            return None  # a LoG image these parameters do not make
         image_types["LoG"]["sigma"] = kept
     if not classes:
         image_types, classes = {"Original": {}}, {"firstorder": None}
@@ -126,16 +143,18 @@ class ExtractionSettings:
 
     def digest(self) -> str:
         """A hash of the settings and the library versions that produce the features."""
-        payload = {"radiomics": self.radiomics, "crop_margin_mm": self.crop_margin_mm,
-                   "versions": library_versions()}
+        payload = {"radiomics": self.radiomics, "crop_margin_mm": self.crop_margin_mm, "versions": library_versions()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def library_versions() -> dict[str, str]:
     import radiomics
 
-    return {"pyradiomics": str(radiomics.__version__), "simpleitk": sitk.Version_VersionString(),
-            "numpy": np.__version__}
+    return {
+        "pyradiomics": str(radiomics.__version__),
+        "simpleitk": sitk.Version_VersionString(),
+        "numpy": np.__version__,
+    }
 
 
 @dataclass
@@ -146,13 +165,12 @@ class LesionExtractor:
     ``settings`` are pyradiomics' effective settings (its defaults merged with the file).
     """
 
-    features: Any            # radiomics.featureextractor.RadiomicsFeatureExtractor
+    features: Any  # radiomics.featureextractor.RadiomicsFeatureExtractor
     settings: dict[str, Any]
 
     @property
     def resamples(self) -> bool:
-        return self.settings.get("resampledPixelSpacing") is not None and \
-            self.settings.get("interpolator") is not None
+        return self.settings.get("resampledPixelSpacing") is not None and self.settings.get("interpolator") is not None
 
 
 def make_extractor(params: Mapping[str, Any]) -> LesionExtractor:
@@ -184,15 +202,19 @@ class NumberedLesions:
     def window(self, region: tuple[slice, ...]) -> np.ndarray:
         """Lesion numbers inside ``region`` (slices of the whole volume, within it); 0 outside the box."""
         out = np.zeros(tuple(r.stop - r.start for r in region), dtype=self.numbered.dtype)
-        inner = tuple(slice(max(r.start, b.start), min(r.stop, b.stop)) for r, b in zip(region, self.box))
+        inner = tuple(slice(max(r.start, b.start), min(r.stop, b.stop)) for r, b in zip(region, self.box, strict=True))
         if all(i.stop > i.start for i in inner):
-            out[tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inner, region))] = \
-                self.numbered[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, self.box))]
+            out[tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inner, region, strict=True))] = (
+                self.numbered[
+                    tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, self.box, strict=True))
+                ]
+            )
         return out
 
 
-def number_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: bool = False,
-                   summary: LabelSummary | None = None) -> NumberedLesions:
+def number_lesions(
+    mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: bool = False, summary: LabelSummary | None = None
+) -> NumberedLesions:
     """Number the lesions of a label map 1..n, largest first (ties: first in memory), inside the
     lesions' bounding box (`features.morphology.summarize_labels`; ``summary`` if already
     computed): the 26-connected components of each label, or with ``by_label`` each label
@@ -221,8 +243,9 @@ def number_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: b
     return NumberedLesions(lookup[numbered], box, summary.shape, [found[i][2] for i in order])
 
 
-def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
-                  by_label: bool = False) -> tuple[np.ndarray, list[int]]:
+def label_lesions(
+    mask: np.ndarray, lesion_labels: tuple[int, ...], by_label: bool = False
+) -> tuple[np.ndarray, list[int]]:
     """`number_lesions` on the whole volume: the numbered array (0 = no lesion) and the mask
     label of each lesion."""
     lesions = number_lesions(mask, lesion_labels, by_label)
@@ -231,12 +254,17 @@ def label_lesions(mask: np.ndarray, lesion_labels: tuple[int, ...],
     return numbered, lesions.labels
 
 
-def crop_box(box: tuple[slice, ...], margin_mm: float, spacing_xyz: tuple[float, ...],
-             shape_zyx: tuple[int, ...], min_voxels: int = 0) -> tuple[slice, ...]:
+def crop_box(
+    box: tuple[slice, ...],
+    margin_mm: float,
+    spacing_xyz: tuple[float, ...],
+    shape_zyx: tuple[int, ...],
+    min_voxels: int = 0,
+) -> tuple[slice, ...]:
     """Grow a (z, y, x) bounding box by ``margin_mm`` (and at least ``min_voxels``) on every
     side, clipped to the image."""
     grown = []
-    for sl, spacing, size in zip(box, spacing_xyz[::-1], shape_zyx):
+    for sl, spacing, size in zip(box, spacing_xyz[::-1], shape_zyx, strict=True):
         pad = max(int(np.ceil(margin_mm / spacing)), min_voxels)
         grown.append(slice(max(sl.start - pad, 0), min(sl.stop + pad, size)))
     return tuple(grown)
@@ -248,8 +276,7 @@ def _sub_image(image: sitk.Image, box: tuple[slice, ...]) -> sitk.Image:
     return sitk.RegionOfInterest(image, size, index)
 
 
-def extract_lesion_features(image: sitk.Image, lesion_mask: sitk.Image,
-                            extractor: LesionExtractor) -> dict[str, float]:
+def extract_lesion_features(image: sitk.Image, lesion_mask: sitk.Image, extractor: LesionExtractor) -> dict[str, float]:
     """pyradiomics features of one pre-processed binary lesion mask (value 1) on ``image``.
 
     Returns feature name -> value (diagnostics dropped). Raises ValueError from pyradiomics
@@ -259,8 +286,14 @@ def extract_lesion_features(image: sitk.Image, lesion_mask: sitk.Image,
     return {name: float(value) for name, value in result.items() if not name.startswith("diagnostics_")}
 
 
-def _preprocess_lesion(image: sitk.Image, lesions: NumberedLesions, number: int, box: tuple[slice, ...],
-                       margin_mm: float, extractor: LesionExtractor) -> tuple[sitk.Image, sitk.Image]:
+def _preprocess_lesion(
+    image: sitk.Image,
+    lesions: NumberedLesions,
+    number: int,
+    box: tuple[slice, ...],
+    margin_mm: float,
+    extractor: LesionExtractor,
+) -> tuple[sitk.Image, sitk.Image]:
     """Crop (and resample) one lesion as pyradiomics would on the whole image.
 
     pyradiomics places its resampled grid relative to the corner of the *mask* image, so the
@@ -286,9 +319,15 @@ def _preprocess_lesion(image: sitk.Image, lesions: NumberedLesions, number: int,
     return crop_image, crop_mask
 
 
-def lesion_rows(image: sitk.Image, mask: sitk.Image, lesion_labels: tuple[int, ...],
-                settings: ExtractionSettings, extractor: LesionExtractor | None = None,
-                by_label: bool = False, summary: LabelSummary | None = None) -> list[dict[str, Any]]:
+def lesion_rows(
+    image: sitk.Image,
+    mask: sitk.Image,
+    lesion_labels: tuple[int, ...],
+    settings: ExtractionSettings,
+    extractor: LesionExtractor | None = None,
+    by_label: bool = False,
+    summary: LabelSummary | None = None,
+) -> list[dict[str, Any]]:
     """One row per lesion (`number_lesions`): morphology and radiomics on a crop around it.
 
     ``summary``: the mask's `features.morphology.summarize_labels`, if already computed (the
@@ -307,9 +346,9 @@ def lesion_rows(image: sitk.Image, mask: sitk.Image, lesion_labels: tuple[int, .
     rows = []
     for number, inner in enumerate(ndimage.find_objects(lesions.numbered), start=1):
         local = lesions.numbered[inner] == number
-        box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(inner, offset))   # in the whole volume
+        box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(inner, offset, strict=True))  # in the whole volume
         centre = ndimage.center_of_mass(local)
-        index_xyz = [float(c + s.start) for c, s in zip(centre, box)][::-1]
+        index_xyz = [float(c + s.start) for c, s in zip(centre, box, strict=True)][::-1]
         row: dict[str, Any] = {
             LESION: number,
             LESION_LABEL: lesions.labels[number - 1],
@@ -317,10 +356,11 @@ def lesion_rows(image: sitk.Image, mask: sitk.Image, lesion_labels: tuple[int, .
             LESION_VOLUME_ML: float(local.sum()) * unit,
             LESION_DIAMETER_MM: max_feret_diameter_mm(local, spacing),
         }
-        row.update(dict(zip(CENTROID_MM, image.TransformContinuousIndexToPhysicalPoint(index_xyz))))
+        row.update(dict(zip(CENTROID_MM, image.TransformContinuousIndexToPhysicalPoint(index_xyz), strict=True)))
         try:
-            lesion_image, lesion_mask = _preprocess_lesion(image, lesions, number, box,
-                                                           settings.crop_margin_mm, extractor)
+            lesion_image, lesion_mask = _preprocess_lesion(
+                image, lesions, number, box, settings.crop_margin_mm, extractor
+            )
             row.update(extract_lesion_features(lesion_image, lesion_mask, extractor))
             row["error"] = ""
         except (ValueError, RuntimeError) as exc:

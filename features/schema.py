@@ -88,8 +88,7 @@ COLUMNS: tuple[Column, ...] = (
     Column(PATIENT_ID, "id", "unique patient identifier, passed through unchanged", role="id"),
     Column(IMAGE, "path", "CT volume, path relative to the cohort table", role="image"),
     Column(MASK, "path", "label map (liver, lesions), path relative to the cohort table", role="image"),
-    Column(SITE, "text", "acquisition site or scanner group (optional; used for harmonisation)",
-           role="context"),
+    Column(SITE, "text", "acquisition site or scanner group (optional; used for harmonisation)", role="context"),
     Column(AGE, "float", "age at liver surgery", "years", 18, 110),
     Column(SEX, "category", "sex", categories=SEXES),
     Column(ECOG, "int", "ECOG performance status", "", 0, 4),
@@ -99,8 +98,12 @@ COLUMNS: tuple[Column, ...] = (
     Column(SYNCHRONOUS, "binary", "liver metastases found with or before the primary"),
     Column(DFI_MONTHS, "float", "primary resection to detection of liver metastases", "months", 0, 600),
     Column(N_LESIONS, "int", "number of liver metastases", "", 1, 200),
-    Column(MULTIPLE_LESIONS, "binary", "more than one liver metastasis (0/1); a sheet without a lesion "
-           "count often has this flag (e.g. TCIA multiple_metastases)"),
+    Column(
+        MULTIPLE_LESIONS,
+        "binary",
+        "more than one liver metastasis (0/1); a sheet without a lesion "
+        "count often has this flag (e.g. TCIA multiple_metastases)",
+    ),
     Column(LARGEST_CM, "float", "largest liver metastasis, maximum diameter", "cm", 0.1, 40),
     Column(BILOBAR, "binary", "metastases in both liver lobes"),
     Column(CEA, "float", "pre-operative carcinoembryonic antigen", "ng/mL", 0, 1e6),
@@ -111,15 +114,26 @@ COLUMNS: tuple[Column, ...] = (
     Column(MSI, "binary", "microsatellite instability high"),
     Column(CHEMO_REGIMEN, "category", "pre-operative chemotherapy regimen", categories=CHEMO_REGIMENS),
     Column(CHEMO_CYCLES, "int", "pre-operative chemotherapy cycles", "cycles", 0, 60, timing="preoperative"),
-    Column(PROGRESSION_ON_CHEMO, "binary", "progressive disease on pre-operative chemotherapy",
-           timing="preoperative"),
-    Column(MONTHS_TO_SURGERY, "float", "primary resection (or diagnosis) to liver surgery", "months", 0, 600,
-           timing="preoperative"),
+    Column(PROGRESSION_ON_CHEMO, "binary", "progressive disease on pre-operative chemotherapy", timing="preoperative"),
+    Column(
+        MONTHS_TO_SURGERY,
+        "float",
+        "primary resection (or diagnosis) to liver surgery",
+        "months",
+        0,
+        600,
+        timing="preoperative",
+    ),
     Column(MARGIN_POSITIVE, "binary", "R1 liver resection margin", timing="postoperative"),
     Column(RECURRENCE_EVENT, "binary", "recurrence observed (0 = censored)", role="outcome"),
     Column(RECURRENCE_MONTHS, "float", "liver surgery to recurrence or censoring", "months", 0, 600, role="outcome"),
-    Column(RECIST, "category", "RECIST 1.1 best response to pre-operative chemotherapy",
-           categories=RECIST_CATEGORIES, role="outcome"),
+    Column(
+        RECIST,
+        "category",
+        "RECIST 1.1 best response to pre-operative chemotherapy",
+        categories=RECIST_CATEGORIES,
+        role="outcome",
+    ),
 )
 
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
@@ -166,8 +180,8 @@ CASE_STATUSES: dict[str, str] = {
 STATUS = "status"
 REASON = "reason"
 OK = CASE_OK
-INVALID = "invalid"                   # a clinical value rejected by validation (features.validation)
-NOT_EXTRACTED = "not_extracted"       # a patient without a row in the extraction report
+INVALID = "invalid"  # a clinical value rejected by validation (features.validation)
+NOT_EXTRACTED = "not_extracted"  # a patient without a row in the extraction report
 DUPLICATE_ID = "duplicate_patient_id"
 MISSING_ID = "missing_patient_id"
 EXTRACTION_ERROR = "extraction_error"  # extraction raised for this case (the reason names the exception)
@@ -183,8 +197,8 @@ TRUTH_RECURRENCE_TIME = "true_recurrence_months_uncensored"
 TRUTH_CENSORING_TIME = "censoring_months"
 
 _FILE_STEM_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-MAX_FILE_STEM = 80          # characters of a sanitised identifier kept in a file name
-FILE_STEM_HASH_CHARS = 8    # hex characters of SHA-256 appended when an identifier had to change
+MAX_FILE_STEM = 80  # characters of a sanitised identifier kept in a file name
+FILE_STEM_HASH_CHARS = 8  # hex characters of SHA-256 appended when an identifier had to change
 
 
 def patient_file_stem(patient_id: str) -> str:

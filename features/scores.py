@@ -138,7 +138,7 @@ def _tbs_bounds(v: Values) -> Bounds:
     """Tumour burden score sqrt(largest^2 + count^2) as an interval (monotone in both)."""
     largest_lo, largest_hi = _bounds_exact(v[LARGEST_CM])
     count_lo, count_hi = _lesion_count(v)
-    return np.sqrt(largest_lo ** 2 + count_lo ** 2), np.sqrt(largest_hi ** 2 + count_hi ** 2)
+    return np.sqrt(largest_lo**2 + count_lo**2), np.sqrt(largest_hi**2 + count_hi**2)
 
 
 def _point(one: np.ndarray, zero: np.ndarray, index: pd.Index, weight: float = 1.0) -> pd.Series:
@@ -174,9 +174,11 @@ def _tbs_zone_points(v: Values, index: pd.Index) -> pd.Series:
     """GAME points of the TBS zone: < 3 -> 0, 3 to < 9 -> 1, >= 9 -> 2; unknown when the
     interval of the TBS straddles a cut."""
     lower, upper = _tbs_bounds(v)
-    points = np.select([lower >= TBS_HIGH_MIN, (lower >= TBS_MEDIUM_MIN) & (upper < TBS_HIGH_MIN),
-                        upper < TBS_MEDIUM_MIN],
-                       [GAME_TBS_HIGH_POINTS, GAME_TBS_MEDIUM_POINTS, 0], default=np.nan)
+    points = np.select(
+        [lower >= TBS_HIGH_MIN, (lower >= TBS_MEDIUM_MIN) & (upper < TBS_HIGH_MIN), upper < TBS_MEDIUM_MIN],
+        [GAME_TBS_HIGH_POINTS, GAME_TBS_MEDIUM_POINTS, 0],
+        default=np.nan,
+    )
     return pd.Series(points.astype(float), index=index)
 
 
@@ -210,46 +212,79 @@ _PROGRESSION = (PROGRESSION_ON_CHEMO, CHEMO_REGIMEN, CHEMO_CYCLES)
 ITEMS: dict[str, tuple[Item, ...]] = {
     "fong": (
         Item("node-positive primary", ((NODE_POSITIVE,),), lambda v, i: _flag(v[NODE_POSITIVE])),
-        Item(f"disease-free interval < {FONG_DFI_MONTHS:g} months", (_DFI,),
-             lambda v, i: _less_than(_dfi(v), FONG_DFI_MONTHS, i)),
-        Item(f"more than {FONG_N_LESIONS} liver tumour", (_COUNT,),
-             lambda v, i: _more_than(_lesion_count(v), FONG_N_LESIONS, i)),
-        Item(f"largest tumour > {FONG_LARGEST_CM:g} cm", ((LARGEST_CM,),),
-             lambda v, i: _more_than(_bounds_exact(v[LARGEST_CM]), FONG_LARGEST_CM, i)),
-        Item(f"CEA > {FONG_CEA_NG_ML:g} ng/mL", ((CEA,),),
-             lambda v, i: _more_than(_bounds_exact(v[CEA]), FONG_CEA_NG_ML, i)),
+        Item(
+            f"disease-free interval < {FONG_DFI_MONTHS:g} months",
+            (_DFI,),
+            lambda v, i: _less_than(_dfi(v), FONG_DFI_MONTHS, i),
+        ),
+        Item(
+            f"more than {FONG_N_LESIONS} liver tumour",
+            (_COUNT,),
+            lambda v, i: _more_than(_lesion_count(v), FONG_N_LESIONS, i),
+        ),
+        Item(
+            f"largest tumour > {FONG_LARGEST_CM:g} cm",
+            ((LARGEST_CM,),),
+            lambda v, i: _more_than(_bounds_exact(v[LARGEST_CM]), FONG_LARGEST_CM, i),
+        ),
+        Item(
+            f"CEA > {FONG_CEA_NG_ML:g} ng/mL",
+            ((CEA,),),
+            lambda v, i: _more_than(_bounds_exact(v[CEA]), FONG_CEA_NG_ML, i),
+        ),
     ),
     "oslo": (
-        Item(f"largest lesion > {OSLO_LARGEST_CM:g} cm", ((LARGEST_CM,),),
-             lambda v, i: _more_than(_bounds_exact(v[LARGEST_CM]), OSLO_LARGEST_CM, i)),
-        Item(f"CEA > {OSLO_CEA_NG_ML:g} ng/mL", ((CEA,),),
-             lambda v, i: _more_than(_bounds_exact(v[CEA]), OSLO_CEA_NG_ML, i)),
-        Item(f"< {OSLO_MONTHS_TO_SURGERY:g} months from primary resection to liver surgery",
-             ((MONTHS_TO_SURGERY,),),
-             lambda v, i: _less_than(_bounds_exact(v[MONTHS_TO_SURGERY]), OSLO_MONTHS_TO_SURGERY, i)),
+        Item(
+            f"largest lesion > {OSLO_LARGEST_CM:g} cm",
+            ((LARGEST_CM,),),
+            lambda v, i: _more_than(_bounds_exact(v[LARGEST_CM]), OSLO_LARGEST_CM, i),
+        ),
+        Item(
+            f"CEA > {OSLO_CEA_NG_ML:g} ng/mL",
+            ((CEA,),),
+            lambda v, i: _more_than(_bounds_exact(v[CEA]), OSLO_CEA_NG_ML, i),
+        ),
+        Item(
+            f"< {OSLO_MONTHS_TO_SURGERY:g} months from primary resection to liver surgery",
+            ((MONTHS_TO_SURGERY,),),
+            lambda v, i: _less_than(_bounds_exact(v[MONTHS_TO_SURGERY]), OSLO_MONTHS_TO_SURGERY, i),
+        ),
         Item("progressive disease on chemotherapy", (_PROGRESSION,), lambda v, i: _progression_on_chemo(v)),
     ),
     "game": (
         Item("RAS mutant", ((RAS,),), lambda v, i: _flag(v[RAS], GAME_RAS_POINTS)),
-        Item(f"CEA >= {GAME_CEA_NG_ML:g} ng/mL", ((CEA,),),
-             lambda v, i: _at_least(_bounds_exact(v[CEA]), GAME_CEA_NG_ML, i) * GAME_CEA_POINTS),
+        Item(
+            f"CEA >= {GAME_CEA_NG_ML:g} ng/mL",
+            ((CEA,),),
+            lambda v, i: _at_least(_bounds_exact(v[CEA]), GAME_CEA_NG_ML, i) * GAME_CEA_POINTS,
+        ),
         Item("node-positive primary", ((NODE_POSITIVE,),), lambda v, i: _flag(v[NODE_POSITIVE], GAME_NODE_POINTS)),
         Item("tumour burden score zone", ((LARGEST_CM,), _COUNT), _tbs_zone_points),
-        Item("extrahepatic disease", ((EXTRAHEPATIC,),),
-             lambda v, i: _flag(v[EXTRAHEPATIC], GAME_EXTRAHEPATIC_POINTS)),
+        Item("extrahepatic disease", ((EXTRAHEPATIC,),), lambda v, i: _flag(v[EXTRAHEPATIC], GAME_EXTRAHEPATIC_POINTS)),
     ),
     "nordlinger": (
-        Item(f"age > {NORDLINGER_AGE_YEARS:g} years", ((AGE,),),
-             lambda v, i: _more_than(_bounds_exact(v[AGE]), NORDLINGER_AGE_YEARS, i)),
-        Item("primary T4", ((T_STAGE,),),
-             lambda v, i: _at_least(_bounds_exact(v[T_STAGE]), NORDLINGER_T_STAGE, i)),
+        Item(
+            f"age > {NORDLINGER_AGE_YEARS:g} years",
+            ((AGE,),),
+            lambda v, i: _more_than(_bounds_exact(v[AGE]), NORDLINGER_AGE_YEARS, i),
+        ),
+        Item("primary T4", ((T_STAGE,),), lambda v, i: _at_least(_bounds_exact(v[T_STAGE]), NORDLINGER_T_STAGE, i)),
         Item("node-positive primary", ((NODE_POSITIVE,),), lambda v, i: _flag(v[NODE_POSITIVE])),
-        Item(f"disease-free interval < {NORDLINGER_DFI_MONTHS:g} months", (_DFI,),
-             lambda v, i: _less_than(_dfi(v), NORDLINGER_DFI_MONTHS, i)),
-        Item(f"more than {NORDLINGER_N_LESIONS} liver metastases", (_COUNT,),
-             lambda v, i: _more_than(_lesion_count(v), NORDLINGER_N_LESIONS, i)),
-        Item(f"largest metastasis > {NORDLINGER_LARGEST_CM:g} cm", ((LARGEST_CM,),),
-             lambda v, i: _more_than(_bounds_exact(v[LARGEST_CM]), NORDLINGER_LARGEST_CM, i)),
+        Item(
+            f"disease-free interval < {NORDLINGER_DFI_MONTHS:g} months",
+            (_DFI,),
+            lambda v, i: _less_than(_dfi(v), NORDLINGER_DFI_MONTHS, i),
+        ),
+        Item(
+            f"more than {NORDLINGER_N_LESIONS} liver metastases",
+            (_COUNT,),
+            lambda v, i: _more_than(_lesion_count(v), NORDLINGER_N_LESIONS, i),
+        ),
+        Item(
+            f"largest metastasis > {NORDLINGER_LARGEST_CM:g} cm",
+            ((LARGEST_CM,),),
+            lambda v, i: _more_than(_bounds_exact(v[LARGEST_CM]), NORDLINGER_LARGEST_CM, i),
+        ),
     ),
     # TBS is continuous: it needs the diameter and the exact count (flag 0 = exactly one lesion).
     "tbs": (
@@ -257,15 +292,33 @@ ITEMS: dict[str, tuple[Item, ...]] = {
         Item("number of lesions", (_COUNT,), _exact_count),
     ),
 }
-SCORE_COLUMNS: dict[str, str] = {"fong": "fong_score", "oslo": "oslo_score", "game": "game_score",
-                                 "nordlinger": "nordlinger_score", "tbs": "tbs"}
+SCORE_COLUMNS: dict[str, str] = {
+    "fong": "fong_score",
+    "oslo": "oslo_score",
+    "game": "game_score",
+    "nordlinger": "nordlinger_score",
+    "tbs": "tbs",
+}
 # score column -> the canonical columns it is computed from
-SCORE_INPUTS: dict[str, tuple[str, ...]] = {"fong_score": FONG_INPUTS, "oslo_score": OSLO_INPUTS,
-                                            "game_score": GAME_INPUTS, "nordlinger_score": NORDLINGER_INPUTS,
-                                            "tbs": TBS_INPUTS}
+SCORE_INPUTS: dict[str, tuple[str, ...]] = {
+    "fong_score": FONG_INPUTS,
+    "oslo_score": OSLO_INPUTS,
+    "game_score": GAME_INPUTS,
+    "nordlinger_score": NORDLINGER_INPUTS,
+    "tbs": TBS_INPUTS,
+}
 # every column clinical_scores() writes, in its order (scores and their risk groups / zones)
-SCORE_OUTPUTS: tuple[str, ...] = ("fong_score", "fong_risk_group", "oslo_score", "game_score", "game_risk_group",
-                                  "nordlinger_score", "nordlinger_risk_group", "tbs", "tbs_zone")
+SCORE_OUTPUTS: tuple[str, ...] = (
+    "fong_score",
+    "fong_risk_group",
+    "oslo_score",
+    "game_score",
+    "game_risk_group",
+    "nordlinger_score",
+    "nordlinger_risk_group",
+    "tbs",
+    "tbs_zone",
+)
 
 
 def _values(df: pd.DataFrame, score: str, items: Sequence[Item], strict: bool = True) -> Values:
@@ -280,9 +333,11 @@ def _values(df: pd.DataFrame, score: str, items: Sequence[Item], strict: bool = 
         absent = [g[0] for item in items for g in item.inputs if not any(c in df.columns for c in g)]
         if absent:
             primary = [g[0] for item in items for g in item.inputs]
-            raise KeyError(f"{name}: missing column(s) {list(dict.fromkeys(absent))}; it needs "
-                           f"{list(dict.fromkeys(primary))} (canonical names from features.schema; "
-                           f"docs/scores.md lists what else can stand in for an item)")
+            raise KeyError(
+                f"{name}: missing column(s) {list(dict.fromkeys(absent))}; it needs "
+                f"{list(dict.fromkeys(primary))} (canonical names from features.schema; "
+                f"docs/scores.md lists what else can stand in for an item)"
+            )
     values: Values = {}
     for column in dict.fromkeys(c for item in items for c in item.columns):
         kind = COLUMN_BY_NAME[column].kind
@@ -303,8 +358,9 @@ def _values(df: pd.DataFrame, score: str, items: Sequence[Item], strict: bool = 
             bad = x.notna() & ~x.isin([0.0, 1.0])
             if bad.any() and strict:
                 shown = {k: v for k, v in x[bad].head(5).items()}
-                raise ValueError(f"{name}: column {column!r} must be 0/1 (or missing); found {shown} "
-                                 f"(patient index: value)")
+                raise ValueError(
+                    f"{name}: column {column!r} must be 0/1 (or missing); found {shown} (patient index: value)"
+                )
             x = x.where(~bad)
         values[column] = x
     return values
@@ -317,8 +373,9 @@ def item_points(df: pd.DataFrame, score: str, strict: bool = True) -> pd.DataFra
     """
     items = ITEMS[score]
     values = _values(df, score, items, strict)
-    return pd.DataFrame({item.wording: item.points(values, df.index).astype("float64").to_numpy()
-                         for item in items}, index=df.index)
+    return pd.DataFrame(
+        {item.wording: item.points(values, df.index).astype("float64").to_numpy() for item in items}, index=df.index
+    )
 
 
 def _score(df: pd.DataFrame, score: str) -> pd.Series:
@@ -357,7 +414,7 @@ def tumour_burden_score(df: pd.DataFrame) -> pd.Series:
     """
     points = item_points(df, "tbs")
     largest, count = points.iloc[:, 0], points.iloc[:, 1]
-    return np.sqrt(largest ** 2 + count ** 2).astype("float64").rename("tbs")
+    return np.sqrt(largest**2 + count**2).astype("float64").rename("tbs")
 
 
 def game_score(df: pd.DataFrame) -> pd.Series:
@@ -384,6 +441,7 @@ def nordlinger_score(df: pd.DataFrame) -> pd.Series:
 
 
 # --- which scores a featurized table can give ------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ScoreAvailability:
@@ -424,8 +482,9 @@ def score_availability(table: pd.DataFrame) -> dict[str, ScoreAvailability]:
     """
     out: dict[str, ScoreAvailability] = {}
     for score, column in SCORE_COLUMNS.items():
-        known = (table[column].notna() if column in table.columns
-                 else pd.Series(False, index=table.index)).to_numpy(bool)
+        known = (table[column].notna() if column in table.columns else pd.Series(False, index=table.index)).to_numpy(
+            bool
+        )
         items = ITEMS[score]
         values = _values(table, score, items, strict=False)
         points = item_points(table, score, strict=False)
@@ -462,9 +521,7 @@ def fong_risk_group(score: pd.Series) -> pd.Series:
 
 def game_risk_group(score: pd.Series) -> pd.Series:
     """GAME risk group from ``game_score``: low 0-1, medium 2-3, high >= 4 (ordered categorical)."""
-    return _group(
-        score, [0, GAME_MEDIUM_RISK_MIN, GAME_HIGH_RISK_MIN], RISK_LEVELS_3, GAME_MAX, "game_risk_group"
-    )
+    return _group(score, [0, GAME_MEDIUM_RISK_MIN, GAME_HIGH_RISK_MIN], RISK_LEVELS_3, GAME_MAX, "game_risk_group")
 
 
 def nordlinger_risk_group(score: pd.Series) -> pd.Series:

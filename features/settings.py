@@ -58,12 +58,25 @@ def nearest(key: str, valid: Iterable[str], what: str = "valid keys") -> str:
 # --------------------------------------------------------------------------- error messages
 
 _EXPECTED = {
-    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
-    "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
-    "string_type": "text", "bool_type": "true or false", "bool_parsing": "true or false",
-    "tuple_type": "a list", "list_type": "a list", "set_type": "a list", "frozen_set_type": "a list",
-    "dict_type": "a mapping", "dataclass_type": "a mapping", "dataclass_exact_type": "a mapping",
-    "model_type": "a mapping", "model_attributes_type": "a mapping", "none_required": "null",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "string_type": "text",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "set_type": "a list",
+    "frozen_set_type": "a list",
+    "dict_type": "a mapping",
+    "dataclass_type": "a mapping",
+    "dataclass_exact_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "none_required": "null",
 }
 _UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden", "unexpected_positional_argument")
 _MISSING = ("missing", "missing_argument", "missing_keyword_only_argument")
@@ -156,12 +169,13 @@ def _message(cls: type, error: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- building
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _adapter(cls: type) -> pydantic.TypeAdapter:
     return pydantic.TypeAdapter(cls)
 
 
-YAML_BOOLEAN_HINT = "YAML reads unquoted yes/no/true/false/on/off as true/false; quote the value, e.g. \"yes\""
+YAML_BOOLEAN_HINT = 'YAML reads unquoted yes/no/true/false/on/off as true/false; quote the value, e.g. "yes"'
 
 
 def _plain(value: Any, where: str, loc: tuple[Any, ...] = ()) -> Any:
@@ -176,8 +190,13 @@ def _plain(value: Any, where: str, loc: tuple[Any, ...] = ()) -> Any:
         return [_plain(v, where, (*loc, i)) for i, v in enumerate(value)]
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
-    raise SettingsError(f"{where}: " + _at(loc, f"{value!r} is a {type(value).__name__} (YAML reads some "
-                                              f"unquoted values, e.g. dates, as such); quote it"))
+    raise SettingsError(
+        f"{where}: "
+        + _at(
+            loc,
+            f"{value!r} is a {type(value).__name__} (YAML reads some unquoted values, e.g. dates, as such); quote it",
+        )
+    )
 
 
 def build(cls: type[T], data: Any, where: str = "settings") -> T:
@@ -204,8 +223,11 @@ def _error(cls: type, where: str, exc: pydantic.ValidationError) -> SettingsErro
             parent = tuple(e["loc"][:-1])
             fields = _field_types(_type_at(cls, parent)) or {}
             suggested |= {(parent, c) for c in difflib.get_close_matches(str(e["loc"][-1]), sorted(fields), 1, 0.5)}
-    parts = [_message(cls, e) for e in errors
-             if not (e["type"] in _MISSING and (tuple(e["loc"][:-1]), e["loc"][-1]) in suggested)]
+    parts = [
+        _message(cls, e)
+        for e in errors
+        if not (e["type"] in _MISSING and (tuple(e["loc"][:-1]), e["loc"][-1]) in suggested)
+    ]
     return SettingsError(f"{where}: " + "; ".join(parts))
 
 

@@ -50,9 +50,13 @@ NUMERIC_KINDS = ("float", "int", "binary")
 # pandera check names: the key that turns a failure case into a message.
 _NUMBER, _RANGE, _BINARY, _CATEGORY, _ID_BLANK = "number", "range", "binary", "category", "id_blank"
 # Reason codes of row problems (a patient's status in batch inference), by failed check.
-ROW_PROBLEM_CODES = {_NUMBER: "not_a_number", _RANGE: "out_of_range", _BINARY: "not_binary",
-                     _CATEGORY: "unknown_category"}
-INCONSISTENT = "inconsistent"   # two columns that contradict each other (count vs flag)
+ROW_PROBLEM_CODES = {
+    _NUMBER: "not_a_number",
+    _RANGE: "out_of_range",
+    _BINARY: "not_binary",
+    _CATEGORY: "unknown_category",
+}
+INCONSISTENT = "inconsistent"  # two columns that contradict each other (count vs flag)
 _FATAL_CHECKS = ("column_in_dataframe", "field_uniqueness", "not_nullable", _ID_BLANK)
 
 
@@ -65,8 +69,8 @@ class Problem:
     value: Any
     allowed: str
     message: str
-    code: str = ""   # row problems: not_a_number, out_of_range, not_binary, unknown_category, inconsistent
-    row: int | None = None   # 1-based data row of the input file (row problems)
+    code: str = ""  # row problems: not_a_number, out_of_range, not_binary, unknown_category, inconsistent
+    row: int | None = None  # 1-based data row of the input file (row problems)
 
 
 @dataclass
@@ -109,6 +113,7 @@ class ValidationReport:
 
 
 # --- value helpers ---------------------------------------------------------------------------
+
 
 def is_blank(s: pd.Series) -> pd.Series:
     """True where a value is missing or a blank / whitespace-only string."""
@@ -155,8 +160,10 @@ def allowed_text(column: Column) -> str:
 
 # --- the pandera schema ----------------------------------------------------------------------
 
+
 def _checks(column: Column) -> list[pa.Check]:
     """Per-kind checks; each value fails at most one of them (number, then range/binary)."""
+
     def value_is_number(s: pd.Series) -> pd.Series:
         return is_blank(s) | as_numbers(s).notna()
 
@@ -188,9 +195,9 @@ def _checks(column: Column) -> list[pa.Check]:
     return []
 
 
-def cohort_schema(required: Sequence[str] = (PATIENT_ID,),
-                  extra_columns: Sequence[Column] = (),
-                  canonical: Sequence[Column] = COLUMNS) -> pa.DataFrameSchema:
+def cohort_schema(
+    required: Sequence[str] = (PATIENT_ID,), extra_columns: Sequence[Column] = (), canonical: Sequence[Column] = COLUMNS
+) -> pa.DataFrameSchema:
     """The pandera schema of a canonical cohort table (``patient_id`` is always required).
 
     ``canonical``: the schema's columns, possibly with a cohort's own ranges (``with_ranges``).
@@ -211,6 +218,7 @@ def cohort_schema(required: Sequence[str] = (PATIENT_ID,),
 
 # --- from failure cases to problems ----------------------------------------------------------
 
+
 def _value_text(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -222,8 +230,9 @@ def _patient(ids: pd.Series | None, row: int) -> str | None:
     return None if pd.isna(value) else str(value)
 
 
-def _row_problem(columns: dict[str, Column], check: str, name: str, value: Any, row: int,
-                 ids: pd.Series | None, rows: Sequence[int]) -> Problem:
+def _row_problem(
+    columns: dict[str, Column], check: str, name: str, value: Any, row: int, ids: pd.Series | None, rows: Sequence[int]
+) -> Problem:
     column = columns[name]
     allowed = allowed_text(column)
     patient = _patient(ids, row)
@@ -235,8 +244,9 @@ def _row_problem(columns: dict[str, Column], check: str, name: str, value: Any, 
         what = f"is outside {allowed}" if column.kind == "float" else f"is not {allowed}"
     else:  # binary, category
         what = f"is not {allowed}"
-    return Problem(patient, name, value, allowed, f"{who}: {name} = {shown} {what}", ROW_PROBLEM_CODES[check],
-                   rows[row])
+    return Problem(
+        patient, name, value, allowed, f"{who}: {name} = {shown} {what}", ROW_PROBLEM_CODES[check], rows[row]
+    )
 
 
 def _who(patient: str | None, row: int) -> str:
@@ -246,8 +256,9 @@ def _who(patient: str | None, row: int) -> str:
     return f"patient {patient} (row {row})"
 
 
-def _count_contradicts_flag(table: pd.DataFrame, ids: pd.Series | None, rows: Sequence[int],
-                            bad_rows: set[int]) -> list[Problem]:
+def _count_contradicts_flag(
+    table: pd.DataFrame, ids: pd.Series | None, rows: Sequence[int], bad_rows: set[int]
+) -> list[Problem]:
     """A lesion count that contradicts the more-than-one-lesion flag (n = 1 with flag 1, or
     n > 1 with flag 0): which one is right is the user's call."""
     if N_LESIONS not in table.columns or MULTIPLE_LESIONS not in table.columns:
@@ -259,18 +270,27 @@ def _count_contradicts_flag(table: pd.DataFrame, ids: pd.Series | None, rows: Se
         if row in bad_rows:
             continue
         patient = _patient(ids, row)
-        problems.append(Problem(
-            patient, MULTIPLE_LESIONS, flag.iloc[row], f"consistent with {N_LESIONS}",
-            f"{_who(patient, rows[row])}: {N_LESIONS} = {_number_text(n.iloc[row])} contradicts "
-            f"{MULTIPLE_LESIONS} = {_number_text(flag.iloc[row])}; correct one of them or leave one blank",
-            INCONSISTENT, rows[row]))
+        problems.append(
+            Problem(
+                patient,
+                MULTIPLE_LESIONS,
+                flag.iloc[row],
+                f"consistent with {N_LESIONS}",
+                f"{_who(patient, rows[row])}: {N_LESIONS} = {_number_text(n.iloc[row])} contradicts "
+                f"{MULTIPLE_LESIONS} = {_number_text(flag.iloc[row])}; correct one of them or leave one blank",
+                INCONSISTENT,
+                rows[row],
+            )
+        )
     return problems
 
 
 def _absent_columns(cases: pd.DataFrame) -> list[Problem]:
     absent = cases.loc[cases["check"] == "column_in_dataframe", "failure_case"]
-    return [Problem(None, str(name), None, "a column in the table",
-                    f"required column '{name}' is missing from the table") for name in absent]
+    return [
+        Problem(None, str(name), None, "a column in the table", f"required column '{name}' is missing from the table")
+        for name in absent
+    ]
 
 
 def _id_problems(cases: pd.DataFrame, ids: pd.Series | None, rows: Sequence[int]) -> list[Problem]:
@@ -281,16 +301,22 @@ def _id_problems(cases: pd.DataFrame, ids: pd.Series | None, rows: Sequence[int]
     missing_rows = sorted(int(i) for i in missing)
     if missing_rows:
         shown = ", ".join(str(rows[r]) for r in missing_rows)
-        problems.append(Problem(None, PATIENT_ID, None, allowed_id,
-                                f"{PATIENT_ID} is missing in row(s) {shown}"))
+        problems.append(Problem(None, PATIENT_ID, None, allowed_id, f"{PATIENT_ID} is missing in row(s) {shown}"))
     duplicated = cases.loc[cases["check"] == "field_uniqueness"]
     if ids is not None and not duplicated.empty:
         positions, numbers = duplicated["index"].astype(int), rows
         for value in pd.unique(ids.iloc[sorted(positions)]):
             where = [numbers[r] for r in sorted(positions) if ids.iloc[r] == value]
-            problems.append(Problem(str(value), PATIENT_ID, value, allowed_id,
-                                    f"{PATIENT_ID} {_value_text(value)} appears {len(where)} times, "
-                                    f"in rows {', '.join(map(str, where))}"))
+            problems.append(
+                Problem(
+                    str(value),
+                    PATIENT_ID,
+                    value,
+                    allowed_id,
+                    f"{PATIENT_ID} {_value_text(value)} appears {len(where)} times, "
+                    f"in rows {', '.join(map(str, where))}",
+                )
+            )
     return problems
 
 
@@ -308,16 +334,23 @@ def _typed(df: pd.DataFrame, columns: dict[str, Column]) -> pd.DataFrame:
     return out
 
 
-def with_ranges(columns: Sequence[Column], ranges: Mapping[str, tuple[float | None, float | None]]) -> tuple[Column, ...]:
+def with_ranges(
+    columns: Sequence[Column], ranges: Mapping[str, tuple[float | None, float | None]]
+) -> tuple[Column, ...]:
     """``columns`` with the plausibility ranges of ``ranges`` (name -> (minimum, maximum))."""
-    return tuple(dataclasses.replace(c, minimum=ranges[c.name][0], maximum=ranges[c.name][1])
-                 if c.name in ranges else c for c in columns)
+    return tuple(
+        dataclasses.replace(c, minimum=ranges[c.name][0], maximum=ranges[c.name][1]) if c.name in ranges else c
+        for c in columns
+    )
 
 
-def validate_cohort(df: pd.DataFrame, required: Sequence[str] = (PATIENT_ID,),
-                    extra_columns: Sequence[Column] = (),
-                    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
-                    rows: Sequence[int] | None = None) -> ValidationReport:
+def validate_cohort(
+    df: pd.DataFrame,
+    required: Sequence[str] = (PATIENT_ID,),
+    extra_columns: Sequence[Column] = (),
+    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
+    rows: Sequence[int] | None = None,
+) -> ValidationReport:
     """Validate a canonical cohort table; every problem is collected in one pass.
 
     ``required``: columns that must be present (``patient_id`` always is). ``extra_columns``:
@@ -346,8 +379,12 @@ def validate_cohort(df: pd.DataFrame, required: Sequence[str] = (PATIENT_ID,),
     table_wide = [p.message for p in fatal]  # these make every row invalid
     fatal += _id_problems(cases.loc[is_fatal], ids, rows)
     broken = cases.loc[~is_fatal & cases["index"].isna()]  # a check that raised: never swallowed
-    fatal += [Problem(None, str(c.column), None, "", f"check '{c.check}' on column '{c.column}' could not "
-                      f"run: {c.failure_case}") for c in broken.itertuples(index=False)]
+    fatal += [
+        Problem(
+            None, str(c.column), None, "", f"check '{c.check}' on column '{c.column}' could not run: {c.failure_case}"
+        )
+        for c in broken.itertuples(index=False)
+    ]
 
     reasons: list[list[str]] = [list(table_wide) for _ in range(len(table))]
     for p in fatal:
@@ -373,8 +410,9 @@ def validate_cohort(df: pd.DataFrame, required: Sequence[str] = (PATIENT_ID,),
         reasons[position[problem.row]].append(problem.message)
     problems.sort(key=lambda p: position[p.row])
 
-    status = pd.Series([f"{INVALID}: " + "; ".join(r) if r else OK for r in reasons],
-                       index=df.index, name=STATUS, dtype=object)
+    status = pd.Series(
+        [f"{INVALID}: " + "; ".join(r) if r else OK for r in reasons], index=df.index, name=STATUS, dtype=object
+    )
     valid = df.loc[(status == OK).to_numpy()]
     cleaned = df.copy()
     for row, name in rejected:

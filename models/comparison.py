@@ -36,9 +36,16 @@ def build_predictors(fitted: training.FittedTask, table: pd.DataFrame) -> dict[s
             y_train = outcomes.recurrence_outcome(train)
             train_risk = np.asarray(pipeline.predict(training.model_frame(train, fitted.features)), dtype=float)
             cutpoints = np.quantile(train_risk, RISK_GROUP_QUANTILES).tolist()
-            predictors[name] = RecurrencePredictor(name, pipeline, fitted.features, train_risk, y_train,
-                                                   cutpoints, recalibrate=registry.family(fitted.task, name).recalibrate,
-                                                   reference=reference)
+            predictors[name] = RecurrencePredictor(
+                name,
+                pipeline,
+                fitted.features,
+                train_risk,
+                y_train,
+                cutpoints,
+                recalibrate=registry.family(fitted.task, name).recalibrate,
+                reference=reference,
+            )
         else:
             predictors[name] = ResponsePredictor(name, pipeline, fitted.features, reference=reference)
     return predictors
@@ -56,10 +63,14 @@ def reference_table(train: pd.DataFrame) -> pd.DataFrame:
     return train[[c for c in keep if c in train]].reset_index(drop=True)
 
 
-def task_predictions(task: str, predictors: dict[str, object], train: pd.DataFrame, test: pd.DataFrame,
-                     truth: pd.DataFrame | None = None,
-                     baselines: tuple[str, ...] | list[str] = training.BASELINES,
-                     ) -> dict[str, SurvivalPrediction | ResponsePrediction]:
+def task_predictions(
+    task: str,
+    predictors: dict[str, object],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    truth: pd.DataFrame | None = None,
+    baselines: tuple[str, ...] | list[str] = training.BASELINES,
+) -> dict[str, SurvivalPrediction | ResponsePrediction]:
     """Predictions on ``test`` of the task's models, the ``baselines`` and the oracle.
 
     ``train`` (the training split, or its `reference_table`) calibrates the scores and the
@@ -72,8 +83,10 @@ def task_predictions(task: str, predictors: dict[str, object], train: pd.DataFra
     baselines_test = training.baseline_scores(test, task, baselines)
     for name in baselines:
         if name not in baselines_train or baselines_train[name].notna().sum() == 0:
-            raise ValueError(f"baseline {name!r} cannot be calibrated: no training patient has the score; "
-                             "check models.training.baseline_availability first")
+            raise ValueError(
+                f"baseline {name!r} cannot be calibrated: no training patient has the score; "
+                "check models.training.baseline_availability first"
+            )
     oracle = _oracle(truth, train, test, task)
     out: dict[str, SurvivalPrediction | ResponsePrediction] = {}
     if task == training.RECURRENCE:
@@ -82,8 +95,13 @@ def task_predictions(task: str, predictors: dict[str, object], train: pd.DataFra
         for name, predictor in predictors.items():
             risk = predictor.risk(test)
             out[name] = SurvivalPrediction(risk, times, predictor.survival(risk, times))
-        scores = {name: (_filled(baselines_train[name], baselines_train[name]),
-                         _filled(baselines_test[name], baselines_train[name])) for name in baselines}
+        scores = {
+            name: (
+                _filled(baselines_train[name], baselines_train[name]),
+                _filled(baselines_test[name], baselines_train[name]),
+            )
+            for name in baselines
+        }
         if oracle is not None:
             scores[ORACLE] = oracle
         for name, (train_risk, test_risk) in scores.items():
@@ -105,8 +123,9 @@ def task_predictions(task: str, predictors: dict[str, object], train: pd.DataFra
     return out
 
 
-def _oracle(truth: pd.DataFrame | None, train: pd.DataFrame, test: pd.DataFrame,
-            task: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _oracle(
+    truth: pd.DataFrame | None, train: pd.DataFrame, test: pd.DataFrame, task: str
+) -> tuple[np.ndarray, np.ndarray] | None:
     """The simulation's true predictors for the train and test patients, if known.
 
     On an external cohort the training patients are not in its truth table: the oracle is

@@ -18,15 +18,19 @@ import numpy as np
 from pydantic import field_validator
 from scipy.optimize import minimize
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw, cumulative_dynamic_auc,
-                            integrated_brier_score)
+from sksurv.metrics import (
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
 
 from features.settings import nearest, settings_class
-from models.registry import BASELINES as BASELINE_NAMES   # their home: models.registry
+from models.registry import BASELINES as BASELINE_NAMES  # their home: models.registry
 from models.registry import DEFAULT_MIN_COVERAGE, DEFAULT_REFERENCE, PRIMARY_METRIC
 
-HORIZONS = (12.0, 24.0, 36.0)     # months: time-dependent AUC, survival columns of crlm predict
-CALIBRATION_HORIZON = 24.0        # months: calibration slope and calibration-in-the-large of recurrence
+HORIZONS = (12.0, 24.0, 36.0)  # months: time-dependent AUC, survival columns of crlm predict
+CALIBRATION_HORIZON = 24.0  # months: calibration slope and calibration-in-the-large of recurrence
 
 
 def calibration_slope_key(horizon: float = CALIBRATION_HORIZON) -> str:
@@ -50,8 +54,9 @@ class SurvivalPrediction:
     def __post_init__(self) -> None:
         n = len(self.risk)
         if self.survival.shape != (n, len(self.times)):
-            raise ValueError(f"SurvivalPrediction.survival: expected shape {(n, len(self.times))}, "
-                             f"got {self.survival.shape}")
+            raise ValueError(
+                f"SurvivalPrediction.survival: expected shape {(n, len(self.times))}, got {self.survival.shape}"
+            )
 
     def take(self, index: np.ndarray) -> SurvivalPrediction:
         return SurvivalPrediction(self.risk[index], self.times, self.survival[index])
@@ -110,8 +115,9 @@ def _cox_slope(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> float:
     return beta
 
 
-def survival_metrics(y_train, y_test, pred: SurvivalPrediction, horizons=HORIZONS,
-                     calibration_horizon: float = CALIBRATION_HORIZON) -> dict[str, float]:
+def survival_metrics(
+    y_train, y_test, pred: SurvivalPrediction, horizons=HORIZONS, calibration_horizon: float = CALIBRATION_HORIZON
+) -> dict[str, float]:
     """Discrimination and calibration of one recurrence prediction on the test patients."""
     event, time = np.asarray(y_test["event"], bool), np.asarray(y_test["time"], float)
     out = {"c_index": _safe(lambda: concordance_index_censored(event, time, pred.risk)[0])}
@@ -122,21 +128,29 @@ def survival_metrics(y_train, y_test, pred: SurvivalPrediction, horizons=HORIZON
     try:  # one call for all horizons: the censoring weights are computed once
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            aucs = dict(zip(inside, cumulative_dynamic_auc(y_train, y_test, pred.risk, inside)[0])) if inside else {}
+            aucs = (
+                dict(zip(inside, cumulative_dynamic_auc(y_train, y_test, pred.risk, inside)[0], strict=True))
+                if inside
+                else {}
+            )
     except ValueError:
         aucs = {}
     for horizon in horizons:
         value = float(aucs.get(horizon, math.nan))
         out[f"auc_{horizon:g}m"] = value if math.isfinite(value) else math.nan
     grid = (pred.times > time.min()) & (pred.times < time.max()) & (pred.times < float(np.max(y_train["time"])))
-    out["ibs"] = (_safe(lambda: integrated_brier_score(y_train, y_test, pred.survival[:, grid], pred.times[grid]))
-                  if grid.sum() >= 2 else math.nan)
+    out["ibs"] = (
+        _safe(lambda: integrated_brier_score(y_train, y_test, pred.survival[:, grid], pred.times[grid]))
+        if grid.sum() >= 2
+        else math.nan
+    )
     survival = np.clip(pred.at(calibration_horizon), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
     cloglog = np.log(-np.log(survival))
     censored_at = np.minimum(time, calibration_horizon)
     event_by = event & (time <= calibration_horizon)
-    out[calibration_slope_key(calibration_horizon)] = (_safe(_cox_slope, cloglog, censored_at, event_by)
-                                    if event_by.any() and np.ptp(cloglog) > 0 else math.nan)
+    out[calibration_slope_key(calibration_horizon)] = (
+        _safe(_cox_slope, cloglog, censored_at, event_by) if event_by.any() and np.ptp(cloglog) > 0 else math.nan
+    )
     return out
 
 
@@ -154,9 +168,11 @@ def logit(p) -> np.ndarray:
 
 def _logistic_fit(y: np.ndarray, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """Maximum-likelihood (a, b) of logit P(y) = a + b x + offset (b fixed at 0 if x is None)."""
+
     def loss(theta):
         eta = theta[0] + (theta[1] * x if x is not None else 0.0) + offset
         return np.sum(np.logaddexp(0.0, eta) - y * eta)
+
     start = np.zeros(2 if x is not None else 1)
     return minimize(loss, start, method="BFGS").x
 
@@ -180,15 +196,23 @@ def _delta_name(task: str, reference: str) -> str:
     return f"delta_c_vs_{reference}" if task == "recurrence" else f"delta_auc_vs_{reference}"
 
 
-def evaluate_task(task: str, y_train, y_test, predictions: Mapping[str, SurvivalPrediction | ResponsePrediction],
-                  reference: str = DEFAULT_REFERENCE, n_resamples: int = 500, seed: int = 0,
-                  confidence: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
+def evaluate_task(
+    task: str,
+    y_train,
+    y_test,
+    predictions: Mapping[str, SurvivalPrediction | ResponsePrediction],
+    reference: str = DEFAULT_REFERENCE,
+    n_resamples: int = 500,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {metric: {"value", "ci_low", "ci_high"}}} with paired bootstrap CIs.
 
     The bootstrap resamples test patients with replacement (``np.random.default_rng(seed)``),
     the same resamples for every model; a metric undefined in a resample is left out of that
     metric's percentiles, and its CI is NaN if fewer than half the resamples define it.
     """
+
     def metrics(y, pred):
         return survival_metrics(y_train, y, pred) if task == "recurrence" else response_metrics(y, pred)
 
@@ -227,12 +251,16 @@ def evaluate_task(task: str, y_train, y_test, predictions: Mapping[str, Survival
 
 # A chosen model's held-out calibration outside these bounds is flagged (docs/own_cohort_training.md).
 CALIBRATION_SLOPE_RANGE = (0.5, 2.0)
-CALIBRATION_IN_THE_LARGE_MAX = 0.2   # |mean predicted - observed| probability (or survival at 24 months)
+CALIBRATION_IN_THE_LARGE_MAX = 0.2  # |mean predicted - observed| probability (or survival at 24 months)
 
 
-def calibration_warning(task: str, model_metrics: Mapping[str, Mapping[str, float]],
-                        prediction: SurvivalPrediction | ResponsePrediction, y_test,
-                        horizon: float = CALIBRATION_HORIZON) -> str | None:
+def calibration_warning(
+    task: str,
+    model_metrics: Mapping[str, Mapping[str, float]],
+    prediction: SurvivalPrediction | ResponsePrediction,
+    y_test,
+    horizon: float = CALIBRATION_HORIZON,
+) -> str | None:
     """A sentence when a model's held-out calibration is too poor to use its absolute risks, else None.
 
     Flags a calibration slope outside ``CALIBRATION_SLOPE_RANGE`` and a mean predicted
@@ -255,8 +283,10 @@ def calibration_warning(task: str, model_metrics: Mapping[str, Mapping[str, floa
         observed = 1.0 if j < 0 else float(km_survival[j])
         predicted = prediction.at(horizon)
         if abs(float(np.mean(predicted)) - observed) > CALIBRATION_IN_THE_LARGE_MAX:
-            problems.append(f"mean predicted {horizon:g}-month recurrence-free survival {np.mean(predicted):.3g} "
-                            f"(median {np.median(predicted):.2g}) against {observed:.2f} observed (Kaplan-Meier)")
+            problems.append(
+                f"mean predicted {horizon:g}-month recurrence-free survival {np.mean(predicted):.3g} "
+                f"(median {np.median(predicted):.2g}) against {observed:.2f} observed (Kaplan-Meier)"
+            )
     else:
         observed = float(np.mean(np.asarray(y_test, float)))
         predicted = float(np.mean(prediction.probability))
@@ -264,8 +294,11 @@ def calibration_warning(task: str, model_metrics: Mapping[str, Mapping[str, floa
             problems.append(f"mean predicted response probability {predicted:.2f} against {observed:.2f} observed")
     if not problems:
         return None
-    return ("poorly calibrated on the held-out split: " + "; ".join(problems)
-            + ". Its ranking may still be useful; do not use its absolute risks")
+    return (
+        "poorly calibrated on the held-out split: "
+        + "; ".join(problems)
+        + ". Its ranking may still be useful; do not use its absolute risks"
+    )
 
 
 @settings_class
@@ -290,8 +323,10 @@ class EvaluateSettings:
     @classmethod
     def _baseline(cls, value: str) -> str:
         if value not in BASELINE_NAMES:
-            raise ValueError(f"{value!r} is not a baseline score; {nearest(value, BASELINE_NAMES, 'allowed')} "
-                             f"(allowed: {', '.join(BASELINE_NAMES)})")
+            raise ValueError(
+                f"{value!r} is not a baseline score; {nearest(value, BASELINE_NAMES, 'allowed')} "
+                f"(allowed: {', '.join(BASELINE_NAMES)})"
+            )
         return value
 
     @field_validator("baseline_min_coverage")

@@ -56,13 +56,13 @@ from models.predictor import RecurrencePredictor, ResponsePredictor
 from models.survival import XGBAFTSurvival, XGBCoxSurvival
 
 # --- defaults (the ``explain`` block of params.yaml overrides them) -----------------------------
-DEFAULT_TOP_K = 5                 # contributions per patient in top_contributions.csv and summary
-DEFAULT_DEPENDENCE_PLOTS = 5      # dependence plots for the globally most important features
-DEFAULT_WATERFALLS = 4            # patients with a waterfall plot (half highest, half lowest)
-DEFAULT_BACKGROUND_SIZE = 200     # training patients in the background (all if fewer)
-DEFAULT_SEED = 0                  # sampling of the background
-MAX_DISPLAY = 20                  # features shown in beeswarm and bar plots
-WATERFALL_DISPLAY = 10            # rows of a waterfall (the rest summed in one row)
+DEFAULT_TOP_K = 5  # contributions per patient in top_contributions.csv and summary
+DEFAULT_DEPENDENCE_PLOTS = 5  # dependence plots for the globally most important features
+DEFAULT_WATERFALLS = 4  # patients with a waterfall plot (half highest, half lowest)
+DEFAULT_BACKGROUND_SIZE = 200  # training patients in the background (all if fewer)
+DEFAULT_SEED = 0  # sampling of the background
+MAX_DISPLAY = 20  # features shown in beeswarm and bar plots
+WATERFALL_DISPLAY = 10  # rows of a waterfall (the rest summed in one row)
 # sum(SHAP) + base must equal the margin; xgboost sums its trees in float32, so the check
 # allows float32 rounding (relative to the margins' scale), far below any real discrepancy.
 ADDITIVITY_TOLERANCE = 1e-4
@@ -74,14 +74,14 @@ QUANTITY_XGB_COX = "log hazard ratio (xgboost Cox margin)"
 QUANTITY_AFT_RISK = "risk = minus log survival time (negated xgboost AFT margin)"
 QUANTITY_LOG_ODDS = "log-odds of response (CR/PR)"
 
-SWARM_BINS = 100                  # resolution of the beeswarm's stacking along the SHAP axis
-SWARM_HALF_WIDTH = 0.4            # vertical half-width of one beeswarm row (row spacing = 1)
-COLOUR_MAP = "coolwarm"           # feature value: low = blue, high = red
+SWARM_BINS = 100  # resolution of the beeswarm's stacking along the SHAP axis
+SWARM_HALF_WIDTH = 0.4  # vertical half-width of one beeswarm row (row spacing = 1)
+COLOUR_MAP = "coolwarm"  # feature value: low = blue, high = red
 INCREASE_COLOUR, DECREASE_COLOUR = "#d62728", "#1f77b4"
 GROUP_COLOURS = {CLINICAL: "#4c72b0", IMAGING: "#dd8452"}
 MISSING_COLOUR = "0.6"
-FIGURE_WIDTH = 8.0                # inches, at least
-PLOT_AREA_WIDTH = 5.5             # inches kept for the data next to the feature names
+FIGURE_WIDTH = 8.0  # inches, at least
+PLOT_AREA_WIDTH = 5.5  # inches kept for the data next to the feature names
 LABEL_INCHES_PER_CHARACTER = 0.065
 
 
@@ -140,12 +140,16 @@ def _parts(predictor: RecurrencePredictor | ResponsePredictor) -> tuple[Pipeline
     elif isinstance(predictor, ResponsePredictor):
         task = training.RESPONSE
     else:
-        raise TypeError(f"cannot explain a {type(predictor).__name__}: expected a RecurrencePredictor or "
-                        f"ResponsePredictor from models.predictor (a fitted model saved by crlm train)")
+        raise TypeError(
+            f"cannot explain a {type(predictor).__name__}: expected a RecurrencePredictor or "
+            f"ResponsePredictor from models.predictor (a fitted model saved by crlm train)"
+        )
     pipeline = predictor.pipeline
     if not isinstance(pipeline, Pipeline) or len(pipeline.steps) < 2:
-        raise TypeError(f"model '{predictor.name}': expected a fitted sklearn Pipeline of pre-processing "
-                        f"steps and an estimator, got {type(pipeline).__name__}")
+        raise TypeError(
+            f"model '{predictor.name}': expected a fitted sklearn Pipeline of pre-processing "
+            f"steps and an estimator, got {type(pipeline).__name__}"
+        )
     return pipeline[:-1], pipeline.steps[-1][1], task
 
 
@@ -159,8 +163,10 @@ def explained_quantity(estimator: object) -> str:
         return QUANTITY_XGB_COX
     if isinstance(estimator, (LogisticRegression, XGBClassifier)):
         return QUANTITY_LOG_ODDS
-    raise TypeError(f"no SHAP explainer for {type(estimator).__name__}; supported: CoxnetSurvivalAnalysis, "
-                    f"XGBCoxSurvival, XGBAFTSurvival, LogisticRegression, XGBClassifier")
+    raise TypeError(
+        f"no SHAP explainer for {type(estimator).__name__}; supported: CoxnetSurvivalAnalysis, "
+        f"XGBCoxSurvival, XGBAFTSurvival, LogisticRegression, XGBClassifier"
+    )
 
 
 def _margin_of_inputs(estimator: object, X: np.ndarray) -> np.ndarray:
@@ -168,7 +174,7 @@ def _margin_of_inputs(estimator: object, X: np.ndarray) -> np.ndarray:
         return np.asarray(estimator.decision_function(X), dtype=float)
     if isinstance(estimator, XGBClassifier):
         return np.asarray(estimator.predict(X, output_margin=True), dtype=float)
-    return np.asarray(estimator.predict(X), dtype=float)   # survival models: risk, higher = worse
+    return np.asarray(estimator.predict(X), dtype=float)  # survival models: risk, higher = worse
 
 
 def model_margin(predictor: RecurrencePredictor | ResponsePredictor, table: pd.DataFrame) -> np.ndarray:
@@ -194,12 +200,16 @@ def model_features(predictor: RecurrencePredictor | ResponsePredictor) -> tuple[
     try:
         names = [str(n) for n in prepare.get_feature_names_out()]
     except (AttributeError, TypeError, ValueError) as err:
-        raise ValueError(f"model '{predictor.name}': its pre-processing cannot name its output features "
-                         f"({err}); refit it with crlm train") from err
+        raise ValueError(
+            f"model '{predictor.name}': its pre-processing cannot name its output features "
+            f"({err}); refit it with crlm train"
+        ) from err
     expected = getattr(estimator, "n_features_in_", len(names))
     if len(names) != expected:
-        raise ValueError(f"model '{predictor.name}': pre-processing names {len(names)} features but the "
-                         f"estimator takes {expected}; refit it with crlm train")
+        raise ValueError(
+            f"model '{predictor.name}': pre-processing names {len(names)} features but the "
+            f"estimator takes {expected}; refit it with crlm train"
+        )
     by_length = sorted(columns, key=len, reverse=True)
     sources = []
     for name in names:
@@ -217,12 +227,12 @@ def _display_data(frame: pd.DataFrame, names: Sequence[str], sources: Sequence[s
     """Features in original units (``frame``: the model frame); a one-hot feature is its 0/1
     indicator (NaN if missing)."""
     out = np.empty((len(frame), len(names)))
-    for j, (name, source) in enumerate(zip(names, sources)):
+    for j, (name, source) in enumerate(zip(names, sources, strict=True)):
         column = frame[source]
         if name == source:
             out[:, j] = pd.to_numeric(column, errors="coerce").to_numpy(float)
         else:
-            category = name[len(source) + 1:]
+            category = name[len(source) + 1 :]
             out[:, j] = np.where(column.isna(), np.nan, (column.astype(str) == category).astype(float))
     return out
 
@@ -243,8 +253,10 @@ def _linear_coefficients(estimator: object, n_features: int) -> tuple[np.ndarray
         coef = np.asarray(estimator.coef_, dtype=float).reshape(-1)
         intercept = float(np.asarray(estimator.intercept_).reshape(-1)[0])
     if coef.shape[0] != n_features:
-        raise ValueError(f"{type(estimator).__name__}: {coef.shape[0]} coefficients for {n_features} features "
-                         f"(only binary response models and single-output Cox models are supported)")
+        raise ValueError(
+            f"{type(estimator).__name__}: {coef.shape[0]} coefficients for {n_features} features "
+            f"(only binary response models and single-output Cox models are supported)"
+        )
     return coef, intercept
 
 
@@ -256,16 +268,19 @@ def _shap_values(estimator: object, X: np.ndarray, background: np.ndarray) -> tu
         values = explainer.shap_values(X)
     else:
         booster = estimator.get_booster() if isinstance(estimator, XGBClassifier) else estimator.booster_
-        explainer = shap.TreeExplainer(booster, data=masker, feature_perturbation="interventional",
-                                       model_output="raw")
-        values = explainer.shap_values(X, check_additivity=False)   # checked against the predictor below
+        explainer = shap.TreeExplainer(booster, data=masker, feature_perturbation="interventional", model_output="raw")
+        values = explainer.shap_values(X, check_additivity=False)  # checked against the predictor below
     base = float(np.asarray(explainer.expected_value, dtype=float).reshape(-1)[0])
     return np.asarray(values, dtype=float).reshape(X.shape), base
 
 
-def explain(predictor: RecurrencePredictor | ResponsePredictor, table: pd.DataFrame,
-            background: pd.DataFrame, background_size: int = DEFAULT_BACKGROUND_SIZE,
-            seed: int = DEFAULT_SEED) -> ShapResult:
+def explain(
+    predictor: RecurrencePredictor | ResponsePredictor,
+    table: pd.DataFrame,
+    background: pd.DataFrame,
+    background_size: int = DEFAULT_BACKGROUND_SIZE,
+    seed: int = DEFAULT_SEED,
+) -> ShapResult:
     """SHAP values of ``predictor`` for the patients of ``table`` (e.g. the held-out split).
 
     ``background`` is the training split (at most ``background_size`` of its rows, sampled
@@ -277,26 +292,41 @@ def explain(predictor: RecurrencePredictor | ResponsePredictor, table: pd.DataFr
     names, sources = model_features(predictor)
     frames = [training.model_frame(t, predictor.feature_columns) for t in (table, background)]
     if len(frames[0]) == 0 or len(frames[1]) == 0:
-        raise ValueError(f"model '{predictor.name}': nothing to explain ({len(frames[0])} patients, "
-                         f"{len(frames[1])} background patients)")
+        raise ValueError(
+            f"model '{predictor.name}': nothing to explain ({len(frames[0])} patients, "
+            f"{len(frames[1])} background patients)"
+        )
     # one pass through the pre-processing (its cost is per column: ~2,000 radiomics features)
     X_all = np.asarray(prepare.transform(pd.concat(frames, ignore_index=True)), dtype=float)
-    X, X_background = X_all[:len(frames[0])], X_all[len(frames[0]):]
+    X, X_background = X_all[: len(frames[0])], X_all[len(frames[0]) :]
     X_background = _background(X_background, int(background_size), int(seed))
     values, base = _shap_values(estimator, X, X_background)
     if isinstance(estimator, XGBAFTSurvival):
-        values, base = -values, -base   # AFT margin is log time; risk = -margin
-    ids = (table[PATIENT_ID].tolist() if PATIENT_ID in table else [str(i) for i in table.index])
-    result = ShapResult(predictor.name, task, quantity, names, sources, values, np.full(len(X), base), X,
-                        _display_data(frames[0], names, sources), ids, len(X_background))
-    margin = _margin_of_inputs(estimator, X)   # = model_margin(predictor, table), without a second pass
+        values, base = -values, -base  # AFT margin is log time; risk = -margin
+    ids = table[PATIENT_ID].tolist() if PATIENT_ID in table else [str(i) for i in table.index]
+    result = ShapResult(
+        predictor.name,
+        task,
+        quantity,
+        names,
+        sources,
+        values,
+        np.full(len(X), base),
+        X,
+        _display_data(frames[0], names, sources),
+        ids,
+        len(X_background),
+    )
+    margin = _margin_of_inputs(estimator, X)  # = model_margin(predictor, table), without a second pass
     error = np.abs(result.output - margin)
     scale = max(1.0, float(np.abs(margin).max()))
     if error.max() > ADDITIVITY_TOLERANCE * scale:
         worst = int(error.argmax())
-        raise RuntimeError(f"model '{predictor.name}': SHAP values do not add up to its {quantity} "
-                           f"(patient {ids[worst]}: {result.output[worst]:.6g} vs {margin[worst]:.6g}); "
-                           f"this estimator is not explained correctly by models/explain.py")
+        raise RuntimeError(
+            f"model '{predictor.name}': SHAP values do not add up to its {quantity} "
+            f"(patient {ids[worst]}: {result.output[worst]:.6g} vs {margin[worst]:.6g}); "
+            f"this estimator is not explained correctly by models/explain.py"
+        )
     return result
 
 
@@ -317,7 +347,7 @@ def _linear_reference(pipeline: Pipeline, width: int) -> np.ndarray:
     prepare = pipeline.named_steps["prepare"]
     parts = []
     for name, transformer, columns in prepare.transformers_:
-        if name in NUMERIC_BLOCKS:       # after the fitted scaler, the training mean is 0
+        if name in NUMERIC_BLOCKS:  # after the fitted scaler, the training mean is 0
             parts.append(np.zeros(len(transformer.get_feature_names_out(list(columns)))))
         elif name == "categorical":
             modes = transformer.named_steps["impute"].statistics_
@@ -327,15 +357,16 @@ def _linear_reference(pipeline: Pipeline, width: int) -> np.ndarray:
             raise NotImplementedError(f"no reference patient for a pipeline with a {name!r} transformer")
     reference = np.concatenate(parts)
     for step in ("decorrelate", "select"):
-        if step in pipeline.named_steps:   # selection over every column (train.select_among: all)
+        if step in pipeline.named_steps:  # selection over every column (train.select_among: all)
             reference = reference[pipeline.named_steps[step].support_]
     if reference.shape[0] != width:
         raise ValueError(f"the reference patient has {reference.shape[0]} model features, the model {width}")
     return reference
 
 
-def explain_without_background(predictor: RecurrencePredictor | ResponsePredictor, frame: pd.DataFrame,
-                               typed: bool = False) -> ShapResult:
+def explain_without_background(
+    predictor: RecurrencePredictor | ResponsePredictor, frame: pd.DataFrame, typed: bool = False
+) -> ShapResult:
     """Exact, additive SHAP values of ``predictor`` on ``frame`` without training rows (inference).
 
     Linear models (Coxnet, logistic): ``coef_j * (z_j - z_ref_j)`` on the fitted pre-processed
@@ -367,20 +398,37 @@ def explain_without_background(predictor: RecurrencePredictor | ResponsePredicto
         margin = booster.predict(xgb.DMatrix(Z), output_margin=True).astype(float)
         values, base = contributions[:, :-1], contributions[:, -1]
         if isinstance(estimator, XGBAFTSurvival):
-            values, base, margin = -values, -base, -margin   # AFT margin is log time; risk = -margin
+            values, base, margin = -values, -base, -margin  # AFT margin is log time; risk = -margin
     error = np.abs(values.sum(axis=1) + base - margin)
     if error.size and error.max() > ADDITIVITY_TOLERANCE * max(1.0, float(np.abs(margin).max())):
-        raise RuntimeError(f"model '{predictor.name}': SHAP values do not add up to its {quantity} "
-                           f"(off by {error.max():.3g}); models/explain.py cannot explain this estimator")
+        raise RuntimeError(
+            f"model '{predictor.name}': SHAP values do not add up to its {quantity} "
+            f"(off by {error.max():.3g}); models/explain.py cannot explain this estimator"
+        )
     ids = [str(v) for v in frame[PATIENT_ID]] if PATIENT_ID in frame else [str(i) for i in frame.index]
-    return ShapResult(predictor.name, task, quantity, names, sources, values, base, Z,
-                      _display_data(X, names, sources), ids, n_background=0)
+    return ShapResult(
+        predictor.name,
+        task,
+        quantity,
+        names,
+        sources,
+        values,
+        base,
+        Z,
+        _display_data(X, names, sources),
+        ids,
+        n_background=0,
+    )
 
 
 def to_explanation(result: ShapResult) -> shap.Explanation:
     """The result as a ``shap.Explanation`` (for shap's own plots), in original units."""
-    return shap.Explanation(values=result.values, base_values=result.base_values, data=result.display_data,
-                            feature_names=list(result.feature_names))
+    return shap.Explanation(
+        values=result.values,
+        base_values=result.base_values,
+        data=result.display_data,
+        feature_names=list(result.feature_names),
+    )
 
 
 # --- tables -------------------------------------------------------------------------------------
@@ -405,14 +453,16 @@ def importance(result: ShapResult) -> pd.DataFrame:
     """
     mean_abs = np.abs(result.values).mean(axis=0)
     total = mean_abs.sum()
-    table = pd.DataFrame({
-        "feature": result.feature_names,
-        "source_column": result.source_columns,
-        "group": [feature_group(c) for c in result.source_columns],
-        "mean_abs_shap": mean_abs,
-        "share": mean_abs / total if total > 0 else np.full(mean_abs.shape, np.nan),
-        "mean_shap": result.values.mean(axis=0),
-    })
+    table = pd.DataFrame(
+        {
+            "feature": result.feature_names,
+            "source_column": result.source_columns,
+            "group": [feature_group(c) for c in result.source_columns],
+            "mean_abs_shap": mean_abs,
+            "share": mean_abs / total if total > 0 else np.full(mean_abs.shape, np.nan),
+            "mean_shap": result.values.mean(axis=0),
+        }
+    )
     return table.sort_values("mean_abs_shap", ascending=False, kind="mergesort").reset_index(drop=True)
 
 
@@ -425,8 +475,9 @@ def attribution_share(result: ShapResult) -> dict[str, float]:
     table = importance(result)
     total = float(table["mean_abs_shap"].sum())
     sums = table.groupby("group")["mean_abs_shap"].sum()
-    return {group: (float(sums.get(group, 0.0)) / total if total > 0 else float("nan"))
-            for group in (CLINICAL, IMAGING)}
+    return {
+        group: (float(sums.get(group, 0.0)) / total if total > 0 else float("nan")) for group in (CLINICAL, IMAGING)
+    }
 
 
 def top_contributions(result: ShapResult, k: int = DEFAULT_TOP_K) -> pd.DataFrame:
@@ -517,14 +568,24 @@ def beeswarm_plot(result: ShapResult, source: str = "", max_display: int = MAX_D
         known = ~np.isnan(rank)
         ax.scatter(x[~known], y[~known], s=10, color=MISSING_COLOUR, linewidths=0)
         ax.scatter(x[known], y[known], s=10, c=cmap(rank[known]), linewidths=0)
-        rows.append(pd.DataFrame({"feature": result.feature_names[j], PATIENT_ID: list(result.patient_ids),
-                                  "shap": x, "value": result.display_data[:, j]}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "feature": result.feature_names[j],
+                    PATIENT_ID: list(result.patient_ids),
+                    "shap": x,
+                    "value": result.display_data[:, j],
+                }
+            )
+        )
     ax.axvline(0.0, color="0.5", linewidth=0.8)
     ax.set_yticks(range(len(top)), labels=[result.feature_names[j] for j in top[::-1]], fontsize=8)
     ax.set_ylim(-0.6, len(top) - 0.4)
     ax.set_xlabel(f"SHAP value ({result.quantity})")
-    ax.set_title(f"{_title(result)}\n{len(result.patient_ids)} patients, top {len(top)} of "
-                 f"{len(result.feature_names)} features", fontsize=10)
+    ax.set_title(
+        f"{_title(result)}\n{len(result.patient_ids)} patients, top {len(top)} of {len(result.feature_names)} features",
+        fontsize=10,
+    )
     colourbar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=ax, ticks=[0, 1], aspect=40)
     colourbar.ax.set_yticklabels(["low", "high"])
     colourbar.set_label("feature value (percentile)", fontsize=8)
@@ -541,13 +602,16 @@ def bar_plot(result: ShapResult, source: str = "", max_display: int = MAX_DISPLA
     fig = Figure(figsize=(_width(shown["feature"]), 1.5 + 0.35 * len(shown)), layout="constrained")
     ax = fig.subplots()
     ax.barh(range(len(shown)), shown["mean_abs_shap"], color=[GROUP_COLOURS[g] for g in shown["group"]])
-    legend = [Patch(color=colour, label=f"{group} ({share[group]:.0%} of total)")
-              for group, colour in GROUP_COLOURS.items()]
+    legend = [
+        Patch(color=colour, label=f"{group} ({share[group]:.0%} of total)") for group, colour in GROUP_COLOURS.items()
+    ]
     ax.set_yticks(range(len(shown)), labels=shown["feature"], fontsize=8)
     ax.set_xlabel(f"mean |SHAP value| ({result.quantity})")
-    ax.set_title(f"{result.task} / {result.model}: mean absolute contribution to the {result.quantity}\n"
-                 f"{len(result.patient_ids)} patients, top {len(shown)} of {len(result.feature_names)} features",
-                 fontsize=10)
+    ax.set_title(
+        f"{result.task} / {result.model}: mean absolute contribution to the {result.quantity}\n"
+        f"{len(result.patient_ids)} patients, top {len(shown)} of {len(result.feature_names)} features",
+        fontsize=10,
+    )
     ax.legend(handles=legend, loc="lower right", fontsize=8)
     caption(fig, source)
     return fig, table
@@ -557,8 +621,10 @@ def dependence_plot(result: ShapResult, feature: str, source: str = "") -> tuple
     """SHAP value of one feature against its value in original units (missing values, which
     the model imputed, are listed in the legend but not drawn). Data: patient_id, value, shap."""
     if feature not in result.feature_names:
-        raise ValueError(f"dependence_plot: '{feature}' is not a feature of model {result.model}; "
-                         f"features: {result.feature_names[:10]}{' ...' if len(result.feature_names) > 10 else ''}")
+        raise ValueError(
+            f"dependence_plot: '{feature}' is not a feature of model {result.model}; "
+            f"features: {result.feature_names[:10]}{' ...' if len(result.feature_names) > 10 else ''}"
+        )
     j = result.feature_names.index(feature)
     value, contribution = result.display_data[:, j], result.values[:, j]
     known = ~np.isnan(value)
@@ -570,8 +636,7 @@ def dependence_plot(result: ShapResult, feature: str, source: str = "") -> tuple
     unit = " (0/1 indicator)" if result.source_columns[j] != feature else ""
     ax.set_xlabel(f"{feature}{unit}")
     ax.set_ylabel(f"SHAP value ({result.quantity})")
-    ax.set_title(f"{result.task} / {result.model}: contribution of {feature}\nto the {result.quantity}",
-                 fontsize=10)
+    ax.set_title(f"{result.task} / {result.model}: contribution of {feature}\nto the {result.quantity}", fontsize=10)
     ax.legend(loc="best", fontsize=8)
     caption(fig, source)
     return fig, pd.DataFrame({PATIENT_ID: list(result.patient_ids), "value": value, "shap": contribution})
@@ -581,20 +646,23 @@ def _format(value: float) -> str:
     return "missing" if np.isnan(value) else f"{value:.4g}"
 
 
-def waterfall_plot(result: ShapResult, patient_id: str, source: str = "",
-                   max_display: int = WATERFALL_DISPLAY) -> tuple[Figure, pd.DataFrame]:
+def waterfall_plot(
+    result: ShapResult, patient_id: str, source: str = "", max_display: int = WATERFALL_DISPLAY
+) -> tuple[Figure, pd.DataFrame]:
     """One patient: from the base value (background mean) through each feature's contribution
     to the patient's value of the quantity; the smallest contributions are summed in one row.
 
     Data columns: feature, value (original units), shap, start, end (cumulative quantity).
     """
     if patient_id not in result.patient_ids:
-        raise ValueError(f"waterfall_plot: patient '{patient_id}' is not among the {len(result.patient_ids)} "
-                         f"explained patients of model {result.model}")
+        raise ValueError(
+            f"waterfall_plot: patient '{patient_id}' is not among the {len(result.patient_ids)} "
+            f"explained patients of model {result.model}"
+        )
     i = result.patient_ids.index(patient_id)
     contribution = result.values[i]
     order = np.argsort(-np.abs(contribution), kind="mergesort")
-    shown, rest = order[: max_display - 1], order[max_display - 1:]
+    shown, rest = order[: max_display - 1], order[max_display - 1 :]
     if rest.size == 1:
         shown, rest = order, rest[:0]
     labels = [f"{result.feature_names[j]} = {_format(result.display_data[i, j])}" for j in shown]
@@ -615,7 +683,7 @@ def waterfall_plot(result: ShapResult, patient_id: str, source: str = "",
     ax = fig.subplots()
     colours = [INCREASE_COLOUR if s > 0 else DECREASE_COLOUR for s in steps]
     ax.barh(range(len(steps)), steps, left=start, color=colours, height=0.6)
-    for row, (s, e) in enumerate(zip(steps, end)):
+    for row, (s, e) in enumerate(zip(steps, end, strict=True)):
         ax.text(e, row, f" {s:+.3g} ", va="center", ha="left" if s >= 0 else "right", fontsize=7)
     ax.axvline(base, color="0.5", linestyle="--", linewidth=0.8, label=f"base (background mean) = {base:.3g}")
     ax.axvline(end[-1], color="0.2", linewidth=0.8, label=f"this patient = {end[-1]:.3g}")
@@ -624,8 +692,9 @@ def waterfall_plot(result: ShapResult, patient_id: str, source: str = "",
     span = max(float(np.r_[start, end, base].max() - np.r_[start, end, base].min()), 1e-9)
     ax.set_xlim(min(start.min(), end.min(), base) - 0.15 * span, max(start.max(), end.max(), base) + 0.15 * span)
     ax.set_xlabel(result.quantity)
-    ax.set_title(f"Patient {patient_id}: {result.task} / {result.model}\ncontributions to the {result.quantity}",
-                 fontsize=10)
+    ax.set_title(
+        f"Patient {patient_id}: {result.task} / {result.model}\ncontributions to the {result.quantity}", fontsize=10
+    )
     ax.legend(loc="best", fontsize=8)
     caption(fig, source)
     data = pd.DataFrame({"feature": names, "value": values, "shap": steps, "start": start, "end": end})

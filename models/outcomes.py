@@ -28,16 +28,21 @@ def recurrence_outcome(df: pd.DataFrame) -> np.ndarray:
     """Structured (event, time) array of recurrence after liver resection, time in months."""
     missing = ~has_recurrence_outcome(df)
     if missing.any():
-        raise ValueError(f"recurrence outcome missing for {int(missing.sum())} patient(s), e.g. "
-                         f"{df.loc[missing, s.PATIENT_ID].head(3).tolist()}")
-    return Surv.from_arrays(event=df[s.RECURRENCE_EVENT].astype(bool).to_numpy(),
-                            time=df[s.RECURRENCE_MONTHS].astype(float).to_numpy())
+        raise ValueError(
+            f"recurrence outcome missing for {int(missing.sum())} patient(s), e.g. "
+            f"{df.loc[missing, s.PATIENT_ID].head(3).tolist()}"
+        )
+    return Surv.from_arrays(
+        event=df[s.RECURRENCE_EVENT].astype(bool).to_numpy(), time=df[s.RECURRENCE_MONTHS].astype(float).to_numpy()
+    )
 
 
 def response_outcome(df: pd.DataFrame) -> np.ndarray:
     """1 for a responder (CR or PR), 0 otherwise (SD or PD)."""
     missing = ~has_response_outcome(df)
     if missing.any():
-        raise ValueError(f"RECIST response missing for {int(missing.sum())} patient(s), e.g. "
-                         f"{df.loc[missing, s.PATIENT_ID].head(3).tolist()}")
+        raise ValueError(
+            f"RECIST response missing for {int(missing.sum())} patient(s), e.g. "
+            f"{df.loc[missing, s.PATIENT_ID].head(3).tolist()}"
+        )
     return df[s.RECIST].isin(s.RESPONDER_CATEGORIES).astype(int).to_numpy()

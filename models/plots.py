@@ -65,8 +65,9 @@ def _array(values, caller: str, argument: str, n: int | None = None) -> np.ndarr
         raise ValueError(f"{caller}: {argument} has {x.shape[0]} values, expected {n} (one per patient)")
     bad = np.flatnonzero(~np.isfinite(x))
     if bad.size:
-        raise ValueError(f"{caller}: {argument} must be finite; found {x[bad[:5]].tolist()} at "
-                         f"position(s) {bad[:5].tolist()}")
+        raise ValueError(
+            f"{caller}: {argument} must be finite; found {x[bad[:5]].tolist()} at position(s) {bad[:5].tolist()}"
+        )
     return x
 
 
@@ -74,8 +75,9 @@ def _probability(values, caller: str, argument: str, n: int) -> np.ndarray:
     x = _array(values, caller, argument, n)
     bad = np.flatnonzero((x < 0) | (x > 1))
     if bad.size:
-        raise ValueError(f"{caller}: {argument} must lie in [0, 1]; found {x[bad[:5]].tolist()} at "
-                         f"position(s) {bad[:5].tolist()}")
+        raise ValueError(
+            f"{caller}: {argument} must lie in [0, 1]; found {x[bad[:5]].tolist()} at position(s) {bad[:5].tolist()}"
+        )
     return x
 
 
@@ -83,8 +85,9 @@ def _binary(y, caller: str, argument: str = "y") -> np.ndarray:
     x = _array(y, caller, argument)
     bad = np.flatnonzero(~np.isin(x, (0.0, 1.0)))
     if bad.size:
-        raise ValueError(f"{caller}: {argument} must be 0/1; found {x[bad[:5]].tolist()} at "
-                         f"position(s) {bad[:5].tolist()}")
+        raise ValueError(
+            f"{caller}: {argument} must be 0/1; found {x[bad[:5]].tolist()} at position(s) {bad[:5].tolist()}"
+        )
     return x.astype(int)
 
 
@@ -105,8 +108,14 @@ def _thresholds(thresholds: Sequence[float], caller: str) -> np.ndarray:
     return pt
 
 
-def _model_arrays(values: Mapping[str, np.ndarray], caller: str, argument: str, n: int,
-                  probability: bool = True, reserved: Sequence[str] = ()) -> dict[str, np.ndarray]:
+def _model_arrays(
+    values: Mapping[str, np.ndarray],
+    caller: str,
+    argument: str,
+    n: int,
+    probability: bool = True,
+    reserved: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
     if not values:
         raise ValueError(f"{caller}: {argument} must name at least one model")
     clash = [name for name in values if name in reserved]
@@ -197,9 +206,15 @@ def _group_names(n_groups: int) -> tuple[str, ...]:
     return tuple(f"group {i + 1}" for i in range(n_groups))
 
 
-def kaplan_meier_by_risk_group(time, event, risk, cutpoints: Sequence[float],
-                               group_names: Sequence[str] | None = None, source: str = "",
-                               at_risk_times: Sequence[float] = AT_RISK_MONTHS) -> tuple[Figure, pd.DataFrame]:
+def kaplan_meier_by_risk_group(
+    time,
+    event,
+    risk,
+    cutpoints: Sequence[float],
+    group_names: Sequence[str] | None = None,
+    source: str = "",
+    at_risk_times: Sequence[float] = AT_RISK_MONTHS,
+) -> tuple[Figure, pd.DataFrame]:
     """Kaplan-Meier curves of risk groups with 95% log-log bands, log-rank test and numbers at risk.
 
     Patients fall into ``len(cutpoints) + 1`` groups, lowest risk first:
@@ -220,8 +235,10 @@ def kaplan_meier_by_risk_group(time, event, risk, cutpoints: Sequence[float],
         raise ValueError(f"{caller}: cutpoints must be non-empty and non-decreasing; got {cuts.tolist()}")
     names = tuple(group_names) if group_names is not None else _group_names(cuts.size + 1)
     if len(names) != cuts.size + 1 or len(set(names)) != len(names):
-        raise ValueError(f"{caller}: group_names must be {cuts.size + 1} distinct names for {cuts.size} "
-                         f"cut-point(s); got {list(names)}")
+        raise ValueError(
+            f"{caller}: group_names must be {cuts.size + 1} distinct names for {cuts.size} "
+            f"cut-point(s); got {list(names)}"
+        )
     times_at_risk = _array(at_risk_times, caller, "at_risk_times")
     group = np.searchsorted(cuts, r, side="right")  # same rule as models.predictor.risk_groups
 
@@ -253,15 +270,17 @@ def kaplan_meier_by_risk_group(time, event, risk, cutpoints: Sequence[float],
             (line,) = ax.plot([], [], label=label)
         else:
             (line,) = ax.step(sub["time"], sub["survival"], where="post", label=label)
-            ax.fill_between(sub["time"], sub["ci_low"], sub["ci_high"], step="post", alpha=0.15,
-                            color=line.get_color(), linewidth=0)
+            ax.fill_between(
+                sub["time"], sub["ci_low"], sub["ci_high"], step="post", alpha=0.15, color=line.get_color(), linewidth=0
+            )
         colours[name] = line.get_color()
     x_max = max(float(t.max()), float(times_at_risk.max()))
     ax.set_xlim(0, x_max * 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("Event-free probability (95% CI)")
-    ax.set_title(f"Kaplan-Meier by risk group (training cut-points: "
-                 f"{', '.join(f'{c:.3g}' for c in cuts)})", fontsize=10)
+    ax.set_title(
+        f"Kaplan-Meier by risk group (training cut-points: {', '.join(f'{c:.3g}' for c in cuts)})", fontsize=10
+    )
     ax.grid(True, alpha=0.4)
     ax.tick_params(labelbottom=True)
     ax.set_xticks(_time_ticks(times_at_risk, x_max))
@@ -270,11 +289,11 @@ def kaplan_meier_by_risk_group(time, event, risk, cutpoints: Sequence[float],
     fig.legend(loc="outside right upper", title=_format_p(p), fontsize=8, title_fontsize=8)
 
     for row, name in enumerate(names):
-        for a, n in zip(times_at_risk, at_risk[name]):
+        for a, n in zip(times_at_risk, at_risk[name], strict=True):
             table.text(a, n_rows - 1 - row, str(n), ha="center", va="center", fontsize=8, color=colours[name])
     table.set_ylim(-0.6, n_rows - 0.4)
     table.set_yticks(range(n_rows), labels=list(reversed(names)), fontsize=8)
-    for label, name in zip(table.get_yticklabels(), reversed(names)):
+    for label, name in zip(table.get_yticklabels(), reversed(names), strict=True):
         label.set_color(colours[name])
     table.tick_params(axis="x", bottom=False, labelbottom=False)
     table.tick_params(axis="y", left=False, pad=14)  # keep names clear of the counts at time 0
@@ -283,8 +302,9 @@ def kaplan_meier_by_risk_group(time, event, risk, cutpoints: Sequence[float],
     table.set_title("Number at risk", loc="left", fontsize=8)
     caption(fig, source)
 
-    data.attrs.update(logrank_p=p, logrank_chisq=chisq, at_risk=at_risk,
-                      at_risk_times=times_at_risk.tolist(), cutpoints=cuts.tolist())
+    data.attrs.update(
+        logrank_p=p, logrank_chisq=chisq, at_risk=at_risk, at_risk_times=times_at_risk.tolist(), cutpoints=cuts.tolist()
+    )
     return fig, data
 
 
@@ -302,9 +322,14 @@ def _calibration_figure(data: pd.DataFrame, title: str, xlabel: str, ylabel: str
     fig = _figure((6.0, 6.0))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", linewidth=1, label="perfect calibration")
-    ax.errorbar(data["predicted"], data["observed"],
-                yerr=[data["observed"] - data["ci_low"], data["ci_high"] - data["observed"]],
-                fmt="o", capsize=3, label="quantile bin (95% CI)")
+    ax.errorbar(
+        data["predicted"],
+        data["observed"],
+        yerr=[data["observed"] - data["ci_low"], data["ci_high"] - data["observed"]],
+        fmt="o",
+        capsize=3,
+        label="quantile bin (95% CI)",
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
@@ -317,8 +342,9 @@ def _calibration_figure(data: pd.DataFrame, title: str, xlabel: str, ylabel: str
     return fig
 
 
-def survival_calibration(time, event, predicted_survival_at_h, horizon: float, bins: int = 5,
-                         source: str = "") -> tuple[Figure, pd.DataFrame]:
+def survival_calibration(
+    time, event, predicted_survival_at_h, horizon: float, bins: int = 5, source: str = ""
+) -> tuple[Figure, pd.DataFrame]:
     """Calibration of predicted survival at ``horizon`` months against Kaplan-Meier within bins.
 
     Patients are binned by quantiles of their predicted S(h); per bin, ``predicted`` is the
@@ -337,13 +363,24 @@ def survival_calibration(time, event, predicted_survival_at_h, horizon: float, b
     for b in np.unique(which):
         member = which == b
         s, lo, hi = _km_at(t[member], e[member], h)
-        rows.append({"bin": int(b) + 1, "predicted": float(predicted[member].mean()), "observed": s,
-                     "ci_low": lo, "ci_high": hi, "n": int(member.sum())})
+        rows.append(
+            {
+                "bin": int(b) + 1,
+                "predicted": float(predicted[member].mean()),
+                "observed": s,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(member.sum()),
+            }
+        )
     data = pd.DataFrame(rows)
     fig = _calibration_figure(
-        data, f"Calibration at {h:g} months ({len(data)} quantile bins, n={t.size})",
+        data,
+        f"Calibration at {h:g} months ({len(data)} quantile bins, n={t.size})",
         f"Predicted survival at {h:g} months (bin mean)",
-        f"Observed Kaplan-Meier survival at {h:g} months", source)
+        f"Observed Kaplan-Meier survival at {h:g} months",
+        source,
+    )
     return fig, data
 
 
@@ -371,12 +408,24 @@ def binary_calibration(y, probability, bins: int = 10, source: str = "") -> tupl
         member = which == b
         n, k = int(member.sum()), int(outcome[member].sum())
         lo, hi = wilson_interval(k, n)
-        rows.append({"bin": int(b) + 1, "predicted": float(p[member].mean()), "observed": k / n,
-                     "ci_low": lo, "ci_high": hi, "n": n})
+        rows.append(
+            {
+                "bin": int(b) + 1,
+                "predicted": float(p[member].mean()),
+                "observed": k / n,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": n,
+            }
+        )
     data = pd.DataFrame(rows)
     fig = _calibration_figure(
-        data, f"Calibration ({len(data)} quantile bins, n={outcome.size}, {int(outcome.sum())} events)",
-        "Predicted probability (bin mean)", "Observed fraction", source)
+        data,
+        f"Calibration ({len(data)} quantile bins, n={outcome.size}, {int(outcome.sum())} events)",
+        "Predicted probability (bin mean)",
+        "Observed fraction",
+        source,
+    )
     return fig, data
 
 
@@ -415,8 +464,9 @@ def roc_curves(y, probabilities: Mapping[str, np.ndarray], source: str = "") -> 
     return fig, data
 
 
-def time_dependent_auc(y_train, y_test, risks: Mapping[str, np.ndarray], times: Sequence[float],
-                       source: str = "") -> tuple[Figure, pd.DataFrame]:
+def time_dependent_auc(
+    y_train, y_test, risks: Mapping[str, np.ndarray], times: Sequence[float], source: str = ""
+) -> tuple[Figure, pd.DataFrame]:
     """Cumulative/dynamic AUC(t) per model (`sksurv.metrics.cumulative_dynamic_auc`).
 
     ``y_train`` (for the censoring weights) and ``y_test`` are structured (event, time)
@@ -434,8 +484,10 @@ def time_dependent_auc(y_train, y_test, risks: Mapping[str, np.ndarray], times: 
     first_event, last_time = float(t_test[e_test].min()), float(t_test.max())
     keep = (grid >= first_event) & (grid < last_time)
     if not keep.any():
-        raise ValueError(f"{caller}: no time in {grid.tolist()} lies within the test follow-up "
-                         f"[{first_event:g}, {last_time:g}) months")
+        raise ValueError(
+            f"{caller}: no time in {grid.tolist()} lies within the test follow-up "
+            f"[{first_event:g}, {last_time:g}) months"
+        )
     kept = grid[keep]
     scores = _model_arrays(risks, caller, "risks", t_test.size, probability=False)
     fig = _figure((7.5, 5.0))
@@ -454,8 +506,7 @@ def time_dependent_auc(y_train, y_test, risks: Mapping[str, np.ndarray], times: 
     ax.set_ylim(0, 1)
     ax.set_xlabel(TIME_LABEL)
     ax.set_ylabel("Cumulative/dynamic AUC(t)")
-    ax.set_title(f"Time-dependent AUC (n={t_test.size}, {int(e_test.sum())} events; "
-                 f"dashed: chance)", fontsize=10)
+    ax.set_title(f"Time-dependent AUC (n={t_test.size}, {int(e_test.sum())} events; dashed: chance)", fontsize=10)
     ax.grid(True, alpha=0.4)
     _legend(fig, ax, inside="lower right")
     caption(fig, source)
@@ -525,8 +576,9 @@ def _decision_figure(data: pd.DataFrame, title: str, xlabel: str, source: str) -
     return fig
 
 
-def decision_curve(y, probabilities: Mapping[str, np.ndarray], thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                   source: str = "") -> tuple[Figure, pd.DataFrame]:
+def decision_curve(
+    y, probabilities: Mapping[str, np.ndarray], thresholds: Sequence[float] = DEFAULT_THRESHOLDS, source: str = ""
+) -> tuple[Figure, pd.DataFrame]:
     """Decision curves: net benefit per model, treat all and treat none (Vickers & Elkin 2006).
 
     Data columns ``model, threshold, net_benefit``; the y-axis is clipped below (the data are not).
@@ -536,19 +588,29 @@ def decision_curve(y, probabilities: Mapping[str, np.ndarray], thresholds: Seque
     pt = _thresholds(thresholds, caller)
     models = _model_arrays(probabilities, caller, "probabilities", outcome.size, reserved=(TREAT_ALL, TREAT_NONE))
     models[TREAT_ALL] = np.ones(outcome.size)
-    rows = [{"model": name, "threshold": float(p), "net_benefit": net_benefit(outcome, prob, p)}
-            for name, prob in models.items() for p in pt]
+    rows = [
+        {"model": name, "threshold": float(p), "net_benefit": net_benefit(outcome, prob, p)}
+        for name, prob in models.items()
+        for p in pt
+    ]
     rows += [{"model": TREAT_NONE, "threshold": float(p), "net_benefit": 0.0} for p in pt]
     data = pd.DataFrame(rows)
     prevalence = outcome.mean()
-    fig = _decision_figure(data, f"Decision curve (n={outcome.size}, prevalence {prevalence:.2f})",
-                           "Threshold probability", source)
+    fig = _decision_figure(
+        data, f"Decision curve (n={outcome.size}, prevalence {prevalence:.2f})", "Threshold probability", source
+    )
     return fig, data
 
 
-def survival_decision_curve(time, event, predicted_risk_at_h, horizon: float,
-                            thresholds: Sequence[float] = DEFAULT_THRESHOLDS, source: str = "",
-                            name: str = "model") -> tuple[Figure, pd.DataFrame]:
+def survival_decision_curve(
+    time,
+    event,
+    predicted_risk_at_h,
+    horizon: float,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    source: str = "",
+    name: str = "model",
+) -> tuple[Figure, pd.DataFrame]:
     """Decision curve at ``horizon`` months for a time-to-event outcome (Vickers et al. 2008).
 
     ``predicted_risk_at_h`` is the predicted probability of an event by h (1 - S(h)). Net
@@ -563,13 +625,20 @@ def survival_decision_curve(time, event, predicted_risk_at_h, horizon: float,
         raise ValueError(f"{caller}: name {name!r} is reserved for a reference curve")
     h = float(horizon)
     curves = {name: risk, TREAT_ALL: np.ones(t.size)}
-    rows = [{"model": m, "threshold": float(p), "net_benefit": survival_net_benefit(t, e, r, h, p)}
-            for m, r in curves.items() for p in pt]
+    rows = [
+        {"model": m, "threshold": float(p), "net_benefit": survival_net_benefit(t, e, r, h, p)}
+        for m, r in curves.items()
+        for p in pt
+    ]
     rows += [{"model": TREAT_NONE, "threshold": float(p), "net_benefit": 0.0} for p in pt]
     data = pd.DataFrame(rows)
     s, _, _ = _km_at(t, e, h)
-    fig = _decision_figure(data, f"Decision curve at {h:g} months (n={t.size}, Kaplan-Meier risk "
-                                 f"{1 - s:.2f})", f"Threshold probability of an event by {h:g} months", source)
+    fig = _decision_figure(
+        data,
+        f"Decision curve at {h:g} months (n={t.size}, Kaplan-Meier risk {1 - s:.2f})",
+        f"Threshold probability of an event by {h:g} months",
+        source,
+    )
     return fig, data
 
 

@@ -28,8 +28,15 @@ GROUP_NAMES = ("low", "intermediate", "high")
 
 # Transformers that map each input column on its own (or drop it): a column they do not pass on
 # to the estimator cannot change a prediction, whatever its value (`used_columns`).
-_COLUMNWISE = {"SimpleImputer", "VarianceThreshold", "QuantileTransformer", "StandardScaler", "OneHotEncoder",
-               "CorrelationFilter", "UnivariateSelector"}
+_COLUMNWISE = {
+    "SimpleImputer",
+    "VarianceThreshold",
+    "QuantileTransformer",
+    "StandardScaler",
+    "OneHotEncoder",
+    "CorrelationFilter",
+    "UnivariateSelector",
+}
 
 
 def _columnwise(step: Any) -> bool:
@@ -80,7 +87,7 @@ class RecurrencePredictor:
     cutpoints: list[float]
     horizons: tuple[float, ...] = HORIZONS
     recalibrate: bool = False
-    reference: pd.DataFrame | None = None   # training split's scores and outcomes (baselines)
+    reference: pd.DataFrame | None = None  # training split's scores and outcomes (baselines)
 
     def risk(self, table: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.pipeline.predict(training.model_frame(table, self.feature_columns)), dtype=float)
@@ -107,7 +114,7 @@ class ResponsePredictor:
     name: str
     pipeline: Pipeline
     feature_columns: list[str]
-    reference: pd.DataFrame | None = None   # training split's scores and outcomes (baselines)
+    reference: pd.DataFrame | None = None  # training split's scores and outcomes (baselines)
 
     def probability(self, table: pd.DataFrame) -> np.ndarray:
         frame = training.model_frame(table, self.feature_columns)

@@ -28,8 +28,9 @@ class _ColumnSubset(TransformerMixin, BaseEstimator):
         return np.asarray(X, dtype=float)[:, self.support_]
 
     def get_feature_names_out(self, input_features=None):
-        names = np.asarray(input_features if input_features is not None
-                           else [f"x{i}" for i in range(self.n_features_in_)])
+        names = np.asarray(
+            input_features if input_features is not None else [f"x{i}" for i in range(self.n_features_in_)]
+        )
         return names[self.support_]
 
 
@@ -108,7 +109,7 @@ class UnivariateSelector(_ColumnSubset):
         return self
 
 
-QUANTILES = 200   # grid of the rank-based normalisation (capped at the number of rows)
+QUANTILES = 200  # grid of the rank-based normalisation (capped at the number of rows)
 
 
 def _numeric_steps() -> list[tuple[str, object]]:
@@ -121,10 +122,12 @@ def _numeric_steps() -> list[tuple[str, object]]:
 
 
 def _categorical_steps() -> Pipeline:
-    return Pipeline([
-        ("impute", SimpleImputer(strategy="most_frequent")),
-        ("one_hot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-    ])
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="most_frequent")),
+            ("one_hot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+        ]
+    )
 
 
 def tabular_preprocessor(numeric: Sequence[str], categorical: Sequence[str]) -> ColumnTransformer:
@@ -137,9 +140,13 @@ def tabular_preprocessor(numeric: Sequence[str], categorical: Sequence[str]) -> 
     return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
 
 
-def clinical_radiomics_preprocessor(clinical_numeric: Sequence[str], categorical: Sequence[str],
-                                    imaging: Sequence[str], correlation_threshold: float,
-                                    k_features: int) -> ColumnTransformer:
+def clinical_radiomics_preprocessor(
+    clinical_numeric: Sequence[str],
+    categorical: Sequence[str],
+    imaging: Sequence[str],
+    correlation_threshold: float,
+    k_features: int,
+) -> ColumnTransformer:
     """Clinical columns all kept; imaging columns decorrelated and the ``k_features`` most
     associated with the outcome kept (the usual combined clinical-radiomics model).
 
@@ -153,20 +160,33 @@ def clinical_radiomics_preprocessor(clinical_numeric: Sequence[str], categorical
     if categorical:
         transformers.append(("categorical", _categorical_steps(), list(categorical)))
     if imaging:
-        transformers.append(("imaging", Pipeline([
-            *_numeric_steps(),
-            ("decorrelate", CorrelationFilter(correlation_threshold)),
-            ("select", UnivariateSelector(k_features)),
-        ]), list(imaging)))
+        transformers.append(
+            (
+                "imaging",
+                Pipeline(
+                    [
+                        *_numeric_steps(),
+                        ("decorrelate", CorrelationFilter(correlation_threshold)),
+                        ("select", UnivariateSelector(k_features)),
+                    ]
+                ),
+                list(imaging),
+            )
+        )
     return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
 
 
-SELECT_K = {"all": "select__k", "imaging": "prepare__imaging__select__k"}   # grid key per selection scope
+SELECT_K = {"all": "select__k", "imaging": "prepare__imaging__select__k"}  # grid key per selection scope
 
 
-def feature_pipeline(numeric: Sequence[str], categorical: Sequence[str], correlation_threshold: float,
-                     k_features: int, imaging: Sequence[str] = (), select_among: str = "all"
-                     ) -> list[tuple[str, object]]:
+def feature_pipeline(
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    correlation_threshold: float,
+    k_features: int,
+    imaging: Sequence[str] = (),
+    select_among: str = "all",
+) -> list[tuple[str, object]]:
     """The pre-processing steps every model shares, to be followed by an estimator.
 
     ``select_among="all"``: every column competes for the ``k_features`` places;
@@ -174,9 +194,14 @@ def feature_pipeline(numeric: Sequence[str], categorical: Sequence[str], correla
     """
     if select_among == "imaging":
         clinical = [c for c in numeric if c not in set(imaging)]
-        return [("prepare", clinical_radiomics_preprocessor(clinical, categorical,
-                                                            [c for c in numeric if c in set(imaging)],
-                                                            correlation_threshold, k_features))]
+        return [
+            (
+                "prepare",
+                clinical_radiomics_preprocessor(
+                    clinical, categorical, [c for c in numeric if c in set(imaging)], correlation_threshold, k_features
+                ),
+            )
+        ]
     if select_among != "all":
         raise ValueError(f"select_among must be 'all' or 'imaging', got {select_among!r}")
     return [

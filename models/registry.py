@@ -34,10 +34,11 @@ from typing import Any, Literal
 RECURRENCE = "recurrence"
 RESPONSE = "response"
 TASKS = (RECURRENCE, RESPONSE)
-IMAGING_PREFIXES = ("patient_", "rad_")   # model inputs that come from the images (morphology, radiomics)
+IMAGING_PREFIXES = ("patient_", "rad_")  # model inputs that come from the images (morphology, radiomics)
 
 
 # --------------------------------------------------------------------------- families
+
 
 def _coxnet(seed: int):
     from sksurv.linear_model import CoxnetSurvivalAnalysis
@@ -66,8 +67,18 @@ def _logistic(seed: int):
 def _xgb(seed: int):
     from xgboost import XGBClassifier
 
-    return XGBClassifier(n_estimators=300, max_depth=2, learning_rate=0.03, subsample=0.8, colsample_bytree=0.8,
-                         min_child_weight=5, n_jobs=1, random_state=seed, eval_metric="logloss", verbosity=0)
+    return XGBClassifier(
+        n_estimators=300,
+        max_depth=2,
+        learning_rate=0.03,
+        subsample=0.8,
+        colsample_bytree=0.8,
+        min_child_weight=5,
+        n_jobs=1,
+        random_state=seed,
+        eval_metric="logloss",
+        verbosity=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -116,18 +127,18 @@ def preferred(task: str, names: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- what models are judged by
 
 PRIMARY_METRIC = {RECURRENCE: "c_index", RESPONSE: "roc_auc"}
-BASELINES = ("fong", "oslo", "game", "tbs")   # clinical scores used as baselines (features.scores.SCORE_COLUMNS)
-DEFAULT_REFERENCE = "fong"                     # params.yaml evaluate.reference: the paired differences' baseline
-DEFAULT_MIN_COVERAGE = 0.8                     # params.yaml evaluate.baseline_min_coverage
-ORACLE = "oracle"                              # the simulation's true predictors (synthetic cohorts only)
-NOTES = "notes"                                # metrics.json: what was skipped, left out or flagged (not a task)
+BASELINES = ("fong", "oslo", "game", "tbs")  # clinical scores used as baselines (features.scores.SCORE_COLUMNS)
+DEFAULT_REFERENCE = "fong"  # params.yaml evaluate.reference: the paired differences' baseline
+DEFAULT_MIN_COVERAGE = 0.8  # params.yaml evaluate.baseline_min_coverage
+ORACLE = "oracle"  # the simulation's true predictors (synthetic cohorts only)
+NOTES = "notes"  # metrics.json: what was skipped, left out or flagged (not a task)
 
 
 # --------------------------------------------------------------------------- the models folder
 
-BEST_FILE = "best.json"           # {task: chosen model name}
-RUNS_FILE = "mlflow_runs.json"    # {"train": parent run id, "task/model": run id}
-CV_FILE = "cv.json"               # crlm train's report ({task: {"best": name, ...}}), if copied into a folder
+BEST_FILE = "best.json"  # {task: chosen model name}
+RUNS_FILE = "mlflow_runs.json"  # {"train": parent run id, "task/model": run id}
+CV_FILE = "cv.json"  # crlm train's report ({task: {"best": name, ...}}), if copied into a folder
 PREDICTOR_SUFFIX = ".joblib"
 URI_SCHEMES = ("models:/", "runs:/")
 
@@ -170,6 +181,7 @@ def read_best(folder: Path) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- the loader
 
+
 @dataclass(frozen=True)
 class LoadedModel:
     """One loaded model: the predictor (columns, explanations) and, for an MLflow URI, the pyfunc
@@ -211,11 +223,13 @@ def task_of(predictor: Any) -> str:
         return RECURRENCE
     if isinstance(predictor, ResponsePredictor):
         return RESPONSE
-    raise TypeError(f"not a crlm predictor: {type(predictor).__name__} (expected RecurrencePredictor or "
-                    f"ResponsePredictor); rerun crlm train")
+    raise TypeError(
+        f"not a crlm predictor: {type(predictor).__name__} (expected RecurrencePredictor or "
+        f"ResponsePredictor); rerun crlm train"
+    )
 
 
-_PREDICTOR_CLASS = {RECURRENCE: "RecurrencePredictor", RESPONSE: "ResponsePredictor"}   # models.predictor
+_PREDICTOR_CLASS = {RECURRENCE: "RecurrencePredictor", RESPONSE: "ResponsePredictor"}  # models.predictor
 
 
 def _file_version(path: Path) -> str:
@@ -232,8 +246,10 @@ def _load_file(path: Path, task: str | None = None) -> LoadedModel:
         found = None
     if found is None or (task is not None and found != task):
         wanted = _PREDICTOR_CLASS[task] if task is not None else " or ".join(_PREDICTOR_CLASS.values())
-        raise ValueError(f"{path}: expected a {wanted}, found {type(predictor).__name__}; rerun crlm train to "
-                         f"rebuild the models folder")
+        raise ValueError(
+            f"{path}: expected a {wanted}, found {type(predictor).__name__}; rerun crlm train to "
+            f"rebuild the models folder"
+        )
     return LoadedModel(found, predictor.name, _file_version(path), str(path), predictor)
 
 
@@ -245,20 +261,24 @@ def _load_folder(folder: Path, every: bool) -> list[LoadedModel]:
             found.setdefault(parsed[0], {})[parsed[1]] = path
     if not found:
         expected = ", ".join(predictor_file(t, m) for t in TASKS for m in MODELS[t])
-        raise FileNotFoundError(f"no trained predictors in {folder} (looked for {expected}); "
-                                f"run crlm train first (crlm train --models {folder}), or point at its models folder")
+        raise FileNotFoundError(
+            f"no trained predictors in {folder} (looked for {expected}); "
+            f"run crlm train first (crlm train --models {folder}), or point at its models folder"
+        )
     best = read_best(folder)
     loaded = []
     for task in TASKS:
         if task not in found:
             continue
-        names = [n for n in MODELS[task] if n in found[task]]   # preference order
+        names = [n for n in MODELS[task] if n in found[task]]  # preference order
         if not every:
             chosen = best.get(task)
             if chosen is not None and chosen not in found[task]:
-                raise FileNotFoundError(f"{folder / BEST_FILE} names {chosen!r} for {task}, but {folder} has no "
-                                        f"{predictor_file(task, chosen)} (it has {', '.join(names)}); "
-                                        f"run crlm train --models {folder} again")
+                raise FileNotFoundError(
+                    f"{folder / BEST_FILE} names {chosen!r} for {task}, but {folder} has no "
+                    f"{predictor_file(task, chosen)} (it has {', '.join(names)}); "
+                    f"run crlm train --models {folder} again"
+                )
             names = [chosen if chosen is not None else preferred(task, names)]
         loaded += [_load_file(found[task][name], task) for name in names]
     return loaded
@@ -291,22 +311,31 @@ def _load_uri(uri: str, tracking_uri: str | None) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
     if not tracking_uri:
-        raise ValueError(f"{uri}: an MLflow model URI needs the tracking store it is registered in; "
-                         "pass tracking_uri (the stages pass pipeline.tracking.tracking_uri(repo_root))")
+        raise ValueError(
+            f"{uri}: an MLflow model URI needs the tracking store it is registered in; "
+            "pass tracking_uri (the stages pass pipeline.tracking.tracking_uri(repo_root))"
+        )
     use_tracking_store(tracking_uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
         version = _registry_version(uri)
     except MlflowException as exc:
-        raise FileNotFoundError(f"model {uri} not found in the tracking store {tracking_uri}: {exc.message}; "
-                                f"list the registered models with `make ui`, or set MLFLOW_TRACKING_URI to the "
-                                f"store that has it") from None
+        raise FileNotFoundError(
+            f"model {uri} not found in the tracking store {tracking_uri}: {exc.message}; "
+            f"list the registered models with `make ui`, or set MLFLOW_TRACKING_URI to the "
+            f"store that has it"
+        ) from None
     predictor = pyfunc.unwrap_python_model().predictor
     return LoadedModel(task_of(predictor), predictor.name, version, uri, predictor, pyfunc)
 
 
-def load_models(specs: Sequence[str | Path] | str | Path, tracking_uri: str | None = None, *,
-                every: bool = False, one_per_task: bool = True) -> list[LoadedModel]:
+def load_models(
+    specs: Sequence[str | Path] | str | Path,
+    tracking_uri: str | None = None,
+    *,
+    every: bool = False,
+    one_per_task: bool = True,
+) -> list[LoadedModel]:
     """The one model loader: models folders, ``{task}_{name}.joblib`` files or MLflow URIs.
 
     A folder gives, per task, the model ``best.json`` names (else ``cv.json``'s, else the first
@@ -331,9 +360,11 @@ def load_models(specs: Sequence[str | Path] | str | Path, tracking_uri: str | No
         elif path.is_file() and path.suffix == PREDICTOR_SUFFIX:
             loaded.append(_load_file(path))
         else:
-            raise FileNotFoundError(f"model {text!r} is neither a models folder, a {PREDICTOR_SUFFIX} file nor an "
-                                    f"MLflow URI (models:/<name>@<alias>); run crlm train first "
-                                    f"(crlm train --models <folder>)")
+            raise FileNotFoundError(
+                f"model {text!r} is neither a models folder, a {PREDICTOR_SUFFIX} file nor an "
+                f"MLflow URI (models:/<name>@<alias>); run crlm train first "
+                f"(crlm train --models <folder>)"
+            )
     if one_per_task:
         twice = [t for t, n in Counter(m.task for m in loaded).items() if n > 1]
         if twice:
@@ -382,6 +413,8 @@ def settings_record(models: Sequence[LoadedModel]) -> dict[str, Any] | None:
         if path.is_file():
             records[str(path)] = json.loads(path.read_text(encoding="utf-8"))
     if len({record.get(extraction.SETTINGS_HASH) for record in records.values()}) > 1:
-        raise ValueError(f"the models were trained with different extraction settings ({', '.join(records)}); "
-                         f"give models trained on the same features")
+        raise ValueError(
+            f"the models were trained with different extraction settings ({', '.join(records)}); "
+            f"give models trained on the same features"
+        )
     return next(iter(records.values()), None)

@@ -47,30 +47,34 @@ class PrognosisModel(mlflow.pyfunc.PythonModel):
 
     def __init__(self, predictor: Any) -> None:
         if not callable(getattr(predictor, "predict_frame", None)):
-            raise TypeError(f"PrognosisModel needs a predictor with a predict_frame(features) method; "
-                            f"got {type(predictor).__name__}")
+            raise TypeError(
+                f"PrognosisModel needs a predictor with a predict_frame(features) method; "
+                f"got {type(predictor).__name__}"
+            )
         columns = getattr(predictor, "feature_columns", None)
-        if (isinstance(columns, str) or not isinstance(columns, Sequence) or not columns
-                or not all(isinstance(c, str) for c in columns)):
-            raise TypeError(f"PrognosisModel needs predictor.feature_columns as a non-empty list of "
-                            f"column names; got {columns!r}")
+        if (
+            isinstance(columns, str)
+            or not isinstance(columns, Sequence)
+            or not columns
+            or not all(isinstance(c, str) for c in columns)
+        ):
+            raise TypeError(
+                f"PrognosisModel needs predictor.feature_columns as a non-empty list of column names; got {columns!r}"
+            )
         duplicated = sorted({c for c in columns if list(columns).count(c) > 1})
         if duplicated:
             raise ValueError(f"predictor.feature_columns lists {duplicated} more than once")
         if ID_COLUMN in columns:
-            raise ValueError(f"{ID_COLUMN!r} is an identifier, not a feature: remove it from "
-                             f"predictor.feature_columns")
+            raise ValueError(f"{ID_COLUMN!r} is an identifier, not a feature: remove it from predictor.feature_columns")
         self.predictor = predictor
 
     @property
     def feature_columns(self) -> list[str]:
         return list(self.predictor.feature_columns)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-                ) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
-            raise TypeError(f"PrognosisModel.predict expects a pandas DataFrame, got "
-                            f"{type(model_input).__name__}")
+            raise TypeError(f"PrognosisModel.predict expects a pandas DataFrame, got {type(model_input).__name__}")
         columns = self.feature_columns
         present = [str(c) for c in model_input.columns]
         missing = [c for c in columns if c not in model_input.columns]
@@ -80,11 +84,15 @@ class PrognosisModel(mlflow.pyfunc.PythonModel):
 
         output = self.predictor.predict_frame(model_input[columns])
         if not isinstance(output, pd.DataFrame):
-            raise TypeError(f"{type(self.predictor).__name__}.predict_frame returned "
-                            f"{type(output).__name__}, expected a pandas DataFrame")
+            raise TypeError(
+                f"{type(self.predictor).__name__}.predict_frame returned "
+                f"{type(output).__name__}, expected a pandas DataFrame"
+            )
         if len(output) != len(model_input):
-            raise ValueError(f"{type(self.predictor).__name__}.predict_frame returned {len(output)} "
-                             f"rows for {len(model_input)} input rows")
+            raise ValueError(
+                f"{type(self.predictor).__name__}.predict_frame returned {len(output)} "
+                f"rows for {len(model_input)} input rows"
+            )
         output = output.copy()
         output.index = model_input.index
         if ID_COLUMN in model_input.columns:

@@ -31,9 +31,17 @@ def _harrell(y, risk) -> float:
 class _XGBSurvival(BaseEstimator):
     """Shared parts of the xgboost survival models."""
 
-    def __init__(self, n_estimators: int = 300, max_depth: int = 2, learning_rate: float = 0.03,
-                 subsample: float = 0.8, colsample_bytree: float = 0.8, min_child_weight: float = 5.0,
-                 reg_lambda: float = 1.0, random_state: int = 0):
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        max_depth: int = 2,
+        learning_rate: float = 0.03,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        min_child_weight: float = 5.0,
+        reg_lambda: float = 1.0,
+        random_state: int = 0,
+    ):
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.learning_rate = learning_rate
@@ -44,10 +52,18 @@ class _XGBSurvival(BaseEstimator):
         self.random_state = random_state
 
     def _params(self) -> dict:
-        return {"max_depth": self.max_depth, "eta": self.learning_rate, "subsample": self.subsample,
-                "colsample_bytree": self.colsample_bytree, "min_child_weight": self.min_child_weight,
-                "lambda": self.reg_lambda, "seed": self.random_state, "nthread": 1,
-                "tree_method": "hist", "verbosity": 0}
+        return {
+            "max_depth": self.max_depth,
+            "eta": self.learning_rate,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "min_child_weight": self.min_child_weight,
+            "lambda": self.reg_lambda,
+            "seed": self.random_state,
+            "nthread": 1,
+            "tree_method": "hist",
+            "verbosity": 0,
+        }
 
     def _train(self, dmatrix: xgb.DMatrix, params: dict) -> None:
         self.booster_ = xgb.train({**self._params(), **params}, dmatrix, num_boost_round=self.n_estimators)
@@ -66,7 +82,7 @@ class XGBCoxSurvival(_XGBSurvival):
     """xgboost ``survival:cox``; ``predict`` returns the log hazard ratio."""
 
     def fit(self, X, y):
-        label = np.where(y["event"], y["time"], -y["time"])   # xgboost: negative = censored
+        label = np.where(y["event"], y["time"], -y["time"])  # xgboost: negative = censored
         self._train(xgb.DMatrix(np.asarray(X, dtype=float), label=label), {"objective": "survival:cox"})
         return self
 
@@ -77,11 +93,28 @@ class XGBCoxSurvival(_XGBSurvival):
 class XGBAFTSurvival(_XGBSurvival):
     """xgboost ``survival:aft`` (log-normal errors); ``predict`` returns minus log time."""
 
-    def __init__(self, n_estimators: int = 300, max_depth: int = 2, learning_rate: float = 0.03,
-                 subsample: float = 0.8, colsample_bytree: float = 0.8, min_child_weight: float = 5.0,
-                 reg_lambda: float = 1.0, random_state: int = 0, distribution_scale: float = 1.0):
-        super().__init__(n_estimators, max_depth, learning_rate, subsample, colsample_bytree,
-                         min_child_weight, reg_lambda, random_state)
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        max_depth: int = 2,
+        learning_rate: float = 0.03,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        min_child_weight: float = 5.0,
+        reg_lambda: float = 1.0,
+        random_state: int = 0,
+        distribution_scale: float = 1.0,
+    ):
+        super().__init__(
+            n_estimators,
+            max_depth,
+            learning_rate,
+            subsample,
+            colsample_bytree,
+            min_child_weight,
+            reg_lambda,
+            random_state,
+        )
         self.distribution_scale = distribution_scale
 
     def fit(self, X, y):
@@ -89,16 +122,23 @@ class XGBAFTSurvival(_XGBSurvival):
         time = np.asarray(y["time"], dtype=float)
         dmatrix.set_float_info("label_lower_bound", time)
         dmatrix.set_float_info("label_upper_bound", np.where(y["event"], time, np.inf))
-        self._train(dmatrix, {"objective": "survival:aft", "aft_loss_distribution": "normal",
-                              "aft_loss_distribution_scale": self.distribution_scale})
+        self._train(
+            dmatrix,
+            {
+                "objective": "survival:aft",
+                "aft_loss_distribution": "normal",
+                "aft_loss_distribution_scale": self.distribution_scale,
+            },
+        )
         return self
 
     def predict(self, X) -> np.ndarray:
-        return -self.margin(X)   # AFT margin is log time: longer time, lower risk
+        return -self.margin(X)  # AFT margin is log time: longer time, lower risk
 
 
-def breslow_survival(train_risk: np.ndarray, y_train, risk: np.ndarray, times: np.ndarray,
-                     recalibrate: bool = False) -> np.ndarray:
+def breslow_survival(
+    train_risk: np.ndarray, y_train, risk: np.ndarray, times: np.ndarray, recalibrate: bool = False
+) -> np.ndarray:
     """S(t | risk) on ``times`` from the Breslow estimator fitted on the training risks.
 
     With ``recalibrate`` the risk is first rescaled by a univariate Cox model on the training
@@ -109,9 +149,10 @@ def breslow_survival(train_risk: np.ndarray, y_train, risk: np.ndarray, times: n
     if recalibrate:
         beta = univariate_cox_coefficient(train_risk, y_train)
         train_risk, risk = beta * train_risk, beta * risk
-    centre = train_risk.mean()                              # centred: exp() stays in range
-    estimator = BreslowEstimator().fit(train_risk - centre, np.asarray(y_train["event"], dtype=bool),
-                                       np.asarray(y_train["time"], dtype=float))
+    centre = train_risk.mean()  # centred: exp() stays in range
+    estimator = BreslowEstimator().fit(
+        train_risk - centre, np.asarray(y_train["event"], dtype=bool), np.asarray(y_train["time"], dtype=float)
+    )
     # H0 is a step function over the training times: 0 before the first, constant after the last
     # (scikit-survival's StepFunction refuses times beyond its domain, so it is looked up here)
     steps = estimator.cum_baseline_hazard_

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import field_validator
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
-from pydantic import field_validator
 from sklearn.pipeline import Pipeline
 
 from features import schema as s
@@ -48,7 +48,7 @@ def _timing(column: str) -> str:
         return s.COLUMN_BY_NAME[column].timing
     if column in _SCORE_INPUTS:
         return max((s.COLUMN_BY_NAME[c].timing for c in _SCORE_INPUTS[column]), key=_TIMING_ORDER.get)
-    return "baseline"   # imaging (pre-treatment CT) and user covariates
+    return "baseline"  # imaging (pre-treatment CT) and user covariates
 
 
 def feature_columns(table: pd.DataFrame, task: str, covariates: Sequence[str] = ()) -> list[str]:
@@ -68,7 +68,7 @@ def feature_columns(table: pd.DataFrame, task: str, covariates: Sequence[str] = 
     return usable
 
 
-SCORE_COLUMN = {name: scores.SCORE_COLUMNS[name] for name in BASELINES}   # baseline -> its score column
+SCORE_COLUMN = {name: scores.SCORE_COLUMNS[name] for name in BASELINES}  # baseline -> its score column
 
 
 def baseline_scores(table: pd.DataFrame, task: str, names: Sequence[str] = BASELINES) -> pd.DataFrame:
@@ -90,8 +90,9 @@ def baseline_scores(table: pd.DataFrame, task: str, names: Sequence[str] = BASEL
         if largest is None or cea is None:
             out["oslo"] = np.nan
         else:
-            out["oslo"] = ((largest > scores.OSLO_LARGEST_CM).astype(float)
-                           + (cea > scores.OSLO_CEA_NG_ML).astype(float)).where(largest.notna() & cea.notna())
+            out["oslo"] = (
+                (largest > scores.OSLO_LARGEST_CM).astype(float) + (cea > scores.OSLO_CEA_NG_ML).astype(float)
+            ).where(largest.notna() & cea.notna())
     return out
 
 
@@ -106,21 +107,26 @@ class BaselineStatus:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"available": self.available, "n_patients": self.n_patients, "n_computable": self.n_computable,
-                "reason": self.reason}
+        return {
+            "available": self.available,
+            "n_patients": self.n_patients,
+            "n_computable": self.n_computable,
+            "reason": self.reason,
+        }
 
 
 def _missing_items_reason(table: pd.DataFrame, name: str, task: str) -> str:
     """Which of a score's items are unknown for how many patients (``features.scores.score_availability``)."""
-    if task == RESPONSE and name == "oslo":   # the pre-treatment Oslo items only (baseline_scores)
+    if task == RESPONSE and name == "oslo":  # the pre-treatment Oslo items only (baseline_scores)
         n = len(table)
         counts = {c: (n if c not in table else int(table[c].isna().sum())) for c in (s.LARGEST_CM, s.CEA)}
         return "; ".join(f"{k} missing for {v}/{n} patients" for k, v in counts.items() if v)
     return scores.score_availability(table)[name].reason
 
 
-def baseline_availability(splits: Mapping[str, pd.DataFrame], task: str, min_coverage: float,
-                          names: Sequence[str] = BASELINES) -> dict[str, BaselineStatus]:
+def baseline_availability(
+    splits: Mapping[str, pd.DataFrame], task: str, min_coverage: float, names: Sequence[str] = BASELINES
+) -> dict[str, BaselineStatus]:
     """Each baseline score's availability over the named ``splits`` (e.g. train and test).
 
     A score is a baseline only where it can be computed for at least ``min_coverage`` of the
@@ -140,16 +146,26 @@ def baseline_availability(splits: Mapping[str, pd.DataFrame], task: str, min_cov
             constant = known > 0 and values[name].nunique(dropna=True) == 1
             if constant and available:
                 available = False
-                worst = (f"{name}: not available, the same value ({values[name].dropna().iloc[0]:g}) for every "
-                         f"{split_name} patient who has it: it cannot rank patients")
+                worst = (
+                    f"{name}: not available, the same value ({values[name].dropna().iloc[0]:g}) for every "
+                    f"{split_name} patient who has it: it cannot rank patients"
+                )
             elif len(frame) == 0 or known < min_coverage * len(frame):
                 available = False
                 why = _missing_items_reason(frame, name, task) or f"{SCORE_COLUMN[name]} missing"
-                worst = worst or (f"{name}: not available, computable for {known}/{len(frame)} {split_name} "
-                                  f"patients (needs {min_coverage:.0%}): {why}")
-        reason = worst if not available else (
-            f"{name}: {n_total - n_ok}/{n_total} patients without a score take the training median"
-            if n_ok < n_total else "")
+                worst = worst or (
+                    f"{name}: not available, computable for {known}/{len(frame)} {split_name} "
+                    f"patients (needs {min_coverage:.0%}): {why}"
+                )
+        reason = (
+            worst
+            if not available
+            else (
+                f"{name}: {n_total - n_ok}/{n_total} patients without a score take the training median"
+                if n_ok < n_total
+                else ""
+            )
+        )
         result[name] = BaselineStatus(name, available, n_total, n_ok, reason)
     return result
 
@@ -175,8 +191,9 @@ def outcome_strata(table: pd.DataFrame, tasks: Sequence[str] = TASKS) -> pd.Seri
     return strata
 
 
-def split_patients(table: pd.DataFrame, test_fraction: float, seed: int,
-                   tasks: Sequence[str] = TASKS) -> tuple[np.ndarray, np.ndarray]:
+def split_patients(
+    table: pd.DataFrame, test_fraction: float, seed: int, tasks: Sequence[str] = TASKS
+) -> tuple[np.ndarray, np.ndarray]:
     """Patient-level train/test split stratified by the outcomes of ``tasks`` that exist.
 
     Strata with fewer than two patients are pooled (``rare``); if the pooled strata still
@@ -259,7 +276,7 @@ class TaskPlan:
     task: str
     n_train: int
     n_test: int
-    minority_train: int     # events (recurrence) or the rarer class (response) in the training split
+    minority_train: int  # events (recurrence) or the rarer class (response) in the training split
     minority_test: int
     cv_folds: int
     k_features: tuple[int, ...]
@@ -274,8 +291,9 @@ def _minority(table: pd.DataFrame, task: str) -> int:
     return int(min(responder.sum(), (~responder).sum()))
 
 
-def plan_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index: np.ndarray,
-              settings: TrainSettings) -> TaskPlan:
+def plan_task(
+    table: pd.DataFrame, task: str, train_index: np.ndarray, test_index: np.ndarray, settings: TrainSettings
+) -> TaskPlan:
     """Check what the training and held-out patients of ``task`` allow before anything is fitted.
 
     Adapts where it can (fewer CV folds, a smaller feature-selection grid) and says so in
@@ -285,30 +303,37 @@ def plan_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_inde
     unit = "recurrence events" if task == RECURRENCE else "patients in the rarer response class"
     minority_train, minority_test = _minority(train, task), _minority(test, task)
     if minority_test < MIN_TEST_MINORITY:
-        raise ValueError(f"{task}: the held-out split has {len(test)} patients with {minority_test} {unit}; "
-                         f"at least {MIN_TEST_MINORITY} are needed for any held-out metric. Fix: more patients, "
-                         f"or a larger train.test_fraction (now {settings.test_fraction})")
+        raise ValueError(
+            f"{task}: the held-out split has {len(test)} patients with {minority_test} {unit}; "
+            f"at least {MIN_TEST_MINORITY} are needed for any held-out metric. Fix: more patients, "
+            f"or a larger train.test_fraction (now {settings.test_fraction})"
+        )
     wanted = settings.cv_folds
     folds = min(wanted, minority_train // MIN_MINORITY_PER_FOLD)
     notes: list[str] = []
     if folds < MIN_CV_FOLDS:
-        raise ValueError(f"{task}: the training split has {len(train)} patients with {minority_train} {unit}; "
-                         f"cross-validation needs at least {MIN_CV_FOLDS * MIN_MINORITY_PER_FOLD} "
-                         f"({MIN_MINORITY_PER_FOLD} per fold, {MIN_CV_FOLDS} folds). Fix: more patients "
-                         f"(or events), or a smaller train.test_fraction (now {settings.test_fraction})")
+        raise ValueError(
+            f"{task}: the training split has {len(train)} patients with {minority_train} {unit}; "
+            f"cross-validation needs at least {MIN_CV_FOLDS * MIN_MINORITY_PER_FOLD} "
+            f"({MIN_MINORITY_PER_FOLD} per fold, {MIN_CV_FOLDS} folds). Fix: more patients "
+            f"(or events), or a smaller train.test_fraction (now {settings.test_fraction})"
+        )
     if folds < wanted:
-        notes.append(f"{folds} CV folds instead of {wanted}: {minority_train} {unit} in the training split "
-                     f"allow {MIN_MINORITY_PER_FOLD} per fold")
+        notes.append(
+            f"{folds} CV folds instead of {wanted}: {minority_train} {unit} in the training split "
+            f"allow {MIN_MINORITY_PER_FOLD} per fold"
+        )
     # Univariate selection is fitted inside each fold: keep k below the fold's training patients.
     fold_train = len(train) - math.ceil(len(train) / folds)
     cap = max(1, fold_train // 2)
     requested = settings.k_features
     k_features = tuple(sorted({min(k, cap) for k in requested}))
     if k_features != tuple(sorted(set(requested))):
-        notes.append(f"feature-selection grid {list(k_features)} instead of {list(requested)}: "
-                     f"{fold_train} training patients per fold allow at most {cap} selected features")
+        notes.append(
+            f"feature-selection grid {list(k_features)} instead of {list(requested)}: "
+            f"{fold_train} training patients per fold allow at most {cap} selected features"
+        )
     return TaskPlan(task, len(train), len(test), minority_train, minority_test, folds, k_features, tuple(notes))
-
 
 
 @settings_class
@@ -386,11 +411,13 @@ class TrainSettings:
             options = estimator.get_params(deep=False)
             for option, values in grid.items():
                 if option not in options:
-                    raise ValueError(f"{name}: unknown option '{option}' of {type(estimator).__name__}; "
-                                     f"{nearest(option, options, 'options')}")
+                    raise ValueError(
+                        f"{name}: unknown option '{option}' of {type(estimator).__name__}; "
+                        f"{nearest(option, options, 'options')}"
+                    )
                 if not values:
                     raise ValueError(f"{name}.{option}: an empty list; give at least one value")
-        return {**{name: {} for name in families}, **value}   # a family without a grid: its estimator's defaults
+        return {**{name: {} for name in families}, **value}  # a family without a grid: its estimator's defaults
 
 
 @dataclass
@@ -411,8 +438,9 @@ class FittedTask:
     notes: list[str] = field(default_factory=list)
 
 
-def _grid(name: str, grids: Mapping[str, Mapping[str, Sequence[Any]]], k_features: Sequence[int],
-          select_key: str | None) -> dict:
+def _grid(
+    name: str, grids: Mapping[str, Mapping[str, Sequence[Any]]], k_features: Sequence[int], select_key: str | None
+) -> dict:
     grid = {f"model__{key}": list(values) for key, values in grids[name].items()}
     if select_key is not None:
         grid[select_key] = list(k_features)
@@ -426,9 +454,16 @@ def _failure(exc: BaseException) -> str:
     return last if ":" in last else f"{type(exc).__name__}: {last}"
 
 
-def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index: np.ndarray,
-             settings: TrainSettings, covariates: Sequence[str] = (), jobs: int = 1,
-             plan: TaskPlan | None = None) -> FittedTask:
+def fit_task(
+    table: pd.DataFrame,
+    task: str,
+    train_index: np.ndarray,
+    test_index: np.ndarray,
+    settings: TrainSettings,
+    covariates: Sequence[str] = (),
+    jobs: int = 1,
+    plan: TaskPlan | None = None,
+) -> FittedTask:
     """Fit every model of ``task`` on the training rows, tuned by cross-validation there.
 
     ``settings`` is the ``train`` block of params.yaml (`TrainSettings`): ``seed``, ``cv_folds``,
@@ -444,8 +479,7 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
     numeric, categorical = preprocessing.split_feature_types(table, columns)
     imaging = [c for c in numeric if c.startswith(IMAGING_PREFIXES)]
     select_among = settings.select_among
-    select_key = (None if select_among == "imaging" and not imaging
-                  else preprocessing.SELECT_K.get(select_among))
+    select_key = None if select_among == "imaging" and not imaging else preprocessing.SELECT_K.get(select_among)
     folds_n = plan.cv_folds if plan is not None else settings.cv_folds
     k_features = list(plan.k_features) if plan is not None else list(settings.k_features)
     X = _model_frame(table, numeric, categorical)
@@ -463,15 +497,25 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
     fitted = FittedTask(task, columns, train_index, test_index)
     with tempfile.TemporaryDirectory(prefix="crlm-cv-") as cache:
         for name in MODELS[task]:
-            steps = preprocessing.feature_pipeline(numeric, categorical, settings.correlation_threshold,
-                                                   int(k_features[0]), imaging=imaging,
-                                                   select_among=select_among)
+            steps = preprocessing.feature_pipeline(
+                numeric,
+                categorical,
+                settings.correlation_threshold,
+                int(k_features[0]),
+                imaging=imaging,
+                select_among=select_among,
+            )
             # The shared pre-processing of a fold is fitted once and reused across the grid.
-            pipeline = Pipeline([*steps, ("model", registry.family(task, name).estimator(settings.seed))],
-                                memory=cache)
-            search = GridSearchCV(pipeline, _grid(name, settings.grids, k_features, select_key),
-                                  cv=splits, n_jobs=jobs, refit=True, error_score=np.nan,
-                                  scoring=None if task == RECURRENCE else "roc_auc")
+            pipeline = Pipeline([*steps, ("model", registry.family(task, name).estimator(settings.seed))], memory=cache)
+            search = GridSearchCV(
+                pipeline,
+                _grid(name, settings.grids, k_features, select_key),
+                cv=splits,
+                n_jobs=jobs,
+                refit=True,
+                error_score=np.nan,
+                scoring=None if task == RECURRENCE else "roc_auc",
+            )
             try:
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", category=UserWarning, message=".*fits failed.*")
@@ -485,17 +529,21 @@ def fit_task(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
                 fitted.failed[name] = "no grid point gave a finite cross-validated score"
                 continue
             if (~np.isfinite(scores_)).any():
-                fitted.notes.append(f"{name}: {int((~np.isfinite(scores_)).sum())}/{len(scores_)} grid points "
-                                    "failed to fit on these data and were skipped")
+                fitted.notes.append(
+                    f"{name}: {int((~np.isfinite(scores_)).sum())}/{len(scores_)} grid points "
+                    "failed to fit on these data and were skipped"
+                )
             best = search.best_estimator_
-            best.memory = None   # the cache folder does not outlive this call
+            best.memory = None  # the cache folder does not outlive this call
             fitted.models[name] = best
             fitted.best_params[name] = {k.removeprefix("model__"): v for k, v in search.best_params_.items()}
             fitted.cv_scores[name] = float(search.best_score_)
     if not fitted.models:
-        raise ValueError(f"{task}: no model could be fitted on these {len(train_index)} training patients: "
-                         + "; ".join(f"{m}: {why}" for m, why in fitted.failed.items())
-                         + ". Fix: more patients, or stronger shrinkage in params.yaml train.grids")
+        raise ValueError(
+            f"{task}: no model could be fitted on these {len(train_index)} training patients: "
+            + "; ".join(f"{m}: {why}" for m, why in fitted.failed.items())
+            + ". Fix: more patients, or stronger shrinkage in params.yaml train.grids"
+        )
     return fitted
 
 
@@ -510,8 +558,10 @@ def model_frame(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """The frame a fitted model expects, from a feature table with at least ``columns``."""
     missing = [c for c in columns if c not in table]
     if missing:
-        raise KeyError(f"feature table lacks model input column(s) {missing[:5]}"
-                       f"{' ...' if len(missing) > 5 else ''}; rebuild it with crlm featurize")
+        raise KeyError(
+            f"feature table lacks model input column(s) {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}; rebuild it with crlm featurize"
+        )
     numeric, categorical = preprocessing.split_feature_types(table, columns)
     return _model_frame(table, numeric, categorical)[list(columns)]
 

@@ -18,18 +18,20 @@ from pipeline.paths import (
     DEFAULT_WORLD,
     REPO_ROOT,
 )
+
 # Relative paths, on the command line and in settings files, are relative to the working
 # directory (where crlm or dvc runs; docs/settings.md): so under `dvc exp run --temp` a stage
 # reads the experiment's params.yaml, not the workspace's.
 DEFAULT_PARAMS = Path("params.yaml")
 PARAMS_HELP = "params.yaml to read ({} blocks; default: params.yaml in the working directory)"
-SCHEDULER_HELP = ("Dask scheduler to run the cases on, e.g. tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, "
-                  "else local processes; 'local' forces local processes); see docs/cluster.md")
+SCHEDULER_HELP = (
+    "Dask scheduler to run the cases on, e.g. tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, "
+    "else local processes; 'local' forces local processes); see docs/cluster.md"
+)
 
 # Nothing in this project phones home (README "Privacy"): switch off library telemetry
 # before any of those libraries is imported by a sub-command.
-for _variable, _value in (("DVC_NO_ANALYTICS", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
-                          ("DO_NOT_TRACK", "1")):
+for _variable, _value in (("DVC_NO_ANALYTICS", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
     os.environ.setdefault(_variable, _value)
 
 
@@ -41,8 +43,11 @@ class _DeprecatedAlias(argparse.Action):
         self.new = new
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"crlm: warning: {option_string} is deprecated here; use {self.new} (--params names "
-              f"params.yaml in train, evaluate, explain and report)", file=sys.stderr)
+        print(
+            f"crlm: warning: {option_string} is deprecated here; use {self.new} (--params names "
+            f"params.yaml in train, evaluate, explain and report)",
+            file=sys.stderr,
+        )
         setattr(namespace, self.dest, values)
 
 
@@ -73,12 +78,22 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     world = load_world(args.world)
     labels = load_labels(args.labels)
     start = time.perf_counter()
-    clinical = write_cohort(args.out, n=args.n, seed=args.seed, site=args.site, world=world,
-                            labels=labels, images=not args.no_images, jobs=args.jobs,
-                            scheduler=resolve_scheduler(args.scheduler))
+    clinical = write_cohort(
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        site=args.site,
+        world=world,
+        labels=labels,
+        images=not args.no_images,
+        jobs=args.jobs,
+        scheduler=resolve_scheduler(args.scheduler),
+    )
     seconds = time.perf_counter() - start
-    print(f"wrote {len(clinical)} synthetic patients (site {args.site}, seed {args.seed}) "
-          f"to {args.out} in {seconds:.1f} s")
+    print(
+        f"wrote {len(clinical)} synthetic patients (site {args.site}, seed {args.seed}) "
+        f"to {args.out} in {seconds:.1f} s"
+    )
     return 0
 
 
@@ -86,10 +101,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from pipeline.execution import resolve_scheduler
     from pipeline.extract import run_extract
 
-    run_extract(args.cohort, args.out, params=args.radiomics, config=args.config, labels_path=args.labels,
-                jobs=args.jobs, cache=args.cache, liver_label=args.liver_label,
-                lesion_label=args.lesion_label, resample_mask=args.resample_mask or None,
-                scheduler=resolve_scheduler(args.scheduler))
+    run_extract(
+        args.cohort,
+        args.out,
+        params=args.radiomics,
+        config=args.config,
+        labels_path=args.labels,
+        jobs=args.jobs,
+        cache=args.cache,
+        liver_label=args.liver_label,
+        lesion_label=args.lesion_label,
+        resample_mask=args.resample_mask or None,
+        scheduler=resolve_scheduler(args.scheduler),
+    )
     return 0
 
 
@@ -103,10 +127,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         labels = load_labels(args.labels)
         if args.liver_label is not None or args.lesion_label is not None:
-            labels = settings.replace(labels, "--liver-label/--lesion-label", liver=args.liver_label or labels.liver,
-                                      lesion=args.lesion_label or labels.lesion)
-    return run_validate(args.cohort, args.mapping, labels=labels, resample_mask=args.resample_mask,
-                        images_out=args.images_out, jobs=args.jobs)
+            labels = settings.replace(
+                labels,
+                "--liver-label/--lesion-label",
+                liver=args.liver_label or labels.liver,
+                lesion=args.lesion_label or labels.lesion,
+            )
+    return run_validate(
+        args.cohort,
+        args.mapping,
+        labels=labels,
+        resample_mask=args.resample_mask,
+        images_out=args.images_out,
+        jobs=args.jobs,
+    )
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
@@ -138,20 +172,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         covariates = tuple(column.name for column in mapping.covariate_columns())
         name = name or mapping.cohort or None
     if name is None and not args.no_tracking:
-        raise ValueError("name the registered models: --name NAME registers NAME-recurrence / NAME-response "
-                         "(or give a --mapping with a cohort name, or --no-tracking); "
-                         "'crlm' is the pipeline's own name")
-    run_train(args.features, args.out, args.models, args.params, tasks, truth=args.truth,
-              repo_root=REPO_ROOT, track=not args.no_tracking, covariates=covariates,
-              name=name or "untracked", explicit_tasks=args.task != "all", jobs=args.jobs)
+        raise ValueError(
+            "name the registered models: --name NAME registers NAME-recurrence / NAME-response "
+            "(or give a --mapping with a cohort name, or --no-tracking); "
+            "'crlm' is the pipeline's own name"
+        )
+    run_train(
+        args.features,
+        args.out,
+        args.models,
+        args.params,
+        tasks,
+        truth=args.truth,
+        repo_root=REPO_ROOT,
+        track=not args.no_tracking,
+        covariates=covariates,
+        name=name or "untracked",
+        explicit_tasks=args.task != "all",
+        jobs=args.jobs,
+    )
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import run_evaluate
 
-    run_evaluate(args.model, args.features, args.out, args.params, truth=args.truth, repo_root=REPO_ROOT,
-                 track=not args.no_tracking)
+    run_evaluate(
+        args.model,
+        args.features,
+        args.out,
+        args.params,
+        truth=args.truth,
+        repo_root=REPO_ROOT,
+        track=not args.no_tracking,
+    )
     return 0
 
 
@@ -160,17 +214,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pipeline.settings import load_params
 
     params = load_params(args.params, "explain")
-    run_explain(args.models, args.features, args.split, args.out, params.explain,
-                repo_root=REPO_ROOT, track=not args.no_tracking)
+    run_explain(
+        args.models,
+        args.features,
+        args.split,
+        args.out,
+        params.explain,
+        repo_root=REPO_ROOT,
+        track=not args.no_tracking,
+    )
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import run_report
 
-    run_report(args.train, args.out, features=args.features, extraction=args.extraction,
-               external_dir=args.external, explain_dir=args.explain, truth=args.truth,
-               params=args.params, repo_root=REPO_ROOT, track=not args.no_tracking)
+    run_report(
+        args.train,
+        args.out,
+        features=args.features,
+        extraction=args.extraction,
+        external_dir=args.external,
+        explain_dir=args.explain,
+        truth=args.truth,
+        params=args.params,
+        repo_root=REPO_ROOT,
+        track=not args.no_tracking,
+    )
     return 0
 
 
@@ -178,34 +248,68 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.execution import resolve_scheduler
     from pipeline.predict import run_predict
 
-    run_predict(args.cohort, args.model, args.out, mapping=args.mapping, jobs=args.jobs,
-                chunk_size=args.chunk_size, cache=args.cache, top_k=args.top_k, repo_root=REPO_ROOT,
-                radiomics_params=args.radiomics, extraction_config=args.config, labels=args.labels,
-                liver_label=args.liver_label, lesion_label=args.lesion_label,
-                resample_mask=args.resample_mask or None, scheduler=resolve_scheduler(args.scheduler),
-                allow_different_settings=args.allow_different_settings)
+    run_predict(
+        args.cohort,
+        args.model,
+        args.out,
+        mapping=args.mapping,
+        jobs=args.jobs,
+        chunk_size=args.chunk_size,
+        cache=args.cache,
+        top_k=args.top_k,
+        repo_root=REPO_ROOT,
+        radiomics_params=args.radiomics,
+        extraction_config=args.config,
+        labels=args.labels,
+        liver_label=args.liver_label,
+        lesion_label=args.lesion_label,
+        resample_mask=args.resample_mask or None,
+        scheduler=resolve_scheduler(args.scheduler),
+        allow_different_settings=args.allow_different_settings,
+    )
     return 0
 
 
-def _add_extraction_options(parser: argparse.ArgumentParser, cache_type=_path_or_url, for_predict: bool = False) -> None:
+def _add_extraction_options(
+    parser: argparse.ArgumentParser, cache_type=_path_or_url, for_predict: bool = False
+) -> None:
     """The settings of image extraction, shared by crlm extract and crlm predict (where they
     default to the settings the model was trained with, see pipeline.predict.resolve_settings)."""
     model = " (default: the model's, else {})" if for_predict else " (default: {})"
-    parser.add_argument("--radiomics", type=Path, default=None if for_predict else DEFAULT_RADIOMICS,
-                        help="pyradiomics parameter file" + model.format("configs/radiomics.yaml"))
-    parser.add_argument("--params", dest="radiomics", type=Path, action=_DeprecatedAlias, new="--radiomics",
-                        help=argparse.SUPPRESS)   # the old name of --radiomics; --params is params.yaml
-    parser.add_argument("--config", type=Path, default=None if for_predict else DEFAULT_EXTRACTION,
-                        help="crop margin, cache, aggregation" + model.format("configs/extraction.yaml"))
-    parser.add_argument("--labels", type=Path, default=None if for_predict else DEFAULT_LABELS,
-                        help="mask label roles (YAML)" + model.format("configs/labels.yaml"))
+    parser.add_argument(
+        "--radiomics",
+        type=Path,
+        default=None if for_predict else DEFAULT_RADIOMICS,
+        help="pyradiomics parameter file" + model.format("configs/radiomics.yaml"),
+    )
+    parser.add_argument(
+        "--params", dest="radiomics", type=Path, action=_DeprecatedAlias, new="--radiomics", help=argparse.SUPPRESS
+    )  # the old name of --radiomics; --params is params.yaml
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None if for_predict else DEFAULT_EXTRACTION,
+        help="crop margin, cache, aggregation" + model.format("configs/extraction.yaml"),
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None if for_predict else DEFAULT_LABELS,
+        help="mask label roles (YAML)" + model.format("configs/labels.yaml"),
+    )
     if for_predict:
-        parser.add_argument("--allow-different-settings", action="store_true",
-                            help="predict even if the extraction settings differ from the model's (named in a warning)")
+        parser.add_argument(
+            "--allow-different-settings",
+            action="store_true",
+            help="predict even if the extraction settings differ from the model's (named in a warning)",
+        )
     parser.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
     parser.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
-    parser.add_argument("--resample-mask", action="store_true",
-                        help="resample masks on another grid onto the image (nearest neighbour, logged)")
+    parser.add_argument(
+        "--resample-mask",
+        action="store_true",
+        help="resample masks on another grid onto the image (nearest neighbour, logged)",
+    )
     parser.add_argument("--cache", type=cache_type, default=None, help="per-case cache folder (default from --config)")
     parser.add_argument("--jobs", type=_jobs, default=-1, help="parallel extraction workers (-1: all cores)")
     parser.add_argument("--scheduler", default=None, help=SCHEDULER_HELP)
@@ -215,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crlm",
         description="crlm-prognosis: prognosis models for colorectal liver metastases "
-                    "(research software; synthetic results are not clinical evidence).",
+        "(research software; synthetic results are not clinical evidence).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -232,24 +336,35 @@ def build_parser() -> argparse.ArgumentParser:
     syn.set_defaults(func=cmd_synthesize)
 
     ext = sub.add_parser("extract", help="per-lesion morphology and radiomics for a cohort (cached, parallel)")
-    ext.add_argument("--cohort", type=_path_or_url, required=True, help="CSV with patient_id, image, mask (paths relative to it)")
-    ext.add_argument("--out", type=_path_or_url, required=True, help="output folder: lesions.parquet, extraction_report.csv")
+    ext.add_argument(
+        "--cohort", type=_path_or_url, required=True, help="CSV with patient_id, image, mask (paths relative to it)"
+    )
+    ext.add_argument(
+        "--out", type=_path_or_url, required=True, help="output folder: lesions.parquet, extraction_report.csv"
+    )
     _add_extraction_options(ext)
     ext.set_defaults(func=cmd_extract)
 
     val = sub.add_parser("validate", help="check a cohort's clinical table against the canonical schema")
     val.add_argument("--cohort", type=Path, required=True, help="clinical CSV, one row per patient")
-    val.add_argument("--mapping", type=Path, default=None,
-                     help="cohort mapping (YAML), e.g. configs/mappings/tcia_crlm.yaml")
-    val.add_argument("--images", action="store_true",
-                     help="also check every image/mask pair from its headers (statuses as crlm extract gives)")
+    val.add_argument(
+        "--mapping", type=Path, default=None, help="cohort mapping (YAML), e.g. configs/mappings/tcia_crlm.yaml"
+    )
+    val.add_argument(
+        "--images",
+        action="store_true",
+        help="also check every image/mask pair from its headers (statuses as crlm extract gives)",
+    )
     val.add_argument("--images-out", type=Path, default=None, help="CSV of the image statuses (with --images)")
     val.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
     val.add_argument("--liver-label", type=int, default=None, help="override the liver label value")
     val.add_argument("--lesion-label", type=int, default=None, help="override the lesion label value")
-    val.add_argument("--resample-mask", action="store_true",
-                     help="masks on another grid will be resampled: not a geometry_mismatch")
-    val.add_argument("--jobs", type=_jobs, default=1, help="parallel image checks (-1: all cores; on a busy machine 1 was faster)")
+    val.add_argument(
+        "--resample-mask", action="store_true", help="masks on another grid will be resampled: not a geometry_mismatch"
+    )
+    val.add_argument(
+        "--jobs", type=_jobs, default=1, help="parallel image checks (-1: all cores; on a busy machine 1 was faster)"
+    )
     val.set_defaults(func=cmd_validate)
 
     fea = sub.add_parser("featurize", help="one patient-level table: clinical features, scores, morphology, radiomics")
@@ -265,16 +380,24 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument("--features", type=Path, required=True, help="features.parquet from crlm featurize")
     tra.add_argument("--out", type=Path, required=True, help="folder for metrics.json, plots/, predictions")
     tra.add_argument("--models", type=Path, default=None, help="folder for the fitted predictors (default: OUT/models)")
-    tra.add_argument("--task", choices=("recurrence", "response", "all"), default="all",
-                     help="all (default): every task whose outcome the cohort has; the others are skipped, with why")
-    tra.add_argument("--name", default=None,
-                     help="registered model name prefix: NAME-recurrence, NAME-response (default: the mapping's "
-                          "cohort name; the pipeline's own run uses crlm)")
+    tra.add_argument(
+        "--task",
+        choices=("recurrence", "response", "all"),
+        default="all",
+        help="all (default): every task whose outcome the cohort has; the others are skipped, with why",
+    )
+    tra.add_argument(
+        "--name",
+        default=None,
+        help="registered model name prefix: NAME-recurrence, NAME-response (default: the mapping's "
+        "cohort name; the pipeline's own run uses crlm)",
+    )
     tra.add_argument("--jobs", type=_jobs, default=None, help="parallel fits in the grid search (default: train.jobs)")
     tra.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
     tra.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help=PARAMS_HELP.format("train, evaluate"))
-    tra.add_argument("--mapping", type=Path, default=None,
-                     help="cohort mapping whose declared covariates the models use as they are")
+    tra.add_argument(
+        "--mapping", type=Path, default=None, help="cohort mapping whose declared covariates the models use as they are"
+    )
     tra.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     tra.set_defaults(func=cmd_train)
 
@@ -284,12 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     eva.add_argument("--out", type=Path, required=True, help="folder for metrics.json")
     eva.add_argument("--truth", type=Path, default=None, help="truth.csv of a synthetic cohort (oracle)")
     eva.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help=PARAMS_HELP.format("evaluate"))
-    eva.add_argument("--no-tracking", action="store_true",
-                     help="do not log the external metrics to the MLflow run that trained the models")
+    eva.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not log the external metrics to the MLflow run that trained the models",
+    )
     eva.set_defaults(func=cmd_evaluate)
 
     exp = sub.add_parser("explain", help="SHAP values, global and per-patient plots of the fitted models")
-    exp.add_argument("--models", type=Path, default=REPO_ROOT / "artifacts" / "models", help="models folder from crlm train")
+    exp.add_argument(
+        "--models", type=Path, default=REPO_ROOT / "artifacts" / "models", help="models folder from crlm train"
+    )
     exp.add_argument("--features", type=Path, required=True, help="features.parquet the models were trained on")
     exp.add_argument("--split", type=Path, required=True, help="split.csv written by crlm train (test = explained)")
     exp.add_argument("--out", type=Path, required=True, help="folder for SHAP tables and plots")
@@ -305,17 +433,29 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--external", type=Path, default=None, help="crlm evaluate --out folder (external site)")
     rep.add_argument("--explain", type=Path, default=None, help="crlm explain --out folder (SHAP)")
     rep.add_argument("--truth", type=Path, default=None, help="truth.csv: marks the data as synthetic")
-    rep.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
-                     help=PARAMS_HELP.format("train, evaluate") + "; shown in the report")
+    rep.add_argument(
+        "--params",
+        type=Path,
+        default=DEFAULT_PARAMS,
+        help=PARAMS_HELP.format("train, evaluate") + "; shown in the report",
+    )
     rep.add_argument("--no-tracking", action="store_true", help="do not log the report to MLflow")
     rep.set_defaults(func=cmd_report)
 
     pre = sub.add_parser("predict", help="batch inference on a new cohort: predictions.csv, one row per input row")
-    pre.add_argument("--cohort", type=Path, required=True,
-                     help="clinical CSV, one row per patient (image, mask paths relative to it)")
-    pre.add_argument("--model", action="append", required=True,
-                     help="models folder from crlm train, a {task}_{model}.joblib file, or models:/<name>@<alias>; "
-                          "repeat for the other task")
+    pre.add_argument(
+        "--cohort",
+        type=Path,
+        required=True,
+        help="clinical CSV, one row per patient (image, mask paths relative to it)",
+    )
+    pre.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="models folder from crlm train, a {task}_{model}.joblib file, or models:/<name>@<alias>; "
+        "repeat for the other task",
+    )
     pre.add_argument("--out", type=Path, required=True, help="folder for predictions.csv, explanations/, summary.json")
     pre.add_argument("--mapping", type=Path, default=None, help="cohort mapping (YAML) for a non-canonical sheet")
     pre.add_argument("--chunk-size", type=_positive, default=32, help="patients per chunk (bounds memory)")

@@ -22,9 +22,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from features import schema as s
+from features.imaging import LabelRoles
 from pipeline import phantoms, synthesis
 from pipeline.execution import map_cases
-from features.imaging import LabelRoles
 from pipeline.world import World
 
 CLINICAL_FILE = "clinical.csv"
@@ -47,16 +47,33 @@ def _render_draw(draw: tuple, world: World, site: str, seed: int, labels: LabelR
     return _render_patient(*draw, world, site, seed, labels, out)
 
 
-def _render_patient(index: int, patient_id: str, n_lesions: int, largest_cm: float, bilobar: bool,
-                    traits: phantoms.LesionTraits, world: World, site: str, seed: int,
-                    labels: LabelRoles, out: Path) -> list[dict]:
+def _render_patient(
+    index: int,
+    patient_id: str,
+    n_lesions: int,
+    largest_cm: float,
+    bilobar: bool,
+    traits: phantoms.LesionTraits,
+    world: World,
+    site: str,
+    seed: int,
+    labels: LabelRoles,
+    out: Path,
+) -> list[dict]:
     """Render and write one patient's CT and mask; return one record per lesion."""
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     phantom = phantoms.render_phantom(
-        n_lesions=n_lesions, largest_cm=largest_cm, bilobar=bilobar, traits=traits,
-        phantom=world.phantom, site=world.site(site), unenhanced=world.unenhanced_hu,
-        trait_params=world.traits, labels=labels,
-        seed=synthesis.patient_seed(seed, site, index), patient_id=patient_id,
+        n_lesions=n_lesions,
+        largest_cm=largest_cm,
+        bilobar=bilobar,
+        traits=traits,
+        phantom=world.phantom,
+        site=world.site(site),
+        unenhanced=world.unenhanced_hu,
+        trait_params=world.traits,
+        labels=labels,
+        seed=synthesis.patient_seed(seed, site, index),
+        patient_id=patient_id,
     )
     folder = out / IMAGES_DIR / patient_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,10 +81,16 @@ def _render_patient(index: int, patient_id: str, n_lesions: int, largest_cm: flo
     _write_image_atomically(phantom.mask, folder / MASK_NAME)
     records = []
     for number, lesion in enumerate(phantom.lesions, start=1):
-        record = {s.PATIENT_ID: patient_id, "lesion": number, "lobe": lesion.lobe,
-                  "diameter_mm": lesion.diameter_mm, "voxels": lesion.voxels,
-                  "centre_x_mm": lesion.centre_mm[0], "centre_y_mm": lesion.centre_mm[1],
-                  "centre_z_mm": lesion.centre_mm[2]}
+        record = {
+            s.PATIENT_ID: patient_id,
+            "lesion": number,
+            "lobe": lesion.lobe,
+            "diameter_mm": lesion.diameter_mm,
+            "voxels": lesion.voxels,
+            "centre_x_mm": lesion.centre_mm[0],
+            "centre_y_mm": lesion.centre_mm[1],
+            "centre_z_mm": lesion.centre_mm[2],
+        }
         record.update({f"trait_{k}": v for k, v in asdict(lesion.traits).items()})
         records.append(record)
     return records
@@ -91,9 +114,18 @@ def _prepare_output(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def write_cohort(out: str | Path, n: int, seed: int, site: str, world: World, labels: LabelRoles,
-                 images: bool = True, jobs: int = 1, progress: bool = True,
-                 scheduler: Any = None) -> pd.DataFrame:
+def write_cohort(
+    out: str | Path,
+    n: int,
+    seed: int,
+    site: str,
+    world: World,
+    labels: LabelRoles,
+    images: bool = True,
+    jobs: int = 1,
+    progress: bool = True,
+    scheduler: Any = None,
+) -> pd.DataFrame:
     """Simulate a cohort of ``n`` patients from ``site`` and write it under ``out``.
 
     Returns the clinical table as written. With ``images=False`` only the tables are written
@@ -111,18 +143,31 @@ def write_cohort(out: str | Path, n: int, seed: int, site: str, world: World, la
         clinical[s.IMAGE] = [f"{IMAGES_DIR}/{pid}/{IMAGE_NAME}" for pid in ids]
         clinical[s.MASK] = [f"{IMAGES_DIR}/{pid}/{MASK_NAME}" for pid in ids]
         draws = [
-            (i, pid, int(row[s.N_LESIONS]), float(row[s.LARGEST_CM]), bool(row[s.BILOBAR]),
-             phantoms.LesionTraits(
-                 heterogeneity=float(truth.at[i, synthesis.TRAIT_HETEROGENEITY]),
-                 irregularity=float(truth.at[i, synthesis.TRAIT_IRREGULARITY]),
-                 rim=float(truth.at[i, synthesis.TRAIT_RIM]),
-                 necrosis=float(truth.at[i, synthesis.TRAIT_NECROSIS]),
-             ))
-            for i, (pid, row) in enumerate(zip(ids, clinical.to_dict("records")))
+            (
+                i,
+                pid,
+                int(row[s.N_LESIONS]),
+                float(row[s.LARGEST_CM]),
+                bool(row[s.BILOBAR]),
+                phantoms.LesionTraits(
+                    heterogeneity=float(truth.at[i, synthesis.TRAIT_HETEROGENEITY]),
+                    irregularity=float(truth.at[i, synthesis.TRAIT_IRREGULARITY]),
+                    rim=float(truth.at[i, synthesis.TRAIT_RIM]),
+                    necrosis=float(truth.at[i, synthesis.TRAIT_NECROSIS]),
+                ),
+            )
+            for i, (pid, row) in enumerate(zip(ids, clinical.to_dict("records"), strict=True))
         ]
         render = partial(_render_draw, world=world, site=site, seed=seed, labels=labels, out=out)
-        results = map_cases(render, draws, jobs=jobs, scheduler=scheduler, progress=progress,
-                            desc=f"phantoms site {site}", unit="patient")
+        results = map_cases(
+            render,
+            draws,
+            jobs=jobs,
+            scheduler=scheduler,
+            progress=progress,
+            desc=f"phantoms site {site}",
+            unit="patient",
+        )
         lesion_records = [record for records in results for record in records]
         pd.DataFrame(lesion_records).to_csv(out / TRUTH_LESIONS_FILE, index=False)
     else:

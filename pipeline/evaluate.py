@@ -38,8 +38,15 @@ def load_predictors(model: str, tracking_uri: str | None = None) -> dict[str, di
     return found
 
 
-def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth: Path | None = None,
-                 repo_root: Path | None = None, track: bool = True) -> dict:
+def run_evaluate(
+    model: str,
+    features: Path,
+    out: Path,
+    params_path: Path,
+    truth: Path | None = None,
+    repo_root: Path | None = None,
+    track: bool = True,
+) -> dict:
     """Evaluate every predictor of ``model`` on the cohort in ``features``; write metrics.json.
 
     Each task is evaluated on the status-ok patients whose outcome for it is known; a task
@@ -57,7 +64,7 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
     metrics: dict[str, Any] = {}
     notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort", "skipped_tasks": {}}
-    loaded = load_predictors(model, uri)       # a models:/ URI is looked up in the project's store
+    loaded = load_predictors(model, uri)  # a models:/ URI is looked up in the project's store
     if track:
         tracking.use_store(repo_root if repo_root is not None else REPO_ROOT)
     for task, predictors in loaded.items():
@@ -70,23 +77,35 @@ def run_evaluate(model: str, features: Path, out: Path, params_path: Path, truth
         table = training.usable_patients(full, (task,))
         table = table.loc[training.has_outcome(table, task)].reset_index(drop=True)
         reference = next(iter(predictors.values())).reference
-        availability = training.baseline_availability({"training": reference, "this cohort's": table}, task,
-                                                      min_coverage)
+        availability = training.baseline_availability(
+            {"training": reference, "this cohort's": table}, task, min_coverage
+        )
         baselines = [b for b, status in availability.items() if status.available]
         delta_reference = reference_name if reference_name in baselines else ""
         predictions = comparison.task_predictions(task, predictors, reference, table, truth_table, baselines=baselines)
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
-        metrics[task] = evaluation.evaluate_task(task, build(reference), build(table), predictions,
-                                                 reference=delta_reference,
-                                                 n_resamples=params.bootstrap, seed=params.seed)
-        notes[task] = {"n_patients": len(table), "reference": delta_reference or None,
-                       "baselines": {b: status.as_dict() for b, status in availability.items()}}
+        metrics[task] = evaluation.evaluate_task(
+            task,
+            build(reference),
+            build(table),
+            predictions,
+            reference=delta_reference,
+            n_resamples=params.bootstrap,
+            seed=params.seed,
+        )
+        notes[task] = {
+            "n_patients": len(table),
+            "reference": delta_reference or None,
+            "baselines": {b: status.as_dict() for b, status in availability.items()},
+        }
         for status in availability.values():
             if status.reason:
                 print(f"{task}: {status.reason}")
     if not metrics:
-        raise ValueError(f"{features}: no task of {model} can be evaluated on this cohort: "
-                         + "; ".join(f"{t}: {r}" for t, r in notes["skipped_tasks"].items()))
+        raise ValueError(
+            f"{features}: no task of {model} can be evaluated on this cohort: "
+            + "; ".join(f"{t}: {r}" for t, r in notes["skipped_tasks"].items())
+        )
     metrics[NOTES] = notes
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
@@ -115,14 +134,15 @@ def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
         if best is None:
             continue
         primary = PRIMARY_METRIC[task]
-        key = f"ext_{'c' if primary == 'c_index' else 'auc'}"   # short: dvc exp show fits 120 columns
+        key = f"ext_{'c' if primary == 'c_index' else 'auc'}"  # short: dvc exp show fits 120 columns
         value = task_metrics[best][primary]["value"]
         summary[key] = round(value, 3) if isinstance(value, float) and math.isfinite(value) else value
     return summary
 
 
-def _log_to_training_run(model: str, metrics: dict[str, Any], summary: dict[str, Any], features: Path,
-                         notes: dict[str, Any]) -> None:
+def _log_to_training_run(
+    model: str, metrics: dict[str, Any], summary: dict[str, Any], features: Path, notes: dict[str, Any]
+) -> None:
     """The external figures as ``external.*`` metrics of the run that trained the models (one row in the UI)."""
     from mlflow import MlflowClient
 
@@ -130,8 +150,10 @@ def _log_to_training_run(model: str, metrics: dict[str, Any], summary: dict[str,
 
     run_id = training_run_id(model)
     if run_id is None:
-        print("external metrics not logged to MLflow: the training run is not recorded "
-              f"({RUNS_FILE} missing in {model}, or the model has no run)")
+        print(
+            "external metrics not logged to MLflow: the training run is not recorded "
+            f"({RUNS_FILE} missing in {model}, or the model has no run)"
+        )
         return
     client = MlflowClient()
     for task, task_metrics in metrics.items():
@@ -150,6 +172,7 @@ def _log_to_training_run(model: str, metrics: dict[str, Any], summary: dict[str,
         if isinstance(value, float) and math.isfinite(value):
             client.log_metric(run_id, key, value)
     n = max((notes[t]["n_patients"] for t in metrics if t != NOTES), default=0)
-    tracking.log_dataset(features, f"{Path(features).parent.name}/{Path(features).name} (external)", "external",
-                         n, run_id=run_id)
+    tracking.log_dataset(
+        features, f"{Path(features).parent.name}/{Path(features).name} (external)", "external", n, run_id=run_id
+    )
     print(f"external metrics logged to MLflow run {run_id}")

@@ -60,9 +60,16 @@ def run_single_threaded(function: Callable[[Item], Result], item: Item) -> Resul
     return function(item)
 
 
-def map_cases(function: Callable[[Item], Result], items: Sequence[Item], jobs: int = 1,
-              scheduler: Any = None, progress: bool = True, desc: str = "cases", unit: str = "case",
-              retries: int = DEFAULT_RETRIES) -> Iterator[Result]:
+def map_cases(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    jobs: int = 1,
+    scheduler: Any = None,
+    progress: bool = True,
+    desc: str = "cases",
+    unit: str = "case",
+    retries: int = DEFAULT_RETRIES,
+) -> Iterator[Result]:
     """Yield ``function(item)`` for every item, in the order of ``items``.
 
     ``scheduler``: None (local, unless ``DASK_SCHEDULER_ADDRESS`` is set), ``"local"``, a Dask
@@ -102,8 +109,9 @@ def _map_dask(function, items, target, retries, bar) -> Iterator[Any]:
     else:
         address = target if isinstance(target, str) else getattr(target, "scheduler_address", None)
         if not address:
-            raise ValueError(f"scheduler must be an address like tcp://host:8786, a distributed.Client "
-                             f"or a cluster, got {target!r}")
+            raise ValueError(
+                f"scheduler must be an address like tcp://host:8786, a distributed.Client or a cluster, got {target!r}"
+            )
         client, owned = Client(address, set_as_default=False), True
     futures = []
     try:
@@ -116,8 +124,8 @@ def _map_dask(function, items, target, retries, bar) -> Iterator[Any]:
             bar.update()
             while next_index in done:
                 finished = done.pop(next_index)
-                result = finished.result()          # re-raises the case's error on the client
-                futures[next_index] = None          # let the cluster forget what was delivered
+                result = finished.result()  # re-raises the case's error on the client
+                futures[next_index] = None  # let the cluster forget what was delivered
                 finished.release()
                 next_index += 1
                 yield result

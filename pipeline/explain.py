@@ -28,25 +28,28 @@ from typing import Any
 import pandas as pd
 
 from features.schema import OK, PATIENT_ID, STATUS, patient_file_stem
+from features.settings import build
 from models import explain, registry
 from models.plots import save_plot
 from models.predictor import RecurrencePredictor, ResponsePredictor
 from models.registry import RUNS_FILE  # its home: models.registry
-from features.settings import build
 
 SPLIT = "split"
 TRAIN, TEST = "train", "test"
 ARTIFACT_PATH = "shap"
 SUMMARY = "summary.json"
-safe_file_stem = patient_file_stem   # the one file-name rule (features.schema), also crlm predict's
+safe_file_stem = patient_file_stem  # the one file-name rule (features.schema), also crlm predict's
 
 
-def load_predictors(models: Path | str, tracking_uri: str | None = None
-                    ) -> dict[tuple[str, str], RecurrencePredictor | ResponsePredictor]:
+def load_predictors(
+    models: Path | str, tracking_uri: str | None = None
+) -> dict[tuple[str, str], RecurrencePredictor | ResponsePredictor]:
     """The fitted predictors of a models folder (or the one of an MLflow model URI), keyed by
     (task, model); `models.registry.load_models` checks each file holds its task's predictor."""
-    return {(m.task, m.name): m.predictor
-            for m in registry.load_models(models, tracking_uri, every=True, one_per_task=False)}
+    return {
+        (m.task, m.name): m.predictor
+        for m in registry.load_models(models, tracking_uri, every=True, one_per_task=False)
+    }
 
 
 def read_split(split: Path, table: pd.DataFrame, features: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -54,18 +57,21 @@ def read_split(split: Path, table: pd.DataFrame, features: Path) -> tuple[pd.Dat
     frame = pd.read_csv(split, dtype=str, keep_default_na=False)
     missing_columns = [c for c in (PATIENT_ID, SPLIT) if c not in frame]
     if missing_columns:
-        raise ValueError(f"{split}: missing column(s) {missing_columns}; expected {PATIENT_ID}, {SPLIT} "
-                         f"as written by crlm train")
+        raise ValueError(
+            f"{split}: missing column(s) {missing_columns}; expected {PATIENT_ID}, {SPLIT} as written by crlm train"
+        )
     unknown = sorted(set(frame[SPLIT]) - {TRAIN, TEST})
     if unknown:
         raise ValueError(f"{split}: column '{SPLIT}' must be '{TRAIN}' or '{TEST}'; found {unknown[:5]}")
     ids = table[PATIENT_ID].astype(str)
     absent = sorted(set(frame[PATIENT_ID]) - set(ids))
     if absent:
-        raise ValueError(f"{len(absent)} patient(s) of {split} are not among the status-ok patients of "
-                         f"{features}, e.g. {absent[:3]}; the split and the feature table come from "
-                         f"different runs (rerun crlm train on this feature table)")
-    role = ids.map(dict(zip(frame[PATIENT_ID], frame[SPLIT])))
+        raise ValueError(
+            f"{len(absent)} patient(s) of {split} are not among the status-ok patients of "
+            f"{features}, e.g. {absent[:3]}; the split and the feature table come from "
+            f"different runs (rerun crlm train on this feature table)"
+        )
+    role = ids.map(dict(zip(frame[PATIENT_ID], frame[SPLIT], strict=True)))
     train, test = table.loc[role == TRAIN], table.loc[role == TEST]
     for name, part in ((TRAIN, train), (TEST, test)):
         if part.empty:
@@ -75,12 +81,15 @@ def read_split(split: Path, table: pd.DataFrame, features: Path) -> tuple[pd.Dat
 
 def _source(features: Path, table: pd.DataFrame, test: pd.DataFrame, train: pd.DataFrame) -> str:
     sites = ", ".join(sorted(map(str, table["site"].dropna().unique()))) if "site" in table else ""
-    return (f"{features}{', site ' + sites if sites else ''}; held-out test split (n={len(test)}), "
-            f"SHAP background: training split (n={len(train)})")
+    return (
+        f"{features}{', site ' + sites if sites else ''}; held-out test split (n={len(test)}), "
+        f"SHAP background: training split (n={len(train)})"
+    )
 
 
-def _write_model(result: explain.ShapResult, folder: Path, settings: explain.ExplainSettings,
-                 source: str) -> dict[str, Any]:
+def _write_model(
+    result: explain.ShapResult, folder: Path, settings: explain.ExplainSettings, source: str
+) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     explain.shap_table(result).to_csv(folder / "shap_values.csv", index=False)
     importance = explain.importance(result)
@@ -134,14 +143,22 @@ def _track(runs_file: Path, folders: Mapping[str, Path], repo_root: Path) -> Non
             with mlflow.start_run(run_id=run_id):
                 mlflow.log_artifacts(str(folder), artifact_path=ARTIFACT_PATH)
         except MlflowException as err:
-            raise ValueError(f"cannot log SHAP files of {key} into MLflow run {run_id} (listed in {runs_file}) "
-                             f"at {uri}: {err.message}; rerun crlm train, or explain with --no-tracking") from err
+            raise ValueError(
+                f"cannot log SHAP files of {key} into MLflow run {run_id} (listed in {runs_file}) "
+                f"at {uri}: {err.message}; rerun crlm train, or explain with --no-tracking"
+            ) from err
         print(f"tracking: logged {folder} into run {run_id} ({key}) under '{ARTIFACT_PATH}/'")
 
 
-def run_explain(models_dir: Path | str, features: Path, split: Path, out: Path,
-                settings: explain.ExplainSettings | Mapping[str, Any],
-                repo_root: Path | None = None, track: bool = True) -> dict:
+def run_explain(
+    models_dir: Path | str,
+    features: Path,
+    split: Path,
+    out: Path,
+    settings: explain.ExplainSettings | Mapping[str, Any],
+    repo_root: Path | None = None,
+    track: bool = True,
+) -> dict:
     """Explain every fitted model on the test patients of ``split``; return the summary.
 
     ``models_dir``: a models folder (every fitted model in it) or an MLflow model URI
@@ -169,11 +186,14 @@ def run_explain(models_dir: Path | str, features: Path, split: Path, out: Path,
     folders: dict[str, Path] = {}
     for (task, name), predictor in predictors.items():
         start = time.perf_counter()
-        path = (Path(models_dir) / registry.predictor_file(task, name) if not registry.is_model_uri(models_dir)
-                else models_dir)
+        path = (
+            Path(models_dir) / registry.predictor_file(task, name)
+            if not registry.is_model_uri(models_dir)
+            else models_dir
+        )
         try:
             result = explain.explain(predictor, test, train, config.background_size, config.seed)
-        except (KeyError, TypeError, ValueError) as err:   # missing columns, unsupported estimator
+        except (KeyError, TypeError, ValueError) as err:  # missing columns, unsupported estimator
             raise ValueError(f"{path}: {err.args[0] if err.args else err}") from err
         folder = out / task / name
         summary.setdefault(task, {})[name] = _write_model(result, folder, config, source)
@@ -182,14 +202,18 @@ def run_explain(models_dir: Path | str, features: Path, split: Path, out: Path,
         folders[f"{task}/{name}"] = folder
         top = ", ".join(f["feature"] for f in summary[task][name]["top_features"][:3])
         share = summary[task][name]["attribution_share"]
-        print(f"explain {task}/{name}: {len(test)} patients x {len(result.feature_names)} features in "
-              f"{seconds:.1f} s; top: {top}; imaging share {share[explain.IMAGING]:.0%}")
+        print(
+            f"explain {task}/{name}: {len(test)} patients x {len(result.feature_names)} features in "
+            f"{seconds:.1f} s; top: {top}; imaging share {share[explain.IMAGING]:.0%}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=True, ensure_ascii=False), encoding="utf-8")
     if track:
         if registry.is_model_uri(models_dir):
-            print(f"tracking skipped: {models_dir} is a registry model (crlm explain logs into the runs a models "
-                  f"folder lists in {RUNS_FILE})")
+            print(
+                f"tracking skipped: {models_dir} is a registry model (crlm explain logs into the runs a models "
+                f"folder lists in {RUNS_FILE})"
+            )
         else:
             _track(Path(models_dir) / RUNS_FILE, folders, repo_root)
     return summary

@@ -15,8 +15,9 @@ LESIONS_FILE = "lesions.parquet"
 REPORT_FILE = "extraction_report.csv"
 
 
-def run_featurize(cohort: Path, out: Path, extraction_dir: Path | None, config: Path,
-                  mapping: Path | None = None) -> pd.DataFrame:
+def run_featurize(
+    cohort: Path, out: Path, extraction_dir: Path | None, config: Path, mapping: Path | None = None
+) -> pd.DataFrame:
     """Write ``out`` (parquet): clinical features, scores, morphology and radiomics per patient.
 
     One row per input row, in input order, with the status ``crlm validate`` gives (a fatal
@@ -34,7 +35,7 @@ def run_featurize(cohort: Path, out: Path, extraction_dir: Path | None, config: 
         lesions = pd.read_parquet(lesions_path)
         extraction_report = pd.read_csv(report_path, dtype={PATIENT_ID: str})
         record_path = extraction_dir / extraction.SETTINGS_FILE
-        if record_path.is_file():   # the model will remember these settings (crlm train, crlm predict)
+        if record_path.is_file():  # the model will remember these settings (crlm train, crlm predict)
             record = json.loads(record_path.read_text(encoding="utf-8"))
     rules = load_extraction_config(config).aggregation
     if record is not None:

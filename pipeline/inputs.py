@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features import extraction, radiomics
+from features import extraction, radiomics, settings
 from features.imaging import LabelRoles
 from features.mapping import (
     CohortMapping,
@@ -21,13 +21,13 @@ from features.mapping import (
     load_mapping,
     sheet_headers,
 )
-from features import settings
 from features.schema import PATIENT_ID
 from features.settings import settings_class
 from features.validation import ValidationReport, validate_cohort
 from pipeline.world import load_labels
 
 # --------------------------------------------------------------------------- clinical table
+
 
 def read_cohort_csv(path: Path, id_column: str = PATIENT_ID, mapping: CohortMapping | None = None) -> pd.DataFrame:
     """Read a clinical CSV as pandas would, but ``id_column`` as text (never as numbers).
@@ -59,11 +59,13 @@ def read_and_validate(cohort: Path, mapping: Path | None = None) -> tuple[pd.Dat
     spec = load_mapping(mapping) if mapping is not None else None
     raw = read_cohort_csv(cohort, spec.id_column if spec else PATIENT_ID, spec)
     table = apply_mapping(raw, spec) if spec else raw
-    return table, validate_cohort(table, extra_columns=spec.covariate_columns() if spec else (),
-                                  ranges=spec.ranges if spec else None)
+    return table, validate_cohort(
+        table, extra_columns=spec.covariate_columns() if spec else (), ranges=spec.ranges if spec else None
+    )
 
 
 # --------------------------------------------------------------------------- extraction settings
+
 
 @settings_class
 class ExtractionConfig:
@@ -89,17 +91,25 @@ def load_extraction_config(path: str | Path) -> ExtractionConfig:
     return settings.load(ExtractionConfig, path)
 
 
-def case_options(params: Path, config: Path, labels_path: Path, liver_label: int | None = None,
-                 lesion_label: int | None = None, resample_mask: bool | None = None
-                 ) -> tuple[extraction.CaseOptions, ExtractionConfig]:
+def case_options(
+    params: Path,
+    config: Path,
+    labels_path: Path,
+    liver_label: int | None = None,
+    lesion_label: int | None = None,
+    resample_mask: bool | None = None,
+) -> tuple[extraction.CaseOptions, ExtractionConfig]:
     """The per-case extraction settings from the radiomics parameter file, the extraction config
     and the label roles; command-line label values and ``resample_mask`` override the files."""
     cfg = load_extraction_config(config)
     labels: LabelRoles = load_labels(labels_path)
     if liver_label is not None or lesion_label is not None:
-        labels = settings.replace(labels, "--liver-label/--lesion-label",
-                                  liver=liver_label if liver_label is not None else labels.liver,
-                                  lesion=lesion_label if lesion_label is not None else labels.lesion)
+        labels = settings.replace(
+            labels,
+            "--liver-label/--lesion-label",
+            liver=liver_label if liver_label is not None else labels.liver,
+            lesion=lesion_label if lesion_label is not None else labels.lesion,
+        )
     options = extraction.CaseOptions(
         settings=radiomics.ExtractionSettings(radiomics.load_radiomics_params(params), cfg.crop_margin_mm),
         labels=labels,

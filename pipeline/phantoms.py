@@ -25,20 +25,20 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.special import expit, logit
 
-from features.morphology import max_feret_diameter_mm
 from features.imaging import LabelRoles
+from features.morphology import max_feret_diameter_mm
 from pipeline.world import PhantomParams, SiteParams, TraitParams, UnenhancedHU
 
-_HU_MIN, _HU_MAX = -1024, 3071          # the int16 range CT scanners store
+_HU_MIN, _HU_MAX = -1024, 3071  # the int16 range CT scanners store
 _MM_PER_CM = 10.0
-_SHAPE_ITERATIONS = 8                   # diameter-matching rescalings of one lesion
+_SHAPE_ITERATIONS = 8  # diameter-matching rescalings of one lesion
 _SHRINK_ON_FAILED_PLACEMENT = 0.85
 _MIN_SECONDARY_MM = 5.0
-_MIN_RADIAL_FACTOR = 0.3                # a perturbed surface never folds through the centre
+_MIN_RADIAL_FACTOR = 0.3  # a perturbed surface never folds through the centre
 _FOV_MARGIN_MM = 4.0
-_NECROSIS_EDGE_MM = 1.0                 # softness of the necrotic core's boundary
+_NECROSIS_EDGE_MM = 1.0  # softness of the necrotic core's boundary
 _NECROTIC_TEXTURE_FACTOR = 0.5
-_LEFT_LOBE_SHARE = 0.3                  # bilobar disease: share of further lesions on the left
+_LEFT_LOBE_SHARE = 0.3  # bilobar disease: share of further lesions on the left
 _TEXTURE_MARGIN_SIGMAS = 3.0
 
 
@@ -93,8 +93,9 @@ class _Grid:
         return self.origin_xyz + index_xyz * self.spacing_xyz
 
 
-def _grid(fov_mm: tuple[float, float, float], centre_mm: tuple[float, float, float],
-          spacing_xyz: tuple[float, float, float]) -> _Grid:
+def _grid(
+    fov_mm: tuple[float, float, float], centre_mm: tuple[float, float, float], spacing_xyz: tuple[float, float, float]
+) -> _Grid:
     spacing = np.asarray(spacing_xyz, float)
     size = np.ceil(np.asarray(fov_mm, float) / spacing).astype(int)
     origin = np.asarray(centre_mm, float) - (size - 1) * spacing / 2.0
@@ -149,12 +150,17 @@ def _plane_wave_field(rng: np.random.Generator, waves: int) -> _PlaneWaveField:
     return _PlaneWaveField(directions, frequencies, phases)
 
 
-_ANCHOR_STEP = 4                         # voxels between the anchors of `_inside_perturbed_surface`
-_BOUND_SLACK = 1e-9                      # margin for rounding in the bound (rho and f are ~1)
+_ANCHOR_STEP = 4  # voxels between the anchors of `_inside_perturbed_surface`
+_BOUND_SLACK = 1e-9  # margin for rounding in the bound (rho and f are ~1)
 
 
-def _inside_perturbed_surface(q_axes: tuple[np.ndarray, np.ndarray, np.ndarray], rho: np.ndarray,
-                              shell: np.ndarray, amplitude: float, field: _PlaneWaveField) -> np.ndarray:
+def _inside_perturbed_surface(
+    q_axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rho: np.ndarray,
+    shell: np.ndarray,
+    amplitude: float,
+    field: _PlaneWaveField,
+) -> np.ndarray:
     """``rho <= 1 + amplitude * field(q / rho)`` at the ``shell`` voxels, evaluating the field
     only where a cheaper bound cannot decide.
 
@@ -171,12 +177,12 @@ def _inside_perturbed_surface(q_axes: tuple[np.ndarray, np.ndarray, np.ndarray],
     ux, uy, uz = qx[ix] / r, qy[iy] / r, qz[iz] / r
     step = _ANCHOR_STEP
     anchor = [np.arange(0, len(a), step) for a in (qz, qy, qx)]
-    az, ay, ax = (np.minimum((i + step // 2) // step, len(a) - 1) for i, a in zip((iz, iy, ix), anchor))
+    az, ay, ax = (np.minimum((i + step // 2) // step, len(a) - 1) for i, a in zip((iz, iy, ix), anchor, strict=True))
     cz, cy, cx = np.meshgrid(qz[anchor[0]], qy[anchor[1]], qx[anchor[2]], indexing="ij")
     c_rho = np.sqrt(cx * cx + cy * cy + cz * cz)
     with np.errstate(invalid="ignore", divide="ignore"):
         c_unit = np.stack([cx, cy, cz], axis=-1) / c_rho[..., None]
-    c_unit[c_rho == 0] = np.nan                       # no direction: never decides a voxel
+    c_unit[c_rho == 0] = np.nan  # no direction: never decides a voxel
     c_value, c_gradient = field.value_and_gradient(c_unit)
     flat = np.ravel_multi_index((az, ay, ax), c_rho.shape)
     cu, grad = c_unit.reshape(-1, 3)[flat], c_gradient.reshape(-1, 3)[flat]
@@ -185,15 +191,16 @@ def _inside_perturbed_surface(q_axes: tuple[np.ndarray, np.ndarray, np.ndarray],
     error = 0.5 * field.curvature * (dx * dx + dy * dy + dz * dz)
     surely_in = r <= 1.0 + amplitude * (estimate - error) - _BOUND_SLACK
     surely_out = r > 1.0 + amplitude * (estimate + error) + _BOUND_SLACK
-    undecided = ~(surely_in | surely_out)             # NaN anchors land here
+    undecided = ~(surely_in | surely_out)  # NaN anchors land here
     inside = surely_in
     unit = np.stack([ux[undecided], uy[undecided], uz[undecided]], axis=-1)
     inside[undecided] = r[undecided] <= 1.0 + amplitude * field(unit)
     return inside
 
 
-def _correlated_texture(rng: np.random.Generator, shape: tuple[int, ...], correlation_mm: float,
-                        spacing_zyx: np.ndarray) -> np.ndarray:
+def _correlated_texture(
+    rng: np.random.Generator, shape: tuple[int, ...], correlation_mm: float, spacing_zyx: np.ndarray
+) -> np.ndarray:
     """Gaussian random field with unit SD and a Gaussian correlation of ``correlation_mm``."""
     noise = rng.standard_normal(shape).astype(np.float32)
     field = ndimage.gaussian_filter(noise, sigma=correlation_mm / spacing_zyx, mode="reflect")
@@ -209,7 +216,7 @@ def _lesion_shape(diameter_mm: float, amplitude: float, field: _PlaneWaveField, 
     for _ in range(_SHAPE_ITERATIONS):
         reach = radius * (1.0 + 4.0 * amplitude) + spacing_zyx.max()
         half = np.ceil(reach / spacing_zyx).astype(int) + 1
-        axes = [np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing_zyx)]
+        axes = [np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing_zyx, strict=True)]
         z, y, x = np.meshgrid(*axes, indexing="ij")
         rho = np.sqrt(x * x + y * y + z * z)
         # The surface radius * max(1 + amplitude * f, floor) lies between radius * floor and
@@ -246,8 +253,15 @@ def _enhanced(hu: float, unenhanced: float, enhancement: float) -> float:
     return unenhanced + enhancement * (hu - unenhanced)
 
 
-def _lesion_hu(rng: np.random.Generator, mask: np.ndarray, t: LesionTraits, p: PhantomParams,
-               site: SiteParams, unenhanced: UnenhancedHU, spacing_zyx: np.ndarray) -> np.ndarray:
+def _lesion_hu(
+    rng: np.random.Generator,
+    mask: np.ndarray,
+    t: LesionTraits,
+    p: PhantomParams,
+    site: SiteParams,
+    unenhanced: UnenhancedHU,
+    spacing_zyx: np.ndarray,
+) -> np.ndarray:
     """Attenuation inside one lesion: base, texture, necrotic core, enhancing rim."""
     depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
     inside = depth[mask]
@@ -264,8 +278,9 @@ def _lesion_hu(rng: np.random.Generator, mask: np.ndarray, t: LesionTraits, p: P
     return hu
 
 
-def _tube(axes_xyz: tuple[np.ndarray, np.ndarray, np.ndarray], start: np.ndarray, end: np.ndarray,
-          radius: float) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+def _tube(
+    axes_xyz: tuple[np.ndarray, np.ndarray, np.ndarray], start: np.ndarray, end: np.ndarray, radius: float
+) -> tuple[tuple[slice, slice, slice], np.ndarray]:
     """Voxels of the grid spanned by ``axes_xyz`` (voxel centres in mm, (z, y, x) array order)
     within ``radius`` of a segment.
 
@@ -288,10 +303,19 @@ def _tube(axes_xyz: tuple[np.ndarray, np.ndarray, np.ndarray], start: np.ndarray
     return box, inside.reshape(xx.shape)
 
 
-def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: LesionTraits,
-                   phantom: PhantomParams, site: SiteParams, unenhanced: UnenhancedHU,
-                   trait_params: TraitParams, labels: LabelRoles,
-                   seed: np.random.SeedSequence, patient_id: str = "") -> Phantom:
+def render_phantom(
+    n_lesions: int,
+    largest_cm: float,
+    bilobar: bool,
+    traits: LesionTraits,
+    phantom: PhantomParams,
+    site: SiteParams,
+    unenhanced: UnenhancedHU,
+    trait_params: TraitParams,
+    labels: LabelRoles,
+    seed: np.random.SeedSequence,
+    patient_id: str = "",
+) -> Phantom:
     """Render one patient's CT (int16 HU) and label mask (uint8).
 
     ``largest_cm`` is the maximum 3-D diameter of the largest lesion (cm), ``n_lesions`` the
@@ -318,7 +342,7 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     fat = p.subcutaneous_fat_mm
     body = ((x - bx) / ax) ** 2 + ((y - by) / ay) ** 2 <= 1.0
     inner = ((x - bx) / (ax - fat)) ** 2 + ((y - by) / (ay - fat)) ** 2 <= 1.0
-    hu[:, body[0]] = p.hu.fat                       # (y, x) masks, the same in every slice
+    hu[:, body[0]] = p.hu.fat  # (y, x) masks, the same in every slice
     hu[:, inner[0]] = p.hu.muscle
     for (cx, cy), radius, value in (
         (p.spine_centre_mm, p.spine_radius_mm, p.hu.bone),
@@ -332,8 +356,8 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     reach = semi * (1.0 + 4.0 * p.liver_shape_lobulation)
     lo = np.maximum(grid.index_of(-reach), 0)
     hi = np.minimum(grid.index_of(reach) + 1, grid.size_xyz)
-    box = tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))
-    box_axes = (grid.axis(0)[box[2]], grid.axis(1)[box[1]], grid.axis(2)[box[0]])   # x, y, z (mm)
+    box = tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1], strict=True))
+    box_axes = (grid.axis(0)[box[2]], grid.axis(1)[box[1]], grid.axis(2)[box[0]])  # x, y, z (mm)
     # Normalised coordinates q = point / semi-axes, broadcast from the axes (no (z, y, x, 3)
     # array of points); rho = |q| summed in the order x, y, z as np.linalg.norm does.
     qx = (box_axes[0] / semi[0])[None, None, :]
@@ -345,8 +369,9 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     reach = p.liver_shape_lobulation * np.sqrt(2.0 * p.margin_frequency_waves)
     shell = np.abs(rho - 1.0) <= reach
     liver = rho < 1.0 - reach
-    liver[shell] = _inside_perturbed_surface((qx.ravel(), qy.ravel(), qz.ravel()), rho, shell,
-                                             p.liver_shape_lobulation, liver_field)
+    liver[shell] = _inside_perturbed_surface(
+        (qx.ravel(), qy.ravel(), qz.ravel()), rho, shell, p.liver_shape_lobulation, liver_field
+    )
     liver_hu = _enhanced(p.hu.liver, unenhanced.liver, site.enhancement)
     liver_texture = _correlated_texture(rng, liver.shape, p.liver_texture_correlation_mm, grid.spacing_zyx)
     hu[box][liver] = liver_hu + p.liver_texture_sd_hu * liver_texture[liver]
@@ -372,7 +397,7 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     ivc = ((x - ivc_x) ** 2 + (y - ivc_y) ** 2 <= p.ivc_radius_mm**2)[0]
     slices = np.flatnonzero((z.ravel() <= top[2]) & (z.ravel() >= -semi[2]))
     if slices.size:
-        ivc_slices = slice(int(slices[0]), int(slices[-1]) + 1)   # z increases: one run of slices
+        ivc_slices = slice(int(slices[0]), int(slices[-1]) + 1)  # z increases: one run of slices
         hu[ivc_slices, ivc] = vessel_hu
         labelmap[ivc_slices, ivc] = 0
 
@@ -385,20 +410,21 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
         d = min(max(largest_mm * fraction, p.secondary_min_cm * _MM_PER_CM), 0.9 * largest_mm)
         diameters.append(d)
     if bilobar:
-        lobes = ["right", "left"] + ["left" if rng.random() < _LEFT_LOBE_SHARE else "right"
-                                     for _ in range(n_lesions - 2)]
+        lobes = ["right", "left"] + [
+            "left" if rng.random() < _LEFT_LOBE_SHARE else "right" for _ in range(n_lesions - 2)
+        ]
     else:
         lobes = ["right"] * n_lesions
 
-    placed: list[tuple[np.ndarray, float]] = []   # (centre index xyz, bounding radius mm)
+    placed: list[tuple[np.ndarray, float]] = []  # (centre index xyz, bounding radius mm)
     rendered: list[RenderedLesion] = []
-    for k, (diameter, lobe) in enumerate(zip(diameters, lobes)):
+    for k, (diameter, lobe) in enumerate(zip(diameters, lobes, strict=True)):
         t = _jittered_traits(rng, traits, trait_params.lesion_trait_jitter_sd)
         field = _plane_wave_field(rng, p.margin_frequency_waves)
         amplitude = _margin_amplitude(t.irregularity, p)
         while True:
             shape_mask = _lesion_shape(diameter, amplitude, field, grid.spacing_zyx)
-            half = np.array(shape_mask.shape[::-1]) // 2     # centre voxel, xyz
+            half = np.array(shape_mask.shape[::-1]) // 2  # centre voxel, xyz
             crop = ndimage.find_objects(shape_mask.astype(np.uint8))[0]
             shape_mask = shape_mask[crop]
             half = half - np.array([c.start for c in crop[::-1]])
@@ -415,13 +441,16 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
             )
         index = grid.index_of(centre)
         start = index - half
-        local_box = tuple(slice(a, a + n) for a, n in zip(start[::-1], shape_mask.shape))
+        local_box = tuple(slice(a, a + n) for a, n in zip(start[::-1], shape_mask.shape, strict=True))
         values = _lesion_hu(rng, shape_mask, t, p, site, unenhanced, grid.spacing_zyx)
         hu[local_box][shape_mask] = values[shape_mask]
         labelmap[local_box][shape_mask] = labels.lesion
         placed.append((grid.point_of(index), bound))
-        rendered.append(RenderedLesion(tuple(float(c) for c in grid.point_of(index)),
-                                       float(diameter), int(shape_mask.sum()), lobe, t))
+        rendered.append(
+            RenderedLesion(
+                tuple(float(c) for c in grid.point_of(index)), float(diameter), int(shape_mask.sum()), lobe, t
+            )
+        )
 
     # Scanner: point-spread blur (partial-volume edges), offset, noise, int16 storage.
     hu = ndimage.gaussian_filter(hu, sigma=site.psf_sigma_mm / grid.spacing_zyx)
@@ -438,8 +467,16 @@ def render_phantom(n_lesions: int, largest_cm: float, bilobar: bool, traits: Les
     return Phantom(image, mask, rendered)
 
 
-def _place(rng: np.random.Generator, bound: float, lobe: str, placed: list[tuple[np.ndarray, float]],
-           semi: np.ndarray, p: PhantomParams, grid: _Grid, first: bool) -> np.ndarray | None:
+def _place(
+    rng: np.random.Generator,
+    bound: float,
+    lobe: str,
+    placed: list[tuple[np.ndarray, float]],
+    semi: np.ndarray,
+    p: PhantomParams,
+    grid: _Grid,
+    first: bool,
+) -> np.ndarray | None:
     """A centre (mm) for a lesion of bounding radius ``bound`` in ``lobe``, or None."""
     lowest = grid.origin_xyz + _FOV_MARGIN_MM + bound
     highest = grid.point_of(grid.size_xyz - 1) - _FOV_MARGIN_MM - bound
@@ -456,7 +493,7 @@ def _place(rng: np.random.Generator, bound: float, lobe: str, placed: list[tuple
 
     for _ in range(p.placement_attempts):
         u = rng.standard_normal(3)
-        u *= rng.random() ** (1 / 3) / np.linalg.norm(u)   # uniform in the unit ball
+        u *= rng.random() ** (1 / 3) / np.linalg.norm(u)  # uniform in the unit ball
         candidate = grid.point_of(grid.index_of(u * semi * p.lesion_inside_liver_fraction))
         if fits(candidate):
             return candidate

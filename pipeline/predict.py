@@ -41,8 +41,19 @@ from tqdm.auto import tqdm
 
 from features import extraction, patient_table, radiomics
 from features.mapping import CohortMapping, MappingError, apply_mapping, load_mapping, sheet_headers
-from features.schema import (DUPLICATE_ID, EXTRACTION_ERROR, IMAGE, INVALID, MASK, MISSING_ID, OK, PATIENT_ID,
-                             REASON, STATUS, patient_file_stem)
+from features.schema import (
+    DUPLICATE_ID,
+    EXTRACTION_ERROR,
+    IMAGE,
+    INVALID,
+    MASK,
+    MISSING_ID,
+    OK,
+    PATIENT_ID,
+    REASON,
+    STATUS,
+    patient_file_stem,
+)
 from features.scores import SCORE_OUTPUTS
 from features.validation import Problem, validate_cohort
 from models import explain as shap_explain
@@ -56,8 +67,8 @@ from pipeline.execution import map_cases
 from pipeline.inputs import case_options
 from pipeline.paths import DEFAULT_EXTRACTION, DEFAULT_LABELS, DEFAULT_RADIOMICS, REPO_ROOT
 
-DEFAULT_CHUNK_SIZE = 32     # patients per chunk: bounds memory (images of one chunk at a time)
-DEFAULT_TOP_K = 3           # contributions per task written to predictions.csv
+DEFAULT_CHUNK_SIZE = 32  # patients per chunk: bounds memory (images of one chunk at a time)
+DEFAULT_TOP_K = 3  # contributions per task written to predictions.csv
 PREDICTIONS_FILE = "predictions.csv"
 SUMMARY_FILE = "summary.json"
 EXPLANATIONS_DIR = "explanations"
@@ -69,15 +80,16 @@ ADDITIVITY_TOLERANCE = shap_explain.ADDITIVITY_TOLERANCE
 # geometry_mismatch, empty_mask, missing_lesion_label, nan_voxels, invalid_labels, ...
 ROW = "row"
 EXPLANATION = "explanation"
-SCORE_COLUMNS = SCORE_OUTPUTS   # the clinical scores and their groups (features.scores.clinical_scores)
+SCORE_COLUMNS = SCORE_OUTPUTS  # the clinical scores and their groups (features.scores.clinical_scores)
 BASE_VALUE = {  # what the base value of an explanation is, per SHAP kind of a family (models.registry)
     "linear": "prediction for a reference patient: numeric inputs at their training mean, categorical "
-              "inputs at their most frequent training category",
+    "inputs at their most frequent training category",
     "tree": "mean margin over the training data, weighted by the trees' cover (TreeSHAP, tree_path_dependent)",
 }
 
 
 # --------------------------------------------------------------------------- models
+
 
 def load_models(models: Sequence[str], repo_root: Path) -> list[LoadedModel]:
     """Models from folders written by ``crlm train`` (one per task: the one ``best.json`` names,
@@ -91,18 +103,26 @@ def load_models(models: Sequence[str], repo_root: Path) -> list[LoadedModel]:
 
 # --------------------------------------------------------------------------- reading
 
+
 @dataclass(frozen=True)
 class IdIndex:
     """What the first pass over the identifier column found."""
 
     rows: int
-    duplicated: dict[str, list[int]]   # id -> every 1-based row that carries it
+    duplicated: dict[str, list[int]]  # id -> every 1-based row that carries it
 
 
 def _read_ids(path: Path, id_column: str, chunk_size: int) -> Iterator[pd.Series]:
     """The identifier column as written (no NA parsing: 'NA' is an identifier), chunk by chunk."""
-    reader = pd.read_csv(path, usecols=[id_column], dtype=str, keep_default_na=False, na_filter=False,
-                         encoding="utf-8-sig", chunksize=chunk_size)
+    reader = pd.read_csv(
+        path,
+        usecols=[id_column],
+        dtype=str,
+        keep_default_na=False,
+        na_filter=False,
+        encoding="utf-8-sig",
+        chunksize=chunk_size,
+    )
     for chunk in reader:
         yield chunk[id_column].astype(object)
 
@@ -145,6 +165,7 @@ def read_chunks(path: Path, id_column: str, chunk_size: int) -> Iterator[pd.Data
 
 # --------------------------------------------------------------------------- one chunk
 
+
 @dataclass(frozen=True)
 class Context:
     """Everything a chunk needs, fixed for the run."""
@@ -163,8 +184,8 @@ class Context:
     top_k: int
     columns: list[str]
     explanations: Path
-    absent: dict[str, set[str]]   # model -> input columns the cohort table does not have (imputed)
-    renames: dict[str, str] = field(default_factory=dict)   # sheet header -> name (features.mapping.sheet_headers)
+    absent: dict[str, set[str]]  # model -> input columns the cohort table does not have (imputed)
+    renames: dict[str, str] = field(default_factory=dict)  # sheet header -> name (features.mapping.sheet_headers)
 
 
 def _problem_code(problem: Problem) -> str:
@@ -205,11 +226,11 @@ def _model_input(table: pd.DataFrame, model: LoadedModel) -> pd.DataFrame:
     types = _fitted_types(model.predictor.pipeline)
     numeric, categorical = types if types is not None else split_feature_types(table, columns)
     text = set(categorical)
-    present = table.reindex(columns=columns)           # a column the table lacks: all missing
+    present = table.reindex(columns=columns)  # a column the table lacks: all missing
     numbers = present[[c for c in columns if c not in text]]
     try:
         numbers = numbers.astype(float)
-    except (TypeError, ValueError):                     # text in a numeric column: missing, as in training
+    except (TypeError, ValueError):  # text in a numeric column: missing, as in training
         numbers = numbers.apply(pd.to_numeric, errors="coerce").astype(float)
     texts = present[[c for c in columns if c in text]].astype(object)
     texts = texts.where(texts.notna(), np.nan)
@@ -221,23 +242,36 @@ def _extract(ctx: Context, cases: list[extraction.CaseInput]) -> tuple[pd.DataFr
     """Extract a chunk's cases; if the batch fails unexpectedly, case by case, so one bad case
     cannot stop the others (its exception becomes its reason)."""
     try:
-        return extraction.extract_cohort(cases, ctx.options, ctx.cache, jobs=ctx.jobs, progress=False,
-                                         scheduler=ctx.scheduler, map_cases=map_cases)
+        return extraction.extract_cohort(
+            cases, ctx.options, ctx.cache, jobs=ctx.jobs, progress=False, scheduler=ctx.scheduler, map_cases=map_cases
+        )
     except Exception:  # noqa: BLE001 - retried per case below; each failure is reported per patient
         pass
     lesions, reports = [], []
     for case in cases:
         try:
-            one_lesions, one_report = extraction.extract_cohort([case], ctx.options, ctx.cache, jobs=1,
-                                                                progress=False, map_cases=map_cases)
+            one_lesions, one_report = extraction.extract_cohort(
+                [case], ctx.options, ctx.cache, jobs=1, progress=False, map_cases=map_cases
+            )
         except Exception as exc:  # noqa: BLE001 - reported in the patient's row, never swallowed
-            message = (f"patient {case.patient_id}: extraction of image {case.image} with mask {case.mask} "
-                       f"failed ({type(exc).__name__}: {exc}); check both files open in a viewer and report "
-                       f"the error if they do")
+            message = (
+                f"patient {case.patient_id}: extraction of image {case.image} with mask {case.mask} "
+                f"failed ({type(exc).__name__}: {exc}); check both files open in a viewer and report "
+                f"the error if they do"
+            )
             one_lesions = pd.DataFrame()
-            one_report = pd.DataFrame([{PATIENT_ID: case.patient_id, radiomics.LESION: pd.NA,
-                                        extraction.STATUS: EXTRACTION_ERROR, extraction.REASON: message,
-                                        extraction.SECONDS: 0.0, extraction.CACHED: False}])
+            one_report = pd.DataFrame(
+                [
+                    {
+                        PATIENT_ID: case.patient_id,
+                        radiomics.LESION: pd.NA,
+                        extraction.STATUS: EXTRACTION_ERROR,
+                        extraction.REASON: message,
+                        extraction.SECONDS: 0.0,
+                        extraction.CACHED: False,
+                    }
+                ]
+            )
         lesions.append(one_lesions)
         reports.append(one_report)
     return pd.concat(lesions, ignore_index=True), pd.concat(reports, ignore_index=True)
@@ -252,8 +286,10 @@ def _cases(ctx: Context, valid: pd.DataFrame, status: pd.Series, reason: pd.Seri
         blank = [c for c in (IMAGE, MASK) if not isinstance(row.get(c), str) or not row[c].strip()]
         if blank:
             status[index] = "missing_file"
-            reason[index] = (f"patient {pid}: the {' and '.join(blank)} path is empty in {ctx.cohort}; "
-                             f"fill in the path (relative to the table) or remove the patient")
+            reason[index] = (
+                f"patient {pid}: the {' and '.join(blank)} path is empty in {ctx.cohort}; "
+                f"fill in the path (relative to the table) or remove the patient"
+            )
             continue
         cases.append(extraction.CaseInput(str(pid), base / row[IMAGE].strip(), base / row[MASK].strip()))
     return cases
@@ -270,14 +306,17 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
     for i, value in ids.items():
         if not value.strip():
             status[i] = MISSING_ID
-            reason[i] = (f"row {rows[i]}: {ctx.id_column} is empty in {ctx.cohort}; give every patient a "
-                         f"unique identifier")
+            reason[i] = (
+                f"row {rows[i]}: {ctx.id_column} is empty in {ctx.cohort}; give every patient a unique identifier"
+            )
         elif value in ctx.ids.duplicated:
             where = ctx.ids.duplicated[value]
             status[i] = DUPLICATE_ID
-            reason[i] = (f"{ctx.id_column} {value!r} appears {len(where)} times in {ctx.cohort} (rows "
-                         f"{', '.join(map(str, where))}); keep the one right row per patient (or give each its "
-                         f"own identifier) and run again")
+            reason[i] = (
+                f"{ctx.id_column} {value!r} appears {len(where)} times in {ctx.cohort} (rows "
+                f"{', '.join(map(str, where))}); keep the one right row per patient (or give each its "
+                f"own identifier) and run again"
+            )
     table = apply_mapping(raw, ctx.mapping) if ctx.mapping is not None else raw
     table = table.copy()
     table[PATIENT_ID] = ids.to_numpy()  # unchanged, whatever the mapping did
@@ -285,9 +324,12 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
     candidates = table.loc[status == OK]
     valid = candidates.iloc[0:0]
     if not candidates.empty:
-        report = validate_cohort(candidates, extra_columns=ctx.mapping.covariate_columns() if ctx.mapping else (),
-                                 ranges=ctx.mapping.ranges if ctx.mapping else None,
-                                 rows=rows[candidates.index.to_numpy()])
+        report = validate_cohort(
+            candidates,
+            extra_columns=ctx.mapping.covariate_columns() if ctx.mapping else (),
+            ranges=ctx.mapping.ranges if ctx.mapping else None,
+            rows=rows[candidates.index.to_numpy()],
+        )
         if report.fatal:
             raise ValueError(f"{ctx.cohort}: the table cannot be used:\n{report.format()}")
         by_patient: dict[str, list[Problem]] = {}
@@ -296,8 +338,9 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
         for index in candidates.index[(report.status != OK).to_numpy()]:
             problems = by_patient.get(str(table.at[index, PATIENT_ID]), [])
             status[index] = _problem_code(problems[0]) if problems else INVALID
-            reason[index] = ("; ".join(p.message for p in problems) or report.status[index]) + \
-                f"; correct the value(s) in {ctx.cohort} and run again"
+            reason[index] = (
+                "; ".join(p.message for p in problems) or report.status[index]
+            ) + f"; correct the value(s) in {ctx.cohort} and run again"
         valid = report.valid_rows
 
     extraction_seconds = 0.0
@@ -308,8 +351,10 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
         if cases:
             lesions, extraction_report = _extract(ctx, cases)
         else:
-            lesions, extraction_report = pd.DataFrame(), pd.DataFrame(columns=[PATIENT_ID, extraction.STATUS,
-                                                                               extraction.REASON])
+            lesions, extraction_report = (
+                pd.DataFrame(),
+                pd.DataFrame(columns=[PATIENT_ID, extraction.STATUS, extraction.REASON]),
+            )
         extraction_seconds = time.perf_counter() - start
         valid = valid.loc[status[valid.index] == OK]
 
@@ -317,8 +362,9 @@ def process_chunk(ctx: Context, raw: pd.DataFrame, first_row: int) -> tuple[pd.D
     out[PATIENT_ID] = ids.to_numpy()
     out[ROW] = rows
     if not valid.empty:
-        features = patient_table.patient_feature_table(valid, pd.Series(OK, index=valid.index), lesions,
-                                                       extraction_report, ctx.rules)
+        features = patient_table.patient_feature_table(
+            valid, pd.Series(OK, index=valid.index), lesions, extraction_report, ctx.rules
+        )
         features.index = valid.index
         failed = features[patient_table.STATUS] != OK
         status[features.index[failed]] = features.loc[failed, patient_table.STATUS]
@@ -338,21 +384,32 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
     # Imaging columns a fitted pipeline drops (selection) are not extracted (issue 14) and
     # cannot change its predictions: only the used ones must be there.
     used = {id(m): set(used_columns(m.predictor.pipeline, m.feature_columns)) for m in ctx.models}
-    missing_imaging = sorted({c for m in ctx.models for c in m.feature_columns
-                              if c.startswith(registry.IMAGING_PREFIXES) and c not in features and c in used[id(m)]})
+    missing_imaging = sorted(
+        {
+            c
+            for m in ctx.models
+            for c in m.feature_columns
+            if c.startswith(registry.IMAGING_PREFIXES) and c not in features and c in used[id(m)]
+        }
+    )
     if missing_imaging:
-        raise ValueError(f"the models use imaging feature(s) {missing_imaging[:5]} that extraction did not "
-                         f"produce; extract with the radiomics parameters and aggregation rules the models "
-                         f"were trained with (--radiomics-params, --extraction-config)")
+        raise ValueError(
+            f"the models use imaging feature(s) {missing_imaging[:5]} that extraction did not "
+            f"produce; extract with the radiomics parameters and aggregation rules the models "
+            f"were trained with (--radiomics-params, --extraction-config)"
+        )
     for model in ctx.models:
         ctx.absent.setdefault(f"{model.task}/{model.name}", set()).update(
-            c for c in model.feature_columns if c not in features
-            and (c in used[id(model)] or not c.startswith(registry.IMAGING_PREFIXES)))
+            c
+            for c in model.feature_columns
+            if c not in features and (c in used[id(model)] or not c.startswith(registry.IMAGING_PREFIXES))
+        )
     index = features.index
     for column in SCORE_COLUMNS:
         out.loc[index, column] = features[column].astype(object).where(features[column].notna(), None)
     documents: dict[Any, dict[str, Any]] = {
-        i: {PATIENT_ID: features.at[i, PATIENT_ID], ROW: int(out.at[i, ROW]), "models": []} for i in index}
+        i: {PATIENT_ID: features.at[i, PATIENT_ID], ROW: int(out.at[i, ROW]), "models": []} for i in index
+    }
     for model in ctx.models:
         frame = _model_input(features, model)
         predicted = model.predict(frame)
@@ -364,13 +421,15 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
         result = explain_without_background(model.predictor, frame, typed=True)
         if model.task == registry.RECURRENCE:
             served, explained = predicted[RISK].to_numpy(float), result.output
-        else:   # log-odds through the one (clipped) logit on both sides: saturated probabilities agree
+        else:  # log-odds through the one (clipped) logit on both sides: saturated probabilities agree
             served = logit(predicted[RESPONSE_PROBABILITY].to_numpy(float))
             explained = logit(expit(np.asarray(result.output, float)))
         gap = np.abs(explained - served)
         if gap.size and gap.max() > ADDITIVITY_TOLERANCE * max(1.0, float(np.abs(result.output).max())):
-            raise ValueError(f"{model.source}: the unwrapped predictor disagrees with the served model (by "
-                             f"{gap.max():.3g}); its explanation would not describe its prediction")
+            raise ValueError(
+                f"{model.source}: the unwrapped predictor disagrees with the served model (by "
+                f"{gap.max():.3g}); its explanation would not describe its prediction"
+            )
         if ctx.top_k:
             top = shap_explain.top_contributions(result, ctx.top_k).drop(columns=PATIENT_ID)
             top.index = index
@@ -379,15 +438,28 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
         kind = registry.family(model.task, model.name).shap
         for position, i in enumerate(index):
             order = np.argsort(-np.abs(result.values[position]), kind="mergesort")
-            documents[i]["models"].append({
-                "task": model.task, "model": model.name, "version": model.version, "source": model.source,
-                "explained": result.quantity, "value": float(result.output[position]),
-                "base_value": float(result.base_values[position]), "base_value_is": BASE_VALUE[kind],
-                "prediction": {c: _json_value(predicted.at[i, c]) for c in predicted.columns},
-                "contributions": [{"feature": result.feature_names[j], "column": result.source_columns[j],
-                                   "value": _json_value(result.display_data[position, j]),
-                                   "shap": float(result.values[position, j])} for j in order],
-            })
+            documents[i]["models"].append(
+                {
+                    "task": model.task,
+                    "model": model.name,
+                    "version": model.version,
+                    "source": model.source,
+                    "explained": result.quantity,
+                    "value": float(result.output[position]),
+                    "base_value": float(result.base_values[position]),
+                    "base_value_is": BASE_VALUE[kind],
+                    "prediction": {c: _json_value(predicted.at[i, c]) for c in predicted.columns},
+                    "contributions": [
+                        {
+                            "feature": result.feature_names[j],
+                            "column": result.source_columns[j],
+                            "value": _json_value(result.display_data[position, j]),
+                            "shap": float(result.values[position, j]),
+                        }
+                        for j in order
+                    ],
+                }
+            )
     for i, document in documents.items():
         name = explanation_file(str(document[PATIENT_ID]))
         out.at[i, EXPLANATION] = f"{EXPLANATIONS_DIR}/{name}"
@@ -414,6 +486,7 @@ def output_columns(models: Sequence[LoadedModel], top_k: int) -> list[str]:
 
 # --------------------------------------------------------------------------- the run
 
+
 def _prepare_out(out: Path) -> Path:
     """Create ``out``; remove this command's previous outputs there (and nothing else)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -426,21 +499,33 @@ def _prepare_out(out: Path) -> Path:
     return explanations
 
 
-model_settings_record = registry.settings_record   # the record the models were trained with
+model_settings_record = registry.settings_record  # the record the models were trained with
 
 
-def resolve_settings(record: dict[str, Any] | None, radiomics_params: Path | None, extraction_config: Path | None,
-                     labels: Path | None, liver_label: int | None, lesion_label: int | None,
-                     resample_mask: bool | None, allow_different_settings: bool = False
-                     ) -> tuple[extraction.CaseOptions, tuple[str, ...], str | Path]:
+def resolve_settings(
+    record: dict[str, Any] | None,
+    radiomics_params: Path | None,
+    extraction_config: Path | None,
+    labels: Path | None,
+    liver_label: int | None,
+    lesion_label: int | None,
+    resample_mask: bool | None,
+    allow_different_settings: bool = False,
+) -> tuple[extraction.CaseOptions, tuple[str, ...], str | Path]:
     """The extraction settings of a prediction: the model's record, with what was given on the
     command line in place of its parts. Without a record: the given files, else the defaults.
 
     Returns (options, aggregation rules, the extraction config's cache: `ExtractionConfig.cache_location`).
     Raises ValueError naming every difference (key, model's value, given value) unless ``allow_different_settings``.
     """
-    options, cfg = case_options(radiomics_params or DEFAULT_RADIOMICS, extraction_config or DEFAULT_EXTRACTION,
-                                labels or DEFAULT_LABELS, liver_label, lesion_label, resample_mask)
+    options, cfg = case_options(
+        radiomics_params or DEFAULT_RADIOMICS,
+        extraction_config or DEFAULT_EXTRACTION,
+        labels or DEFAULT_LABELS,
+        liver_label,
+        lesion_label,
+        resample_mask,
+    )
     if record is None:
         return options, tuple(cfg.aggregation), cfg.cache_location()
     given = extraction.settings_record(options, cfg.aggregation)
@@ -460,29 +545,51 @@ def resolve_settings(record: dict[str, Any] | None, radiomics_params: Path | Non
         merged["resample_mask"] = resample_mask
     differences = extraction.settings_differences(record, merged)
     if differences and not allow_different_settings:
-        listed = "; ".join(f"{key}: model {json.dumps(model)}, given {json.dumps(value)}"
-                           for key, model, value in differences)
-        raise ValueError(f"the extraction settings differ from the ones the model was trained with ({listed}); "
-                         f"leave out --params/--config/--labels to use the model's, or pass "
-                         f"--allow-different-settings to predict anyway (the features will not be the model's)")
+        listed = "; ".join(
+            f"{key}: model {json.dumps(model)}, given {json.dumps(value)}" for key, model, value in differences
+        )
+        raise ValueError(
+            f"the extraction settings differ from the ones the model was trained with ({listed}); "
+            f"leave out --params/--config/--labels to use the model's, or pass "
+            f"--allow-different-settings to predict anyway (the features will not be the model's)"
+        )
     for key, model, value in differences:
-        print(f"warning: extraction setting {key} differs from the model's ({json.dumps(model)}): using "
-              f"{json.dumps(value)} (--allow-different-settings)")
-    versions = extraction.settings_differences({"versions": record.get("versions", {})},
-                                               {"versions": radiomics.library_versions()})
+        print(
+            f"warning: extraction setting {key} differs from the model's ({json.dumps(model)}): using "
+            f"{json.dumps(value)} (--allow-different-settings)"
+        )
+    versions = extraction.settings_differences(
+        {"versions": record.get("versions", {})}, {"versions": radiomics.library_versions()}
+    )
     for key, model, value in versions:
         print(f"warning: the model's features were extracted with {key.split('.', 1)[1]} {model}, this is {value}")
-    return (extraction.options_from_record(merged), tuple(merged.get("aggregation", cfg.aggregation)),
-            cfg.cache_location())
+    return (
+        extraction.options_from_record(merged),
+        tuple(merged.get("aggregation", cfg.aggregation)),
+        cfg.cache_location(),
+    )
 
 
-def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | None = None, jobs: int = 1,
-                chunk_size: int = DEFAULT_CHUNK_SIZE, cache: Path | None = None, top_k: int = DEFAULT_TOP_K,
-                repo_root: Path | None = None, progress: bool = True,
-                radiomics_params: Path | None = None, extraction_config: Path | None = None,
-                labels: Path | None = None, liver_label: int | None = None, lesion_label: int | None = None,
-                resample_mask: bool | None = None, scheduler: Any = None,
-                allow_different_settings: bool = False) -> pd.DataFrame:
+def run_predict(
+    cohort: Path,
+    models: Sequence[str],
+    out: Path,
+    mapping: Path | None = None,
+    jobs: int = 1,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    cache: Path | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    repo_root: Path | None = None,
+    progress: bool = True,
+    radiomics_params: Path | None = None,
+    extraction_config: Path | None = None,
+    labels: Path | None = None,
+    liver_label: int | None = None,
+    lesion_label: int | None = None,
+    resample_mask: bool | None = None,
+    scheduler: Any = None,
+    allow_different_settings: bool = False,
+) -> pd.DataFrame:
     """Predict every patient of ``cohort`` with ``models``; write ``out/predictions.csv``,
     ``out/explanations/*.json`` and ``out/summary.json``.
 
@@ -514,22 +621,33 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
         raise MappingError(f"{cohort}: {exc}") from exc
     header = [renames.get(c, c) for c in raw_header]
     if id_column not in header:
-        raise ValueError(f"{cohort}: no identifier column '{id_column}'; the table has {', '.join(header[:8])}"
-                         f"{' ...' if len(header) > 8 else ''}")
+        raise ValueError(
+            f"{cohort}: no identifier column '{id_column}'; the table has {', '.join(header[:8])}"
+            f"{' ...' if len(header) > 8 else ''}"
+        )
     raw_id = raw_header[header.index(id_column)]
     loaded = load_models(models, repo_root)
     needs_images = any(m.needs_images for m in loaded)
     record = model_settings_record(loaded) if needs_images else None
-    options, aggregation, cache_default = resolve_settings(record, radiomics_params, extraction_config, labels,
-                                                           liver_label, lesion_label, resample_mask,
-                                                           allow_different_settings)
+    options, aggregation, cache_default = resolve_settings(
+        record,
+        radiomics_params,
+        extraction_config,
+        labels,
+        liver_label,
+        lesion_label,
+        resample_mask,
+        allow_different_settings,
+    )
     if needs_images:
         produced = {spec.rename.get(c, c) for c in header} if spec else set(header)
         absent = [c for c in (IMAGE, MASK) if c not in produced]
         if absent:
             users = ", ".join(f"{m.task}/{m.name}" for m in loaded if m.needs_images)
-            raise ValueError(f"{cohort}: no {' and '.join(absent)} column, but {users} use(s) imaging features; "
-                             f"add image and mask paths (relative to the table) or use a clinical-only model")
+            raise ValueError(
+                f"{cohort}: no {' and '.join(absent)} column, but {users} use(s) imaging features; "
+                f"add image and mask paths (relative to the table) or use a clinical-only model"
+            )
         cache_dir = Path(cache) if cache is not None else cache_default
         # Only the image types and feature classes of the columns the fitted models use (issue 14).
         used = [c for m in loaded for c in used_columns(m.predictor.pipeline, m.feature_columns)]
@@ -538,9 +656,24 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
         cache_dir = None
     ids = index_ids(cohort, raw_id, chunk_size)
     explanations = _prepare_out(out)
-    ctx = Context(cohort, id_column, spec, ids, loaded, needs_images, options if needs_images else None,
-                  cache_dir, aggregation, jobs, scheduler, top_k, output_columns(loaded, top_k),
-                  explanations, {}, renames)
+    ctx = Context(
+        cohort,
+        id_column,
+        spec,
+        ids,
+        loaded,
+        needs_images,
+        options if needs_images else None,
+        cache_dir,
+        aggregation,
+        jobs,
+        scheduler,
+        top_k,
+        output_columns(loaded, top_k),
+        explanations,
+        {},
+        renames,
+    )
 
     partial = out / f".{PREDICTIONS_FILE}.partial"
     counts: Counter[str] = Counter()
@@ -550,14 +683,15 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
         with tqdm(total=ids.rows, desc="predict", unit="patient", disable=not progress) as bar:
             for chunk in read_chunks(cohort, raw_id, chunk_size):
                 rows, seconds = process_chunk(ctx, chunk.rename(columns=renames), first_row)
-                rows.to_csv(partial, mode="w" if first_row == 1 else "a", header=first_row == 1, index=False,
-                            encoding="utf-8")
+                rows.to_csv(
+                    partial, mode="w" if first_row == 1 else "a", header=first_row == 1, index=False, encoding="utf-8"
+                )
                 counts.update(rows[STATUS].tolist())
                 extraction_seconds += seconds
                 first_row += len(chunk)
                 bar.update(len(chunk))
     except BaseException:
-        partial.unlink(missing_ok=True)   # a predictions.csv on disk is always complete
+        partial.unlink(missing_ok=True)  # a predictions.csv on disk is always complete
         raise
     if first_row == 1:
         pd.DataFrame(columns=ctx.columns).to_csv(partial, index=False, encoding="utf-8")
@@ -566,32 +700,41 @@ def run_predict(cohort: Path, models: Sequence[str], out: Path, mapping: Path | 
     seconds = time.perf_counter() - start
     n = first_row - 1
     summary = {
-        "cohort": str(cohort), "patients": n, "ok": counts.get(OK, 0),
+        "cohort": str(cohort),
+        "patients": n,
+        "ok": counts.get(OK, 0),
         "status_counts": dict(sorted(counts.items(), key=lambda kv: (kv[0] != OK, -kv[1], kv[0]))),
-        "models": [{"task": m.task, "model": m.name, "version": m.version, "source": m.source,
-                    "uses_images": m.needs_images} for m in loaded],
-        "seconds": round(seconds, 3), "extraction_seconds": round(extraction_seconds, 3),
+        "models": [
+            {"task": m.task, "model": m.name, "version": m.version, "source": m.source, "uses_images": m.needs_images}
+            for m in loaded
+        ],
+        "seconds": round(seconds, 3),
+        "extraction_seconds": round(extraction_seconds, 3),
         "patients_per_minute": round(n / seconds * SECONDS_PER_MINUTE, 1) if seconds > 0 else None,
-        "chunk_size": chunk_size, "jobs": jobs,
+        "chunk_size": chunk_size,
+        "jobs": jobs,
         "absent_columns": {model: sorted(columns) for model, columns in ctx.absent.items() if columns},
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     for model, columns in summary["absent_columns"].items():
-        print(f"warning: {model} uses {len(columns)} column(s) that {cohort} does not have "
-              f"({', '.join(columns[:5])}{' ...' if len(columns) > 5 else ''}); every patient gets the training "
-              f"value the model imputes for them; add the columns (or a mapping that derives them) if you can")
+        print(
+            f"warning: {model} uses {len(columns)} column(s) that {cohort} does not have "
+            f"({', '.join(columns[:5])}{' ...' if len(columns) > 5 else ''}); every patient gets the training "
+            f"value the model imputes for them; add the columns (or a mapping that derives them) if you can"
+        )
     statuses = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items())
-    print(f"predicted {n} patients in {seconds:.1f} s ({summary['patients_per_minute']} patients/min, "
-          f"{extraction_seconds / seconds:.0%} extracting images): {statuses or 'no rows'}; "
-          f"wrote {out / PREDICTIONS_FILE}")
+    print(
+        f"predicted {n} patients in {seconds:.1f} s ({summary['patients_per_minute']} patients/min, "
+        f"{extraction_seconds / seconds:.0%} extracting images): {statuses or 'no rows'}; "
+        f"wrote {out / PREDICTIONS_FILE}"
+    )
     return read_predictions(out / PREDICTIONS_FILE)
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
     """A ``predictions.csv`` as written, with ``patient_id`` exactly as in the file."""
     table = pd.read_csv(path, dtype={PATIENT_ID: str}, encoding="utf-8")
-    raw = pd.read_csv(path, usecols=[PATIENT_ID], dtype=str, keep_default_na=False, na_filter=False,
-                      encoding="utf-8")
+    raw = pd.read_csv(path, usecols=[PATIENT_ID], dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
     table[PATIENT_ID] = raw[PATIENT_ID].astype(object).to_numpy()
     table[REASON] = table[REASON].astype(object).fillna("")
     return table

@@ -50,68 +50,80 @@ from models.registry import MODELS as FITTED_MODELS
 from pipeline.paths import REPO_ROOT
 
 REPORT_NAME = "report.html"
-TRAIN_RUN_NAME = "train"          # the parent run pipeline/train.py opens (tracking.pipeline_run)
+TRAIN_RUN_NAME = "train"  # the parent run pipeline/train.py opens (tracking.pipeline_run)
 MLFLOW_ARTIFACT_DIR = "report"
 PARAM_BLOCKS = ("train", "evaluate")
 
 SYNTHETIC_LABEL = "synthetic cohort (simulated; not clinical evidence)"
 REAL_LABEL = "real cohort"
-DATA_KIND_COLUMN = "data_kind"            # optional features column: "synthetic" labels the data
-DATA_KIND_METADATA = b"crlm.data_kind"    # optional parquet key-value metadata, same meaning
+DATA_KIND_COLUMN = "data_kind"  # optional features column: "synthetic" labels the data
+DATA_KIND_METADATA = b"crlm.data_kind"  # optional parquet key-value metadata, same meaning
 SYNTHETIC = "synthetic"
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHANCE = 0.5                      # C-index / AUC of a random ranking
-DECIMALS = 3                      # metrics
-PERCENT_DECIMALS = 1              # cohort shares
-SHARE_DECIMALS = 0                # share of the oracle's gain
-SHARE_SUM_TOLERANCE = 0.01        # leaves of a mapping summing to 1 are shown as percentages
-MAX_STATUS_ROWS = 20              # status / reason rows shown before "... more"
-MAX_EXAMPLE_IDS = 5               # patient ids listed per status row
-MAX_OTHER_COLUMNS = 30            # unrecognised feature columns listed by name
-TOP_IMPORTANCE_ROWS = 15          # rows of importance.csv shown
+CHANCE = 0.5  # C-index / AUC of a random ranking
+DECIMALS = 3  # metrics
+PERCENT_DECIMALS = 1  # cohort shares
+SHARE_DECIMALS = 0  # share of the oracle's gain
+SHARE_SUM_TOLERANCE = 0.01  # leaves of a mapping summing to 1 are shown as percentages
+MAX_STATUS_ROWS = 20  # status / reason rows shown before "... more"
+MAX_EXAMPLE_IDS = 5  # patient ids listed per status row
+MAX_OTHER_COLUMNS = 30  # unrecognised feature columns listed by name
+TOP_IMPORTANCE_ROWS = 15  # rows of importance.csv shown
 
-REFERENCE = DEFAULT_REFERENCE     # the default reference of the paired differences (params.yaml evaluate.reference)
-TASK_TITLES = {"recurrence": "Recurrence after liver resection (time to event)",
-               "response": "Response to pre-operative chemotherapy (CR/PR vs SD/PD)"}
+REFERENCE = DEFAULT_REFERENCE  # the default reference of the paired differences (params.yaml evaluate.reference)
+TASK_TITLES = {
+    "recurrence": "Recurrence after liver resection (time to event)",
+    "response": "Response to pre-operative chemotherapy (CR/PR vs SD/PD)",
+}
 
 METRIC_LABELS = {
-    "c_index": "Harrell's C", "uno_c_index": "Uno's C", "auc_12m": "AUC 12 mo", "auc_24m": "AUC 24 mo",
-    "auc_36m": "AUC 36 mo", "ibs": "integrated Brier (lower better)",
-    CALIBRATION_SLOPE: f"calibration slope {HORIZON_MONTHS:g} mo (ideal 1)", "roc_auc": "ROC AUC", "pr_auc": "PR AUC",
-    "brier": "Brier (lower better)", "calibration_intercept": "calibration intercept (ideal 0)",
+    "c_index": "Harrell's C",
+    "uno_c_index": "Uno's C",
+    "auc_12m": "AUC 12 mo",
+    "auc_24m": "AUC 24 mo",
+    "auc_36m": "AUC 36 mo",
+    "ibs": "integrated Brier (lower better)",
+    CALIBRATION_SLOPE: f"calibration slope {HORIZON_MONTHS:g} mo (ideal 1)",
+    "roc_auc": "ROC AUC",
+    "pr_auc": "PR AUC",
+    "brier": "Brier (lower better)",
+    "calibration_intercept": "calibration intercept (ideal 0)",
     "calibration_slope": "calibration slope (ideal 1)",
 }
 
 PLOT_CAPTIONS = {
     "km_recurrence_model": "Kaplan-Meier recurrence-free survival of the held-out patients by risk group "
-                           "(tertile cut-points of the best model's risk on the training split), log-rank test.",
+    "(tertile cut-points of the best model's risk on the training split), log-rank test.",
     "km_recurrence_fong": "Kaplan-Meier recurrence-free survival of the held-out patients by Fong-score risk "
-                          "group (cut-points from the training split), log-rank test.",
+    "group (cut-points from the training split), log-rank test.",
     "calibration_recurrence": f"Calibration of the best recurrence model: predicted vs Kaplan-Meier observed "
-                              f"recurrence-free probability at {HORIZON_MONTHS:g} months, by risk quantile.",
+    f"recurrence-free probability at {HORIZON_MONTHS:g} months, by risk quantile.",
     "td_auc_recurrence": "Time-dependent (cumulative/dynamic) AUC over follow-up for every model, baseline "
-                         "and the oracle.",
+    "and the oracle.",
     "decision_recurrence": f"Decision curve at {HORIZON_MONTHS:g} months: net benefit of the best "
-                           f"recurrence model against treat-all and treat-none.",
+    f"recurrence model against treat-all and treat-none.",
     "roc_response": "ROC curves for response (CR/PR) on the held-out patients: models, baselines, oracle.",
     "calibration_response": "Calibration of the best response model: predicted vs observed response rate by "
-                            "quantile bin (Wilson 95% intervals).",
+    "quantile bin (Wilson 95% intervals).",
     "decision_response": "Decision curves for response: the best model, the Fong score and the oracle against "
-                         "treat-all and treat-none.",
+    "treat-all and treat-none.",
 }
 PLOT_ORDER = tuple(PLOT_CAPTIONS)
 
-EXPLAIN_IMAGES = {"bar.png": "mean |SHAP| per feature (global importance)",
-                  "beeswarm.png": "SHAP values per patient and feature (beeswarm)"}
+EXPLAIN_IMAGES = {
+    "bar.png": "mean |SHAP| per feature (global importance)",
+    "beeswarm.png": "SHAP values per patient and feature (beeswarm)",
+}
 ATTRIBUTION_FILE = "attribution_share.json"
 IMPORTANCE_FILE = "importance.csv"
 
 # Browsers enforce it: nothing but inline styles and data: images may load.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-TEMPLATE = "report.html.j2"      # pipeline/templates/, shipped as package data (pyproject.toml)
-_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True,
-                                undefined=jinja2.StrictUndefined)
+TEMPLATE = "report.html.j2"  # pipeline/templates/, shipped as package data (pyproject.toml)
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+)
 
 
 class Ci(NamedTuple):
@@ -121,11 +133,19 @@ class Ci(NamedTuple):
     interval: str
 
 
-def table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], row_classes: Sequence[str | None] | None = None,
-          numeric: Sequence[bool] | None = None) -> dict[str, Any]:
+def table(
+    headers: Sequence[Any],
+    rows: Sequence[Sequence[Any]],
+    row_classes: Sequence[str | None] | None = None,
+    numeric: Sequence[bool] | None = None,
+) -> dict[str, Any]:
     """A table for the template's ``table`` macro (no header row when every header is empty)."""
-    return {"headers": list(headers), "rows": [list(r) for r in rows], "classes": row_classes,
-            "numeric": list(numeric or [False] * len(headers))}
+    return {
+        "headers": list(headers),
+        "rows": [list(r) for r in rows],
+        "classes": row_classes,
+        "numeric": list(numeric or [False] * len(headers)),
+    }
 
 
 # --------------------------------------------------------------------------- numbers
@@ -189,8 +209,12 @@ def figure(path: Path, caption: str) -> dict[str, str | None]:
     """An embedded PNG with its caption, or the problem ('not available') naming the file."""
     uri = png_data_uri(path)
     state = None if uri is not None else "is not a PNG image" if path.is_file() else "not available"
-    return {"uri": uri, "name": path.name, "caption": caption,
-            "problem": f"{path.name}: {state} ({path})" if state else None}
+    return {
+        "uri": uri,
+        "name": path.name,
+        "caption": caption,
+        "problem": f"{path.name}: {state} ({path})" if state else None,
+    }
 
 
 def _read_json(path: Path) -> Any:
@@ -211,16 +235,20 @@ def load_metrics(train_dir: Path) -> dict[str, dict[str, dict[str, dict[str, flo
     """``train_dir/metrics.json``; FileNotFoundError naming the file and the command that writes it."""
     path = Path(train_dir) / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the report needs the training metrics; run "
-                                f"`crlm train --features <features.parquet> --out {Path(train_dir)}` "
-                                f"(or `dvc repro train`) first")
+        raise FileNotFoundError(
+            f"{path} not found: the report needs the training metrics; run "
+            f"`crlm train --features <features.parquet> --out {Path(train_dir)}` "
+            f"(or `dvc repro train`) first"
+        )
     try:
         metrics = _read_json(path)
     except ValueError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); re-run crlm train to rewrite it") from None
     if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
-        raise ValueError(f"{path}: expected {{task: {{model: {{metric: {{value, ci_low, ci_high}}}}}}}}; "
-                         f"re-run crlm train to rewrite it")
+        raise ValueError(
+            f"{path}: expected {{task: {{model: {{metric: {{value, ci_low, ci_high}}}}}}}}; "
+            f"re-run crlm train to rewrite it"
+        )
     return metrics
 
 
@@ -253,11 +281,16 @@ def _git_revision(repo_root: Path) -> str:
 # --------------------------------------------------------------------------- header
 
 
-def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], oracle_present: bool,
-           params_file: Path | None = None) -> dict[str, Any]:
+def header(
+    synthetic: bool,
+    repo_root: Path,
+    inputs: Mapping[str, Path | None],
+    oracle_present: bool,
+    params_file: Path | None = None,
+) -> dict[str, Any]:
     """Title, what data this is, date, git revision, inputs and the params used (``params_file``,
     the params.yaml the run was given; default ``repo_root/params.yaml``)."""
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     facts = [("generated", now), ("git revision", _git_revision(repo_root))]
     facts += [(name, str(path) if path is not None else "not given") for name, path in inputs.items()]
     params_path = Path(params_file) if params_file is not None else repo_root / "params.yaml"
@@ -266,11 +299,17 @@ def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], 
         shown = {"problem": f"params: {problem or f'{params_path} holds no mapping'}"}
     else:
         blocks = {k: params[k] for k in PARAM_BLOCKS if k in params}
-        text = (yaml.safe_dump(blocks, sort_keys=False, default_flow_style=None) if blocks
-                else "(no train/evaluate blocks)")
+        text = (
+            yaml.safe_dump(blocks, sort_keys=False, default_flow_style=None) if blocks else "(no train/evaluate blocks)"
+        )
         shown = {"problem": None, "path": params_path, "text": text}
-    return {"synthetic": synthetic, "label": SYNTHETIC_LABEL if synthetic else REAL_LABEL,
-            "oracle_warning": not synthetic and oracle_present, "facts": table(["", ""], facts), "params": shown}
+    return {
+        "synthetic": synthetic,
+        "label": SYNTHETIC_LABEL if synthetic else REAL_LABEL,
+        "oracle_warning": not synthetic and oracle_present,
+        "facts": table(["", ""], facts),
+        "params": shown,
+    }
 
 
 # --------------------------------------------------------------------------- cohort
@@ -278,8 +317,9 @@ def header(synthetic: bool, repo_root: Path, inputs: Mapping[str, Path | None], 
 
 def _binary(series: pd.Series) -> pd.Series:
     if series.dtype == object:
-        series = series.map(lambda v: {"true": 1, "false": 0, "yes": 1, "no": 0}.get(v.lower(), v)
-                            if isinstance(v, str) else v)
+        series = series.map(
+            lambda v: {"true": 1, "false": 0, "yes": 1, "no": 0}.get(v.lower(), v) if isinstance(v, str) else v
+        )
     return pd.to_numeric(series, errors="coerce")
 
 
@@ -315,9 +355,9 @@ def _counts_line(table_: pd.DataFrame, column: str, label: str) -> tuple[str, st
     values = table_[column]
     counts = values.value_counts(sort=False)
     if isinstance(values.dtype, pd.CategoricalDtype):
-        counts = counts.reindex(values.cat.categories)            # the scale's own order (low, high)
+        counts = counts.reindex(values.cat.categories)  # the scale's own order (low, high)
     elif pd.api.types.is_numeric_dtype(values):
-        counts = counts.sort_index()                              # scores in numeric order
+        counts = counts.sort_index()  # scores in numeric order
     else:
         counts = counts.sort_values(ascending=False, kind="mergesort")
     counts = counts[counts > 0]
@@ -347,8 +387,12 @@ def _outcome_lines(table_: pd.DataFrame) -> list[tuple[str, str]]:
             e, t = event[known].to_numpy(bool), time[known].to_numpy(float)
             lines.append(("recurrence events", f"{int(e.sum())}/{len(e)} ({fmt_percent(e.mean())})"))
             follow = reverse_km_median(t, e)
-            lines.append(("median follow-up (reverse Kaplan-Meier)",
-                          f"{follow:.1f} months" if follow is not None else "not reached"))
+            lines.append(
+                (
+                    "median follow-up (reverse Kaplan-Meier)",
+                    f"{follow:.1f} months" if follow is not None else "not reached",
+                )
+            )
             lines.append(("median observed time", f"{np.median(t):.1f} months"))
         else:
             lines.append(("recurrence events", "no known outcome"))
@@ -377,8 +421,12 @@ def _status_table(table_: pd.DataFrame, source: str) -> dict[str, Any]:
     for (state, why), members in list(groups.items())[:MAX_STATUS_ROWS]:
         example = ", ".join(members[:MAX_EXAMPLE_IDS]) + (" ..." if len(members) > MAX_EXAMPLE_IDS else "")
         rows.append([state, why or "-", len(members), example if state != OK else "-"])
-    return {"table": table(["status", "reason", "patients", "patient ids"], rows, numeric=[False, False, True, False]),
-            "more": max(len(groups) - MAX_STATUS_ROWS, 0), "source": source, "columns": f"{STATUS} and {REASON}"}
+    return {
+        "table": table(["status", "reason", "patients", "patient ids"], rows, numeric=[False, False, True, False]),
+        "more": max(len(groups) - MAX_STATUS_ROWS, 0),
+        "source": source,
+        "columns": f"{STATUS} and {REASON}",
+    }
 
 
 def _column_families(table_: pd.DataFrame) -> tuple[dict[str, Any], str | None]:
@@ -391,9 +439,13 @@ def _column_families(table_: pd.DataFrame) -> tuple[dict[str, Any], str | None]:
     score_cols = [c for c in columns if c in scores]
     canonical = [c for c in columns if c in known]
     other = [c for c in columns if c not in set(radiomics) | set(morphology) | set(score_cols) | set(canonical)]
-    rows = [["canonical clinical, outcomes, status", len(canonical)], ["clinical scores", len(score_cols)],
-            ["measured morphology (patient_*)", len(morphology)], ["aggregated radiomics (rad_*)", len(radiomics)],
-            ["other columns", len(other)]]
+    rows = [
+        ["canonical clinical, outcomes, status", len(canonical)],
+        ["clinical scores", len(score_cols)],
+        ["measured morphology (patient_*)", len(morphology)],
+        ["aggregated radiomics (rad_*)", len(radiomics)],
+        ["other columns", len(other)],
+    ]
     shown = ", ".join(other[:MAX_OTHER_COLUMNS]) + (" ..." if len(other) > MAX_OTHER_COLUMNS else "") if other else None
     return table(["column family", "columns"], rows, numeric=[False, True]), shown
 
@@ -406,8 +458,12 @@ def _agreement(table_: pd.DataFrame) -> dict[str, Any]:
         a, b = pd.to_numeric(table_[s.N_LESIONS], errors="coerce"), pd.to_numeric(table_[count], errors="coerce")
         both = a.notna() & b.notna()
         if both.any():
-            rows.append(["lesion count: clinical = measured", f"{int((a[both] == b[both]).sum())}/{int(both.sum())} "
-                         f"({fmt_percent((a[both] == b[both]).mean())})"])
+            rows.append(
+                [
+                    "lesion count: clinical = measured",
+                    f"{int((a[both] == b[both]).sum())}/{int(both.sum())} ({fmt_percent((a[both] == b[both]).mean())})",
+                ]
+            )
     if {s.LARGEST_CM, diameter} <= set(table_.columns):
         mm_per_cm = 10.0
         a = pd.to_numeric(table_[s.LARGEST_CM], errors="coerce")
@@ -415,8 +471,12 @@ def _agreement(table_: pd.DataFrame) -> dict[str, Any]:
         both = a.notna() & b.notna()
         if both.any():
             diff = (b[both] - a[both]).abs()
-            rows.append(["largest diameter: |measured - clinical| (cm)",
-                         f"median {diff.median():.2f}, 90th percentile {diff.quantile(0.9):.2f}"])
+            rows.append(
+                [
+                    "largest diameter: |measured - clinical| (cm)",
+                    f"median {diff.median():.2f}, 90th percentile {diff.quantile(0.9):.2f}",
+                ]
+            )
     if not rows:
         return {"problem": "clinical vs measured lesion count and diameter: not available (no imaging columns)"}
     return table(["clinical vs measured", "agreement"], rows)
@@ -438,20 +498,30 @@ def cohort_section(features: Path | None) -> tuple[dict[str, Any], pd.DataFrame 
         overview.append(("sites", "column not in table"))
     overview += _outcome_lines(table_)
     marginals = [
-        _median_line(table_, s.AGE, "age (years)"), _counts_line(table_, s.SEX, "sex"),
+        _median_line(table_, s.AGE, "age (years)"),
+        _counts_line(table_, s.SEX, "sex"),
         _share_line(table_, s.NODE_POSITIVE, "node-positive primary"),
         _share_line(table_, s.SYNCHRONOUS, "synchronous metastases"),
         _median_line(table_, s.N_LESIONS, "number of liver lesions"),
         _median_line(table_, s.LARGEST_CM, "largest lesion (cm)"),
-        _median_line(table_, s.CEA, "CEA (ng/mL)"), _share_line(table_, s.RAS, "RAS mutant"),
+        _median_line(table_, s.CEA, "CEA (ng/mL)"),
+        _share_line(table_, s.RAS, "RAS mutant"),
         _share_line(table_, s.EXTRAHEPATIC, "extrahepatic disease"),
         _counts_line(table_, "fong_risk_group", "Fong risk group (low 0-2, high 3-5)"),
         _counts_line(table_, "fong_score", "Fong score"),
     ]
     families, other_columns = _column_families(table_)
-    return {"problem": None, "n": n, "source": features, "overview": table(["", ""], overview),
-            "status": _status_table(table_, str(features)), "marginals": table(["variable", "summary"], marginals),
-            "agreement": _agreement(table_), "families": families, "other_columns": other_columns}, table_
+    return {
+        "problem": None,
+        "n": n,
+        "source": features,
+        "overview": table(["", ""], overview),
+        "status": _status_table(table_, str(features)),
+        "marginals": table(["variable", "summary"], marginals),
+        "agreement": _agreement(table_),
+        "families": families,
+        "other_columns": other_columns,
+    }, table_
 
 
 def extraction_section(extraction: Path | None) -> dict[str, Any]:
@@ -466,10 +536,12 @@ def extraction_section(extraction: Path | None) -> dict[str, Any]:
         out["summary_problem"] = f"extraction_summary.json: {problem or 'not a mapping'}; run crlm extract"
     else:
         out["facts"] = table(["", ""], [(k, v) for k, v in summary.items() if not isinstance(v, dict)])
-        out["counts"] = table(["lesion/case status", "rows"], list((summary.get("status_counts") or {}).items()),
-                              numeric=[False, True])
-    report, problem = _try_read(folder / "extraction_report.csv",
-                                lambda p: pd.read_csv(p, dtype={s.PATIENT_ID: str}, keep_default_na=False))
+        out["counts"] = table(
+            ["lesion/case status", "rows"], list((summary.get("status_counts") or {}).items()), numeric=[False, True]
+        )
+    report, problem = _try_read(
+        folder / "extraction_report.csv", lambda p: pd.read_csv(p, dtype={s.PATIENT_ID: str}, keep_default_na=False)
+    )
     if problem is not None:
         out["report_problem"] = f"extraction_report.csv: {problem}"
     elif STATUS in report:
@@ -499,8 +571,9 @@ def _model_order(task: str, names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(n, unknown), n))
 
 
-def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best: str | None,
-                  reference: str | None = REFERENCE) -> dict[str, Any]:
+def metrics_table(
+    task: str, task_metrics: Mapping[str, Mapping[str, Any]], best: str | None, reference: str | None = REFERENCE
+) -> dict[str, Any]:
     """One row per model: every metric with its CI, the paired delta vs ``reference``, the oracle-gain share.
 
     Without a reference baseline (``None``: the cohort cannot compute it) there is no delta column.
@@ -523,7 +596,11 @@ def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best
     for name in names:
         entry = task_metrics[name]
         role, css = _role(task, name)
-        row: list[Any] = [f"{name} (best)" if name == best else name, role, *(fmt_ci(entry.get(m)) for m in metric_names)]
+        row: list[Any] = [
+            f"{name} (best)" if name == best else name,
+            role,
+            *(fmt_ci(entry.get(m)) for m in metric_names),
+        ]
         if has_delta:
             delta = next((v for k, v in entry.items() if str(k).startswith("delta_")), None)
             row.append("reference" if name == reference else fmt_ci(delta, signed=True))
@@ -536,16 +613,18 @@ def metrics_table(task: str, task_metrics: Mapping[str, Mapping[str, Any]], best
     return table(headers, rows, classes, numeric)
 
 
-def _metrics_legend(task: str, has_oracle: bool, patients: str = "the held-out patients",
-                    reference: str | None = REFERENCE) -> str:
+def _metrics_legend(
+    task: str, has_oracle: bool, patients: str = "the held-out patients", reference: str | None = REFERENCE
+) -> str:
     primary = PRIMARY_METRIC.get(task, "")
     text = f"Values on {patients} with bootstrap 95% CIs in brackets. "
     if reference is not None:
         text += f"The difference vs {reference} is paired (same bootstrap resamples). "
     if has_oracle:
-        text += (f"Share of the oracle's gain = ({primary} - 0.5) / ({primary} of the oracle - 0.5), a point "
-                 f"estimate. ")
-    return text + "Baselines are clinical scores used as risk scores; the oracle is the simulated truth (synthetic only)."
+        text += f"Share of the oracle's gain = ({primary} - 0.5) / ({primary} of the oracle - 0.5), a point estimate. "
+    return (
+        text + "Baselines are clinical scores used as risk scores; the oracle is the simulated truth (synthetic only)."
+    )
 
 
 def _best_line(task: str, cv: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
@@ -556,8 +635,10 @@ def _best_line(task: str, cv: Mapping[str, Any] | None) -> tuple[str | None, str
     if not isinstance(chosen, dict) or "best" not in chosen:
         return None, f"cv.json has no best model for {task}"
     best = chosen["best"]
-    parts = [f"Best model (highest cross-validated score on the training split, chosen without looking at "
-             f"the held-out patients): {best}."]
+    parts = [
+        f"Best model (highest cross-validated score on the training split, chosen without looking at "
+        f"the held-out patients): {best}."
+    ]
     params = (chosen.get("params") or {}).get(best)
     if params:
         parts.append(f" Hyper-parameters: {json.dumps(params, default=str)}.")
@@ -587,8 +668,11 @@ def task_notes(task: str, notes: Mapping[str, Any]) -> tuple[str | None, list[st
         return None, []
     warning = entry.get("calibration_warning")
     warning = f"Warning: the chosen model {entry.get('chosen', '')} is {warning}." if warning else None
-    items = [str(status["reason"]) for status in (entry.get("baselines") or {}).values()
-             if isinstance(status, Mapping) and status.get("reason")]
+    items = [
+        str(status["reason"])
+        for status in (entry.get("baselines") or {}).values()
+        if isinstance(status, Mapping) and status.get("reason")
+    ]
     if entry.get("reference_note"):
         items.append(str(entry["reference_note"]))
     items += [str(a) for a in entry.get("adaptations") or []]
@@ -597,10 +681,17 @@ def task_notes(task: str, notes: Mapping[str, Any]) -> tuple[str | None, list[st
     return warning, items
 
 
-def _metrics(task: str, task_metrics: Mapping[str, Any], best: str | None, reference: str | None,
-             patients: str = "the held-out patients") -> dict[str, Any]:
-    return {"table": metrics_table(task, task_metrics, best, reference),
-            "legend": _metrics_legend(task, ORACLE in task_metrics, patients, reference=reference)}
+def _metrics(
+    task: str,
+    task_metrics: Mapping[str, Any],
+    best: str | None,
+    reference: str | None,
+    patients: str = "the held-out patients",
+) -> dict[str, Any]:
+    return {
+        "table": metrics_table(task, task_metrics, best, reference),
+        "legend": _metrics_legend(task, ORACLE in task_metrics, patients, reference=reference),
+    }
 
 
 def models_section(metrics: Mapping[str, Any], cv: Mapping[str, Any] | None, train_dir: Path) -> dict[str, Any]:
@@ -608,8 +699,10 @@ def models_section(metrics: Mapping[str, Any], cv: Mapping[str, Any] | None, tra
     plot_dir = train_dir / "plots"
     shown: set[Path] = set()
     notes = metrics.get(NOTES, {})
-    skipped = [f"{TASK_TITLES.get(task, task)}: not trained: {reason}."
-               for task, reason in (notes.get("skipped_tasks") or {}).items()]
+    skipped = [
+        f"{TASK_TITLES.get(task, task)}: not trained: {reason}."
+        for task, reason in (notes.get("skipped_tasks") or {}).items()
+    ]
     tasks = []
     for task, task_metrics in metrics.items():
         if task == NOTES:
@@ -620,11 +713,18 @@ def models_section(metrics: Mapping[str, Any], cv: Mapping[str, Any] | None, tra
         best_line, best_problem = _best_line(task, cv)
         pngs = plots_for(task, plot_dir) if plot_dir.is_dir() else []
         shown.update(pngs)
-        tasks.append({"title": TASK_TITLES.get(task, task), "calibration_warning": warning, "allowed": allowed,
-                      "metrics": _metrics(task, task_metrics, best, reference),
-                      "best": best_line, "best_problem": best_problem,
-                      "figures": [figure(p, caption(p.stem, f"{train_dir.name}/plots/{p.name}")) for p in pngs],
-                      "no_plots": f"plots for {task}: not available in {plot_dir}"})
+        tasks.append(
+            {
+                "title": TASK_TITLES.get(task, task),
+                "calibration_warning": warning,
+                "allowed": allowed,
+                "metrics": _metrics(task, task_metrics, best, reference),
+                "best": best_line,
+                "best_problem": best_problem,
+                "figures": [figure(p, caption(p.stem, f"{train_dir.name}/plots/{p.name}")) for p in pngs],
+                "no_plots": f"plots for {task}: not available in {plot_dir}",
+            }
+        )
     other = [p for p in sorted(plot_dir.glob("*.png")) if p not in shown] if plot_dir.is_dir() else []
     return {"skipped": skipped, "tasks": tasks, "other_figures": [figure(p, caption(p.stem, p.name)) for p in other]}
 
@@ -632,8 +732,9 @@ def models_section(metrics: Mapping[str, Any], cv: Mapping[str, Any] | None, tra
 # --------------------------------------------------------------------------- external
 
 
-def external_section(external_dir: Path | None, internal: Mapping[str, Any],
-                     cv: Mapping[str, Any] | None) -> dict[str, Any]:
+def external_section(
+    external_dir: Path | None, internal: Mapping[str, Any], cv: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """External-site metrics: primary metrics side by side with the internal ones, then the full tables."""
     if external_dir is None:
         return {"problem": "external validation: not available (not given; pass --external)"}
@@ -642,8 +743,10 @@ def external_section(external_dir: Path | None, internal: Mapping[str, Any],
     if problem is not None or not isinstance(external, dict):
         return {"problem": f"external validation: {problem or 'not a mapping'}; run crlm evaluate --out {external_dir}"}
     external_notes = external.get(NOTES, {}) if isinstance(external.get(NOTES), dict) else {}
-    skipped = [f"{TASK_TITLES.get(task, task)}: not evaluated: {reason}."
-               for task, reason in (external_notes.get("skipped_tasks") or {}).items()]
+    skipped = [
+        f"{TASK_TITLES.get(task, task)}: not evaluated: {reason}."
+        for task, reason in (external_notes.get("skipped_tasks") or {}).items()
+    ]
     tasks = []
     for task, task_metrics in external.items():
         if not isinstance(task_metrics, dict) or task == NOTES:
@@ -657,16 +760,29 @@ def external_section(external_dir: Path | None, internal: Mapping[str, Any],
             inside = internal.get(task, {}).get(name, {}).get(primary)
             outside = task_metrics.get(name, {}).get(primary)
             change = (_finite((outside or {}).get("value")), _finite((inside or {}).get("value")))
-            rows.append([f"{name} (best)" if name == best else name, _role(task, name)[0],
-                         fmt_ci(inside), fmt_ci(outside),
-                         fmt(change[0] - change[1], signed=True) if None not in change else "n/a"])
+            rows.append(
+                [
+                    f"{name} (best)" if name == best else name,
+                    _role(task, name)[0],
+                    fmt_ci(inside),
+                    fmt_ci(outside),
+                    fmt(change[0] - change[1], signed=True) if None not in change else "n/a",
+                ]
+            )
             classes.append("best" if name == best else _role(task, name)[1])
         label = METRIC_LABELS.get(primary, primary)
-        tasks.append({"title": f"{TASK_TITLES.get(task, task)}: {label}, internal vs external",
-                      "side_by_side": table(["model", "role", f"internal {label}", f"external {label}",
-                                             "external - internal"], rows, classes, [False, False, True, True, True]),
-                      "metrics": _metrics(task, task_metrics, best, reference,
-                                          "every usable patient of the external cohort")})
+        tasks.append(
+            {
+                "title": f"{TASK_TITLES.get(task, task)}: {label}, internal vs external",
+                "side_by_side": table(
+                    ["model", "role", f"internal {label}", f"external {label}", "external - internal"],
+                    rows,
+                    classes,
+                    [False, False, True, True, True],
+                ),
+                "metrics": _metrics(task, task_metrics, best, reference, "every usable patient of the external cohort"),
+            }
+        )
     return {"problem": None, "source": path, "skipped": skipped, "tasks": tasks}
 
 
@@ -689,7 +805,7 @@ def attribution_table(shares: Any) -> dict[str, Any]:
     defined = [n for n in numbers if n is not None]
     as_share = bool(defined) and len(defined) == len(numbers) and abs(sum(defined) - 1.0) <= SHARE_SUM_TOLERANCE
     cells = []
-    for (key, value), number in zip(rows, numbers):
+    for (key, value), number in zip(rows, numbers, strict=True):
         if as_share:
             cells.append([key, fmt_percent(number)])
         elif number is not None and not isinstance(value, bool):
@@ -702,10 +818,14 @@ def attribution_table(shares: Any) -> dict[str, Any]:
 def importance_table(frame: pd.DataFrame) -> dict[str, Any]:
     top = frame.head(TOP_IMPORTANCE_ROWS)
     numeric = [pd.api.types.is_numeric_dtype(top[c]) for c in top.columns]
-    rows = [[fmt(v) if numeric[j] and not isinstance(v, (bool, np.bool_)) else v for j, v in enumerate(row)]
-            for row in top.itertuples(index=False)]
-    return {**table([str(c) for c in top.columns], rows, numeric=numeric),
-            "note": f"Top {len(top)} of {len(frame)} rows of {IMPORTANCE_FILE}."}
+    rows = [
+        [fmt(v) if numeric[j] and not isinstance(v, (bool, np.bool_)) else v for j, v in enumerate(row)]
+        for row in top.itertuples(index=False)
+    ]
+    return {
+        **table([str(c) for c in top.columns], rows, numeric=numeric),
+        "note": f"Top {len(top)} of {len(frame)} rows of {IMPORTANCE_FILE}.",
+    }
 
 
 def explain_section(explain_dir: Path | None) -> dict[str, Any]:
@@ -723,21 +843,32 @@ def explain_section(explain_dir: Path | None) -> dict[str, Any]:
         shares, shares_problem = _try_read(folder / ATTRIBUTION_FILE, _read_json)
         frame, frame_problem = _try_read(folder / IMPORTANCE_FILE, pd.read_csv)
         others = sorted(p.name for p in folder.glob("*.png") if p.name not in EXPLAIN_IMAGES)
-        out.append({"title": f"{TASK_TITLES.get(task, task)}: {model}", "path": folder,
-                    "figures": [figure(folder / name, f"{model}: {what}") for name, what in EXPLAIN_IMAGES.items()],
-                    "attribution": ({"problem": f"{ATTRIBUTION_FILE}: {shares_problem}"} if shares_problem
-                                    else attribution_table(shares)),
-                    "importance": ({"problem": f"{IMPORTANCE_FILE}: {frame_problem}"} if frame_problem
-                                   else importance_table(frame)),
-                    "others": ", ".join(others)})
+        out.append(
+            {
+                "title": f"{TASK_TITLES.get(task, task)}: {model}",
+                "path": folder,
+                "figures": [figure(folder / name, f"{model}: {what}") for name, what in EXPLAIN_IMAGES.items()],
+                "attribution": (
+                    {"problem": f"{ATTRIBUTION_FILE}: {shares_problem}"}
+                    if shares_problem
+                    else attribution_table(shares)
+                ),
+                "importance": (
+                    {"problem": f"{IMPORTANCE_FILE}: {frame_problem}"} if frame_problem else importance_table(frame)
+                ),
+                "others": ", ".join(others),
+            }
+        )
     return {"problem": None, "folders": out}
 
 
 # --------------------------------------------------------------------------- assembly
 
 
-FOOTER = ("Research software, not for clinical use. crlm-prognosis is not a medical device; its models and "
-          "figures must not guide the care of any patient.")
+FOOTER = (
+    "Research software, not for clinical use. crlm-prognosis is not a medical device; its models and "
+    "figures must not guide the care of any patient."
+)
 
 
 def render(context: Mapping[str, Any]) -> str:
@@ -751,9 +882,18 @@ def _report_path(out: Path) -> Path:
     return out if out.suffix.lower() in {".html", ".htm"} else out / REPORT_NAME
 
 
-def run_report(train_dir: Path, out: Path, features: Path | None = None, extraction: Path | None = None,
-               external_dir: Path | None = None, explain_dir: Path | None = None, truth: Path | None = None,
-               params: Path | None = None, repo_root: Path | None = None, track: bool = True) -> Path:
+def run_report(
+    train_dir: Path,
+    out: Path,
+    features: Path | None = None,
+    extraction: Path | None = None,
+    external_dir: Path | None = None,
+    explain_dir: Path | None = None,
+    truth: Path | None = None,
+    params: Path | None = None,
+    repo_root: Path | None = None,
+    track: bool = True,
+) -> Path:
     """Write the run's HTML report to ``out`` (a ``.html`` file, or a folder for ``report.html``).
 
     ``params`` is the params.yaml the run used, shown in the report (``crlm report --params``).
@@ -767,13 +907,24 @@ def run_report(train_dir: Path, out: Path, features: Path | None = None, extract
     cv = cv if isinstance(cv, dict) else None
     cohort, features_table = cohort_section(features)
     synthetic = is_synthetic(truth, features_table, features)
-    inputs = {"train": train_dir, "features": features, "extraction": extraction, "external": external_dir,
-              "explain": explain_dir, "truth": truth}
+    inputs = {
+        "train": train_dir,
+        "features": features,
+        "extraction": extraction,
+        "external": external_dir,
+        "explain": explain_dir,
+        "truth": truth,
+    }
     oracle_present = any(ORACLE in (m or {}) for m in metrics.values() if isinstance(m, dict))
-    context = {"title": f"crlm-prognosis report: {SYNTHETIC_LABEL if synthetic else REAL_LABEL}",
-               "head": header(synthetic, repo_root, inputs, oracle_present, params), "cohort_": cohort,
-               "extraction_": extraction_section(extraction), "models_": models_section(metrics, cv, train_dir),
-               "explain_": explain_section(explain_dir), "external_": external_section(external_dir, metrics, cv)}
+    context = {
+        "title": f"crlm-prognosis report: {SYNTHETIC_LABEL if synthetic else REAL_LABEL}",
+        "head": header(synthetic, repo_root, inputs, oracle_present, params),
+        "cohort_": cohort,
+        "extraction_": extraction_section(extraction),
+        "models_": models_section(metrics, cv, train_dir),
+        "explain_": explain_section(explain_dir),
+        "external_": external_section(external_dir, metrics, cv),
+    }
     path = _report_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(context), encoding="utf-8")
@@ -794,17 +945,24 @@ def log_to_latest_train_run(path: Path, repo_root: Path) -> str | None:
     import mlflow
 
     experiment_id = tracking.configure(Path(repo_root))
-    runs = mlflow.search_runs(experiment_ids=[experiment_id],
-                              filter_string=f"tags.mlflow.runName = '{TRAIN_RUN_NAME}'",
-                              order_by=["attributes.start_time DESC"], output_format="list")
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.mlflow.runName = '{TRAIN_RUN_NAME}'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     finished = [r for r in parents if r.info.status == "FINISHED"] or parents
     if not finished:
-        print(f"note: no MLflow run named '{TRAIN_RUN_NAME}' in {tracking.tracking_uri(Path(repo_root))}; "
-              f"the report is not logged")
+        print(
+            f"note: no MLflow run named '{TRAIN_RUN_NAME}' in {tracking.tracking_uri(Path(repo_root))}; "
+            f"the report is not logged"
+        )
         return None
     run = finished[0]
     mlflow.MlflowClient().log_artifact(run.info.run_id, str(path), artifact_path=MLFLOW_ARTIFACT_DIR)
-    print(f"logged {path.name} to MLflow run {run.info.run_id} ({TRAIN_RUN_NAME}, "
-          f"git {run.data.tags.get('git_revision', 'unknown')})")
+    print(
+        f"logged {path.name} to MLflow run {run.info.run_id} ({TRAIN_RUN_NAME}, "
+        f"git {run.data.tags.get('git_revision', 'unknown')})"
+    )
     return run.info.run_id

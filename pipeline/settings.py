@@ -83,8 +83,10 @@ def load_params(path: str | Path, *blocks: str) -> Params:
     params = build(Params, load_yaml(path) or {}, where=str(path))
     missing = [name for name in blocks if getattr(params, name) is None]
     if missing:
-        raise SettingsError(f"{path}: no {', '.join(repr(m) for m in missing)} block; copy it from the "
-                            f"project's params.yaml (docs/settings.md)")
+        raise SettingsError(
+            f"{path}: no {', '.join(repr(m) for m in missing)} block; copy it from the "
+            f"project's params.yaml (docs/settings.md)"
+        )
     return params
 
 

@@ -21,7 +21,7 @@ from features import schema as s
 from pipeline.world import ClinicalParams, RecurrenceParams, ResponseParams, TraitParams, World
 
 # Columns of truth.csv besides the patient id: never read by the models.
-TRUTH_RECURRENCE_LP = s.TRUTH_RECURRENCE_LP          # the names are the schema's (features.schema)
+TRUTH_RECURRENCE_LP = s.TRUTH_RECURRENCE_LP  # the names are the schema's (features.schema)
 TRUTH_RECURRENCE_CLINICAL_LP = s.TRUTH_RECURRENCE_CLINICAL_LP
 TRUTH_RECURRENCE_IMAGING_LP = s.TRUTH_RECURRENCE_IMAGING_LP
 TRUTH_RESPONSE_LP = s.TRUTH_RESPONSE_LP
@@ -34,8 +34,15 @@ TRAIT_RIM = "trait_rim_enhancement"
 TRAIT_NECROSIS = "trait_necrotic_fraction"
 TRAITS = (TRAIT_HETEROGENEITY, TRAIT_IRREGULARITY, TRAIT_RIM, TRAIT_NECROSIS)
 
-_DECIMALS = {s.AGE: 0, s.DFI_MONTHS: 1, s.LARGEST_CM: 1, s.CEA: 1, s.CA19_9: 1,
-             s.MONTHS_TO_SURGERY: 1, s.RECURRENCE_MONTHS: 2}
+_DECIMALS = {
+    s.AGE: 0,
+    s.DFI_MONTHS: 1,
+    s.LARGEST_CM: 1,
+    s.CEA: 1,
+    s.CA19_9: 1,
+    s.MONTHS_TO_SURGERY: 1,
+    s.RECURRENCE_MONTHS: 2,
+}
 
 
 def site_code(site: str) -> int:
@@ -89,19 +96,35 @@ def simulate_clinical(n: int, rng: np.random.Generator, p: ClinicalParams) -> pd
 
     regimens = list(p.chemo_regimen_probabilities)
     regimen = rng.choice(regimens, size=n, p=list(p.chemo_regimen_probabilities.values()))
-    regimen = np.where(ras & np.char.endswith(regimen.astype(str), "anti_egfr"),
-                       p.anti_egfr_fallback_regimen, regimen)
+    regimen = np.where(ras & np.char.endswith(regimen.astype(str), "anti_egfr"), p.anti_egfr_fallback_regimen, regimen)
     cycles = rng.choice(p.chemo_cycles_choices, size=n, p=p.chemo_cycles_probabilities)
     to_surgery = dfi + cycles * p.months_per_cycle + p.surgery_delay_months
 
-    df = pd.DataFrame({
-        s.AGE: age, s.SEX: sex, s.ECOG: ecog, s.PRIMARY_SITE: primary_site,
-        s.NODE_POSITIVE: node, s.T_STAGE: t_stage, s.SYNCHRONOUS: synchronous,
-        s.DFI_MONTHS: dfi, s.N_LESIONS: lesions, s.LARGEST_CM: largest, s.BILOBAR: bilobar,
-        s.CEA: cea, s.CA19_9: ca19_9, s.EXTRAHEPATIC: extrahepatic, s.RAS: ras, s.BRAF: braf,
-        s.MSI: msi, s.CHEMO_REGIMEN: regimen, s.CHEMO_CYCLES: cycles,
-        s.MONTHS_TO_SURGERY: to_surgery, s.MARGIN_POSITIVE: margin,
-    })
+    df = pd.DataFrame(
+        {
+            s.AGE: age,
+            s.SEX: sex,
+            s.ECOG: ecog,
+            s.PRIMARY_SITE: primary_site,
+            s.NODE_POSITIVE: node,
+            s.T_STAGE: t_stage,
+            s.SYNCHRONOUS: synchronous,
+            s.DFI_MONTHS: dfi,
+            s.N_LESIONS: lesions,
+            s.LARGEST_CM: largest,
+            s.BILOBAR: bilobar,
+            s.CEA: cea,
+            s.CA19_9: ca19_9,
+            s.EXTRAHEPATIC: extrahepatic,
+            s.RAS: ras,
+            s.BRAF: braf,
+            s.MSI: msi,
+            s.CHEMO_REGIMEN: regimen,
+            s.CHEMO_CYCLES: cycles,
+            s.MONTHS_TO_SURGERY: to_surgery,
+            s.MARGIN_POSITIVE: margin,
+        }
+    )
     for column, decimals in _DECIMALS.items():
         if column in df:
             df[column] = df[column].round(decimals)
@@ -110,12 +133,14 @@ def simulate_clinical(n: int, rng: np.random.Generator, p: ClinicalParams) -> pd
 
 def simulate_traits(n: int, rng: np.random.Generator, p: TraitParams) -> pd.DataFrame:
     """Latent tumour biology per patient: h, g, rim ~ N(0, 1); necrotic fraction ~ Beta."""
-    return pd.DataFrame({
-        TRAIT_HETEROGENEITY: rng.standard_normal(n),
-        TRAIT_IRREGULARITY: rng.standard_normal(n),
-        TRAIT_RIM: rng.standard_normal(n),
-        TRAIT_NECROSIS: rng.beta(p.necrosis_beta_a, p.necrosis_beta_b, n),
-    })
+    return pd.DataFrame(
+        {
+            TRAIT_HETEROGENEITY: rng.standard_normal(n),
+            TRAIT_IRREGULARITY: rng.standard_normal(n),
+            TRAIT_RIM: rng.standard_normal(n),
+            TRAIT_NECROSIS: rng.beta(p.necrosis_beta_a, p.necrosis_beta_b, n),
+        }
+    )
 
 
 def response_logit(clinical: pd.DataFrame, traits: pd.DataFrame, p: ResponseParams) -> np.ndarray:
@@ -137,8 +162,7 @@ def response_logit(clinical: pd.DataFrame, traits: pd.DataFrame, p: ResponsePara
     return p.intercept + p.scale * terms
 
 
-def recurrence_lp(clinical: pd.DataFrame, traits: pd.DataFrame,
-                  p: RecurrenceParams) -> tuple[np.ndarray, np.ndarray]:
+def recurrence_lp(clinical: pd.DataFrame, traits: pd.DataFrame, p: RecurrenceParams) -> tuple[np.ndarray, np.ndarray]:
     """The true recurrence log hazard ratio, split into its clinical and imaging parts."""
     b, cut = p.log_hr, p.thresholds
     x = clinical
@@ -204,15 +228,17 @@ def simulate_cohort(n: int, seed: int, site: str, world: World) -> tuple[pd.Data
     order = [c.name for c in s.COLUMNS if c.name in clinical]
     clinical = clinical[order]
 
-    truth = pd.DataFrame({
-        s.PATIENT_ID: ids,
-        TRUTH_RECURRENCE_LP: lp,
-        TRUTH_RECURRENCE_CLINICAL_LP: lp_clinical,
-        TRUTH_RECURRENCE_IMAGING_LP: lp_imaging,
-        TRUTH_RESPONSE_LP: logit,
-        TRUTH_RESPONSE_PROBABILITY: expit(logit),
-        TRUTH_RECURRENCE_TIME: event_time,
-        TRUTH_CENSORING_TIME: censor_time,
-    })
+    truth = pd.DataFrame(
+        {
+            s.PATIENT_ID: ids,
+            TRUTH_RECURRENCE_LP: lp,
+            TRUTH_RECURRENCE_CLINICAL_LP: lp_clinical,
+            TRUTH_RECURRENCE_IMAGING_LP: lp_imaging,
+            TRUTH_RESPONSE_LP: logit,
+            TRUTH_RESPONSE_PROBABILITY: expit(logit),
+            TRUTH_RECURRENCE_TIME: event_time,
+            TRUTH_CENSORING_TIME: censor_time,
+        }
+    )
     truth = pd.concat([truth, traits], axis=1)
     return clinical, truth

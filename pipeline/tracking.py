@@ -59,8 +59,7 @@ PROJECT_PACKAGES: tuple[Path, ...] = (_PROJECT_ROOT / "models", _PROJECT_ROOT / 
 # loads the model in a subprocess (slow, and it cannot see classes defined outside packages).
 _BASE_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "scipy", "scikit-learn")
 # Imported module -> distribution: added when the training process imported the module.
-_OPTIONAL_REQUIREMENTS = {"sksurv": "scikit-survival", "xgboost": "xgboost", "shap": "shap",
-                          "SimpleITK": "SimpleITK"}
+_OPTIONAL_REQUIREMENTS = {"sksurv": "scikit-survival", "xgboost": "xgboost", "shap": "shap", "SimpleITK": "SimpleITK"}
 
 _METRIC_KEYS = ("value", "ci_low", "ci_high")
 _UNDEFINED_METRICS_PARAM = "undefined_metrics"
@@ -118,13 +117,15 @@ def configure(repo_root: Path, experiment: str = DEFAULT_EXPERIMENT) -> str:
                 raise
             experiment_id = client.get_experiment_by_name(experiment).experiment_id
     elif found.lifecycle_stage == LifecycleStage.DELETED:
-        raise ValueError(f"MLflow experiment {experiment!r} (id {found.experiment_id}) is deleted; "
-                         f"restore it (`mlflow experiments restore --experiment-id "
-                         f"{found.experiment_id}`) or choose another experiment name")
+        raise ValueError(
+            f"MLflow experiment {experiment!r} (id {found.experiment_id}) is deleted; "
+            f"restore it (`mlflow experiments restore --experiment-id "
+            f"{found.experiment_id}`) or choose another experiment name"
+        )
     else:
         experiment_id = found.experiment_id
     kind = client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG)
-    if kind is None:   # a kind the user set in the UI is kept
+    if kind is None:  # a kind the user set in the UI is kept
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
@@ -145,8 +146,14 @@ def git_revision(repo_root: Path) -> str:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(repo_root), *args], capture_output=True,
-                                  text=True, timeout=_GIT_TIMEOUT_S, env=env, check=False)
+            done = subprocess.run(
+                ["git", "-C", str(repo_root), *args],
+                capture_output=True,
+                text=True,
+                timeout=_GIT_TIMEOUT_S,
+                env=env,
+                check=False,
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -221,14 +228,14 @@ def log_metrics_with_ci(metrics: Mapping[str, Mapping[str, float]], prefix: str 
     undefined: list[str] = []
     for metric, values in metrics.items():
         if not isinstance(values, Mapping):
-            raise TypeError(f"metric {metric!r}: expected a mapping with keys {list(_METRIC_KEYS)}, "
-                            f"got {type(values).__name__}")
+            raise TypeError(
+                f"metric {metric!r}: expected a mapping with keys {list(_METRIC_KEYS)}, got {type(values).__name__}"
+            )
         unknown = [k for k in values if k not in _METRIC_KEYS]
         if unknown:
             near = difflib.get_close_matches(str(unknown[0]), _METRIC_KEYS, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ValueError(f"metric {metric!r}: unknown key {unknown[0]!r}{hint}; "
-                             f"allowed: {list(_METRIC_KEYS)}")
+            raise ValueError(f"metric {metric!r}: unknown key {unknown[0]!r}{hint}; allowed: {list(_METRIC_KEYS)}")
         if "value" not in values:
             raise ValueError(f"metric {metric!r}: missing 'value'")
         base = f"{prefix}.{metric}" if prefix else str(metric)
@@ -253,8 +260,9 @@ def log_metrics_with_ci(metrics: Mapping[str, Mapping[str, float]], prefix: str 
 # --------------------------------------------------------------------------- runs
 
 
-def log_dataset(path: str | Path, name: str, context: str, n_patients: int, site: str = "",
-                run_id: str | None = None) -> None:
+def log_dataset(
+    path: str | Path, name: str, context: str, n_patients: int, site: str = "", run_id: str | None = None
+) -> None:
     """Log a feature table as an MLflow dataset input: name, file digest, source path, patients, site.
 
     Only metadata is logged (``MetaDataset``), never the patients' data.
@@ -272,8 +280,9 @@ def log_dataset(path: str | Path, name: str, context: str, n_patients: int, site
 
 
 @contextmanager
-def pipeline_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any], *,
-                 repo_root: Path | None = None) -> Iterator[ActiveRun]:
+def pipeline_run(
+    run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any], *, repo_root: Path | None = None
+) -> Iterator[ActiveRun]:
     """The parent run of one pipeline run: flattened ``params``, ``tags`` plus ``git_revision``.
 
     ``tags`` carries the data hashes (``{"data.train": file_digest(...)}``); ``git_revision``
@@ -293,8 +302,7 @@ def pipeline_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, An
 def model_run(name: str, tags: Mapping[str, Any] | None = None) -> Iterator[ActiveRun]:
     """A nested run for one model under the active :func:`pipeline_run` (``mlflow.parentRunId``)."""
     _require_active_run("model_run")
-    with mlflow.start_run(run_name=name, nested=True,
-                          tags={str(k): str(v) for k, v in (tags or {}).items()}) as run:
+    with mlflow.start_run(run_name=name, nested=True, tags={str(k): str(v) for k, v in (tags or {}).items()}) as run:
         yield run
 
 
@@ -329,18 +337,29 @@ def _signature(python_model: Any, input_example: pd.DataFrame):
     signature = infer_signature(input_example, python_model.predict(None, input_example))
     optional = set(getattr(python_model, "optional_columns", ()))
     if signature.inputs is not None:
-        signature.inputs = Schema([
-            ColSpec(AnyType() if spec.type in _NUMERIC_TYPES else spec.type, spec.name,
-                    required=spec.name not in optional)
-            for spec in signature.inputs.inputs
-        ])
+        signature.inputs = Schema(
+            [
+                ColSpec(
+                    AnyType() if spec.type in _NUMERIC_TYPES else spec.type,
+                    spec.name,
+                    required=spec.name not in optional,
+                )
+                for spec in signature.inputs.inputs
+            ]
+        )
     return signature
 
 
-def log_pyfunc_model(python_model: mlflow.pyfunc.PythonModel, name: str, input_example: pd.DataFrame,
-                     registered_name: str | None, alias: str | None = CANDIDATE, *,
-                     code_paths: Sequence[str | Path] = PROJECT_PACKAGES,
-                     pip_requirements: Sequence[str] | None = None) -> ModelInfo:
+def log_pyfunc_model(
+    python_model: mlflow.pyfunc.PythonModel,
+    name: str,
+    input_example: pd.DataFrame,
+    registered_name: str | None,
+    alias: str | None = CANDIDATE,
+    *,
+    code_paths: Sequence[str | Path] = PROJECT_PACKAGES,
+    pip_requirements: Sequence[str] | None = None,
+) -> ModelInfo:
     """Log a pyfunc model with signature and input example; register it and set ``alias``.
 
     The signature is inferred from ``input_example`` and the model's prediction on it; columns
@@ -362,8 +381,7 @@ def log_pyfunc_model(python_model: mlflow.pyfunc.PythonModel, name: str, input_e
         pip_requirements=list(pip_requirements) if pip_requirements is not None else _requirements(),
     )
     if registered_name and alias:
-        MlflowClient().set_registered_model_alias(registered_name, alias,
-                                                  str(model_info.registered_model_version))
+        MlflowClient().set_registered_model_alias(registered_name, alias, str(model_info.registered_model_version))
     return model_info
 
 
@@ -387,12 +405,16 @@ def _check_version(client: MlflowClient, name: str, version: int) -> None:
         existing = sorted(m.name for m in client.search_registered_models())
         near = difflib.get_close_matches(name, existing, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ValueError(f"no registered model named {name!r}{hint}; registered models: "
-                         f"{', '.join(existing) if existing else 'none'}") from None
+        raise ValueError(
+            f"no registered model named {name!r}{hint}; registered models: "
+            f"{', '.join(existing) if existing else 'none'}"
+        ) from None
     versions = _versions(client, name)
     if version not in versions:
-        raise ValueError(f"registered model {name!r} has no version {version}; existing versions: "
-                         f"{', '.join(map(str, versions)) if versions else 'none'}")
+        raise ValueError(
+            f"registered model {name!r} has no version {version}; existing versions: "
+            f"{', '.join(map(str, versions)) if versions else 'none'}"
+        )
 
 
 def promote(name: str, version: int, alias: str = CHAMPION) -> None:

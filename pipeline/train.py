@@ -21,18 +21,18 @@ import pandas as pd
 
 from features.schema import OK, PATIENT_ID, SITE, STATUS
 from models import comparison, evaluation, outcomes, plots, registry, training
+from models.evaluation import EvaluateSettings
 from models.registry import (  # their home: models.registry
     BEST_FILE,
     NOTES,
     PRIMARY_METRIC,
     RUNS_FILE,
 )
-from models.evaluation import EvaluateSettings
 from models.training import TrainSettings
 from pipeline.settings import as_dict, load_params
 
-PIPELINE_NAME = "crlm"            # the pipeline's own registered models: crlm-recurrence, crlm-response
-SUMMARY_FILE = "summary.json"      # headline numbers per task: what `dvc metrics show` / `dvc exp show` display
+PIPELINE_NAME = "crlm"  # the pipeline's own registered models: crlm-recurrence, crlm-response
+SUMMARY_FILE = "summary.json"  # headline numbers per task: what `dvc metrics show` / `dvc exp show` display
 
 
 def registered_name(name: str, task: str) -> str:
@@ -46,7 +46,7 @@ def best_model(cv_scores: dict[str, float], task: str) -> str:
     Chosen without looking at the held-out patients, so the held-out metrics of the chosen
     model stay an honest estimate (picking the best test score would be optimistic).
     """
-    fitted = [m for m in registry.MODELS[task] if m in cv_scores]   # preference order breaks ties
+    fitted = [m for m in registry.MODELS[task] if m in cv_scores]  # preference order breaks ties
     return max(fitted, key=lambda m: cv_scores[m])
 
 
@@ -56,8 +56,17 @@ def _source(table: pd.DataFrame, truth: pd.DataFrame | None) -> str:
     return f"{kind}{', site ' + sites if sites else ''}, held-out test split"
 
 
-def _plots(task: str, fitted: training.FittedTask, table: pd.DataFrame, predictions: dict, out: Path,
-           source: str, best: str, reference: str | None, oracle: bool) -> list[str]:
+def _plots(
+    task: str,
+    fitted: training.FittedTask,
+    table: pd.DataFrame,
+    predictions: dict,
+    out: Path,
+    source: str,
+    best: str,
+    reference: str | None,
+    oracle: bool,
+) -> list[str]:
     """Every plot of ``task``; a plot the data cannot support is skipped and its reason returned."""
     train, test = table.iloc[fitted.train_index], table.iloc[fitted.test_index]
     folder = out / "plots"
@@ -79,25 +88,49 @@ def _plots(task: str, fitted: training.FittedTask, table: pd.DataFrame, predicti
             pred = predictions[name]
             cut = plots.risk_group_cutpoints(_train_risk(name, fitted, table))
             file = "km_recurrence_model" if label == "model" else f"km_recurrence_{name}"
-            draw(file, lambda pred=pred, cut=cut, name=name: plots.kaplan_meier_by_risk_group(
-                y_test["time"], y_test["event"], pred.risk, cut, source=f"{source}; {name}"))
+            draw(
+                file,
+                lambda pred=pred, cut=cut, name=name: plots.kaplan_meier_by_risk_group(
+                    y_test["time"], y_test["event"], pred.risk, cut, source=f"{source}; {name}"
+                ),
+            )
         at24 = {n: p.at(evaluation.CALIBRATION_HORIZON) for n, p in predictions.items()}
-        draw(f"calibration_{task}", lambda: plots.survival_calibration(
-            y_test["time"], y_test["event"], at24[best], evaluation.CALIBRATION_HORIZON, source=f"{source}; {best}"))
-        draw(f"td_auc_{task}", lambda: plots.time_dependent_auc(
-            y_train, y_test, {n: p.risk for n, p in predictions.items()}, np.arange(6.0, 49.0, 3.0), source=source))
-        draw(f"decision_{task}", lambda: plots.survival_decision_curve(
-            y_test["time"], y_test["event"], 1 - at24[best], evaluation.CALIBRATION_HORIZON,
-            np.linspace(0.05, 0.95, 19), source=f"{source}; {best}"))
+        draw(
+            f"calibration_{task}",
+            lambda: plots.survival_calibration(
+                y_test["time"], y_test["event"], at24[best], evaluation.CALIBRATION_HORIZON, source=f"{source}; {best}"
+            ),
+        )
+        draw(
+            f"td_auc_{task}",
+            lambda: plots.time_dependent_auc(
+                y_train, y_test, {n: p.risk for n, p in predictions.items()}, np.arange(6.0, 49.0, 3.0), source=source
+            ),
+        )
+        draw(
+            f"decision_{task}",
+            lambda: plots.survival_decision_curve(
+                y_test["time"],
+                y_test["event"],
+                1 - at24[best],
+                evaluation.CALIBRATION_HORIZON,
+                np.linspace(0.05, 0.95, 19),
+                source=f"{source}; {best}",
+            ),
+        )
     else:
         y_test = outcomes.response_outcome(test)
         probabilities = {n: p.probability for n, p in predictions.items()}
         draw(f"roc_{task}", lambda: plots.roc_curves(y_test, probabilities, source=source))
-        draw(f"calibration_{task}", lambda: plots.binary_calibration(y_test, probabilities[best], bins=5,
-                                                                    source=f"{source}; {best}"))
+        draw(
+            f"calibration_{task}",
+            lambda: plots.binary_calibration(y_test, probabilities[best], bins=5, source=f"{source}; {best}"),
+        )
         shown = [n for n in (best, reference, comparison.ORACLE if oracle else None) if n in probabilities]
-        draw(f"decision_{task}", lambda: plots.decision_curve(y_test, {n: probabilities[n] for n in shown},
-                                                             source=source))
+        draw(
+            f"decision_{task}",
+            lambda: plots.decision_curve(y_test, {n: probabilities[n] for n in shown}, source=source),
+        )
     return skipped
 
 
@@ -119,8 +152,12 @@ def headline(metrics: dict[str, Any], task: str) -> dict[str, Any]:
     notes = metrics[NOTES][task]
     best, primary = notes["chosen"], PRIMARY_METRIC[task]
     entry = metrics[task][best]
-    out: dict[str, Any] = {"model": best, primary: entry[primary]["value"],
-                           f"{primary}_ci_low": entry[primary]["ci_low"], f"{primary}_ci_high": entry[primary]["ci_high"]}
+    out: dict[str, Any] = {
+        "model": best,
+        primary: entry[primary]["value"],
+        f"{primary}_ci_low": entry[primary]["ci_low"],
+        f"{primary}_ci_high": entry[primary]["ci_high"],
+    }
     reference = notes.get("reference")
     delta = next((k for k in entry if k.startswith("delta_")), None)
     if reference and delta:
@@ -166,8 +203,9 @@ def write_summary(metrics: dict[str, Any], path: Path) -> dict[str, Any]:
     return summary
 
 
-def _log_models(metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataFrame, name: str,
-                parent_id: str) -> dict[str, str]:
+def _log_models(
+    metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataFrame, name: str, parent_id: str
+) -> dict[str, str]:
     """A nested run per model under the active parent; the best model per task logged on the parent
     run itself (so the runs table's Models column shows it on the row that compares runs) and registered."""
     from models.serving import PrognosisModel
@@ -191,8 +229,9 @@ def _log_models(metrics: dict, chosen: dict, fitted_tasks: dict, table: pd.DataF
         # Integer columns would make the signature refuse missing values later.
         example = example.astype({c: float for c in fitted.features if pd.api.types.is_integer_dtype(example[c])})
         registered = registered_name(name, task)
-        info = tracking.log_pyfunc_model(PrognosisModel(predictors[best]), f"model_{task}", example,
-                                         registered_name=registered)
+        info = tracking.log_pyfunc_model(
+            PrognosisModel(predictors[best]), f"model_{task}", example, registered_name=registered
+        )
         print(f"registered {registered} version {info.registered_model_version} ({best}) with alias candidate")
     return run_ids
 
@@ -215,16 +254,22 @@ def _log_parent(metrics: dict, out: Path, features: Path, table: pd.DataFrame, s
         tracking.mlflow.log_metrics(flat)
     site = ", ".join(sorted(map(str, table[SITE].dropna().unique()))) if SITE in table else ""
     for context, mask in (("training", split == "train"), ("evaluation", split == "test")):
-        tracking.log_dataset(features, f"{Path(features).parent.name}/{Path(features).name} ({context} split)",
-                             context, int(mask.sum()), site)
+        tracking.log_dataset(
+            features,
+            f"{Path(features).parent.name}/{Path(features).name} ({context} split)",
+            context,
+            int(mask.sum()),
+            site,
+        )
     for path in sorted(out.rglob("*")):
         if path.is_file() and "models" not in path.relative_to(out).parts[:1]:
             mlflow_artifact_dir = str(path.parent.relative_to(out)) if path.parent != out else None
             tracking.mlflow.log_artifact(str(path), artifact_path=mlflow_artifact_dir)
 
 
-def _task_table(table: pd.DataFrame, task: str, train_index: np.ndarray,
-                test_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _task_table(
+    table: pd.DataFrame, task: str, train_index: np.ndarray, test_index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The split's rows (positions in ``table``) whose outcome for ``task`` is known."""
     known = training.has_outcome(table, task).to_numpy()
     return train_index[known[train_index]], test_index[known[test_index]]
@@ -246,15 +291,24 @@ def plan_tasks(table: pd.DataFrame, tasks: tuple[str, ...], explicit: bool) -> t
         else:
             skipped[task] = reason
     if not trainable:
-        raise ValueError("no task can be trained on this cohort: "
-                         + "; ".join(f"{t}: {r}" for t, r in skipped.items()))
+        raise ValueError("no task can be trained on this cohort: " + "; ".join(f"{t}: {r}" for t, r in skipped.items()))
     return tuple(trainable), skipped
 
 
-def run_train(features: Path, out: Path, models_dir: Path | None, params_path: Path, tasks: tuple[str, ...],
-              truth: Path | None = None, repo_root: Path | None = None, track: bool = True,
-              covariates: tuple[str, ...] = (), name: str = PIPELINE_NAME, explicit_tasks: bool = False,
-              jobs: int | None = None) -> dict[str, Any]:
+def run_train(
+    features: Path,
+    out: Path,
+    models_dir: Path | None,
+    params_path: Path,
+    tasks: tuple[str, ...],
+    truth: Path | None = None,
+    repo_root: Path | None = None,
+    track: bool = True,
+    covariates: tuple[str, ...] = (),
+    name: str = PIPELINE_NAME,
+    explicit_tasks: bool = False,
+    jobs: int | None = None,
+) -> dict[str, Any]:
     """Fit and evaluate ``tasks`` on ``features``; return the metrics dictionary.
 
     ``covariates`` are extra columns (declared by a cohort mapping) used as they are. Tasks
@@ -262,7 +316,7 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
     with ``explicit_tasks``). The best model of each task is registered as ``{name}-{task}``.
     ``models_dir`` defaults to ``out/models``. ``jobs`` overrides ``train.jobs``.
     """
-    params = load_params(params_path, "train", "evaluate")   # a bad value stops here, before any fit
+    params = load_params(params_path, "train", "evaluate")  # a bad value stops here, before any fit
     settings, evaluate = params.train, params.evaluate
     models_dir = Path(models_dir) if models_dir is not None else Path(out) / "models"
     full = pd.read_parquet(features)
@@ -273,8 +327,7 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
         print(f"{task}: skipped: {reason}")
     table = training.usable_patients(full, tasks)
     truth_table = pd.read_csv(truth, dtype={PATIENT_ID: str}) if truth is not None else None
-    train_index, test_index = training.split_patients(table, settings.test_fraction, settings.seed,
-                                                      tasks)
+    train_index, test_index = training.split_patients(table, settings.test_fraction, settings.seed, tasks)
     source = _source(table, truth_table)
     # Everything the data allow is checked before the first fit (no model is written for nothing).
     plans = {}
@@ -285,13 +338,13 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
             print(f"{task}: {note}")
     out.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(parents=True, exist_ok=True)
-    (models_dir / RUNS_FILE).unlink(missing_ok=True)   # run ids of an earlier run would be wrong
-    for task in registry.TASKS:                        # models of a task not trained this time
+    (models_dir / RUNS_FILE).unlink(missing_ok=True)  # run ids of an earlier run would be wrong
+    for task in registry.TASKS:  # models of a task not trained this time
         for model_name in (*registry.MODELS[task], *registry.BASELINES):
             (models_dir / registry.predictor_file(task, model_name)).unlink(missing_ok=True)
     with contextlib.ExitStack() as stack:
         parent_id = None
-        if track:   # opened before the first fit, so that the run's duration is the training's
+        if track:  # opened before the first fit, so that the run's duration is the training's
             from pipeline import tracking
 
             tracking.configure(repo_root or Path.cwd())
@@ -301,13 +354,28 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
                 tags["data.kind"] = "synthetic"
             for task, reason in skipped.items():
                 tags[f"skipped.{task}"] = reason[:5000]
-            parent = stack.enter_context(tracking.pipeline_run(
-                "train", {"train": as_dict(settings), "evaluate": as_dict(evaluate)}, tags))
+            parent = stack.enter_context(
+                tracking.pipeline_run("train", {"train": as_dict(settings), "evaluate": as_dict(evaluate)}, tags)
+            )
             parent_id = parent.info.run_id
         metrics, fitted_tasks = _fit_and_write(
-            table, full, features, truth_table, tasks, skipped, plans, train_index, test_index, settings, evaluate,
-            covariates, n_jobs=jobs if jobs is not None else settings.jobs, out=out, models_dir=models_dir,
-            source=source)
+            table,
+            full,
+            features,
+            truth_table,
+            tasks,
+            skipped,
+            plans,
+            train_index,
+            test_index,
+            settings,
+            evaluate,
+            covariates,
+            n_jobs=jobs if jobs is not None else settings.jobs,
+            out=out,
+            models_dir=models_dir,
+            source=source,
+        )
         if track:
             split = pd.read_csv(out / "split.csv", dtype={PATIENT_ID: str})["split"]
             _log_parent(metrics, out, features, table, split)
@@ -317,24 +385,44 @@ def run_train(features: Path, out: Path, models_dir: Path | None, params_path: P
     for task in tasks:
         notes = metrics[NOTES][task]
         best, primary = notes["chosen"], PRIMARY_METRIC[task]
-        others = [f"{b} {metrics[task][b][primary]['value']:.3f}" for b in (notes["reference"], comparison.ORACLE)
-                  if b and b in metrics[task]]
-        print(f"{task}: best {best} {primary} {metrics[task][best][primary]['value']:.3f}"
-              + (f" ({', '.join(others)})" if others else ""))
+        others = [
+            f"{b} {metrics[task][b][primary]['value']:.3f}"
+            for b in (notes["reference"], comparison.ORACLE)
+            if b and b in metrics[task]
+        ]
+        print(
+            f"{task}: best {best} {primary} {metrics[task][best][primary]['value']:.3f}"
+            + (f" ({', '.join(others)})" if others else "")
+        )
     return metrics
 
 
-def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, truth_table: pd.DataFrame | None,
-                   tasks: tuple[str, ...], skipped: dict[str, str], plans: dict, train_index: np.ndarray,
-                   test_index: np.ndarray, settings: TrainSettings, evaluate: EvaluateSettings, covariates: tuple[str, ...], n_jobs: int,
-                   out: Path, models_dir: Path, source: str) -> tuple[dict[str, Any], dict[str, tuple]]:
+def _fit_and_write(
+    table: pd.DataFrame,
+    full: pd.DataFrame,
+    features: Path,
+    truth_table: pd.DataFrame | None,
+    tasks: tuple[str, ...],
+    skipped: dict[str, str],
+    plans: dict,
+    train_index: np.ndarray,
+    test_index: np.ndarray,
+    settings: TrainSettings,
+    evaluate: EvaluateSettings,
+    covariates: tuple[str, ...],
+    n_jobs: int,
+    out: Path,
+    models_dir: Path,
+    source: str,
+) -> tuple[dict[str, Any], dict[str, tuple]]:
     """Fit, evaluate, plot and write every output of ``tasks``; return the metrics and, per task,
     (fitted task, predictors, chosen model) for tracking."""
     reference_name, min_coverage = evaluate.reference, evaluate.baseline_min_coverage
-    notes: dict[str, Any] = {"data": "synthetic" if truth_table is not None else "real cohort",
-                             "patients": {"in_table": len(full), "not_ok": int((full[STATUS] != OK).sum()),
-                                          "usable": len(table)},
-                             "skipped_tasks": skipped}
+    notes: dict[str, Any] = {
+        "data": "synthetic" if truth_table is not None else "real cohort",
+        "patients": {"in_table": len(full), "not_ok": int((full[STATUS] != OK).sum()), "usable": len(table)},
+        "skipped_tasks": skipped,
+    }
     metrics: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
     predictions_out = []
@@ -343,8 +431,9 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
         start = time.perf_counter()
         task_train, task_test = _task_table(table, task, train_index, test_index)
         plan = plans[task]
-        fitted = training.fit_task(table, task, task_train, task_test, settings, covariates=covariates,
-                                   jobs=n_jobs, plan=plan)
+        fitted = training.fit_task(
+            table, task, task_train, task_test, settings, covariates=covariates, jobs=n_jobs, plan=plan
+        )
         train, test = table.iloc[task_train], table.iloc[task_test]
         availability = training.baseline_availability({"training": train, "held-out": test}, task, min_coverage)
         baselines = [b for b, status in availability.items() if status.available]
@@ -356,26 +445,46 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
         predictions = comparison.task_predictions(task, predictors, train, test, truth_table, baselines=baselines)
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
         y_train, y_test = build(train), build(test)
-        metrics[task] = evaluation.evaluate_task(task, y_train, y_test, predictions, reference=reference or "",
-                                                 n_resamples=evaluate.bootstrap, seed=evaluate.seed)
+        metrics[task] = evaluation.evaluate_task(
+            task,
+            y_train,
+            y_test,
+            predictions,
+            reference=reference or "",
+            n_resamples=evaluate.bootstrap,
+            seed=evaluate.seed,
+        )
         best = best_model(fitted.cv_scores, task)
         warning = evaluation.calibration_warning(task, metrics[task][best], predictions[best], y_test)
         if warning:
             print(f"{task}: WARNING: the chosen model {best} is {warning}")
-        chosen[task] = {"best": best, "params": fitted.best_params, "cv": fitted.cv_scores,
-                        "n_features_in": len(fitted.features), "seconds": round(time.perf_counter() - start, 1)}
-        skipped_plots = _plots(task, fitted, table, predictions, out, source, best, reference,
-                               comparison.ORACLE in predictions)
+        chosen[task] = {
+            "best": best,
+            "params": fitted.best_params,
+            "cv": fitted.cv_scores,
+            "n_features_in": len(fitted.features),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        skipped_plots = _plots(
+            task, fitted, table, predictions, out, source, best, reference, comparison.ORACLE in predictions
+        )
         notes[task] = {
-            "chosen": best, "n_train": plan.n_train, "n_test": plan.n_test, "cv_folds": plan.cv_folds,
+            "chosen": best,
+            "n_train": plan.n_train,
+            "n_test": plan.n_test,
+            "cv_folds": plan.cv_folds,
             "reference": reference,
-            "reference_note": (None if reference else
-                               f"no paired difference: the reference baseline {reference_name!r} is not available"
-                               + (f" ({availability[reference_name].reason})" if reference_name in availability
-                                  else "")),
+            "reference_note": (
+                None
+                if reference
+                else f"no paired difference: the reference baseline {reference_name!r} is not available"
+                + (f" ({availability[reference_name].reason})" if reference_name in availability else "")
+            ),
             "baselines": {b: status.as_dict() for b, status in availability.items()},
-            "failed_models": fitted.failed, "adaptations": [*plan.notes, *fitted.notes],
-            "calibration_warning": warning, "plots_skipped": skipped_plots,
+            "failed_models": fitted.failed,
+            "adaptations": [*plan.notes, *fitted.notes],
+            "calibration_warning": warning,
+            "plots_skipped": skipped_plots,
         }
         for note in skipped_plots:
             print(f"{task}: {note}")
@@ -383,8 +492,11 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
             joblib.dump(predictor, models_dir / registry.predictor_file(task, model_name))
         for model_name, pred in predictions.items():
             value = pred.risk if task == training.RECURRENCE else pred.probability
-            predictions_out.append(pd.DataFrame({PATIENT_ID: test[PATIENT_ID].to_numpy(), "task": task,
-                                                 "model": model_name, "prediction": value}))
+            predictions_out.append(
+                pd.DataFrame(
+                    {PATIENT_ID: test[PATIENT_ID].to_numpy(), "task": task, "model": model_name, "prediction": value}
+                )
+            )
         fitted_tasks[task] = (fitted, predictors, best)
     metrics[NOTES] = notes
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
@@ -396,6 +508,7 @@ def _fit_and_write(table: pd.DataFrame, full: pd.DataFrame, features: Path, trut
     (models_dir / BEST_FILE).write_text(json.dumps({task: chosen[task]["best"] for task in tasks}, indent=2))
     # The models remember their extraction settings (crlm predict checks them; docs/imaging.md).
     from features.extraction import copy_record_to_models
+
     copy_record_to_models(features, models_dir)
     write_summary(metrics, out / SUMMARY_FILE)
     return metrics, fitted_tasks

@@ -35,15 +35,17 @@ def _check_one(row: tuple, base: Path, labels: imaging.LabelRoles, resample_mask
         reason = f"patient {pid}: the {' and '.join(blank)} path is empty; fill in the path (relative to the table)"
     else:
         try:
-            imaging.check_case_headers(str(pid), base / image.strip(), base / mask.strip(), labels,
-                                       resample_mask=resample_mask)
+            imaging.check_case_headers(
+                str(pid), base / image.strip(), base / mask.strip(), labels, resample_mask=resample_mask
+            )
         except imaging.CaseError as exc:
             status, reason = exc.reason, str(exc)
     return {PATIENT_ID: pid, IMAGE: image, MASK: mask, STATUS: status, REASON: reason}
 
 
-def check_images(table: pd.DataFrame, base: Path, labels: imaging.LabelRoles,
-                 resample_mask: bool = False, jobs: int = 1) -> pd.DataFrame:
+def check_images(
+    table: pd.DataFrame, base: Path, labels: imaging.LabelRoles, resample_mask: bool = False, jobs: int = 1
+) -> pd.DataFrame:
     """One row per patient: ``patient_id``, ``image``, ``mask``, ``status`` (``ok`` or a case
     status of `features.schema.CASE_STATUSES`) and ``reason``, from file headers. Paths are
     relative to ``base`` (the cohort table's folder); ``jobs`` local processes (-1: all cores)."""
@@ -58,9 +60,15 @@ def check_images(table: pd.DataFrame, base: Path, labels: imaging.LabelRoles,
     return pd.DataFrame(list(results), columns=[PATIENT_ID, IMAGE, MASK, STATUS, REASON])
 
 
-def run_validate(cohort: Path, mapping: Path | None = None, out: TextIO | None = None,
-                 labels: imaging.LabelRoles | None = None, resample_mask: bool = False,
-                 images_out: Path | None = None, jobs: int = 1) -> int:
+def run_validate(
+    cohort: Path,
+    mapping: Path | None = None,
+    out: TextIO | None = None,
+    labels: imaging.LabelRoles | None = None,
+    resample_mask: bool = False,
+    images_out: Path | None = None,
+    jobs: int = 1,
+) -> int:
     """Validate ``cohort`` (after ``mapping``, if given) and print the report to ``out``.
 
     With ``labels`` the images and masks are checked too (`check_images`); their statuses are

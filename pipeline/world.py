@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from features import schema
+from features import schema, settings
 from features.imaging import LabelRoles
-from features import settings
 from features.settings import settings_class
 
 _PROBABILITY_TOLERANCE = 1e-6
@@ -88,10 +87,19 @@ class ClinicalParams:
         if len(self.chemo_cycles_choices) != len(self.chemo_cycles_probabilities):
             raise ValueError("chemo_cycles_choices and chemo_cycles_probabilities differ in length")
         for name in (
-            "male_fraction", "node_positive_fraction", "synchronous_fraction", "lesions_negbin_p",
-            "bilobar_fraction_if_multiple", "ras_fraction_right", "ras_fraction_other",
-            "braf_fraction_right_ras_wt", "braf_fraction_other_ras_wt", "msi_fraction_braf",
-            "msi_fraction_other", "extrahepatic_fraction", "margin_positive_fraction",
+            "male_fraction",
+            "node_positive_fraction",
+            "synchronous_fraction",
+            "lesions_negbin_p",
+            "bilobar_fraction_if_multiple",
+            "ras_fraction_right",
+            "ras_fraction_other",
+            "braf_fraction_right_ras_wt",
+            "braf_fraction_other_ras_wt",
+            "msi_fraction_braf",
+            "msi_fraction_other",
+            "extrahepatic_fraction",
+            "margin_positive_fraction",
         ):
             _check_fraction(name, getattr(self, name))
         if not 0 < self.largest_min_cm < self.largest_max_cm:
@@ -270,9 +278,7 @@ class World:
     def site(self, name: str) -> SiteParams:
         """Settings of site ``name``, with an error listing the configured sites."""
         if name not in self.sites:
-            raise settings.SettingsError(
-                f"unknown site '{name}'; configured sites: {', '.join(sorted(self.sites))}"
-            )
+            raise settings.SettingsError(f"unknown site '{name}'; configured sites: {', '.join(sorted(self.sites))}")
         return self.sites[name]
 
 

@@ -27,10 +27,21 @@ REPO = Path(__file__).resolve().parent.parent
 # The fewest hyper-parameter candidates that still run every model family through the grid
 # search (one point per grid, one k, three folds): for tests of the pipeline's plumbing, not of
 # model quality (tests/models/test_training.py keeps its own grid for that).
-SMALL_TRAIN = {"seed": 3, "cv_folds": 3, "correlation_threshold": 0.95, "k_features": [8], "test_fraction": 0.3,
-               "jobs": 1, "grids": {"coxnet": {"alphas": [[0.05]]}, "xgb_cox": {"max_depth": [1]},
-                                    "xgb_aft": {"max_depth": [1]}, "logistic": {"C": [0.1]},
-                                    "xgb": {"max_depth": [1]}}}
+SMALL_TRAIN = {
+    "seed": 3,
+    "cv_folds": 3,
+    "correlation_threshold": 0.95,
+    "k_features": [8],
+    "test_fraction": 0.3,
+    "jobs": 1,
+    "grids": {
+        "coxnet": {"alphas": [[0.05]]},
+        "xgb_cox": {"max_depth": [1]},
+        "xgb_aft": {"max_depth": [1]},
+        "logistic": {"C": [0.1]},
+        "xgb": {"max_depth": [1]},
+    },
+}
 # Phantom cohort: site B's scanner grid, the same four patients test_predict.py was written for.
 COHORT = {"n": 4, "seed": 5, "site": "B"}
 
@@ -55,8 +66,10 @@ def synthetic_cohort(tmp_path_factory, world, labels) -> Path:
     return out
 
 
-TRACKED_PARAMS = {"train": SMALL_TRAIN,
-                  "evaluate": {"bootstrap": 20, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}}
+TRACKED_PARAMS = {
+    "train": SMALL_TRAIN,
+    "evaluate": {"bootstrap": 20, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8},
+}
 
 
 @pytest.fixture(scope="session")
@@ -80,13 +93,25 @@ def tracked_training(tmp_path_factory, world) -> dict:
         truth.to_csv(root / f"{name}_truth.csv", index=False)
     (root / "params.yaml").write_text(yaml.safe_dump(TRACKED_PARAMS))
     started = time.time() * 1000
-    metrics = run_train(root / "train.parquet", root / "reports", root / "models", root / "params.yaml",
-                        training.TASKS, truth=root / "train_truth.csv", repo_root=root)
-    external = run_evaluate(str(root / "models"), root / "external.parquet", root / "external", root / "params.yaml",
-                            truth=root / "external_truth.csv", repo_root=root)
+    metrics = run_train(
+        root / "train.parquet",
+        root / "reports",
+        root / "models",
+        root / "params.yaml",
+        training.TASKS,
+        truth=root / "train_truth.csv",
+        repo_root=root,
+    )
+    external = run_evaluate(
+        str(root / "models"),
+        root / "external.parquet",
+        root / "external",
+        root / "params.yaml",
+        truth=root / "external_truth.csv",
+        repo_root=root,
+    )
     tracking.configure(root)
     parent = mlflow.search_runs(filter_string="tags.mlflow.runName = 'train'", output_format="list")[0]
     yield {"root": root, "metrics": metrics, "external": external, "parent": parent, "started": started}
     if previous is not None:
         os.environ["MLFLOW_TRACKING_URI"] = previous
-

@@ -42,7 +42,7 @@ def _imported(node: ast.AST, package: str) -> set[str]:
         if isinstance(child, ast.Import):
             found.update(alias.name for alias in child.names)
         elif isinstance(child, ast.ImportFrom):
-            if child.level:   # relative import: resolve against the importing package
+            if child.level:  # relative import: resolve against the importing package
                 parts = package.split(".")[: len(package.split(".")) - child.level + 1]
                 base = ".".join([*parts, child.module] if child.module else parts)
             else:
@@ -69,7 +69,7 @@ def _closure(start: set[str], done: frozenset[str] = frozenset()) -> set[str]:
             continue
         seen.add(module)
         parts = module.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))   # parent packages run first
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages run first
         package = module if _module_file(module).name == "__init__.py" else ".".join(parts[:-1])
         todo.extend(_imported(_tree(module), package) - seen)
     return seen
@@ -79,15 +79,17 @@ def command_modules(subcommand: str) -> set[str]:
     """The modules ``crlm <subcommand>`` runs: the CLI's module-level imports, the dispatch
     function ``cmd_<subcommand>`` and everything they import."""
     tree = _tree(CLI)
-    function = next((node for node in tree.body if isinstance(node, ast.FunctionDef)
-                     and node.name == f"cmd_{subcommand}"), None)
+    function = next(
+        (node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == f"cmd_{subcommand}"), None
+    )
     assert function is not None, f"pipeline/cli.py has no cmd_{subcommand} for `crlm {subcommand}`"
-    top_level = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))],
-                           type_ignores=[])
+    top_level = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
     main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
     # the CLI module itself imports every stage lazily: only the dispatch path is walked
-    return _closure(_imported(top_level, "pipeline") | _imported(function, "pipeline")
-                    | _imported(main, "pipeline"), done=frozenset({CLI}))
+    return _closure(
+        _imported(top_level, "pipeline") | _imported(function, "pipeline") | _imported(main, "pipeline"),
+        done=frozenset({CLI}),
+    )
 
 
 def _stages() -> dict[str, dict]:
@@ -138,7 +140,7 @@ def test_the_import_walk_finds_what_a_stage_imports():
     and modules two imports away."""
     featurize = command_modules("featurize")
     assert {"pipeline.cli", "pipeline.featurize", "features.patient_table", "features.schema"} <= featurize
-    assert "features.settings" in featurize        # imported inside main()
+    assert "features.settings" in featurize  # imported inside main()
     assert "pipeline.train" not in featurize
     assert "models.training" in command_modules("train")
     assert "pipeline.phantoms" in command_modules("synthesize")

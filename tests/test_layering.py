@@ -32,8 +32,12 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def module_names(root: Path = REPO) -> dict[str, Path]:
-    return {f"{package}.{path.stem}": path for package in PACKAGES
-            for path in sorted((root / package).glob("*.py")) if path.stem != "__init__"}
+    return {
+        f"{package}.{path.stem}": path
+        for package in PACKAGES
+        for path in sorted((root / package).glob("*.py"))
+        if path.stem != "__init__"
+    }
 
 
 def forbidden_edges(root: Path = REPO) -> list[tuple[str, str]]:
@@ -47,9 +51,9 @@ def forbidden_edges(root: Path = REPO) -> list[tuple[str, str]]:
             if target is None or target == name:
                 continue
             if name.split(".")[0] in ("features", "models") and target.startswith("pipeline."):
-                edges.add((name, target))          # a library module reaching up
+                edges.add((name, target))  # a library module reaching up
             elif name in stages and target in stages:
-                edges.add((name, target))          # a stage importing another stage
+                edges.add((name, target))  # a stage importing another stage
     return sorted(edges)
 
 
@@ -65,8 +69,7 @@ def test_the_layering_check_sees_imports_inside_functions(tmp_path):
     (tmp_path / "pipeline" / "execution.py").write_text("")
     (tmp_path / "pipeline" / "predict.py").write_text("from pipeline.train import BEST_FILE\n")
     (tmp_path / "pipeline" / "train.py").write_text("BEST_FILE = 'best.json'\n")
-    assert forbidden_edges(tmp_path) == [("features.lib", "pipeline.execution"),
-                                         ("pipeline.predict", "pipeline.train")]
+    assert forbidden_edges(tmp_path) == [("features.lib", "pipeline.execution"), ("pipeline.predict", "pipeline.train")]
 
 
 def test_library_code_does_not_read_the_dask_scheduler_variable():

@@ -16,14 +16,19 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from features import extraction, imaging, radiomics
-from features.imaging import CaseError, LabelRoles
+from features.imaging import LabelRoles
 from features.schema import CASE_STATUSES
 from tests.features import real_dicom as rd
 
 LABELS = LabelRoles(liver=1, lesion=2, segment_roles={"Liver": "liver", "Tumor_*": "lesion"})
 LIGHT_PARAMS = {
-    "setting": {"binWidth": 25, "resampledPixelSpacing": [2.0, 2.0, 2.0], "interpolator": "sitkBSpline",
-                "padDistance": 5, "label": 1},
+    "setting": {
+        "binWidth": 25,
+        "resampledPixelSpacing": [2.0, 2.0, 2.0],
+        "interpolator": "sitkBSpline",
+        "padDistance": 5,
+        "label": 1,
+    },
     "imageType": {"Original": {}},
     "featureClass": {"shape": None, "firstorder": None, "glcm": None},
 }
@@ -37,35 +42,58 @@ def real(tmp_path_factory) -> dict:
     ct, tumour, spacing, origin = rd.load_crop()
     stack = rd.segment_stack(tumour)
     study, frame = generate_uid(), generate_uid()
-    sources = rd.write_series(ct, spacing, origin, root / "pv", study_uid=study, frame_uid=frame,
-                              description="portal venous")
+    sources = rd.write_series(
+        ct, spacing, origin, root / "pv", study_uid=study, frame_uid=frame, description="portal venous"
+    )
     seg = rd.write_seg(sources, stack, root / "seg" / "seg.dcm")
-    image = sitk.GetImageFromArray(ct.astype(np.float32))   # stored as the source: float32 HU
+    image = sitk.GetImageFromArray(ct.astype(np.float32))  # stored as the source: float32 HU
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     sitk.WriteImage(image, str(root / "ct.nii.gz"))
     mask = sitk.GetImageFromArray(rd.label_map(stack))
     mask.CopyInformation(image)
     sitk.WriteImage(mask, str(root / "mask.nii.gz"))
-    return {"root": root, "ct": ct, "stack": stack, "spacing": spacing, "origin": origin, "study": study,
-            "frame": frame, "pv": root / "pv", "seg": seg, "sources": sources,
-            "nifti": (root / "ct.nii.gz", root / "mask.nii.gz")}
+    return {
+        "root": root,
+        "ct": ct,
+        "stack": stack,
+        "spacing": spacing,
+        "origin": origin,
+        "study": study,
+        "frame": frame,
+        "pv": root / "pv",
+        "seg": seg,
+        "sources": sources,
+        "nifti": (root / "ct.nii.gz", root / "mask.nii.gz"),
+    }
 
 
 def series(real: dict, folder: Path, **kwargs) -> list:
-    return rd.write_series(real["ct"] if "ct" not in kwargs else kwargs.pop("ct"), real["spacing"], real["origin"],
-                           folder, study_uid=real["study"], frame_uid=real["frame"], **kwargs)
+    return rd.write_series(
+        real["ct"] if "ct" not in kwargs else kwargs.pop("ct"),
+        real["spacing"],
+        real["origin"],
+        folder,
+        study_uid=real["study"],
+        frame_uid=real["frame"],
+        **kwargs,
+    )
 
 
-def extract(image: Path, mask: Path, options: extraction.CaseOptions = OPTIONS, pid: str = "P") -> extraction.CaseResult:
+def extract(
+    image: Path, mask: Path, options: extraction.CaseOptions = OPTIONS, pid: str = "P"
+) -> extraction.CaseResult:
     return extraction.extract_case(extraction.CaseInput(pid, image, mask), options, None)
 
 
 def features_of(result: extraction.CaseResult) -> pd.DataFrame:
     assert [r["status"] for r in result.report] == ["ok"] * len(result.report), result.report
     table = pd.DataFrame(result.lesions)
-    keep = [c for c in table if c.startswith(radiomics.FEATURE_PREFIXES) or c.startswith("patient_")
-            or c.startswith("lesion_")]
+    keep = [
+        c
+        for c in table
+        if c.startswith(radiomics.FEATURE_PREFIXES) or c.startswith("patient_") or c.startswith("lesion_")
+    ]
     return table[keep]
 
 
@@ -87,9 +115,10 @@ def copy_series(src: Path, dst: Path, prefix: str = "") -> None:
 
 # ----------------------------------------------------------------------------- good cases
 
+
 def test_dicom_series_with_seg_gives_the_nifti_features_bit_for_bit(real, nifti_features):
     dicom = features_of(extract(real["pv"], real["seg"]))
-    assert len(dicom) == 2                      # Tumor_1 and the touching Tumor_2: two lesions
+    assert len(dicom) == 2  # Tumor_1 and the touching Tumor_2: two lesions
     pd.testing.assert_frame_equal(dicom, nifti_features, check_exact=True)
 
 
@@ -99,7 +128,7 @@ def test_fractional_and_labelmap_segs_are_read(real, kind, tmp_path, nifti_featu
     seg = rd.write_seg(real["sources"], real["stack"], tmp_path / "seg.dcm", kind)
     case = imaging.load_case("P", real["pv"], seg, LABELS)
     expected = rd.label_map(real["stack"])
-    if kind == "LABELMAP":          # one segment per voxel: Liver_Remnant/Hepatic/Portal win over Liver
+    if kind == "LABELMAP":  # one segment per voxel: Liver_Remnant/Hepatic/Portal win over Liver
         painted = np.argmax(real["stack"][..., ::-1], axis=-1)
         winner = len(rd.SEGMENTS) - painted
         winner[real["stack"].sum(axis=-1) == 0] = 0
@@ -114,14 +143,16 @@ def test_fractional_and_labelmap_segs_are_read(real, kind, tmp_path, nifti_featu
 
 def test_reversed_order_implicit_vr_and_files_without_extension_read_the_same(real, tmp_path, nifti_features):
     folder = tmp_path / "odd"
-    series(real, folder, series_uid=real["sources"][0].SeriesInstanceUID, implicit_vr=True, suffix="",
-           reverse_numbers=True)
+    series(
+        real, folder, series_uid=real["sources"][0].SeriesInstanceUID, implicit_vr=True, suffix="", reverse_numbers=True
+    )
     sources = rd.read_sources(folder)
     seg = rd.write_seg(sources, real["stack"], tmp_path / "seg.dcm")
     pd.testing.assert_frame_equal(features_of(extract(folder, seg)), nifti_features, check_exact=True)
 
 
 # ----------------------------------------------------------------------------- the issue's table
+
 
 def test_seg_drawn_on_another_series_is_series_mismatch_naming_both(real, tmp_path):
     """Row 1: SEG on the portal-venous series, folder with the arterial one (mean 78.7 vs 38.7 HU)."""
@@ -188,14 +219,21 @@ def test_a_missing_slice_is_missing_slices_even_with_resample_mask(real, tmp_pat
         assert "missing 1 slice" in reason and f"{missing_z - real['spacing'][2]:.2f}" in reason
 
 
-def test_a_thin_reconstruction_in_the_same_folder_does_not_replace_the_referenced_one(real, tmp_path,
-                                                                                    nifti_features):
+def test_a_thin_reconstruction_in_the_same_folder_does_not_replace_the_referenced_one(real, tmp_path, nifti_features):
     """Row 5: with --resample-mask, features came from the other reconstruction."""
     folder = tmp_path / "both"
     copy_series(real["pv"], folder, "thick_")
     thin = np.repeat(real["ct"], 2, axis=0)
-    rd.write_series(thin, (*real["spacing"][:2], real["spacing"][2] / 2), real["origin"], folder,
-                    study_uid=real["study"], frame_uid=real["frame"], description="thin", prefix="thin")
+    rd.write_series(
+        thin,
+        (*real["spacing"][:2], real["spacing"][2] / 2),
+        real["origin"],
+        folder,
+        study_uid=real["study"],
+        frame_uid=real["frame"],
+        description="thin",
+        prefix="thin",
+    )
     result = extract(folder, real["seg"], replace(OPTIONS, resample_mask=True))
     pd.testing.assert_frame_equal(features_of(result), nifti_features, check_exact=True)
 
@@ -221,8 +259,13 @@ def test_the_same_hu_stored_as_int16_float32_or_rescaled_uint16_give_the_same_fe
 def test_uint16_hu_plus_1024_without_rescale_is_not_hu(real, tmp_path):
     """Row 7: accepted, firstorder mean 1,066 instead of 42 HU."""
     shifted = (real["ct"].astype(np.int32) + 1024).astype(np.uint16)
-    series(real, tmp_path / "dicom", ct=shifted.astype(np.int16), stored="uint16",
-           series_uid=real["sources"][0].SeriesInstanceUID)
+    series(
+        real,
+        tmp_path / "dicom",
+        ct=shifted.astype(np.int16),
+        stored="uint16",
+        series_uid=real["sources"][0].SeriesInstanceUID,
+    )
     status, reason = status_of(extract(tmp_path / "dicom", real["seg"]))
     assert status == "not_hu" and "intercept 0" in reason
     image = sitk.GetImageFromArray(shifted)
@@ -233,6 +276,7 @@ def test_uint16_hu_plus_1024_without_rescale_is_not_hu(real, tmp_path):
 
 
 # ----------------------------------------------------------------------------- other statuses
+
 
 def test_uneven_spacing_is_uneven_spacing(real, tmp_path):
     z = [real["origin"][2] + k * real["spacing"][2] for k in range(len(real["sources"]))]
@@ -257,8 +301,14 @@ def test_two_acquisitions_in_one_series_are_multiple_acquisitions(real, tmp_path
     folder = tmp_path / "two"
     uid = generate_uid()
     series(real, folder, series_uid=uid, prefix="a")
-    series(real, folder, series_uid=uid, prefix="b", acquisitions=[2] * len(real["sources"]),
-           ct=(real["ct"] + 40).astype(np.int16))
+    series(
+        real,
+        folder,
+        series_uid=uid,
+        prefix="b",
+        acquisitions=[2] * len(real["sources"]),
+        ct=(real["ct"] + 40).astype(np.int16),
+    )
     status, reason = status_of(extract(folder, real["nifti"][1]))
     assert status == "multiple_acquisitions" and "1, 2" in reason
 
@@ -279,13 +329,13 @@ def test_touching_tumour_segments_stay_two_lesions_and_components_is_an_option(r
     stack = real["stack"].copy()
     z = np.nonzero(stack[..., 5])[0]
     assert not stack[z.min(), 1:3, 2, 4:].any()
-    stack[z.min(), 1:3, 2, 5] = 1                   # Tumor_2 drawn in two pieces
+    stack[z.min(), 1:3, 2, 5] = 1  # Tumor_2 drawn in two pieces
     seg = rd.write_seg(real["sources"], stack, tmp_path / "seg.dcm")
     by_segment = pd.DataFrame(extract(real["pv"], seg).lesions)
     assert len(by_segment) == 2 and by_segment["patient_lesion_count"].iloc[0] == 2
     components = replace(OPTIONS, labels=replace(LABELS, seg_lesions="components"))
     by_component = extract(real["pv"], seg, components)
-    assert len(by_component.report) == 3               # the 2-voxel piece is a lesion of its own
+    assert len(by_component.report) == 3  # the 2-voxel piece is a lesion of its own
     assert pd.DataFrame(by_component.lesions)["patient_lesion_count"].iloc[0] == 3
 
 

@@ -16,8 +16,13 @@ from features.schema import PATIENT_ID
 from pipeline import cohort as synthetic
 
 LIGHT_PARAMS = {
-    "setting": {"binWidth": 25, "resampledPixelSpacing": [2.0, 2.0, 2.0], "interpolator": "sitkBSpline",
-                "padDistance": 5, "label": 1},
+    "setting": {
+        "binWidth": 25,
+        "resampledPixelSpacing": [2.0, 2.0, 2.0],
+        "interpolator": "sitkBSpline",
+        "padDistance": 5,
+        "label": 1,
+    },
     "imageType": {"Original": {}},
     "featureClass": {"shape": None, "firstorder": None, "glcm": None},
 }
@@ -40,8 +45,10 @@ def options(labels, margin: float = 10.0) -> extraction.CaseOptions:
 def bad_manifest(small_cohort: Path, tmp: Path) -> Path:
     """The good patients plus a missing image, a truncated image and an empty mask."""
     table = pd.read_csv(small_cohort / synthetic.CLINICAL_FILE, dtype={PATIENT_ID: str})
-    rows = [(pid, str(small_cohort / img), str(small_cohort / msk))
-            for pid, img, msk in table[[PATIENT_ID, "image", "mask"]].itertuples(index=False)]
+    rows = [
+        (pid, str(small_cohort / img), str(small_cohort / msk))
+        for pid, img, msk in table[[PATIENT_ID, "image", "mask"]].itertuples(index=False)
+    ]
     first_image, first_mask = rows[0][1], rows[0][2]
     truncated = tmp / "truncated.nii.gz"
     data = Path(first_image).read_bytes()
@@ -50,9 +57,11 @@ def bad_manifest(small_cohort: Path, tmp: Path) -> Path:
     empty = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(empty)))
     empty.CopyInformation(sitk.ReadImage(first_mask))
     sitk.WriteImage(empty, str(tmp / "empty.nii.gz"))
-    rows += [("BAD-missing", str(tmp / "nowhere.nii.gz"), first_mask),
-             ("BAD-truncated", str(truncated), first_mask),
-             ("BAD-empty", first_image, str(tmp / "empty.nii.gz"))]
+    rows += [
+        ("BAD-missing", str(tmp / "nowhere.nii.gz"), first_mask),
+        ("BAD-truncated", str(truncated), first_mask),
+        ("BAD-empty", first_image, str(tmp / "empty.nii.gz")),
+    ]
     manifest = tmp / "manifest.csv"
     pd.DataFrame(rows, columns=[PATIENT_ID, "image", "mask"]).to_csv(manifest, index=False)
     return manifest
@@ -79,8 +88,14 @@ def test_every_patient_is_reported_and_good_ones_extracted(small_cohort, tmp_pat
 def test_provenance_travels_with_every_lesion(small_cohort, labels):
     cases = extraction.read_manifest(small_cohort / synthetic.CLINICAL_FILE)[:1]
     lesions, _ = extraction.extract_cohort(cases, options(labels), cache_dir=None, progress=False)
-    for column in (extraction.SETTINGS_HASH, extraction.IMAGE_SHA256, "pyradiomics_version",
-                   "simpleitk_version", *extraction.SPACING, *extraction.SIZE):
+    for column in (
+        extraction.SETTINGS_HASH,
+        extraction.IMAGE_SHA256,
+        "pyradiomics_version",
+        "simpleitk_version",
+        *extraction.SPACING,
+        *extraction.SIZE,
+    ):
         assert lesions[column].notna().all(), column
     image = sitk.ReadImage(str(cases[0].image))
     assert lesions[extraction.SPACING[2]].iloc[0] == pytest.approx(image.GetSpacing()[2])
@@ -116,8 +131,9 @@ def test_cached_results_follow_the_manifest_identifier(small_cohort, tmp_path, l
 
 def test_feature_table_keeps_failed_patients_without_half_filled_rows(small_cohort, tmp_path, labels):
     manifest = bad_manifest(small_cohort, tmp_path)
-    lesions, report = extraction.extract_cohort(extraction.read_manifest(manifest), options(labels), None,
-                                                progress=False)
+    lesions, report = extraction.extract_cohort(
+        extraction.read_manifest(manifest), options(labels), None, progress=False
+    )
     clinical = pd.read_csv(small_cohort / synthetic.CLINICAL_FILE, dtype={PATIENT_ID: str})
     bad = pd.DataFrame({PATIENT_ID: ["BAD-missing", "BAD-truncated", "BAD-empty"]})
     clinical = pd.concat([clinical, bad], ignore_index=True)
@@ -158,21 +174,24 @@ def test_manifest_images_and_cache_can_live_behind_an_fsspec_url(small_cohort, t
         memory.put(str(small_cohort), root, recursive=True)
         cases = extraction.read_manifest(f"memory://{root}/{synthetic.CLINICAL_FILE}")
         assert all(str(case.image).startswith(f"memory://{root}/images/") for case in cases)
-        local_lesions, _ = extraction.extract_cohort(extraction.read_manifest(small_cohort / synthetic.CLINICAL_FILE),
-                                                     options(labels), None, progress=False)
+        local_lesions, _ = extraction.extract_cohort(
+            extraction.read_manifest(small_cohort / synthetic.CLINICAL_FILE), options(labels), None, progress=False
+        )
         lesions, report = extraction.extract_cohort(cases, options(labels), f"memory://{root}/cache", progress=False)
         pd.testing.assert_frame_equal(local_lesions, lesions)
         assert not report[extraction.CACHED].any() and memory.find(f"{root}/cache")
         _, again = extraction.extract_cohort(cases, options(labels), f"memory://{root}/cache", progress=False)
         assert again[extraction.CACHED].all()
-        extraction.write_extraction(f"memory://{root}/out", lesions, report)   # outputs on shared storage too
+        extraction.write_extraction(f"memory://{root}/out", lesions, report)  # outputs on shared storage too
         with memory.open(f"{root}/out/lesions.parquet", "rb") as handle:
             pd.testing.assert_frame_equal(pd.read_parquet(handle), lesions)
         with memory.open(f"{root}/out/extraction_report.csv", "rb") as handle:
             assert pd.read_csv(handle, dtype={PATIENT_ID: str})[PATIENT_ID].tolist() == report[PATIENT_ID].tolist()
         memory.pipe_file(f"{root}/truncated.nii.gz", memory.cat_file(cases[0].image)[:500])
-        bad = [extraction.CaseInput("gone", f"memory://{root}/nowhere.nii.gz", cases[0].mask),
-               extraction.CaseInput("cut", f"memory://{root}/truncated.nii.gz", cases[0].mask)]
+        bad = [
+            extraction.CaseInput("gone", f"memory://{root}/nowhere.nii.gz", cases[0].mask),
+            extraction.CaseInput("cut", f"memory://{root}/truncated.nii.gz", cases[0].mask),
+        ]
         _, report = extraction.extract_cohort(bad, options(labels), None, progress=False)
         assert report[extraction.STATUS].tolist() == ["missing_file", "unreadable"]
         assert f"memory://{root}/truncated.nii.gz" in report[extraction.REASON].iloc[1]

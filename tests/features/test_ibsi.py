@@ -50,30 +50,62 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "ibsi1_digital_phantom"
 
 # IBSI phantom settings in pyradiomics' parameter format (not our CT defaults).
 IBSI_SETTINGS = {
-    "binWidth": 1,                  # see test_bin_width_one_reproduces_ibsi_discretisation
+    "binWidth": 1,  # see test_bin_width_one_reproduces_ibsi_discretisation
     "resampledPixelSpacing": None,
     "resegmentRange": None,
     "normalize": False,
     "preCrop": False,
-    "voxelArrayShift": 0,           # energy and RMS on the raw grey levels
+    "voxelArrayShift": 0,  # energy and RMS on the raw grey levels
     "distances": [1],
     "label": 1,
 }
 # Compactness 1, 2 and spherical disproportion are off by default in pyradiomics (redundant with
 # sphericity) but are computed when named.
-SHAPE_FEATURES = ["MeshVolume", "VoxelVolume", "SurfaceArea", "SurfaceVolumeRatio", "Sphericity",
-                  "Compactness1", "Compactness2", "SphericalDisproportion", "Maximum3DDiameter",
-                  "MajorAxisLength", "MinorAxisLength", "LeastAxisLength", "Elongation", "Flatness"]
-FEATURE_CLASSES = {"shape": SHAPE_FEATURES, "firstorder": None, "glcm": None, "glrlm": None,
-                   "glszm": None, "gldm": None, "ngtdm": None}
+SHAPE_FEATURES = [
+    "MeshVolume",
+    "VoxelVolume",
+    "SurfaceArea",
+    "SurfaceVolumeRatio",
+    "Sphericity",
+    "Compactness1",
+    "Compactness2",
+    "SphericalDisproportion",
+    "Maximum3DDiameter",
+    "MajorAxisLength",
+    "MinorAxisLength",
+    "LeastAxisLength",
+    "Elongation",
+    "Flatness",
+]
+FEATURE_CLASSES = {
+    "shape": SHAPE_FEATURES,
+    "firstorder": None,
+    "glcm": None,
+    "glrlm": None,
+    "glszm": None,
+    "gldm": None,
+    "ngtdm": None,
+}
 
 # How each pyradiomics class aggregates, per extraction mode (mode -> force2D setting).
 MODES = {"3D": False, "2.5D": True}
 AGGREGATION = {
-    "3D": {"shape": "", "firstorder": "", "glcm": "3D, averaged", "glrlm": "3D, averaged",
-           "glszm": "3D", "gldm": "3D", "ngtdm": "3D"},
-    "2.5D": {"glcm": "2.5D, direction-merged", "glrlm": "2.5D, direction-merged",
-             "glszm": "2.5D", "gldm": "2.5D", "ngtdm": "2.5D"},
+    "3D": {
+        "shape": "",
+        "firstorder": "",
+        "glcm": "3D, averaged",
+        "glrlm": "3D, averaged",
+        "glszm": "3D",
+        "gldm": "3D",
+        "ngtdm": "3D",
+    },
+    "2.5D": {
+        "glcm": "2.5D, direction-merged",
+        "glrlm": "2.5D, direction-merged",
+        "glszm": "2.5D",
+        "gldm": "2.5D",
+        "ngtdm": "2.5D",
+    },
 }
 UNSUPPORTED_AGGREGATIONS = {
     "2D": "per-slice matrices with features averaged over slices: pyradiomics merges slices",
@@ -220,8 +252,8 @@ CONVENTIONS: dict[str, Callable[[float], float]] = {
 # checked to still deviate: an entry that starts matching fails and must be removed.
 KNOWN_DEVIATIONS: dict[str, str] = {
     "P9VJ": "minor axis length: pyradiomics takes the eigenvalues of the population covariance "
-            "(divides by N), IBSI of the sample covariance (N - 1); 9.24 vs 9.31 +- 0.06 mm for "
-            "N = 74 voxels (pyradiomics issue #610)",
+    "(divides by N), IBSI of the sample covariance (N - 1); 9.24 vs 9.31 +- 0.06 mm for "
+    "N = 74 voxels (pyradiomics issue #610)",
     "7J51": "least axis length: same covariance normalisation as P9VJ; 8.48 vs 8.54 +- 0.05 mm",
 }
 # The major axis length (TDIC) has the same cause but stays within its tolerance (11.33 vs
@@ -250,15 +282,17 @@ NOT_IMPLEMENTED: tuple[tuple[str, str], ...] = (
     ("7TET", "coefficient of variation: not computed"),
     ("9S40", "quartile coefficient of dispersion: not computed"),
     *_not_implemented(
-        "X6K6 CH89 88K1 C3I7 WIFQ 1PR8 GPMT OZ0C 3NCY AMMC WR0O 5Z3W D2ZX WRZB 4RNL CWYJ SLWD "
-        "12CE 8E6O VQB3 RHQZ",
+        "X6K6 CH89 88K1 C3I7 WIFQ 1PR8 GPMT OZ0C 3NCY AMMC WR0O 5Z3W D2ZX WRZB 4RNL CWYJ SLWD 12CE 8E6O VQB3 RHQZ",
         "statistic of the discretised grey levels: pyradiomics computes first-order statistics "
-        "on raw intensities (only entropy and uniformity use the histogram)"),
+        "on raw intensities (only entropy and uniformity use the histogram)",
+    ),
     *_not_implemented("BC2M GBPN DDTU CNV2", "intensity-volume histogram: not in pyradiomics"),
     ("6XV8", "dependence count percentage: deprecated in pyradiomics, 1 by construction"),
     ("CAS9", "dependence count energy: not computed"),
-    *_not_implemented("0GBI MB4I S1RA K26C RUVG DKNJ A7WM KLTH VFT7 7HP3 V294 IATH VIWW QK93 7WT1 GBDU",
-                      "grey level distance zone matrix (GLDZM): not in pyradiomics"),
+    *_not_implemented(
+        "0GBI MB4I S1RA K26C RUVG DKNJ A7WM KLTH VFT7 7HP3 V294 IATH VIWW QK93 7WT1 GBDU",
+        "grey level distance zone matrix (GLDZM): not in pyradiomics",
+    ),
 )
 
 # reference_values.csv reproduces the IBSI manual's page, including its slips: the small zone
@@ -329,8 +363,7 @@ def phantom_features(mode: str, path: str = PYRADIOMICS) -> dict[str, float]:
     """pyradiomics features of the phantom, 3-D or 2.5-D texture, through the project's
     ``lesion_rows`` or through pyradiomics' extractor directly."""
     if path == PROJECT:
-        return {name: float(value) for name, value in project_row(mode).items()
-                if name.startswith("original_")}
+        return {name: float(value) for name, value in project_row(mode).items() if name.startswith("original_")}
     import radiomics
     from radiomics import featureextractor
 
@@ -377,7 +410,8 @@ def _ibsi_value(check: tuple[str, str, str, str], path: str) -> tuple[float, flo
 def test_feature_matches_ibsi_reference(check, path):
     reference_value, tolerance, value = _ibsi_value(check, path)
     assert within_tolerance(reference_value, tolerance, value), (
-        f"{_id(check)}: {path} {value:.6g}, IBSI {reference_value} +- {tolerance or '3 significant digits'}")
+        f"{_id(check)}: {path} {value:.6g}, IBSI {reference_value} +- {tolerance or '3 significant digits'}"
+    )
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -386,7 +420,8 @@ def test_known_deviation_still_deviates(check, path):
     reference_value, tolerance, value = _ibsi_value(check, path)
     assert not within_tolerance(reference_value, tolerance, value), (
         f"{_id(check)} now matches IBSI ({value:.6g} vs {reference_value}): "
-        f"remove it from KNOWN_DEVIATIONS ({KNOWN_DEVIATIONS[check[2]]})")
+        f"remove it from KNOWN_DEVIATIONS ({KNOWN_DEVIATIONS[check[2]]})"
+    )
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -396,8 +431,7 @@ def test_axis_length_deviation_is_the_covariance_normalisation(path):
     voxels = features["original_shape_VoxelVolume"] / 8.0  # 2 mm isotropic voxels
     assert voxels == 74
     to_sample = math.sqrt(voxels / (voxels - 1))
-    for name in ("original_shape_MajorAxisLength", "original_shape_MinorAxisLength",
-                 "original_shape_LeastAxisLength"):
+    for name in ("original_shape_MajorAxisLength", "original_shape_MinorAxisLength", "original_shape_LeastAxisLength"):
         code = PYRADIOMICS_TO_IBSI[name][0]
         row = reference()[(code, "")]
         assert within_tolerance(float(row["value"]), float(row["tolerance"]), features[name] * to_sample), name
@@ -422,15 +456,17 @@ def test_the_project_lesion_columns_match_ibsi_morphology():
     row = project_row("3D")
     volume = reference()[("YEKZ", "")]
     assert row[project_radiomics.LESION_VOXELS] == 74
-    assert within_tolerance(float(volume["value"]), float(volume["tolerance"]),
-                            row[project_radiomics.LESION_VOLUME_ML] * 1000.0)   # ml -> mm^3
+    assert within_tolerance(
+        float(volume["value"]), float(volume["tolerance"]), row[project_radiomics.LESION_VOLUME_ML] * 1000.0
+    )  # ml -> mm^3
     roi = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "mask.nii.gz"))) == 1
-    centres = np.argwhere(roi) * 2.0                                                # 2 mm voxels
+    centres = np.argwhere(roi) * 2.0  # 2 mm voxels
     brute_force = max(np.linalg.norm(a - b) for a in centres for b in centres)
     assert row[project_radiomics.LESION_DIAMETER_MM] == pytest.approx(brute_force, abs=1e-9)
     diameter = reference()[("L0JK", "")]
-    assert not within_tolerance(float(diameter["value"]), float(diameter["tolerance"]),
-                                row[project_radiomics.LESION_DIAMETER_MM])
+    assert not within_tolerance(
+        float(diameter["value"]), float(diameter["tolerance"]), row[project_radiomics.LESION_DIAMETER_MM]
+    )
 
 
 def test_bin_width_one_reproduces_ibsi_discretisation():
@@ -461,12 +497,15 @@ def test_every_reference_row_is_accounted_for():
     assert not mapped & set(not_implemented)
     assert set(KNOWN_DEVIATIONS) <= mapped
     checked = {(code, aggregation) for _, _, code, aggregation in CHECKS}
-    unaccounted = [key for key in reference()
-                   if key not in checked and key[0] not in not_implemented
-                   and key[1] not in UNSUPPORTED_AGGREGATIONS]
+    unaccounted = [
+        key
+        for key in reference()
+        if key not in checked and key[0] not in not_implemented and key[1] not in UNSUPPORTED_AGGREGATIONS
+    ]
     assert not unaccounted
     assert set(AGGREGATION["3D"].values()) | set(AGGREGATION["2.5D"].values()) <= {
-        aggregation for _, aggregation in reference()}
+        aggregation for _, aggregation in reference()
+    }
 
 
 def test_map_codes_name_the_features_they_claim():

@@ -15,8 +15,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from features import imaging
-from features.imaging import CaseError
-from features.imaging import LabelRoles
+from features.imaging import CaseError, LabelRoles
 
 LABELS = LabelRoles(liver=1, lesion=2)
 SPACING = (0.8, 0.7, 2.5)
@@ -41,10 +40,10 @@ def ct_array() -> np.ndarray:
 def segment_stack() -> np.ndarray:
     """Binary segments (z, y, x, segment) in the order of SEGMENTS; slices 0, 1 and 9 empty."""
     stack = np.zeros((*SHAPE_ZYX, len(SEGMENTS)), np.uint8)
-    stack[2:8, 3:21, 3:29, 0] = 1          # liver
-    stack[3:6, 6:11, 6:11, 1] = 1          # Tumor_1
-    stack[4:7, 6:11, 11:15, 2] = 1         # Tumor_2, touching Tumor_1
-    stack[2:4, 15:17, 3:29, 3] = 1         # Portal (unmapped), partly outside the liver
+    stack[2:8, 3:21, 3:29, 0] = 1  # liver
+    stack[3:6, 6:11, 6:11, 1] = 1  # Tumor_1
+    stack[4:7, 6:11, 11:15, 2] = 1  # Tumor_2, touching Tumor_1
+    stack[2:4, 15:17, 3:29, 3] = 1  # Portal (unmapped), partly outside the liver
     stack[2:4, 21:23, 3:29, 3] = 1
     return stack
 
@@ -68,13 +67,20 @@ def write_dicom_series(image: sitk.Image, folder: Path, study_uid: str, frame_ui
     for k in range(image.GetDepth()):
         # A one-slice volume, not a 2-D slice: once any ImageSeriesReader has run in the process,
         # GDCM writes a 2-D slice with Spacing Between Slices 1, which highdicom takes for the SEG's.
-        slice_k = image[:, :, k:k + 1]
+        slice_k = image[:, :, k : k + 1]
         tags = {
-            "0008|0016": CT_IMAGE_STORAGE, "0008|0018": generate_uid(), "0008|0060": "CT",
-            "0010|0020": "P1", "0020|000d": study_uid, "0020|000e": series_uid, "0020|0052": frame_uid,
-            "0020|0013": str(k + 1), "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0008|0016": CT_IMAGE_STORAGE,
+            "0008|0018": generate_uid(),
+            "0008|0060": "CT",
+            "0010|0020": "P1",
+            "0020|000d": study_uid,
+            "0020|000e": series_uid,
+            "0020|0052": frame_uid,
+            "0020|0013": str(k + 1),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
             "0020|0032": "\\".join(f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0028|0030": f"{sy}\\{sx}", "0018|0050": str(sz),
+            "0028|0030": f"{sy}\\{sx}",
+            "0018|0050": str(sz),
         }
         for tag, value in tags.items():
             slice_k.SetMetaData(tag, value)
@@ -91,15 +97,28 @@ def dicom_case(tmp_path_factory, ct_array) -> tuple[Path, Path]:
     sources = [pydicom.dcmread(p) for p in sorted(series.glob("*.dcm"))]
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name, segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
         for number, name in enumerate(SEGMENTS, start=1)
     ]
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=segment_stack(), segmentation_type="BINARY",
-        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=2,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="test",
-        manufacturer_model_name="test", software_versions="0", device_serial_number="0")
+        source_images=sources,
+        pixel_array=segment_stack(),
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
     (root / "seg").mkdir()
     seg_file = root / "seg" / "segmentation.dcm"
     seg.save_as(seg_file)
@@ -116,6 +135,7 @@ def expect_case_error(reason: str, patient_id: str, call, *args, **kwargs) -> Ca
 
 
 # ----------------------------------------------------------------------------- formats
+
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"])
 def test_image_reads_back_values_and_geometry_in_every_file_format(tmp_path, ct_array, suffix):
@@ -167,37 +187,61 @@ def expected_seg_labels(separate: bool) -> np.ndarray:
 def test_dicom_seg_segments_become_roles_voxel_for_voxel_on_the_image_grid(dicom_case, as_folder):
     series, seg_file = dicom_case
     image = imaging.read_image(series, "P1")
-    mask = imaging.read_mask(seg_file.parent if as_folder else seg_file, image, "P1",
-                             {"Liver": "liver", "Tumor_*": "lesion"}, LABELS, separate_lesion_segments=False)
+    mask = imaging.read_mask(
+        seg_file.parent if as_folder else seg_file,
+        image,
+        "P1",
+        {"Liver": "liver", "Tumor_*": "lesion"},
+        LABELS,
+        separate_lesion_segments=False,
+    )
     assert mask.GetPixelID() == sitk.sitkUInt8
-    assert (mask.GetSize(), mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection()) == \
-        (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    assert (mask.GetSize(), mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection()) == (
+        image.GetSize(),
+        image.GetSpacing(),
+        image.GetOrigin(),
+        image.GetDirection(),
+    )
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected_seg_labels(separate=False))
 
 
 def test_dicom_seg_lesion_segments_can_keep_their_own_labels(dicom_case):
     series, seg_file = dicom_case
     image = imaging.read_image(series, "P1")
-    mask = imaging.read_mask(seg_file, image, "P1", {"Tumor_*": "lesion", "Liver": "liver"}, LABELS,
-                             separate_lesion_segments=True)
+    mask = imaging.read_mask(
+        seg_file, image, "P1", {"Tumor_*": "lesion", "Liver": "liver"}, LABELS, separate_lesion_segments=True
+    )
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected_seg_labels(separate=True))
     assert imaging.lesion_labels_present(sitk.GetArrayFromImage(mask), LABELS) == (2, 3)
 
 
 def test_dicom_seg_without_a_lesion_segment_names_the_segments(dicom_case):
     series, seg_file = dicom_case
-    error = expect_case_error("missing_lesion_label", "P2", imaging.read_mask, seg_file,
-                              imaging.read_image(series), "P2", {"Liver": "liver", "Tumour*": "lesion"}, LABELS)
+    error = expect_case_error(
+        "missing_lesion_label",
+        "P2",
+        imaging.read_mask,
+        seg_file,
+        imaging.read_image(series),
+        "P2",
+        {"Liver": "liver", "Tumour*": "lesion"},
+        LABELS,
+    )
     assert "Tumor_1" in str(error) and str(seg_file) in str(error)
 
 
 def test_the_first_matching_segment_pattern_wins(dicom_case):
     series, seg_file = dicom_case
-    mask = imaging.read_mask(seg_file, imaging.read_image(series), "P1",
-                             {"Tumor_2": "ignore", "Tumor_*": "lesion", "Liver": "liver"}, LABELS,
-                             separate_lesion_segments=False)
+    mask = imaging.read_mask(
+        seg_file,
+        imaging.read_image(series),
+        "P1",
+        {"Tumor_2": "ignore", "Tumor_*": "lesion", "Liver": "liver"},
+        LABELS,
+        separate_lesion_segments=False,
+    )
     expected = expected_seg_labels(separate=False)
-    expected[segment_stack()[..., 2] == 1] = LABELS.liver   # Tumor_2 lies inside the liver box
+    expected[segment_stack()[..., 2] == 1] = LABELS.liver  # Tumor_2 lies inside the liver box
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
 
 
@@ -220,10 +264,12 @@ def test_load_case_reads_a_dicom_series_with_its_dicom_seg(dicom_case):
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def test_missing_files_are_missing_file(tmp_path, ct_array):
     sitk.WriteImage(make_image(ct_array), str(tmp_path / "ct.nii.gz"))
-    error = expect_case_error("missing_file", "P7", imaging.load_case, "P7", tmp_path / "ct.nii.gz",
-                              tmp_path / "nowhere.nii.gz", LABELS)
+    error = expect_case_error(
+        "missing_file", "P7", imaging.load_case, "P7", tmp_path / "ct.nii.gz", tmp_path / "nowhere.nii.gz", LABELS
+    )
     assert "nowhere.nii.gz" in str(error) and error.path.endswith("nowhere.nii.gz")
     expect_case_error("missing_file", "P7", imaging.read_image, tmp_path / "none.nrrd", "P7")
 
@@ -242,8 +288,10 @@ def test_a_mask_on_another_grid_is_an_error_unless_resampling_is_allowed(tmp_pat
     image_path, mask_path = tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz"
     sitk.WriteImage(make_image(ct_array), str(image_path))
     coarse = label_map()[:, ::2, ::2]
-    sitk.WriteImage(make_image(coarse, spacing=(1.6, 1.4, 2.5),
-                               origin=(ORIGIN[0] + 0.4, ORIGIN[1] + 0.35, ORIGIN[2])), str(mask_path))
+    sitk.WriteImage(
+        make_image(coarse, spacing=(1.6, 1.4, 2.5), origin=(ORIGIN[0] + 0.4, ORIGIN[1] + 0.35, ORIGIN[2])),
+        str(mask_path),
+    )
     error = expect_case_error("geometry_mismatch", "P9", imaging.load_case, "P9", image_path, mask_path, LABELS)
     assert "(16, 12, 10) vs (32, 24, 10)" in str(error) and "resample" in str(error)
     with caplog.at_level(logging.INFO, logger="features.imaging"):
@@ -265,8 +313,9 @@ def test_a_grid_within_tolerance_is_accepted_and_aligned(tmp_path, ct_array):
 def test_check_geometry_reports_both_values(ct_array):
     image = make_image(ct_array)
     shifted = make_image(label_map(), origin=(ORIGIN[0] + 2.0, *ORIGIN[1:]))
-    error = expect_case_error("geometry_mismatch", "P3", imaging.check_geometry, image, shifted, "P3",
-                              mask_path="/x/mask.nii.gz")
+    error = expect_case_error(
+        "geometry_mismatch", "P3", imaging.check_geometry, image, shifted, "P3", mask_path="/x/mask.nii.gz"
+    )
     assert "origin (-8.0, 20.0, 30.0) vs (-10.0, 20.0, 30.0)" in str(error) and "/x/mask.nii.gz" in str(error)
     imaging.check_geometry(image, make_image(label_map()), "P3")
 
@@ -282,7 +331,7 @@ def test_a_mask_with_only_the_liver_has_no_lesion_label():
 
 def test_a_one_voxel_lesion_is_too_small():
     mask = label_map()
-    mask[1, 1, 1] = 5                       # a further lesion label, one voxel
+    mask[1, 1, 1] = 5  # a further lesion label, one voxel
     error = expect_case_error("lesion_too_small", "P12", imaging.check_mask, mask, LABELS, "P12", "m.nrrd")
     assert "label 5" in str(error) and "(1, 1, 1)" in str(error)
     imaging.check_mask(mask, LABELS, "P12", "m.nrrd", min_lesion_voxels=1)
@@ -291,8 +340,7 @@ def test_a_one_voxel_lesion_is_too_small():
 def test_a_missing_liver_fails_only_when_required():
     lesions_only = np.where(label_map() == LABELS.lesion, LABELS.lesion, 0).astype(np.uint8)
     imaging.check_mask(lesions_only, LABELS, "P13", "m")
-    expect_case_error("no_liver_label", "P13", imaging.check_mask, lesions_only, LABELS, "P13", "m",
-                      require_liver=True)
+    expect_case_error("no_liver_label", "P13", imaging.check_mask, lesions_only, LABELS, "P13", "m", require_liver=True)
 
 
 @pytest.mark.parametrize("suffix", [".mha", ".nii", ".nii.gz"])
@@ -323,8 +371,12 @@ def test_further_label_values_are_further_lesion_labels():
 
 def test_case_errors_survive_pickling_with_their_attributes():
     error = pickle.loads(pickle.dumps(CaseError("P1", "/x.nii", "unreadable", "broken")))
-    assert (error.patient_id, error.path, error.reason, str(error)) == ("P1", "/x.nii", "unreadable",
-                                                                        "patient P1: broken")
+    assert (error.patient_id, error.path, error.reason, str(error)) == (
+        "P1",
+        "/x.nii",
+        "unreadable",
+        "patient P1: broken",
+    )
 
 
 def test_a_gzip_nifti_whose_trailer_crc_disagrees_is_unreadable(tmp_path, ct_array):
@@ -334,7 +386,7 @@ def test_a_gzip_nifti_whose_trailer_crc_disagrees_is_unreadable(tmp_path, ct_arr
     sitk.WriteImage(make_image(ct_array), str(path), True)
     assert imaging._gzip_crc_matches(path, sitk.ReadImage(str(path)))
     data = bytearray(path.read_bytes())
-    data[-8] ^= 0xFF                                  # the trailer's CRC-32, not the voxels
+    data[-8] ^= 0xFF  # the trailer's CRC-32, not the voxels
     path.write_bytes(bytes(data))
     error = expect_case_error("unreadable", "P8", imaging.read_image, path, "P8")
     assert str(path) in str(error)
@@ -348,7 +400,7 @@ def test_the_gzip_trailer_does_not_vouch_for_other_voxels(tmp_path, ct_array):
     zeroed = ct_array.copy()
     zeroed[-1] = 0
     assert not imaging._gzip_crc_matches(path, make_image(zeroed))
-    assert not imaging._gzip_crc_matches(path, make_image(ct_array.astype(np.float32)))   # not the stored type
+    assert not imaging._gzip_crc_matches(path, make_image(ct_array.astype(np.float32)))  # not the stored type
 
 
 def test_load_case_finds_the_lesions_once_inside_their_box(tmp_path, ct_array):
@@ -361,7 +413,7 @@ def test_load_case_finds_the_lesions_once_inside_their_box(tmp_path, ct_array):
     case = imaging.load_case("P14", tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz", LABELS, min_lesion_voxels=1)
     summary = case.label_summary
     values, counts = np.unique(mask, return_counts=True)
-    assert summary.counts == {int(v): int(c) for v, c in zip(values, counts) if v}
+    assert summary.counts == {int(v): int(c) for v, c in zip(values, counts, strict=True) if v}
     assert summary.lesion_labels == imaging.lesion_labels_present(mask, LABELS) == (2, 5)
     lesion_voxels = np.argwhere((mask != 0) & (mask != LABELS.liver))
     assert summary.offset == tuple(lesion_voxels.min(axis=0))

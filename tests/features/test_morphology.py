@@ -12,7 +12,9 @@ from features.morphology import lesion_components, max_feret_diameter_mm, patien
 def voxelised_sphere(radius_mm: float, spacing_xyz: tuple[float, float, float], centre_offset=(0.3, 0.1, 0.2)):
     """A sphere sampled at voxel centres (z, y, x array)."""
     half = [int(np.ceil(radius_mm / sp)) + 2 for sp in spacing_xyz[::-1]]
-    axes = [(np.arange(-h, h + 1) - off) * sp for h, sp, off in zip(half, spacing_xyz[::-1], centre_offset)]
+    axes = [
+        (np.arange(-h, h + 1) - off) * sp for h, sp, off in zip(half, spacing_xyz[::-1], centre_offset, strict=True)
+    ]
     z, y, x = np.meshgrid(*axes, indexing="ij")
     return (x**2 + y**2 + z**2 <= radius_mm**2).astype(np.uint8)
 
@@ -36,8 +38,8 @@ def test_cube_diagonal_is_the_max_diameter():
 
 def test_separate_blobs_sharing_a_label_are_separate_lesions_sorted_by_size():
     mask = np.zeros((20, 20, 40), np.uint8)
-    mask[2:6, 2:6, 2:6] = 2        # 64 voxels
-    mask[2:8, 2:8, 20:28] = 2      # 288 voxels
+    mask[2:6, 2:6, 2:6] = 2  # 64 voxels
+    mask[2:8, 2:8, 20:28] = 2  # 288 voxels
     mask[10:12, 10:12, 10:12] = 3  # another lesion label
     lesions = lesion_components(mask, (2, 3), (1.0, 1.0, 1.0))
     assert [les.voxels for les in lesions] == [288, 64, 8]
@@ -76,14 +78,14 @@ def test_patient_morphology_of_two_spheres_in_a_liver_box():
     result = patient_morphology(mask, spacing, liver_label=1, lesion_labels=(2,))
     assert set(result) == set(morphology.PATIENT_MORPHOLOGY_COLUMNS)
     sphere_ml = [4 / 3 * np.pi * r**3 / 1000 for r in (8.0, 5.0)]
-    box_ml = 36 * 36 * 36 / 1000                      # the whole organ: liver label plus tumours
+    box_ml = 36 * 36 * 36 / 1000  # the whole organ: liver label plus tumours
     assert result[morphology.LESION_COUNT] == 2
     assert result[morphology.LARGEST_VOLUME_ML] == pytest.approx(sphere_ml[0], rel=0.03)
     assert result[morphology.TOTAL_TUMOUR_VOLUME_ML] == pytest.approx(sum(sphere_ml), rel=0.03)
     assert result[morphology.LIVER_VOLUME_ML] == pytest.approx(box_ml)
     assert result[morphology.TUMOUR_BURDEN_PERCENT] == pytest.approx(100 * sum(sphere_ml) / box_ml, rel=0.03)
     diameter = result[morphology.LARGEST_DIAMETER_MM]
-    assert 16.0 - 2.0 <= diameter <= 16.0          # centre-to-centre: within one (largest) voxel of 2r
+    assert 16.0 - 2.0 <= diameter <= 16.0  # centre-to-centre: within one (largest) voxel of 2r
     # TBS = sqrt(1.6 cm^2 + 2^2) = 2.56 for the true diameter; the measured one is used.
     assert result[morphology.IMAGING_TBS] == pytest.approx(np.sqrt((diameter / 10) ** 2 + 2**2))
     assert np.hypot(1.4, 2) <= result[morphology.IMAGING_TBS] <= np.hypot(1.6, 2)
@@ -91,7 +93,7 @@ def test_patient_morphology_of_two_spheres_in_a_liver_box():
 
 def test_patient_morphology_counts_further_lesion_labels_and_configured_labels():
     mask, spacing = two_spheres_in_a_liver_box(liver_label=3, lesion_label=5)
-    mask[2:4, 5:7, 30:32] = 7                        # a third lesion with another label
+    mask[2:4, 5:7, 30:32] = 7  # a third lesion with another label
     result = patient_morphology(mask, spacing, liver_label=3, lesion_labels=(5, 7))
     assert result[morphology.LESION_COUNT] == 3
     assert result[morphology.LIVER_VOLUME_ML] == pytest.approx(36 * 36 * 36 / 1000)
@@ -125,23 +127,30 @@ def test_a_shared_label_summary_gives_the_same_lesions_as_labelling_the_whole_vo
 
     rng = np.random.default_rng(3)
     mask = np.zeros((30, 60, 70), np.uint8)
-    mask[2:28, 5:55, 4:66] = 1                                   # liver
+    mask[2:28, 5:55, 4:66] = 1  # liver
     blobs = ndimage.binary_opening(rng.random((12, 20, 24)) > 0.55)
-    mask[10:22, 20:40, 30:54][blobs] = 2                          # many small lesions of label 2
-    mask[5:8, 8:11, 8:11] = 4                                     # a lesion of another label
+    mask[10:22, 20:40, 30:54][blobs] = 2  # many small lesions of label 2
+    mask[5:8, 8:11, 8:11] = 4  # a lesion of another label
     summary = morphology.summarize_labels(mask, liver_label=1)
     assert summary.lesion_labels == (2, 4) and summary.counts[1] == int((mask == 1).sum())
     spacing = (0.8, 0.7, 2.5)
     shared = lesion_components(mask, (2, 4), spacing, summary=summary)
     assert shared == lesion_components(mask, (2, 4), spacing) and len(shared) > 3
-    expected, order = [], []        # labelling the whole volume, as before issue 14
+    expected, order = [], []  # labelling the whole volume, as before issue 14
     for label in (2, 4):
         full, _ = ndimage.label(mask == label, structure=morphology.FULL_CONNECTIVITY)
         for index, box in enumerate(ndimage.find_objects(full), start=1):
             local = full[box] == index
             centre = ndimage.center_of_mass(local)
-            expected.append(morphology.Lesion(label, int(local.sum()), int(local.sum()) * morphology.voxel_volume_ml(
-                spacing), max_feret_diameter_mm(local, spacing), tuple(float(c + s.start) for c, s in zip(centre, box))))
+            expected.append(
+                morphology.Lesion(
+                    label,
+                    int(local.sum()),
+                    int(local.sum()) * morphology.voxel_volume_ml(spacing),
+                    max_feret_diameter_mm(local, spacing),
+                    tuple(float(c + s.start) for c, s in zip(centre, box, strict=True)),
+                )
+            )
             order.append((-int(local.sum()), int(np.flatnonzero((full == index).ravel())[0]), label, full == index))
     expected.sort(key=lambda les: (-les.voxels, les.centroid_zyx))
     assert shared == expected

@@ -11,10 +11,10 @@ from tests.conftest import REPO
 
 def test_lesions_are_numbered_largest_first_across_labels():
     mask = np.zeros((10, 10, 30), np.uint8)
-    mask[1:3, 1:3, 1:3] = 2          # 8 voxels, label 2
-    mask[1:5, 1:5, 10:14] = 2        # 64 voxels, label 2
-    mask[6:9, 6:9, 20:23] = 3        # 27 voxels, label 3
-    mask[0, 0, 29] = 1               # liver, not a lesion
+    mask[1:3, 1:3, 1:3] = 2  # 8 voxels, label 2
+    mask[1:5, 1:5, 10:14] = 2  # 64 voxels, label 2
+    mask[6:9, 6:9, 20:23] = 3  # 27 voxels, label 3
+    mask[0, 0, 29] = 1  # liver, not a lesion
     numbered, labels = radiomics.label_lesions(mask, (2, 3))
     assert labels == [2, 3, 2]
     assert [(numbered == k).sum() for k in (1, 2, 3)] == [64, 27, 8]
@@ -75,8 +75,12 @@ def test_reduced_parameters_compute_the_named_features_exactly_and_little_else()
     inputs come from; each feature kept equals the full extraction's (pyradiomics computes image
     types and classes independently)."""
     params = radiomics.load_radiomics_params(REPO / "configs" / "radiomics.yaml")
-    wanted = ["original_shape_Sphericity", "log-sigma-2-0-mm-3D_firstorder_Mean", "wavelet-LHL_glcm_Contrast",
-              "original_glcm_Idm"]
+    wanted = [
+        "original_shape_Sphericity",
+        "log-sigma-2-0-mm-3D_firstorder_Mean",
+        "wavelet-LHL_glcm_Contrast",
+        "original_glcm_Idm",
+    ]
     reduced = radiomics.params_for_features(params, wanted)
     assert reduced["imageType"] == {"Original": {}, "LoG": {"sigma": [2.0]}, "Wavelet": {}}
     assert set(reduced["featureClass"]) == {"shape", "firstorder", "glcm"}
@@ -97,8 +101,16 @@ def test_reduced_parameters_compute_the_named_features_exactly_and_little_else()
     assert radiomics.ExtractionSettings(reduced, 10.0).digest() != radiomics.ExtractionSettings(params, 10.0).digest()
 
 
-@pytest.mark.parametrize("name", ["log-sigma-5-0-mm-3D_firstorder_Mean", "square_firstorder_Mean",
-                                  "original_ngtdm2_Busyness", "wavelet-LLH_shape_Sphericity", "nonsense"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "log-sigma-5-0-mm-3D_firstorder_Mean",
+        "square_firstorder_Mean",
+        "original_ngtdm2_Busyness",
+        "wavelet-LLH_shape_Sphericity",
+        "nonsense",
+    ],
+)
 def test_a_feature_the_parameters_cannot_make_means_the_full_extraction(name):
     """Never a guess: a name that cannot be traced to the parameters keeps everything."""
     params = radiomics.load_radiomics_params(REPO / "configs" / "radiomics.yaml")

@@ -23,8 +23,14 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from features.radiomics import (FEATURE_PREFIXES, ExtractionSettings, label_lesions, lesion_rows,
-                                load_radiomics_params, make_extractor)
+from features.radiomics import (
+    FEATURE_PREFIXES,
+    ExtractionSettings,
+    label_lesions,
+    lesion_rows,
+    load_radiomics_params,
+    make_extractor,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data" / "real_ct"
@@ -72,8 +78,7 @@ def params_for(variant: str) -> dict[str, Any]:
 
 @cache
 def scan(name: str) -> tuple[sitk.Image, sitk.Image]:
-    return (sitk.ReadImage(str(DATA / name / "CT_image.nii.gz")),
-            sitk.ReadImage(str(DATA / name / "CT_mask.nii.gz")))
+    return (sitk.ReadImage(str(DATA / name / "CT_image.nii.gz")), sitk.ReadImage(str(DATA / name / "CT_mask.nii.gz")))
 
 
 @cache
@@ -139,7 +144,8 @@ def test_project_settings_extract_every_lesion(name):
         assert row["error"] == "", f"{name} lesion {row['lesion']}: {row['error']}"
         features = features_of(row)
         assert len(features) == EXPECTED_FEATURES, (
-            f"{name}: {len(features)} features, expected {EXPECTED_FEATURES} from configs/radiomics.yaml")
+            f"{name}: {len(features)} features, expected {EXPECTED_FEATURES} from configs/radiomics.yaml"
+        )
         image_types = {feature.split("_")[0] for feature in features}
         assert len(image_types) == EXPECTED_IMAGE_TYPES, sorted(image_types)
         assert all(math.isfinite(v) for v in features.values())
@@ -150,10 +156,11 @@ def test_cropped_extraction_equals_uncropped(variant):
     rows = cropped_rows(COMPARED_SCAN, variant, project_margin_mm())
     uncropped = uncropped_features(COMPARED_SCAN, variant)
     assert len(rows) == len(uncropped)
-    for row, full in zip(rows, uncropped):
+    for row, full in zip(rows, uncropped, strict=True):
         bad = mismatches(full, features_of(row))
-        assert not bad, (f"{COMPARED_SCAN} lesion {row['lesion']} ({variant}): {len(bad)} features differ, "
-                         f"worst {bad[:5]}")
+        assert not bad, (
+            f"{COMPARED_SCAN} lesion {row['lesion']} ({variant}): {len(bad)} features differ, worst {bad[:5]}"
+        )
 
 
 def test_a_crop_without_margin_changes_filtered_features():
@@ -162,7 +169,7 @@ def test_a_crop_without_margin_changes_filtered_features():
     so the test below shows the failure for that case.)"""
     rows = cropped_rows(COMPARED_SCAN, "without-resampling", 0.0)
     uncropped = uncropped_features(COMPARED_SCAN, "without-resampling")
-    for row, full in zip(rows, uncropped):
+    for row, full in zip(rows, uncropped, strict=True):
         bad = mismatches(full, features_of(row))
         assert len(bad) > 50, bad
         assert all(not name.startswith("original_") for name, *_ in bad)  # never see outside the mask

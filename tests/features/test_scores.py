@@ -230,8 +230,19 @@ def test_tumour_burden_score_is_hypotenuse_of_size_and_count(largest, n, tbs):
 #   TBS = sqrt(4^2 + 3^2) = 5 -> medium.
 #   GAME 4 = RAS 1 + CEA>=20 1 + node 1 + TBS 3-9 1 + EHD 0 -> high.
 #   Nordlinger 3 = age>60 1 + T4 0 + node 1 + DFI<24 1 + n>3 0 + size>5 0 -> medium.
-PATIENT_A = {AGE: 67.0, T_STAGE: 3, NODE_POSITIVE: 1, DFI_MONTHS: 8.0, N_LESIONS: 3, LARGEST_CM: 4.0,
-             CEA: 45.0, EXTRAHEPATIC: 0, RAS: 1, PROGRESSION_ON_CHEMO: 0, MONTHS_TO_SURGERY: 10.0}
+PATIENT_A = {
+    AGE: 67.0,
+    T_STAGE: 3,
+    NODE_POSITIVE: 1,
+    DFI_MONTHS: 8.0,
+    N_LESIONS: 3,
+    LARGEST_CM: 4.0,
+    CEA: 45.0,
+    EXTRAHEPATIC: 0,
+    RAS: 1,
+    PROGRESSION_ON_CHEMO: 0,
+    MONTHS_TO_SURGERY: 10.0,
+}
 # Patient B: 55 y, T4, node-negative, DFI 30 mo, 1 lesion of 12 cm, CEA 250, EHD, RAS wild-type,
 #   progression on chemotherapy, 30 months to liver surgery.
 #   Fong 2 = node 0 + DFI<12 0 + n>1 0 + size>5 1 + CEA>200 1 -> low.
@@ -239,8 +250,19 @@ PATIENT_A = {AGE: 67.0, T_STAGE: 3, NODE_POSITIVE: 1, DFI_MONTHS: 8.0, N_LESIONS
 #   TBS = sqrt(12^2 + 1^2) = 12.04 -> high.
 #   GAME 5 = RAS 0 + CEA>=20 1 + node 0 + TBS>=9 2 + EHD 2 -> high.
 #   Nordlinger 2 = age>60 0 + T4 1 + node 0 + DFI<24 0 + n>3 0 + size>5 1 -> low.
-PATIENT_B = {AGE: 55.0, T_STAGE: 4, NODE_POSITIVE: 0, DFI_MONTHS: 30.0, N_LESIONS: 1, LARGEST_CM: 12.0,
-             CEA: 250.0, EXTRAHEPATIC: 1, RAS: 0, PROGRESSION_ON_CHEMO: 1, MONTHS_TO_SURGERY: 30.0}
+PATIENT_B = {
+    AGE: 55.0,
+    T_STAGE: 4,
+    NODE_POSITIVE: 0,
+    DFI_MONTHS: 30.0,
+    N_LESIONS: 1,
+    LARGEST_CM: 12.0,
+    CEA: 250.0,
+    EXTRAHEPATIC: 1,
+    RAS: 0,
+    PROGRESSION_ON_CHEMO: 1,
+    MONTHS_TO_SURGERY: 30.0,
+}
 # Patient C: 72 y, T4, node-positive, synchronous (DFI 0), 8 lesions, largest 6 cm, CEA 90,
 #   RAS mutant, no EHD, no progression, 6 months to liver surgery.
 #   Fong 4 = node 1 + DFI<12 1 + n>1 1 + size>5 1 + CEA>200 0 -> high.
@@ -248,8 +270,19 @@ PATIENT_B = {AGE: 55.0, T_STAGE: 4, NODE_POSITIVE: 0, DFI_MONTHS: 30.0, N_LESION
 #   TBS = sqrt(6^2 + 8^2) = 10 -> high.
 #   GAME 5 = RAS 1 + CEA>=20 1 + node 1 + TBS>=9 2 + EHD 0 -> high.
 #   Nordlinger 6 = age>60 1 + T4 1 + node 1 + DFI<24 1 + n>3 1 + size>5 1 -> high.
-PATIENT_C = {AGE: 72.0, T_STAGE: 4, NODE_POSITIVE: 1, DFI_MONTHS: 0.0, N_LESIONS: 8, LARGEST_CM: 6.0,
-             CEA: 90.0, EXTRAHEPATIC: 0, RAS: 1, PROGRESSION_ON_CHEMO: 0, MONTHS_TO_SURGERY: 6.0}
+PATIENT_C = {
+    AGE: 72.0,
+    T_STAGE: 4,
+    NODE_POSITIVE: 1,
+    DFI_MONTHS: 0.0,
+    N_LESIONS: 8,
+    LARGEST_CM: 6.0,
+    CEA: 90.0,
+    EXTRAHEPATIC: 0,
+    RAS: 1,
+    PROGRESSION_ON_CHEMO: 0,
+    MONTHS_TO_SURGERY: 6.0,
+}
 # Patient D: no risk factor (the defaults). All scores 0, TBS sqrt(2^2 + 1^2) = 2.24 -> low.
 PATIENT_D: dict = {}
 
@@ -290,7 +323,7 @@ def test_score_is_missing_not_zero_when_any_input_is_missing(score, column):
 def test_score_is_missing_even_when_other_points_are_certain(score, column):
     risk = {**ALL_RISK, column: pd.NA}
     if score is game_score and column == LARGEST_CM:
-        risk[N_LESIONS] = 3   # 10 lesions alone fix TBS >= 9 (tested below); 3 leave the zone open
+        risk[N_LESIONS] = 3  # 10 lesions alone fix TBS >= 9 (tested below); 3 leave the zone open
     out = score(patients(risk))
     assert pd.isna(one(out))
 
@@ -405,16 +438,27 @@ def test_clinical_scores_columns_and_index():
     ids = ["p7", "p3"]
     out = clinical_scores(patients(PATIENT_A, PATIENT_B, index=ids))
     assert list(out.columns) == [
-        "fong_score", "fong_risk_group", "oslo_score", "game_score", "game_risk_group",
-        "nordlinger_score", "nordlinger_risk_group", "tbs", "tbs_zone",
+        "fong_score",
+        "fong_risk_group",
+        "oslo_score",
+        "game_score",
+        "game_risk_group",
+        "nordlinger_score",
+        "nordlinger_risk_group",
+        "tbs",
+        "tbs_zone",
     ]
     assert out.index.equals(pd.Index(ids))
 
 
 def test_scores_have_their_names_and_dtypes():
     df = patients()
-    for fn, name in [(fong_score, "fong_score"), (oslo_score, "oslo_score"), (game_score, "game_score"),
-                     (nordlinger_score, "nordlinger_score")]:
+    for fn, name in [
+        (fong_score, "fong_score"),
+        (oslo_score, "oslo_score"),
+        (game_score, "game_score"),
+        (nordlinger_score, "nordlinger_score"),
+    ]:
         assert fn(df).name == name and fn(df).dtype == "Int64"
     assert tumour_burden_score(df).name == "tbs" and tumour_burden_score(df).dtype == "float64"
 
@@ -429,13 +473,15 @@ def test_score_criteria_use_the_published_cut_offs_at_their_boundaries():
     GAME: CEA >= 20; Nordlinger: age > 60, DFI < 24 months, > 3 lesions. Missing stays missing."""
     from features.scores import score_criteria
 
-    df = pd.DataFrame({
-        "cea_ng_ml": [200.0, 200.1, 20.0, 19.9, np.nan],
-        "largest_lesion_cm": [5.0, 5.01, 5.5, 5.51, 1.0],
-        "disease_free_interval_months": [12.0, 11.9, 24.0, 23.9, 0.0],
-        "n_liver_lesions": [1, 2, 3, 4, np.nan],
-        "age_years": [60.0, 60.5, 40.0, 70.0, 65.0],
-    })
+    df = pd.DataFrame(
+        {
+            "cea_ng_ml": [200.0, 200.1, 20.0, 19.9, np.nan],
+            "largest_lesion_cm": [5.0, 5.01, 5.5, 5.51, 1.0],
+            "disease_free_interval_months": [12.0, 11.9, 24.0, 23.9, 0.0],
+            "n_liver_lesions": [1, 2, 3, 4, np.nan],
+            "age_years": [60.0, 60.5, 40.0, 70.0, 65.0],
+        }
+    )
     c = score_criteria(df)
     assert c["criterion_cea_over_200"].tolist()[:4] == [0.0, 1.0, 0.0, 0.0]
     assert c["criterion_cea_over_80"].tolist()[:4] == [1.0, 1.0, 0.0, 0.0]
@@ -451,8 +497,19 @@ def test_score_criteria_use_the_published_cut_offs_at_their_boundaries():
     # the Fong score is the sum of its criteria plus the node-positive item
     df["primary_node_positive"] = [1, 0, 0, 1, 0]
     fong = fong_score(df.iloc[:4])
-    items = c[["criterion_cea_over_200", "criterion_largest_over_5cm", "criterion_dfi_under_12m",
-               "criterion_more_than_1_lesion"]].iloc[:4].sum(axis=1) + df["primary_node_positive"].iloc[:4]
+    items = (
+        c[
+            [
+                "criterion_cea_over_200",
+                "criterion_largest_over_5cm",
+                "criterion_dfi_under_12m",
+                "criterion_more_than_1_lesion",
+            ]
+        ]
+        .iloc[:4]
+        .sum(axis=1)
+        + df["primary_node_positive"].iloc[:4]
+    )
     assert fong.astype(float).tolist() == items.tolist()
 
 
@@ -483,18 +540,18 @@ def test_nordlinger_more_than_three_is_known_only_from_a_flag_of_0():
 
 def test_tumour_burden_score_counts_a_flag_of_0_as_one_lesion():
     out = tumour_burden_score(_without_count(0, 1))
-    assert out.iloc[0] == pytest.approx(math.sqrt(2.0 ** 2 + 1))
+    assert out.iloc[0] == pytest.approx(math.sqrt(2.0**2 + 1))
     assert np.isnan(out.iloc[1])
 
 
 def test_game_tbs_zone_is_known_when_the_count_alone_fixes_it():
     out = game_score(patients({LARGEST_CM: pd.NA, N_LESIONS: 10}, {LARGEST_CM: pd.NA, N_LESIONS: 3}))
-    assert out.tolist() == [2, pd.NA]   # TBS >= 10 whatever the diameter; TBS >= 3 leaves 1 or 2
+    assert out.tolist() == [2, pd.NA]  # TBS >= 10 whatever the diameter; TBS >= 3 leaves 1 or 2
 
 
 def test_game_tbs_zone_from_the_flag_and_the_diameter():
     df = _without_count(1, 1)
-    df[LARGEST_CM] = [9.5, 4.0]   # TBS >= 9.7: high (2 points); TBS >= 4.5 but open above: unknown
+    df[LARGEST_CM] = [9.5, 4.0]  # TBS >= 9.7: high (2 points); TBS >= 4.5 but open above: unknown
     assert game_score(df).tolist() == [2, pd.NA]
 
 
@@ -514,12 +571,18 @@ def test_oslo_no_progression_on_chemotherapy_not_given():
 
 def test_item_points_name_the_papers_items():
     points = item_points(patients(ALL_RISK), "fong")
-    assert list(points.columns) == ["node-positive primary", "disease-free interval < 12 months",
-                                    "more than 1 liver tumour", "largest tumour > 5 cm", "CEA > 200 ng/mL"]
+    assert list(points.columns) == [
+        "node-positive primary",
+        "disease-free interval < 12 months",
+        "more than 1 liver tumour",
+        "largest tumour > 5 cm",
+        "CEA > 200 ng/mL",
+    ]
     assert points.iloc[0].tolist() == [1.0] * 5
 
 
 # --- score_availability: the contract for training and the report ---------------------------
+
 
 def test_score_availability_of_a_cohort_without_crlm_columns():
     table = pd.DataFrame({"patient_id": ["a", "b", "c"], AGE: [50.0, 70.0, 40.0]})
@@ -530,8 +593,10 @@ def test_score_availability_of_a_cohort_without_crlm_columns():
     assert (fong.n_patients, fong.n_computable) == (3, 0)
     assert fong.missing_items["n_liver_lesions or multiple_liver_lesions"] == 3
     assert fong.missing_items[CEA] == 3
-    assert fong.reason == ("cea_ng_ml missing for 3/3 patients; disease_free_interval_months or synchronous "
-                           "missing for 3/3 patients; largest_lesion_cm missing for 3/3 patients")
+    assert fong.reason == (
+        "cea_ng_ml missing for 3/3 patients; disease_free_interval_months or synchronous "
+        "missing for 3/3 patients; largest_lesion_cm missing for 3/3 patients"
+    )
     # age is known, so Nordlinger lacks everything but age
     assert AGE not in out["nordlinger"].missing_items
     with pytest.raises(AttributeError):
@@ -544,8 +609,9 @@ def test_score_availability_of_a_featurized_table_counts_what_is_missing():
     fong = score_availability(table)["fong"]
     assert (fong.n_patients, fong.n_computable) == (3, 1)
     assert fong.missing_items == {CEA: 2, "n_liver_lesions or multiple_liver_lesions": 1}
-    assert fong.reason == ("cea_ng_ml missing for 2/3 patients; n_liver_lesions or multiple_liver_lesions "
-                           "missing for 1/3 patients")
+    assert fong.reason == (
+        "cea_ng_ml missing for 2/3 patients; n_liver_lesions or multiple_liver_lesions missing for 1/3 patients"
+    )
     complete = score_availability(table.iloc[:1])["fong"]
     assert complete.reason == "" and complete.missing_items == {} and complete.available
 
@@ -559,5 +625,7 @@ def test_score_criteria_take_stand_in_inputs_as_the_scores_do():
     out = score_criteria(df)
     assert out["criterion_more_than_1_lesion"].tolist()[:2] == [1.0, 0.0]
     assert np.isnan(out["criterion_more_than_1_lesion"].iloc[2])
-    assert out["criterion_more_than_3_lesions"].iloc[1] == 0.0 and np.isnan(out["criterion_more_than_3_lesions"].iloc[0])
+    assert out["criterion_more_than_3_lesions"].iloc[1] == 0.0 and np.isnan(
+        out["criterion_more_than_3_lesions"].iloc[0]
+    )
     assert out["criterion_dfi_under_12m"].iloc[0] == 1.0 and out["criterion_dfi_under_12m"].iloc[1:].isna().all()

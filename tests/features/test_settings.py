@@ -43,26 +43,39 @@ def test_valid_settings_get_their_defaults_and_lists_become_tuples():
     assert (site.enabled, site.jobs, site.codes, site.roles) == (True, 1, (), {})
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({**GOOD, "enabeld": False}, r"^site\.yaml: unknown key 'enabeld'; did you mean 'enabled'\?$"),
-    ({"scanners": {"A": {"spacing_mm": [1, 1, 2], "noise_sd": 3}}},
-     r"site\.yaml: scanners\.A: unknown key 'noise_sd'; did you mean 'noise_sd_hu'\?"),
-    ({"scanners": {"A": {"spacing_mm": [1, 1, 2]}}}, r"site\.yaml: scanners\.A: missing key\(s\) noise_sd_hu"),
-    ({"scanners": {"A": {"spacing_mm": [1, 1, 2], "noise_sd_hu": "12"}}},
-     r"scanners\.A\.noise_sd_hu: expected a number, got '12'"),           # no text read as a number
-    ({"scanners": {"A": {"spacing_mm": [1, 1, 2], "noise_sd_hu": True}}},
-     r"scanners\.A\.noise_sd_hu: expected a number, got True"),           # nor a yes/no
-    ({**GOOD, "jobs": 2.5}, r"site\.yaml: jobs: expected a whole number, got 2\.5"),
-    ({**GOOD, "enabled": "yes"}, r"enabled: expected true or false, got 'yes'"),
-    ({**GOOD, "codes": "A"}, r"codes: expected a list, got 'A'"),
-    ({"scanners": {"A": {"spacing_mm": [1, 1], "noise_sd_hu": 1}}},
-     r"scanners\.A\.spacing_mm: expected 3 values, got 2: \[1, 1\]"),
-    ({"scanners": {"A": {"spacing_mm": [1, 1, 1], "noise_sd_hu": -1}}},
-     r"scanners\.A: noise_sd_hu must not be negative, got -1"),
-    ({**GOOD, "roles": {True: "liver"}}, r"site\.yaml: roles: key True: YAML reads unquoted yes/no.*quote"),
-    ({**GOOD, "codes": [dt.date(2024, 1, 1)]}, r"codes\[0\]: datetime\.date\(2024, 1, 1\) is a date.*quote it"),
-    ([1, 2], r"site\.yaml: expected a mapping, got \[1, 2\]"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({**GOOD, "enabeld": False}, r"^site\.yaml: unknown key 'enabeld'; did you mean 'enabled'\?$"),
+        (
+            {"scanners": {"A": {"spacing_mm": [1, 1, 2], "noise_sd": 3}}},
+            r"site\.yaml: scanners\.A: unknown key 'noise_sd'; did you mean 'noise_sd_hu'\?",
+        ),
+        ({"scanners": {"A": {"spacing_mm": [1, 1, 2]}}}, r"site\.yaml: scanners\.A: missing key\(s\) noise_sd_hu"),
+        (
+            {"scanners": {"A": {"spacing_mm": [1, 1, 2], "noise_sd_hu": "12"}}},
+            r"scanners\.A\.noise_sd_hu: expected a number, got '12'",
+        ),  # no text read as a number
+        (
+            {"scanners": {"A": {"spacing_mm": [1, 1, 2], "noise_sd_hu": True}}},
+            r"scanners\.A\.noise_sd_hu: expected a number, got True",
+        ),  # nor a yes/no
+        ({**GOOD, "jobs": 2.5}, r"site\.yaml: jobs: expected a whole number, got 2\.5"),
+        ({**GOOD, "enabled": "yes"}, r"enabled: expected true or false, got 'yes'"),
+        ({**GOOD, "codes": "A"}, r"codes: expected a list, got 'A'"),
+        (
+            {"scanners": {"A": {"spacing_mm": [1, 1], "noise_sd_hu": 1}}},
+            r"scanners\.A\.spacing_mm: expected 3 values, got 2: \[1, 1\]",
+        ),
+        (
+            {"scanners": {"A": {"spacing_mm": [1, 1, 1], "noise_sd_hu": -1}}},
+            r"scanners\.A: noise_sd_hu must not be negative, got -1",
+        ),
+        ({**GOOD, "roles": {True: "liver"}}, r"site\.yaml: roles: key True: YAML reads unquoted yes/no.*quote"),
+        ({**GOOD, "codes": [dt.date(2024, 1, 1)]}, r"codes\[0\]: datetime\.date\(2024, 1, 1\) is a date.*quote it"),
+        ([1, 2], r"site\.yaml: expected a mapping, got \[1, 2\]"),
+    ],
+)
 def test_every_problem_names_the_file_the_key_path_and_the_fix(data, message):
     with pytest.raises(SettingsError, match=message):
         settings.build(Site, data, "site.yaml")
@@ -98,7 +111,9 @@ def test_files_that_are_missing_or_not_yaml_are_named(tmp_path):
 
 
 def test_features_use_the_mechanism_without_importing_pipeline():
-    code = ("import sys, features.mapping, features.imaging, models.training, models.evaluation, models.explain\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline'))")
+    code = (
+        "import sys, features.mapping, features.imaging, models.training, models.evaluation, models.explain\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline'))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "[]"

@@ -17,15 +17,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cohort(**overrides: list) -> pd.DataFrame:
     """Three clean patients; keyword arguments replace whole columns."""
-    table = pd.DataFrame({
-        s.PATIENT_ID: ["CRLM-CT-1001", "CRLM-CT-1002", "CRLM-CT-1003"],
-        s.AGE: [61.0, 48.0, 70.0],
-        s.SEX: ["male", "female", "male"],
-        s.NODE_POSITIVE: [1, 0, 1],
-        s.CEA: [12.5, 250.0, 5.1],
-        s.ECOG: [0, 1, 2],
-        "my_covariate": ["a", 2, None],
-    })
+    table = pd.DataFrame(
+        {
+            s.PATIENT_ID: ["CRLM-CT-1001", "CRLM-CT-1002", "CRLM-CT-1003"],
+            s.AGE: [61.0, 48.0, 70.0],
+            s.SEX: ["male", "female", "male"],
+            s.NODE_POSITIVE: [1, 0, 1],
+            s.CEA: [12.5, 250.0, 5.1],
+            s.ECOG: [0, 1, 2],
+            "my_covariate": ["a", 2, None],
+        }
+    )
     for column, values in overrides.items():
         table[column] = values
     return table
@@ -42,21 +44,36 @@ def test_every_problem_is_reported_in_one_call():
     table = cohort(**{s.CEA: [-3.0, 250.0, 5.1], s.AGE: [61.0, 250.0, 70.0], s.SEX: ["male", "female", "x"]})
     report = validate_cohort(table)
     assert [(p.patient_id, p.column) for p in report.problems] == [
-        ("CRLM-CT-1001", s.CEA), ("CRLM-CT-1002", s.AGE), ("CRLM-CT-1003", s.SEX)]
+        ("CRLM-CT-1001", s.CEA),
+        ("CRLM-CT-1002", s.AGE),
+        ("CRLM-CT-1003", s.SEX),
+    ]
     assert report.fatal == []
     assert all(status.startswith("invalid: ") for status in report.status)
     assert report.valid_rows.empty
 
 
-@pytest.mark.parametrize(("column", "value", "message", "code"), [
-    (s.CEA, -3.0, "patient CRLM-CT-1002 (row 2): cea_ng_ml = -3.0 is outside 0 to 1000000 ng/mL", "out_of_range"),
-    (s.AGE, 250, "patient CRLM-CT-1002 (row 2): age_years = 250 is outside 18 to 110 years", "out_of_range"),
-    (s.SEX, "unknown", "patient CRLM-CT-1002 (row 2): sex = 'unknown' is not one of male, female", "unknown_category"),
-    (s.CEA, "12,5", "patient CRLM-CT-1002 (row 2): cea_ng_ml = '12,5' is not a number (allowed: 0 to 1000000 ng/mL)",
-     "not_a_number"),
-    (s.NODE_POSITIVE, 2, "patient CRLM-CT-1002 (row 2): primary_node_positive = 2 is not 0 or 1", "not_binary"),
-    (s.ECOG, 1.5, "patient CRLM-CT-1002 (row 2): ecog = 1.5 is not a whole number from 0 to 4", "out_of_range"),
-])
+@pytest.mark.parametrize(
+    ("column", "value", "message", "code"),
+    [
+        (s.CEA, -3.0, "patient CRLM-CT-1002 (row 2): cea_ng_ml = -3.0 is outside 0 to 1000000 ng/mL", "out_of_range"),
+        (s.AGE, 250, "patient CRLM-CT-1002 (row 2): age_years = 250 is outside 18 to 110 years", "out_of_range"),
+        (
+            s.SEX,
+            "unknown",
+            "patient CRLM-CT-1002 (row 2): sex = 'unknown' is not one of male, female",
+            "unknown_category",
+        ),
+        (
+            s.CEA,
+            "12,5",
+            "patient CRLM-CT-1002 (row 2): cea_ng_ml = '12,5' is not a number (allowed: 0 to 1000000 ng/mL)",
+            "not_a_number",
+        ),
+        (s.NODE_POSITIVE, 2, "patient CRLM-CT-1002 (row 2): primary_node_positive = 2 is not 0 or 1", "not_binary"),
+        (s.ECOG, 1.5, "patient CRLM-CT-1002 (row 2): ecog = 1.5 is not a whole number from 0 to 4", "out_of_range"),
+    ],
+)
 def test_bad_value_marks_only_that_patient_invalid(column, value, message, code):
     table = cohort()
     table[column] = table[column].astype(object)
@@ -86,7 +103,8 @@ def test_duplicate_patient_id_is_fatal_and_lists_every_row_with_it():
     assert report.status[2] == report.status[0]
     table.loc[2, s.CEA] = -1.0
     assert [p.message for p in validate_cohort(table).problems] == [
-        "patient A-1 (row 3): cea_ng_ml = -1.0 is outside 0 to 1000000 ng/mL"]
+        "patient A-1 (row 3): cea_ng_ml = -1.0 is outside 0 to 1000000 ng/mL"
+    ]
 
 
 def test_missing_required_column_is_fatal_for_every_row():
@@ -100,8 +118,11 @@ def test_missing_required_column_is_fatal_for_every_row():
 def test_missing_patient_id_value_and_empty_table_are_fatal():
     report = validate_cohort(cohort(**{s.PATIENT_ID: ["A-1", None, "  "]}))
     assert [p.message for p in report.fatal] == ["patient_id is missing in row(s) 2, 3"]
-    assert report.status.tolist() == [OK, "invalid: row 2: patient_id is missing",
-                                      "invalid: row 3: patient_id is missing"]
+    assert report.status.tolist() == [
+        OK,
+        "invalid: row 2: patient_id is missing",
+        "invalid: row 3: patient_id is missing",
+    ]
     assert [p.message for p in validate_cohort(cohort().iloc[:0]).fatal] == ["the table has no rows"]
 
 
@@ -129,7 +150,8 @@ def test_extra_columns_are_checked_when_described():
     assert validate_cohort(table).problems == []
     report = validate_cohort(table, extra_columns=(extra,))
     assert [p.message for p in report.problems] == [
-        "patient CRLM-CT-1002 (row 2): tumour_percent = 120.0 is outside 0 to 100 %"]
+        "patient CRLM-CT-1002 (row 2): tumour_percent = 120.0 is outside 0 to 100 %"
+    ]
 
 
 def test_report_format_gives_counts_then_one_line_per_problem():

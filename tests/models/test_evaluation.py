@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from sksurv.util import Surv
 
-from models.evaluation import (ResponsePrediction, SurvivalPrediction, evaluate_task, response_metrics,
-                               survival_metrics)
+from models.evaluation import ResponsePrediction, SurvivalPrediction, evaluate_task, response_metrics, survival_metrics
 
 TIMES = np.arange(1.0, 121.0)
 
@@ -82,8 +81,10 @@ def test_response_metrics_known_values():
 def test_bootstrap_separates_a_planted_signal_from_noise():
     x, rate, y = exponential_cohort(400, 5, beta=0.8)
     noise = np.random.default_rng(6).standard_normal(400)
-    predictions = {"fong": SurvivalPrediction(noise, TIMES, np.tile(np.exp(-TIMES / 30), (400, 1))),
-                   "model": true_prediction(x, rate)}
+    predictions = {
+        "fong": SurvivalPrediction(noise, TIMES, np.tile(np.exp(-TIMES / 30), (400, 1))),
+        "model": true_prediction(x, rate),
+    }
     result = evaluate_task("recurrence", y, y, predictions, n_resamples=100, seed=1)
     assert result["model"]["c_index"]["ci_low"] > 0.55
     assert result["fong"]["c_index"]["ci_low"] < 0.5 < result["fong"]["c_index"]["ci_high"]
@@ -100,10 +101,21 @@ def test_response_task_reports_every_metric_with_a_paired_delta():
     rng = np.random.default_rng(7)
     p = rng.random(300)
     y = (rng.random(300) < p).astype(int)
-    result = evaluate_task("response", None, y, {"fong": ResponsePrediction(np.full(300, 0.5) + 1e-3 * rng.random(300)),
-                                                  "logistic": ResponsePrediction(p)}, n_resamples=100)
-    assert set(result["logistic"]) == {"roc_auc", "pr_auc", "brier", "calibration_intercept",
-                                       "calibration_slope", "delta_auc_vs_fong"}
+    result = evaluate_task(
+        "response",
+        None,
+        y,
+        {"fong": ResponsePrediction(np.full(300, 0.5) + 1e-3 * rng.random(300)), "logistic": ResponsePrediction(p)},
+        n_resamples=100,
+    )
+    assert set(result["logistic"]) == {
+        "roc_auc",
+        "pr_auc",
+        "brier",
+        "calibration_intercept",
+        "calibration_slope",
+        "delta_auc_vs_fong",
+    }
     assert result["logistic"]["delta_auc_vs_fong"]["ci_low"] > 0
 
 
@@ -125,7 +137,7 @@ def test_hand_written_cox_slope_matches_scikit_survival(seed, n, decimals):
     time = np.round(rng.exponential(30 * np.exp(-0.8 * x)), decimals) + 0.5
     event = rng.random(n) < 0.7
     library = CoxPHSurvivalAnalysis(alpha=0, ties="breslow").fit(x.reshape(-1, 1), Surv.from_arrays(event, time))
-    assert decimals > 0 or len(np.unique(time[event])) < event.sum()   # tied event times
+    assert decimals > 0 or len(np.unique(time[event])) < event.sum()  # tied event times
     assert _cox_slope(x, time, event) == pytest.approx(float(library.coef_[0]), abs=1e-6)
 
 

@@ -85,7 +85,8 @@ def test_survival_net_benefit_equals_binary_net_benefit_without_censoring():
     for pt in (0.2, 0.5, 0.7):
         by_h = (time <= 24).astype(int)
         assert plots.survival_net_benefit(time, event, risk, 24.0, pt) == pytest.approx(
-            plots.net_benefit(by_h, risk, pt), abs=1e-12)
+            plots.net_benefit(by_h, risk, pt), abs=1e-12
+        )
 
 
 def test_survival_decision_curve_treat_all_uses_overall_kaplan_meier():
@@ -210,7 +211,7 @@ def test_roc_curves_are_monotone_from_origin_to_corner():
     scores = {"good": y + rng.normal(0, 0.8, 300), "noise": rng.normal(size=300)}
     fig, data = plots.roc_curves(y, scores, source=SOURCE)
     assert list(data.columns) == ["model", "fpr", "tpr"]
-    for name, sub in data.groupby("model"):
+    for _, sub in data.groupby("model"):
         assert (np.diff(sub["fpr"]) >= 0).all() and (np.diff(sub["tpr"]) >= 0).all()
         assert (sub["fpr"].iloc[0], sub["tpr"].iloc[0]) == (0, 0)
         assert (sub["fpr"].iloc[-1], sub["tpr"].iloc[-1]) == (1, 1)

@@ -20,12 +20,16 @@ def test_used_columns_are_the_ones_a_fitted_pipeline_passes_to_its_estimator():
     columns = ["age_years", *(f"rad_largest__original_firstorder_F{i}" for i in range(12))]
     X = pd.DataFrame(rng.normal(size=(80, len(columns))), columns=columns)
     y = (X["rad_largest__original_firstorder_F3"] + 0.1 * rng.normal(size=80) > 0).astype(int)
-    pipeline = Pipeline([*feature_pipeline(columns, [], 0.95, 2, imaging=columns[1:], select_among="imaging"),
-                         ("model", LogisticRegression())]).fit(X, y)
+    pipeline = Pipeline(
+        [
+            *feature_pipeline(columns, [], 0.95, 2, imaging=columns[1:], select_among="imaging"),
+            ("model", LogisticRegression()),
+        ]
+    ).fit(X, y)
     used = used_columns(pipeline, columns)
     assert used[0] == "age_years" and "rad_largest__original_firstorder_F3" in used and len(used) == 3
     changed = X.copy()
-    changed[[c for c in columns if c not in used]] = np.nan        # not extracted: missing
+    changed[[c for c in columns if c not in used]] = np.nan  # not extracted: missing
     np.testing.assert_array_equal(pipeline.predict_proba(changed), pipeline.predict_proba(X))
     knn = Pipeline([("impute", KNNImputer()), ("model", LogisticRegression())]).fit(X, y)
-    assert used_columns(knn, columns) == columns                   # not column by column: everything
+    assert used_columns(knn, columns) == columns  # not column by column: everything

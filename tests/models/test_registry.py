@@ -38,7 +38,7 @@ def test_each_family_builds_its_estimator_and_declares_the_shap_kind_explain_use
     estimator = family.estimator(3)
     assert hasattr(estimator, "fit")
     assert (family.shap == "linear") == explain.is_linear(estimator)
-    explain.explained_quantity(estimator)   # models.explain supports it
+    explain.explained_quantity(estimator)  # models.explain supports it
 
 
 def test_only_the_aft_family_is_recalibrated_and_an_unknown_family_is_named():
@@ -90,8 +90,10 @@ def test_file_names_of_different_ids_differ_and_safe_ids_stay_as_they_are():
     ids = ["B5-0001", NON_ASCII_ID, "P_tient-_1", "a/b", "a_b", "..", "", "x" * 200, "x" * 201]
     assert len({patient_file_stem(i) for i in ids}) == len(ids)
     assert patient_file_stem("CRLM-001_a") == "CRLM-001_a"
-    assert patient_file_stem(NON_ASCII_ID) == "P_tient-_1-" + __import__("hashlib").sha256(
-        NON_ASCII_ID.encode()).hexdigest()[:8]
+    assert (
+        patient_file_stem(NON_ASCII_ID)
+        == "P_tient-_1-" + __import__("hashlib").sha256(NON_ASCII_ID.encode()).hexdigest()[:8]
+    )
 
 
 def test_nearest_name_is_one_rule():
@@ -121,7 +123,7 @@ def folder(tmp_path):
 
 def test_the_loader_takes_best_json_else_the_preference_or_every_model(folder):
     (loaded,) = registry.load_models(folder)
-    assert (loaded.task, loaded.name) == ("response", "logistic")   # no best.json: the preference
+    assert (loaded.task, loaded.name) == ("response", "logistic")  # no best.json: the preference
     (folder / registry.BEST_FILE).write_text(json.dumps({"response": "xgb"}))
     (loaded,) = registry.load_models(folder)
     assert loaded.name == "xgb" and loaded.version.startswith("sha256:")
@@ -131,8 +133,9 @@ def test_the_loader_takes_best_json_else_the_preference_or_every_model(folder):
 
 
 def test_the_loader_names_a_file_whose_predictor_is_of_another_task(folder):
-    (folder / registry.predictor_file("response", "xgb")).rename(folder / registry.predictor_file("recurrence",
-                                                                                                 "coxnet"))
+    (folder / registry.predictor_file("response", "xgb")).rename(
+        folder / registry.predictor_file("recurrence", "coxnet")
+    )
     with pytest.raises(ValueError, match=r"recurrence_coxnet\.joblib: expected a RecurrencePredictor, found Resp"):
         registry.load_models(folder, every=True, one_per_task=False)
 

@@ -29,13 +29,16 @@ def serving(monkeypatch):
 
 
 def cohort() -> pd.DataFrame:
-    return pd.DataFrame({
-        "patient_id": ["Zoë-01", "P-002", "P-003"],
-        "cea_ng_ml": [250.0, 3.5, 40.0],
-        "n_lesions": [4, 1, 2],
-        "largest_diameter_mm": [62.0, 18.0, 35.0],
-        "site": ["A", "A", "B"],
-    }, index=[10, 11, 12])
+    return pd.DataFrame(
+        {
+            "patient_id": ["Zoë-01", "P-002", "P-003"],
+            "cea_ng_ml": [250.0, 3.5, 40.0],
+            "n_lesions": [4, 1, 2],
+            "largest_diameter_mm": [62.0, 18.0, 35.0],
+            "site": ["A", "A", "B"],
+        },
+        index=[10, 11, 12],
+    )
 
 
 def test_prognosis_model_passes_patient_id_through_as_first_column(serving):

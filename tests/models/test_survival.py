@@ -43,6 +43,9 @@ def test_recalibrated_score_is_scaled_by_its_cox_coefficient():
     y = Surv.from_arrays(rng.random(200) < 0.8, rng.exponential(30 * np.exp(-x)))
     grid = np.array([6.0, 12.0, 24.0])
     beta = CoxPHSurvivalAnalysis(alpha=1e-6, ties="breslow").fit(x.reshape(-1, 1), y).coef_[0]
-    np.testing.assert_allclose(breslow_survival(5 * x, y, 5 * x[:5], grid, recalibrate=True),
-                               breslow_survival(beta * x, y, beta * x[:5], grid), rtol=1e-6)
+    np.testing.assert_allclose(
+        breslow_survival(5 * x, y, 5 * x[:5], grid, recalibrate=True),
+        breslow_survival(beta * x, y, beta * x[:5], grid),
+        rtol=1e-6,
+    )
     assert beta == pytest.approx(1.0, abs=0.25)

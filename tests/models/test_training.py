@@ -14,11 +14,19 @@ from models import outcomes, training
 from pipeline import synthesis
 
 FAST = {
-    "seed": 3, "cv_folds": 3, "correlation_threshold": 0.95, "k_features": [8, 20],
-    "grids": {"coxnet": {"alphas": [[0.02], [0.1]]}, "xgb_cox": {"max_depth": [1]},
-              "xgb_aft": {"max_depth": [1]}, "logistic": {"C": [0.1, 1.0]}, "xgb": {"max_depth": [1]}},
+    "seed": 3,
+    "cv_folds": 3,
+    "correlation_threshold": 0.95,
+    "k_features": [8, 20],
+    "grids": {
+        "coxnet": {"alphas": [[0.02], [0.1]]},
+        "xgb_cox": {"max_depth": [1]},
+        "xgb_aft": {"max_depth": [1]},
+        "logistic": {"C": [0.1, 1.0]},
+        "xgb": {"max_depth": [1]},
+    },
 }
-FAST_SETTINGS = training.TrainSettings(**FAST, test_fraction=0.3, jobs=1)   # the train block as fit_task takes it
+FAST_SETTINGS = training.TrainSettings(**FAST, test_fraction=0.3, jobs=1)  # the train block as fit_task takes it
 
 
 def cohort_with_measured_traits(world, n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -61,8 +69,9 @@ def test_response_models_recover_most_of_the_oracle_gain(planted):
     y = outcomes.response_outcome(test)
     oracle = roc_auc_score(y, truth[synthesis.TRUTH_RESPONSE_LP].to_numpy()[test_index])
     task = fitted[training.RESPONSE]
-    best = max(roc_auc_score(y, m.predict_proba(training.model_frame(test, task.features))[:, 1])
-               for m in task.models.values())
+    best = max(
+        roc_auc_score(y, m.predict_proba(training.model_frame(test, task.features))[:, 1]) for m in task.models.values()
+    )
     assert (best - 0.5) >= 0.80 * (oracle - 0.5), (best, oracle)
 
 
@@ -125,11 +134,14 @@ def test_selection_among_imaging_keeps_every_clinical_input(world):
     strength; the k imaging places go to the imaging columns most associated with the outcome."""
     table, truth = cohort_with_measured_traits(world, n=300, seed=5)
     rng = np.random.default_rng(0)
-    for j in range(60):                       # noise imaging features that crowd the ranking
+    for j in range(60):  # noise imaging features that crowd the ranking
         table[f"rad_noise_{j}"] = rng.normal(size=len(table))
     train, test = training.split_patients(table, 0.3, seed=3)
-    settings = training.TrainSettings(**{**FAST, "k_features": [1], "select_among": "imaging",
-                                         "grids": {"coxnet": {"alphas": [[0.1]]}}}, test_fraction=0.3, jobs=1)
+    settings = training.TrainSettings(
+        **{**FAST, "k_features": [1], "select_among": "imaging", "grids": {"coxnet": {"alphas": [[0.1]]}}},
+        test_fraction=0.3,
+        jobs=1,
+    )
     models = training.MODELS
     training.MODELS = {**models, training.RECURRENCE: ("coxnet",)}
     try:
@@ -138,8 +150,11 @@ def test_selection_among_imaging_keeps_every_clinical_input(world):
         training.MODELS = models
     pipeline = fitted.models["coxnet"]
     kept = set(pipeline[:-1].get_feature_names_out())
-    clinical = [c for c in fitted.features if not c.startswith(training.IMAGING_PREFIXES)
-                and pd.api.types.is_numeric_dtype(table[c])]
+    clinical = [
+        c
+        for c in fitted.features
+        if not c.startswith(training.IMAGING_PREFIXES) and pd.api.types.is_numeric_dtype(table[c])
+    ]
     assert set(clinical) <= kept
     imaging_kept = sorted(c for c in kept if c.startswith(training.IMAGING_PREFIXES))
     # the trait with the largest log hazard ratio (0.42 per SD), not noise

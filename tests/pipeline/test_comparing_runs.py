@@ -36,7 +36,7 @@ def test_the_parent_run_lasts_the_whole_training_and_carries_the_headline(tracke
     cv = json.loads((tracked["root"] / "reports" / "cv.json").read_text())
     fitting = sum(task["seconds"] for task in cv.values())
     assert parent.info.start_time >= tracked["started"]
-    assert (parent.info.end_time - parent.info.start_time) / 1000 >= fitting   # opened before the fits
+    assert (parent.info.end_time - parent.info.start_time) / 1000 >= fitting  # opened before the fits
     data = parent.data
     for task, primary in (("recurrence", "c_index"), ("response", "roc_auc")):
         best = metrics["notes"][task]["chosen"]
@@ -45,7 +45,7 @@ def test_the_parent_run_lasts_the_whole_training_and_carries_the_headline(tracke
         assert f"{task}.{primary}_ci_low" in data.metrics and f"{task}.{primary}_ci_high" in data.metrics
         delta = "delta_c_vs_fong" if task == "recurrence" else "delta_auc_vs_fong"
         assert data.metrics[f"{task}.{delta}"] == pytest.approx(metrics[task][best][delta]["value"])
-        assert 0 < data.metrics[f"{task}.oracle_gain_share"] < 1.5   # synthetic: the oracle is known
+        assert 0 < data.metrics[f"{task}.oracle_gain_share"] < 1.5  # synthetic: the oracle is known
         # the external site's figures are on the same row
         external_best = tracked["external"][task][best][primary]["value"]
         assert data.metrics[f"external.{task}.{best}.{primary}"] == pytest.approx(external_best)
@@ -60,8 +60,9 @@ def test_datasets_are_logged_as_inputs_with_patients_and_site(tracked):
         tags = {t.key: t.value for t in entry.tags}
         assert int(tags["n_patients"]) > 0
         assert entry.dataset.digest and entry.dataset.source
-    training_input = next(d for d in run.inputs.dataset_inputs
-                          if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "training")
+    training_input = next(
+        d for d in run.inputs.dataset_inputs if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "training"
+    )
     assert {t.key: t.value for t in training_input.tags}["site"] == "A"
     assert inputs
 
@@ -70,8 +71,9 @@ def test_the_registered_models_belong_to_the_parent_run(tracked):
     """The Models column of the runs table shows the models logged by that run."""
     parent = tracked["parent"]
     client = MlflowClient()
-    logged = client.search_logged_models(experiment_ids=[parent.info.experiment_id],
-                                         filter_string=f"source_run_id = '{parent.info.run_id}'")
+    logged = client.search_logged_models(
+        experiment_ids=[parent.info.experiment_id], filter_string=f"source_run_id = '{parent.info.run_id}'"
+    )
     assert len(logged) == 2
     for name in ("crlm-recurrence", "crlm-response"):
         version = client.get_model_version_by_alias(name, "candidate")
@@ -93,11 +95,12 @@ def test_dvc_metrics_show_on_the_summaries_fits_a_terminal(tracked, tmp_path):
     shutil.copy(tracked["root"] / "reports" / SUMMARY_FILE, tmp_path / "train_summary.json")
     shutil.copy(tracked["root"] / "external" / SUMMARY_FILE, tmp_path / "external_summary.json")
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "COLUMNS": str(TERMINAL)}
-    dvc = [sys.executable, "-m", "dvc"]   # make test does not put .venv/bin on PATH
+    dvc = [sys.executable, "-m", "dvc"]  # make test does not put .venv/bin on PATH
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
     for name in ("train_summary.json", "external_summary.json"):
-        shown = subprocess.run([*dvc, "metrics", "show", name], cwd=tmp_path, check=True, env=env,
-                               capture_output=True, text=True).stdout
+        shown = subprocess.run(
+            [*dvc, "metrics", "show", name], cwd=tmp_path, check=True, env=env, capture_output=True, text=True
+        ).stdout
         width = max(len(line) for line in shown.splitlines())
         assert width <= TERMINAL, shown
         assert "…" not in shown
@@ -115,7 +118,7 @@ def test_a_dvc_lock_rewritten_by_repro_does_not_make_the_run_dirty(tmp_path):
     git("add", "-A")
     git("commit", "-qm", "base")
     commit = tracking.git_revision(tmp_path)
-    (tmp_path / "dvc.lock").write_text("b\n")     # other bytes of the same data on another CPU
+    (tmp_path / "dvc.lock").write_text("b\n")  # other bytes of the same data on another CPU
     assert tracking.git_revision(tmp_path) == commit
     (tmp_path / "code.py").write_text("x = 2\n")  # a user's change
     assert tracking.git_revision(tmp_path) == f"{commit}-dirty"
@@ -124,10 +127,12 @@ def test_a_dvc_lock_rewritten_by_repro_does_not_make_the_run_dirty(tmp_path):
 def test_evaluate_finds_a_registered_model_in_a_fresh_process(tracked, tmp_path):
     """`crlm evaluate --model models:/...` configures the project's store itself (it used to look in ./mlflow.db)."""
     root = tracked["root"]
-    code = ("from pathlib import Path; from pipeline.evaluate import run_evaluate; "
-            f"run_evaluate('models:/crlm-response@candidate', Path({str(root / 'external.parquet')!r}), "
-            f"Path({str(tmp_path / 'out')!r}), Path({str(root / 'params.yaml')!r}), repo_root=Path({str(root)!r}), "
-            "track=False)")
+    code = (
+        "from pathlib import Path; from pipeline.evaluate import run_evaluate; "
+        f"run_evaluate('models:/crlm-response@candidate', Path({str(root / 'external.parquet')!r}), "
+        f"Path({str(tmp_path / 'out')!r}), Path({str(root / 'params.yaml')!r}), repo_root=Path({str(root)!r}), "
+        "track=False)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -146,25 +151,33 @@ def test_crlm_evaluate_finds_the_champion_in_a_fresh_process_from_another_folder
     tracking.promote("crlm-recurrence", 1)
     out = tmp_path / "elsewhere"
     out.mkdir()
-    code = ("import sys; from pathlib import Path; import pipeline.cli as cli; "
-            f"cli.REPO_ROOT = Path({str(root)!r}); "
-            "sys.exit(cli.main(['evaluate', '--model', 'models:/crlm-recurrence@champion', "
-            f"'--features', {str(root / 'external.parquet')!r}, '--out', 'external', "
-            f"'--params', {str(root / 'params.yaml')!r}]))")
+    code = (
+        "import sys; from pathlib import Path; import pipeline.cli as cli; "
+        f"cli.REPO_ROOT = Path({str(root)!r}); "
+        "sys.exit(cli.main(['evaluate', '--model', 'models:/crlm-recurrence@champion', "
+        f"'--features', {str(root / 'external.parquet')!r}, '--out', 'external', "
+        f"'--params', {str(root / 'params.yaml')!r}]))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     done = subprocess.run([sys.executable, "-c", code], cwd=out, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "external metrics logged to MLflow run" in done.stdout
     assert set(json.loads((out / "external" / "metrics.json").read_text())) == {"recurrence", "notes"}
-    assert sorted(p.name for p in out.iterdir()) == ["external"]   # no ./mlflow.db, no ./mlruns
+    assert sorted(p.name for p in out.iterdir()) == ["external"]  # no ./mlflow.db, no ./mlruns
 
 
 def test_explain_takes_a_registered_model_through_the_same_loader(tracked, tmp_path):
     from pipeline.explain import run_explain
 
     root = tracked["root"]
-    summary = run_explain("models:/crlm-response@candidate", root / "train.parquet", root / "reports" / "split.csv",
-                          tmp_path / "explain", {"waterfalls": 1, "dependence_plots": 1}, repo_root=root)
+    summary = run_explain(
+        "models:/crlm-response@candidate",
+        root / "train.parquet",
+        root / "reports" / "split.csv",
+        tmp_path / "explain",
+        {"waterfalls": 1, "dependence_plots": 1},
+        repo_root=root,
+    )
     assert list(summary) == ["response"]
     assert list(summary["response"]) == [tracked["metrics"]["notes"]["response"]["chosen"]]

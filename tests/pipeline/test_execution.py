@@ -24,7 +24,7 @@ TIMING_COLUMNS = [extraction.SECONDS, extraction.CACHED]
 
 # Top-level functions: Dask workers import them by name.
 def square_after_a_pause(item: int) -> tuple[int, int]:
-    time.sleep(0.01 * (item % 3))       # finish out of order
+    time.sleep(0.01 * (item % 3))  # finish out of order
     return item, item * item
 
 
@@ -71,8 +71,7 @@ def test_local_and_dask_back_ends_yield_the_same_results_in_input_order(cluster,
     assert list(map_cases(square_after_a_pause, items, jobs=1, progress=False)) == expected
     assert list(map_cases(square_after_a_pause, items, jobs=2, progress=False)) == expected
     assert list(map_cases(square_after_a_pause, items, scheduler=client, progress=False)) == expected
-    assert list(map_cases(square_after_a_pause, items, scheduler=cluster.scheduler_address,
-                          progress=False)) == expected
+    assert list(map_cases(square_after_a_pause, items, scheduler=cluster.scheduler_address, progress=False)) == expected
     assert list(map_cases(square_after_a_pause, [], scheduler=client, progress=False)) == []
 
 
@@ -99,14 +98,16 @@ def cohorts(tmp_path_factory, world, labels, client):
     """The same small synthetic cohort written by local processes and by the cluster."""
     local, dask = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("dask")
     synthetic.write_cohort(local, n=3, seed=5, site="B", world=world, labels=labels, jobs=1, progress=False)
-    synthetic.write_cohort(dask, n=3, seed=5, site="B", world=world, labels=labels, scheduler=client,
-                           progress=False)
+    synthetic.write_cohort(dask, n=3, seed=5, site="B", world=world, labels=labels, scheduler=client, progress=False)
     return local, dask
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_phantoms_rendered_on_the_cluster_are_byte_identical(cohorts):
@@ -114,26 +115,25 @@ def test_phantoms_rendered_on_the_cluster_are_byte_identical(cohorts):
     assert _digests(local) == _digests(dask)
 
 
-def test_extraction_on_the_cluster_matches_local_processes_and_shares_the_cache(cohorts, client, tmp_path,
-                                                                                 labels):
+def test_extraction_on_the_cluster_matches_local_processes_and_shares_the_cache(cohorts, client, tmp_path, labels):
     local, _ = cohorts
     manifest = local / synthetic.CLINICAL_FILE
     cases = extraction.read_manifest(manifest)
-    url_cases = extraction.read_manifest(manifest.as_uri())           # file:// URLs on the workers
+    url_cases = extraction.read_manifest(manifest.as_uri())  # file:// URLs on the workers
     assert all(extraction.is_url(case.image) for case in url_cases)
     cache = (tmp_path / "cache").as_uri()
 
-    local_lesions, local_report = extraction.extract_cohort(cases, options(labels), None, jobs=2, progress=False,
-                                                            map_cases=map_cases)
-    dask_lesions, dask_report = extraction.extract_cohort(url_cases, options(labels), cache, scheduler=client,
-                                                          progress=False, map_cases=map_cases)
+    local_lesions, local_report = extraction.extract_cohort(
+        cases, options(labels), None, jobs=2, progress=False, map_cases=map_cases
+    )
+    dask_lesions, dask_report = extraction.extract_cohort(
+        url_cases, options(labels), cache, scheduler=client, progress=False, map_cases=map_cases
+    )
     pd.testing.assert_frame_equal(local_lesions, dask_lesions)
-    pd.testing.assert_frame_equal(local_report.drop(columns=TIMING_COLUMNS),
-                                  dask_report.drop(columns=TIMING_COLUMNS))
+    pd.testing.assert_frame_equal(local_report.drop(columns=TIMING_COLUMNS), dask_report.drop(columns=TIMING_COLUMNS))
     assert (local_report[extraction.STATUS] == extraction.OK).all() and not dask_report[extraction.CACHED].any()
 
-    cached_lesions, cached_report = extraction.extract_cohort(cases, options(labels), cache, jobs=1,
-                                                              progress=False)
+    cached_lesions, cached_report = extraction.extract_cohort(cases, options(labels), cache, jobs=1, progress=False)
     assert cached_report[extraction.CACHED].all()
     pd.testing.assert_frame_equal(local_lesions, cached_lesions)
 
@@ -141,11 +141,12 @@ def test_extraction_on_the_cluster_matches_local_processes_and_shares_the_cache(
 def test_a_worker_killed_mid_run_loses_and_duplicates_no_patient(cluster, client, tmp_path):
     items = list(range(8))
     before = set(client.run(os.getpid).values())
-    results = list(map_cases(partial(die_once_then_square, folder=str(tmp_path)), items, scheduler=client,
-                             progress=False))
+    results = list(
+        map_cases(partial(die_once_then_square, folder=str(tmp_path)), items, scheduler=client, progress=False)
+    )
     assert results == [i * i for i in items]
     attempts = pd.Series([p.name.split("-")[0] for p in tmp_path.iterdir() if p.name != "killed"]).value_counts()
-    assert (tmp_path / "killed").exists() and attempts["2"] == 2       # the killed case ran again
+    assert (tmp_path / "killed").exists() and attempts["2"] == 2  # the killed case ran again
     assert set(attempts.index) == {str(i) for i in items}
-    client.wait_for_workers(2, timeout=60)                             # the nanny restarted the worker
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted the worker
     assert set(client.run(os.getpid).values()) != before

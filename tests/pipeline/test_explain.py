@@ -17,8 +17,8 @@ from pipeline.settings import SettingsError
 from tests.models.test_explain import RECURRENCE_DRIVER, fitted_planted
 
 SETTINGS = {"top_k": 3, "dependence_plots": 2, "waterfalls": 2, "background_size": 100, "seed": 1}
-HIGHEST_ID = "Pätient-ü1"      # the test patient with the highest response log-odds (logistic)
-LOWEST_ID = "site/A 7"         # and the lowest: a path separator and a space in an id
+HIGHEST_ID = "Pätient-ü1"  # the test patient with the highest response log-odds (logistic)
+LOWEST_ID = "site/A 7"  # and the lowest: a path separator and a space in an id
 
 
 @pytest.fixture()
@@ -46,7 +46,7 @@ def test_explain_writes_every_model_and_keeps_patient_ids(tmp_path, stage_inputs
     features, split, models, n_test = stage_inputs
     out = tmp_path / "explain"
     summary = run_explain(models, features, split, out, SETTINGS, track=True)
-    assert "tracking skipped" in capsys.readouterr().out   # no mlflow_runs.json in the models folder
+    assert "tracking skipped" in capsys.readouterr().out  # no mlflow_runs.json in the models folder
     assert {t: set(m) for t, m in summary.items()} == {t: set(training.MODELS[t]) for t in training.TASKS}
     assert json.loads((out / "summary.json").read_text(encoding="utf-8")) == summary
     assert summary["recurrence"]["xgb_aft"]["quantity"] == explain.QUANTITY_AFT_RISK
@@ -79,8 +79,9 @@ def test_explain_writes_every_model_and_keeps_patient_ids(tmp_path, stage_inputs
 def test_safe_file_stems_are_ascii_and_distinct():
     assert safe_file_stem("CRLM-001_a") == "CRLM-001_a"
     stems = {safe_file_stem(x) for x in ("Pätient-ü1", "P_tient-_1", "site/A 7", "site_A_7", "..", "")}
-    assert len(stems) == 6 and all(stem and stem.isascii() and "/" not in stem and stem not in (".", "..")
-                                   for stem in stems)
+    assert len(stems) == 6 and all(
+        stem and stem.isascii() and "/" not in stem and stem not in (".", "..") for stem in stems
+    )
 
 
 def test_explain_logs_each_model_into_its_training_run(tmp_path, stage_inputs, monkeypatch):
@@ -92,7 +93,7 @@ def test_explain_logs_each_model_into_its_training_run(tmp_path, stage_inputs, m
     from pipeline import tracking
 
     features, split, all_models, _ = stage_inputs
-    models = tmp_path / "one_model"      # a single model keeps the test short
+    models = tmp_path / "one_model"  # a single model keeps the test short
     models.mkdir()
     (models / "recurrence_coxnet.joblib").write_bytes((all_models / "recurrence_coxnet.joblib").read_bytes())
     tracking.configure(tmp_path)

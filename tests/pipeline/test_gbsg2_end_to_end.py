@@ -23,9 +23,11 @@ from tests.pipeline.test_validate import write_gbsg2_csv
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPING = REPO / "configs" / "mappings" / "gbsg2.yaml"
-PARAMS = {"train": SMALL_TRAIN,
-          "evaluate": {"bootstrap": 10, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8},
-          "explain": {"top_k": 3, "dependence_plots": 2, "waterfalls": 2, "background_size": 50, "seed": 0}}
+PARAMS = {
+    "train": SMALL_TRAIN,
+    "evaluate": {"bootstrap": 10, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8},
+    "explain": {"top_k": 3, "dependence_plots": 2, "waterfalls": 2, "background_size": 50, "seed": 0},
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +35,80 @@ def worked_example(tmp_path_factory):
     root = tmp_path_factory.mktemp("gbsg2_e2e")
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    monkeypatch.chdir(root)   # a store named by URI keeps artifacts under ./mlruns: not the repository's
+    monkeypatch.chdir(root)  # a store named by URI keeps artifacts under ./mlruns: not the repository's
     csv = write_gbsg2_csv(root / "gbsg2.csv")
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(PARAMS))
     codes = {
         "validate": main(["validate", "--cohort", str(csv), "--mapping", str(MAPPING)]),
-        "featurize": main(["featurize", "--cohort", str(csv), "--mapping", str(MAPPING), "--no-images",
-                           "--out", str(root / "features.parquet")]),
-        "train": main(["train", "--features", str(root / "features.parquet"), "--out", str(root / "train"),
-                       "--task", "recurrence", "--mapping", str(MAPPING), "--params", str(params)]),
-        "predict": main(["predict", "--cohort", str(csv), "--mapping", str(MAPPING),
-                         "--model", str(root / "train" / "models"), "--out", str(root / "predict")]),
-        "explain": main(["explain", "--models", str(root / "train" / "models"), "--features",
-                         str(root / "features.parquet"), "--split", str(root / "train" / "split.csv"),
-                         "--out", str(root / "explain"), "--params", str(params)]),
-        "report": main(["report", "--train", str(root / "train"), "--explain", str(root / "explain"),
-                        "--features", str(root / "features.parquet"), "--out", str(root / "report.html")]),
+        "featurize": main(
+            [
+                "featurize",
+                "--cohort",
+                str(csv),
+                "--mapping",
+                str(MAPPING),
+                "--no-images",
+                "--out",
+                str(root / "features.parquet"),
+            ]
+        ),
+        "train": main(
+            [
+                "train",
+                "--features",
+                str(root / "features.parquet"),
+                "--out",
+                str(root / "train"),
+                "--task",
+                "recurrence",
+                "--mapping",
+                str(MAPPING),
+                "--params",
+                str(params),
+            ]
+        ),
+        "predict": main(
+            [
+                "predict",
+                "--cohort",
+                str(csv),
+                "--mapping",
+                str(MAPPING),
+                "--model",
+                str(root / "train" / "models"),
+                "--out",
+                str(root / "predict"),
+            ]
+        ),
+        "explain": main(
+            [
+                "explain",
+                "--models",
+                str(root / "train" / "models"),
+                "--features",
+                str(root / "features.parquet"),
+                "--split",
+                str(root / "train" / "split.csv"),
+                "--out",
+                str(root / "explain"),
+                "--params",
+                str(params),
+            ]
+        ),
+        "report": main(
+            [
+                "report",
+                "--train",
+                str(root / "train"),
+                "--explain",
+                str(root / "explain"),
+                "--features",
+                str(root / "features.parquet"),
+                "--out",
+                str(root / "report.html"),
+            ]
+        ),
     }
     yield root, codes
     monkeypatch.undo()
@@ -96,6 +155,6 @@ def test_the_report_says_real_cohort_and_invents_nothing(worked_example):
     text = re.sub(r"<[^>]+>", " ", html)
     assert "real cohort" in text and "synthetic cohort (simulated" not in text
     assert "oracle (true" not in text and "share of the oracle" not in text
-    assert "baseline (clinical score)" not in text          # no row for an invented baseline
-    assert "difference in" not in text                      # no delta column against a missing score
-    assert "fong: not available" in text                    # but it says why there is none
+    assert "baseline (clinical score)" not in text  # no row for an invented baseline
+    assert "difference in" not in text  # no delta column against a missing score
+    assert "fong: not available" in text  # but it says why there is none

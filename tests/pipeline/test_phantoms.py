@@ -44,7 +44,8 @@ def test_lesion_count_and_largest_diameter_match_the_table(cohort_a, cohort_b, l
             assert len(lesions) == row.n_liver_lesions, row.patient_id
             measured_mm = lesions[0].max_diameter_mm
             assert abs(measured_mm - 10 * row.largest_lesion_cm) <= max(spacing), (
-                f"{row.patient_id}: measured {measured_mm:.1f} mm, table {row.largest_lesion_cm} cm")
+                f"{row.patient_id}: measured {measured_mm:.1f} mm, table {row.largest_lesion_cm} cm"
+            )
 
 
 def test_images_and_masks_share_geometry_and_are_ct_like(cohort_a, labels):
@@ -92,9 +93,16 @@ def _render(world, labels, site="A", **traits) -> phantoms.Phantom:
     base = dict(heterogeneity=0.0, irregularity=0.0, rim=0.0, necrosis=0.05)
     base.update(traits)
     return phantoms.render_phantom(
-        n_lesions=1, largest_cm=5.0, bilobar=False, traits=phantoms.LesionTraits(**base),
-        phantom=world.phantom, site=world.site(site), unenhanced=world.unenhanced_hu,
-        trait_params=world.traits, labels=labels, seed=np.random.SeedSequence(99),
+        n_lesions=1,
+        largest_cm=5.0,
+        bilobar=False,
+        traits=phantoms.LesionTraits(**base),
+        phantom=world.phantom,
+        site=world.site(site),
+        unenhanced=world.unenhanced_hu,
+        trait_params=world.traits,
+        labels=labels,
+        seed=np.random.SeedSequence(99),
     )
 
 
@@ -118,9 +126,12 @@ def test_irregular_margins_make_a_less_compact_lesion(world, labels):
         spacing = phantom.image.GetSpacing()
         volume = mask.sum() * np.prod(spacing)
         diameter = lesion_components(mask.astype(np.uint8), (1,), spacing)[0].max_diameter_mm
-        return volume / (np.pi / 6 * diameter**3)   # 1 for a sphere
+        return volume / (np.pi / 6 * diameter**3)  # 1 for a sphere
 
-    assert compactness(_render(world, labels, irregularity=2.0)) < compactness(_render(world, labels, irregularity=-2.0)) - 0.1
+    assert (
+        compactness(_render(world, labels, irregularity=2.0))
+        < compactness(_render(world, labels, irregularity=-2.0)) - 0.1
+    )
 
 
 def test_rim_enhancement_brightens_the_lesion_edge(world, labels):
@@ -141,14 +152,18 @@ def test_necrosis_darkens_the_lesion_core(world, labels):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_gives_the_same_bytes_and_another_seed_other_images(tmp_path, world, labels):
     for name, seed, jobs in (("first", 21, 1), ("again", 21, 2), ("other", 22, 1)):
-        cohort.write_cohort(tmp_path / name, n=2, seed=seed, site="B", world=world, labels=labels,
-                            jobs=jobs, progress=False)
+        cohort.write_cohort(
+            tmp_path / name, n=2, seed=seed, site="B", world=world, labels=labels, jobs=jobs, progress=False
+        )
     first, again, other = (_digest(tmp_path / n) for n in ("first", "again", "other"))
     assert first == again
     assert set(first.values()).isdisjoint(other.values())
@@ -170,27 +185,40 @@ def test_a_previous_cohort_is_replaced_not_mixed(tmp_path, world, labels):
 
 def test_bilobar_patients_have_lesions_on_both_sides_of_the_lobe_boundary(world, labels):
     phantom = phantoms.render_phantom(
-        n_lesions=4, largest_cm=3.0, bilobar=True,
-        traits=phantoms.LesionTraits(0.0, 0.0, 0.0, 0.2), phantom=world.phantom,
-        site=world.site("A"), unenhanced=world.unenhanced_hu, trait_params=world.traits,
-        labels=labels, seed=np.random.SeedSequence(5),
+        n_lesions=4,
+        largest_cm=3.0,
+        bilobar=True,
+        traits=phantoms.LesionTraits(0.0, 0.0, 0.0, 0.2),
+        phantom=world.phantom,
+        site=world.site("A"),
+        unenhanced=world.unenhanced_hu,
+        trait_params=world.traits,
+        labels=labels,
+        seed=np.random.SeedSequence(5),
     )
     boundary = world.phantom.lobe_boundary_x_mm
     xs = [lesion.centre_mm[0] for lesion in phantom.lesions]
     assert min(xs) < boundary < max(xs)
     with pytest.raises(ValueError, match="bilobar disease needs at least two lesions"):
         phantoms.render_phantom(
-            n_lesions=1, largest_cm=3.0, bilobar=True, traits=phantoms.LesionTraits(0, 0, 0, 0.2),
-            phantom=world.phantom, site=world.site("A"), unenhanced=world.unenhanced_hu,
-            trait_params=world.traits, labels=labels, seed=np.random.SeedSequence(5),
+            n_lesions=1,
+            largest_cm=3.0,
+            bilobar=True,
+            traits=phantoms.LesionTraits(0, 0, 0, 0.2),
+            phantom=world.phantom,
+            site=world.site("A"),
+            unenhanced=world.unenhanced_hu,
+            trait_params=world.traits,
+            labels=labels,
+            seed=np.random.SeedSequence(5),
         )
 
 
 def test_clinical_only_cohort_matches_the_imaged_cohort_tables(tmp_path, world, labels):
-    cohort.write_cohort(tmp_path / "tables", n=2, seed=4, site="A", world=world, labels=labels,
-                        images=False, progress=False)
-    cohort.write_cohort(tmp_path / "images", n=2, seed=4, site="A", world=world, labels=labels,
-                        progress=False)
+    cohort.write_cohort(
+        tmp_path / "tables", n=2, seed=4, site="A", world=world, labels=labels, images=False, progress=False
+    )
+    cohort.write_cohort(tmp_path / "images", n=2, seed=4, site="A", world=world, labels=labels, progress=False)
     tables = pd.read_csv(tmp_path / "tables" / cohort.CLINICAL_FILE).drop(columns=[s.IMAGE, s.MASK])
     imaged = pd.read_csv(tmp_path / "images" / cohort.CLINICAL_FILE).drop(columns=[s.IMAGE, s.MASK])
     pd.testing.assert_frame_equal(tables, imaged)
@@ -201,6 +229,7 @@ def test_clinical_only_cohort_matches_the_imaged_cohort_tables(tmp_path, world, 
 # The fast paths of the renderer must draw the same voxels as the direct computation they
 # replace (issue 14: phantoms faster with byte-identical output). The references below are the
 # direct computations, kept here as the specification.
+
 
 def _reference_liver_surface(q: np.ndarray, amplitude: float, field) -> np.ndarray:
     """Every voxel of the box tested with the field evaluated at its own direction."""
@@ -227,8 +256,7 @@ def test_perturbed_surface_from_anchors_is_the_direct_evaluation(seed, amplitude
     reach = amplitude * np.sqrt(2.0 * len(field.frequencies))
     shell = np.abs(rho - 1.0) <= reach
     fast = rho < 1.0 - reach
-    fast[shell] = phantoms._inside_perturbed_surface((qx.ravel(), qy.ravel(), qz.ravel()), rho, shell,
-                                                     amplitude, field)
+    fast[shell] = phantoms._inside_perturbed_surface((qx.ravel(), qy.ravel(), qz.ravel()), rho, shell, amplitude, field)
     assert np.array_equal(fast, expected)
 
 
@@ -273,7 +301,7 @@ def _reference_lesion_mask(radius: float, amplitude: float, field, spacing_zyx: 
     """One iteration of the lesion shape with the field evaluated at every voxel of the box."""
     reach = radius * (1.0 + 4.0 * amplitude) + spacing_zyx.max()
     half = np.ceil(reach / spacing_zyx).astype(int) + 1
-    z, y, x = np.meshgrid(*[np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing_zyx)], indexing="ij")
+    z, y, x = np.meshgrid(*[np.arange(-h, h + 1) * sp for h, sp in zip(half, spacing_zyx, strict=True)], indexing="ij")
     rho = np.sqrt(x * x + y * y + z * z)
     with np.errstate(invalid="ignore", divide="ignore"):
         unit = np.stack([x, y, z], axis=-1) / rho[..., None]
@@ -281,7 +309,9 @@ def _reference_lesion_mask(radius: float, amplitude: float, field, spacing_zyx: 
     return rho <= radius * np.maximum(1.0 + amplitude * field(unit), phantoms._MIN_RADIAL_FACTOR)
 
 
-@pytest.mark.parametrize("seed, amplitude, diameter", [(0, 0.0, 20.0), (1, 0.05, 33.0), (2, 0.28, 12.0), (3, 0.4, 50.0)])
+@pytest.mark.parametrize(
+    "seed, amplitude, diameter", [(0, 0.0, 20.0), (1, 0.05, 33.0), (2, 0.28, 12.0), (3, 0.4, 50.0)]
+)
 def test_lesion_shape_evaluates_the_field_only_where_it_matters(seed, amplitude, diameter):
     field = phantoms._plane_wave_field(np.random.default_rng(seed), 6)
     spacing = np.array([3.0, 1.5, 1.5])
@@ -293,6 +323,7 @@ def test_lesion_shape_evaluates_the_field_only_where_it_matters(seed, amplitude,
         if expected.shape == shape.shape and np.array_equal(expected, shape):
             break
         from features.morphology import max_feret_diameter_mm
+
         measured = max_feret_diameter_mm(expected, tuple(spacing[::-1]))
         if measured == 0:
             break

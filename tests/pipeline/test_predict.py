@@ -21,14 +21,18 @@ from models.explain import explain_without_background
 from models.predictor import used_columns
 from pipeline import cohort as synthetic
 from pipeline import synthesis
-from pipeline.predict import (DUPLICATE_ID, PREDICTIONS_FILE, SUMMARY_FILE, explanation_file,
-                              load_models, run_predict)
+from pipeline.predict import DUPLICATE_ID, PREDICTIONS_FILE, SUMMARY_FILE, explanation_file, load_models, run_predict
 from pipeline.train import run_train
 
 # Few, small and cheap: 4 phantoms, light radiomics (as tests/features/test_extraction.py).
 LIGHT_RADIOMICS = {
-    "setting": {"binWidth": 25, "resampledPixelSpacing": [2.0, 2.0, 2.0], "interpolator": "sitkBSpline",
-                "padDistance": 5, "label": 1},
+    "setting": {
+        "binWidth": 25,
+        "resampledPixelSpacing": [2.0, 2.0, 2.0],
+        "interpolator": "sitkBSpline",
+        "padDistance": 5,
+        "label": 1,
+    },
     "imageType": {"Original": {}},
     "featureClass": {"shape": None, "firstorder": None, "glcm": None},
 }
@@ -36,19 +40,45 @@ AGGREGATION = ["largest", "volume_weighted_mean"]
 CROP_MARGIN_MM = 10.0
 N_PHANTOMS = 4
 N_TRAIN = 160
-TINY_GRID = {"seed": 3, "cv_folds": 3, "correlation_threshold": 0.95, "k_features": [8], "test_fraction": 0.3,
-             "select_among": "imaging",   # as params.yaml
-             "jobs": 1, "grids": {"coxnet": {"alphas": [[0.05]]}, "xgb_cox": {"max_depth": [1], "n_estimators": [50]},
-                                  "xgb_aft": {"max_depth": [1], "n_estimators": [50]}, "logistic": {"C": [0.1]},
-                                  "xgb": {"max_depth": [1], "n_estimators": [50]}}}
+TINY_GRID = {
+    "seed": 3,
+    "cv_folds": 3,
+    "correlation_threshold": 0.95,
+    "k_features": [8],
+    "test_fraction": 0.3,
+    "select_among": "imaging",  # as params.yaml
+    "jobs": 1,
+    "grids": {
+        "coxnet": {"alphas": [[0.05]]},
+        "xgb_cox": {"max_depth": [1], "n_estimators": [50]},
+        "xgb_aft": {"max_depth": [1], "n_estimators": [50]},
+        "logistic": {"C": [0.1]},
+        "xgb": {"max_depth": [1], "n_estimators": [50]},
+    },
+}
 NON_ASCII_ID = "Pätient-ü1"
 TOLERANCE = 1e-12
-NUMBERS = ["risk", "survival_12m", "survival_24m", "survival_36m", "response_probability", "recurrence_shap_1",
-           "response_shap_1"]
+NUMBERS = [
+    "risk",
+    "survival_12m",
+    "survival_24m",
+    "survival_36m",
+    "response_probability",
+    "recurrence_shap_1",
+    "response_shap_1",
+]
 # patient id -> expected status of the mixed cohort's bad rows
-EXPECTED = {"BAD-missing": "missing_file", "BAD-truncated": "unreadable", "BAD-grid": "geometry_mismatch",
-            "BAD-empty": "empty_mask", "BAD-liver-only": "missing_lesion_label", "BAD-nan": "nan_voxels",
-            "BAD-cea": "out_of_range", "BAD-site": "unknown_category", "DUP-1": DUPLICATE_ID}
+EXPECTED = {
+    "BAD-missing": "missing_file",
+    "BAD-truncated": "unreadable",
+    "BAD-grid": "geometry_mismatch",
+    "BAD-empty": "empty_mask",
+    "BAD-liver-only": "missing_lesion_label",
+    "BAD-nan": "nan_voxels",
+    "BAD-cea": "out_of_range",
+    "BAD-site": "unknown_category",
+    "DUP-1": DUPLICATE_ID,
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +89,24 @@ def setup(tmp_path_factory, world, labels, synthetic_cohort) -> dict:
     phantoms = synthetic_cohort
     assert len(pd.read_csv(phantoms / synthetic.CLINICAL_FILE)) == N_PHANTOMS
     (root / "radiomics.yaml").write_text(yaml.safe_dump(LIGHT_RADIOMICS))
-    (root / "extraction.yaml").write_text(yaml.safe_dump({
-        "crop_margin_mm": CROP_MARGIN_MM, "cache_dir": str(root / "cache"), "resample_mask": False,
-        "min_lesion_voxels": 2, "aggregation": AGGREGATION}))
+    (root / "extraction.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "crop_margin_mm": CROP_MARGIN_MM,
+                "cache_dir": str(root / "cache"),
+                "resample_mask": False,
+                "min_lesion_voxels": 2,
+                "aggregation": AGGREGATION,
+            }
+        )
+    )
     (root / "params.yaml").write_text(yaml.safe_dump({"train": TINY_GRID, "evaluate": {"bootstrap": 10, "seed": 0}}))
 
     # Imaging columns exactly as extraction names them; training rows borrow (jittered) phantom values.
     options = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_RADIOMICS, CROP_MARGIN_MM), labels)
-    lesions, report = extraction.extract_cohort(extraction.read_manifest(phantoms / synthetic.CLINICAL_FILE),
-                                                options, None, progress=False)
+    lesions, report = extraction.extract_cohort(
+        extraction.read_manifest(phantoms / synthetic.CLINICAL_FILE), options, None, progress=False
+    )
     clinical = pd.read_csv(phantoms / synthetic.CLINICAL_FILE, dtype={PATIENT_ID: str})
     imaging = patient_feature_table(clinical, pd.Series("ok", index=clinical.index), lesions, report)
     imaging_columns = [c for c in imaging if c.startswith(training.IMAGING_PREFIXES) and c != PATIENT_ID]
@@ -80,16 +119,29 @@ def setup(tmp_path_factory, world, labels, synthetic_cohort) -> dict:
     for name, features in (("imaging", with_imaging), ("clinical", table)):
         features.to_parquet(root / f"{name}.parquet")
         models[name] = root / f"models_{name}"
-        run_train(root / f"{name}.parquet", root / f"train_{name}", models[name], root / "params.yaml",
-                  training.TASKS, track=False)
+        run_train(
+            root / f"{name}.parquet",
+            root / f"train_{name}",
+            models[name],
+            root / "params.yaml",
+            training.TASKS,
+            track=False,
+        )
     return {"root": root, "phantoms": phantoms, "clinical": clinical, "models": models}
 
 
 def predict(setup: dict, cohort: Path, out: Path, models: list[str] | None = None, **kwargs) -> pd.DataFrame:
     root = setup["root"]
-    return run_predict(cohort, models or [str(setup["models"]["imaging"])], out, progress=False,
-                       cache=root / "cache", radiomics_params=root / "radiomics.yaml",
-                       extraction_config=root / "extraction.yaml", **kwargs)
+    return run_predict(
+        cohort,
+        models or [str(setup["models"]["imaging"])],
+        out,
+        progress=False,
+        cache=root / "cache",
+        radiomics_params=root / "radiomics.yaml",
+        extraction_config=root / "extraction.yaml",
+        **kwargs,
+    )
 
 
 def _write_like(array: np.ndarray, reference: sitk.Image, path: Path) -> Path:
@@ -112,9 +164,17 @@ def mixed_cohort(setup: dict, folder: Path) -> Path:
     labels = sitk.GetArrayFromImage(mask)
     empty = _write_like(np.zeros_like(labels), mask, folder / "empty.nii.gz")
     liver_only = _write_like(np.where(labels > 0, 1, 0).astype(labels.dtype), mask, folder / "liver_only.nii.gz")
-    coarse = sitk.Resample(mask, [s // 2 for s in mask.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
-                           mask.GetOrigin(), [2 * s for s in mask.GetSpacing()], mask.GetDirection(), 0,
-                           mask.GetPixelID())
+    coarse = sitk.Resample(
+        mask,
+        [s // 2 for s in mask.GetSize()],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        mask.GetOrigin(),
+        [2 * s for s in mask.GetSpacing()],
+        mask.GetDirection(),
+        0,
+        mask.GetPixelID(),
+    )
     sitk.WriteImage(coarse, str(folder / "other_grid.nii.gz"))
     image = sitk.ReadImage(image_path)
     voxels = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -128,13 +188,23 @@ def mixed_cohort(setup: dict, folder: Path) -> Path:
             row[column] = value
         return row
 
-    rows = [clinical.iloc[0], like_first("DUP-1"), like_first("BAD-missing", image=str(folder / "nowhere.nii.gz")),
-            clinical.iloc[1], like_first("BAD-truncated", image=str(folder / "truncated.nii.gz")),
-            like_first("BAD-grid", mask=str(folder / "other_grid.nii.gz")), clinical.iloc[2],
-            like_first("BAD-empty", mask=str(empty)), like_first("BAD-liver-only", mask=str(liver_only)),
-            like_first("BAD-nan", image=str(nan_image)), like_first(NON_ASCII_ID),
-            like_first("BAD-cea", **{CEA: -5.0}), clinical.iloc[3], like_first("BAD-site", **{PRIMARY_SITE: "appendix"}),
-            like_first("DUP-1")]
+    rows = [
+        clinical.iloc[0],
+        like_first("DUP-1"),
+        like_first("BAD-missing", image=str(folder / "nowhere.nii.gz")),
+        clinical.iloc[1],
+        like_first("BAD-truncated", image=str(folder / "truncated.nii.gz")),
+        like_first("BAD-grid", mask=str(folder / "other_grid.nii.gz")),
+        clinical.iloc[2],
+        like_first("BAD-empty", mask=str(empty)),
+        like_first("BAD-liver-only", mask=str(liver_only)),
+        like_first("BAD-nan", image=str(nan_image)),
+        like_first(NON_ASCII_ID),
+        like_first("BAD-cea", **{CEA: -5.0}),
+        clinical.iloc[3],
+        like_first("BAD-site", **{PRIMARY_SITE: "appendix"}),
+        like_first("DUP-1"),
+    ]
     path = folder / "mixed.csv"
     pd.DataFrame(rows).to_csv(path, index=False, encoding="utf-8")
     return path
@@ -161,7 +231,7 @@ def test_every_input_row_is_in_the_output_with_its_status_and_reason(setup, mixe
     for patient, status in EXPECTED.items():
         assert set(result.loc[result[PATIENT_ID] == patient, "status"]) == {status}, patient
     bad = result[result["status"] != "ok"]
-    assert len(bad) == len(EXPECTED) + 1                      # the duplicate has two rows
+    assert len(bad) == len(EXPECTED) + 1  # the duplicate has two rows
     assert bad["reason"].str.len().gt(20).all()
     assert bad[["risk", "response_probability", "fong_score", "recurrence_feature_1"]].isna().all().all()
     assert "rows 2, 15" in rows.loc["DUP-1", "reason"].iloc[0]
@@ -188,8 +258,9 @@ def test_chunking_and_bad_neighbours_do_not_change_predictions(setup, mixed, tmp
         result = predict(setup, alone, tmp_path / "alone", chunk_size=1)
         assert result[PATIENT_ID].tolist() == [patient] and result["status"].tolist() == ["ok"]
         for column in NUMBERS:
-            assert result[column].iloc[0] == pytest.approx(in_mixed.at[patient, column], rel=TOLERANCE,
-                                                           abs=TOLERANCE), (patient, column)
+            assert result[column].iloc[0] == pytest.approx(
+                in_mixed.at[patient, column], rel=TOLERANCE, abs=TOLERANCE
+            ), (patient, column)
 
 
 def test_explanations_are_complete_and_add_up_to_the_predictions(setup, mixed):
@@ -208,13 +279,13 @@ def test_explanations_are_complete_and_add_up_to_the_predictions(setup, mixed):
             assert result.at[patient, f"{task}_feature_1"] == model["contributions"][0]["feature"]
             assert result.at[patient, f"{task}_shap_1"] == pytest.approx(shap[0], rel=TOLERANCE)
         risk = next(m for m in document["models"] if m["task"] == training.RECURRENCE)["value"]
-        assert risk == pytest.approx(result.at[patient, "risk"], rel=1e-6, abs=1e-7)   # xgboost sums in float32
+        assert risk == pytest.approx(result.at[patient, "risk"], rel=1e-6, abs=1e-7)  # xgboost sums in float32
 
 
 def test_every_model_family_is_explained_exactly_and_a_marker_picks_the_model(setup, mixed, tmp_path):
     folder = tmp_path / "models"
     shutil.copytree(setup["models"]["imaging"], folder)
-    (folder / "best.json").unlink()   # written by crlm train; without it, the documented default order
+    (folder / "best.json").unlink()  # written by crlm train; without it, the documented default order
     assert [m.name for m in load_models([str(folder)], tmp_path)] == ["coxnet", "logistic"]
     (folder / "best.json").write_text(json.dumps({"recurrence": "xgb_aft", "response": "xgb"}))
     assert [m.name for m in load_models([str(folder)], tmp_path)] == ["xgb_aft", "xgb"]
@@ -223,24 +294,42 @@ def test_every_model_family_is_explained_exactly_and_a_marker_picks_the_model(se
     table = pd.read_parquet(setup["root"] / "imaging.parquet").head(20)
     for path in sorted(folder.glob("*.joblib")):
         model = load_models([str(path)], tmp_path)[0]
-        shap = explain_without_background(model.predictor, table)   # raises unless SHAP values add up to the margin
+        shap = explain_without_background(model.predictor, table)  # raises unless SHAP values add up to the margin
         prediction = model.predictor.predict_frame(table)
-        served = prediction["risk"] if "risk" in prediction else np.log(
-            prediction["response_probability"] / (1 - prediction["response_probability"]))
+        served = (
+            prediction["risk"]
+            if "risk" in prediction
+            else np.log(prediction["response_probability"] / (1 - prediction["response_probability"]))
+        )
         np.testing.assert_allclose(shap.output, served, rtol=1e-5, atol=1e-5, err_msg=path.name)
 
 
 def test_a_clinical_only_model_needs_no_image_columns(setup, tmp_path):
     clinical = setup["clinical"].drop(columns=[IMAGE, MASK])
-    cohort = pd.concat([clinical, clinical.iloc[[0]].assign(**{CEA: -5.0, PATIENT_ID: "BAD-cea"}),
-                        clinical.iloc[[1]], clinical.iloc[[2]].assign(**{PATIENT_ID: ""}),
-                        clinical.iloc[[3]].assign(**{PATIENT_ID: "NA"})], ignore_index=True)
+    cohort = pd.concat(
+        [
+            clinical,
+            clinical.iloc[[0]].assign(**{CEA: -5.0, PATIENT_ID: "BAD-cea"}),
+            clinical.iloc[[1]],
+            clinical.iloc[[2]].assign(**{PATIENT_ID: ""}),
+            clinical.iloc[[3]].assign(**{PATIENT_ID: "NA"}),
+        ],
+        ignore_index=True,
+    )
     path = tmp_path / "clinical.csv"
     cohort.to_csv(path, index=False)
     result = predict(setup, path, tmp_path / "out", models=[str(setup["models"]["clinical"])], chunk_size=3)
-    assert result["status"].tolist() == ["ok", DUPLICATE_ID, "ok", "ok", "out_of_range", DUPLICATE_ID,
-                                         "missing_patient_id", "ok"]
-    assert result[PATIENT_ID].tolist() == [*cohort[PATIENT_ID].iloc[:6], "", "NA"]   # "NA" is an identifier
+    assert result["status"].tolist() == [
+        "ok",
+        DUPLICATE_ID,
+        "ok",
+        "ok",
+        "out_of_range",
+        DUPLICATE_ID,
+        "missing_patient_id",
+        "ok",
+    ]
+    assert result[PATIENT_ID].tolist() == [*cohort[PATIENT_ID].iloc[:6], "", "NA"]  # "NA" is an identifier
     assert result.loc[result["status"] == "ok", ["risk", "response_probability"]].notna().all().all()
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert not any(m["uses_images"] for m in summary["models"])
@@ -252,14 +341,19 @@ def test_a_mapped_sheet_is_predicted_with_its_identifiers_unchanged(setup, tmp_p
     from tests.conftest import REPO
 
     sheet = REPO / "tests" / "data" / "tcia_clinical_sample.csv"
-    result = predict(setup, sheet, tmp_path / "out", models=[str(setup["models"]["clinical"])],
-                     mapping=REPO / "configs" / "mappings" / "tcia_crlm.yaml")
+    result = predict(
+        setup,
+        sheet,
+        tmp_path / "out",
+        models=[str(setup["models"]["clinical"])],
+        mapping=REPO / "configs" / "mappings" / "tcia_crlm.yaml",
+    )
     raw = pd.read_csv(sheet, dtype=str, keep_default_na=False)
     assert result[PATIENT_ID].tolist() == raw["Patient-ID"].tolist()
     assert (result["status"] == "ok").all() and result[["risk", "response_probability"]].notna().all().all()
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     recurrence = next(v for k, v in summary["absent_columns"].items() if k.startswith("recurrence/"))
-    assert "n_liver_lesions" in recurrence   # TCIA has no lesion count
+    assert "n_liver_lesions" in recurrence  # TCIA has no lesion count
 
 
 def test_registry_models_give_the_same_numbers_as_the_models_folder(setup, mixed, tmp_path, monkeypatch):
@@ -274,22 +368,30 @@ def test_registry_models_give_the_same_numbers_as_the_models_folder(setup, mixed
     monkeypatch.chdir(tmp_path)
     tracking.configure(tmp_path)
     table = pd.read_parquet(setup["root"] / "imaging.parquet")
-    chosen = {m.task: m.name for m in load_models([str(setup["models"]["imaging"])], tmp_path)}   # as the folder
+    chosen = {m.task: m.name for m in load_models([str(setup["models"]["imaging"])], tmp_path)}  # as the folder
     with mlflow.start_run():
-        for task, registered, alias in ((training.RECURRENCE, "crlm-recurrence", "champion"),
-                                        (training.RESPONSE, "crlm-response", "candidate")):
+        for task, registered, alias in (
+            (training.RECURRENCE, "crlm-recurrence", "champion"),
+            (training.RESPONSE, "crlm-response", "candidate"),
+        ):
             predictor = joblib.load(setup["models"]["imaging"] / f"{task}_{chosen[task]}.joblib")
             example = table.head(5)[[PATIENT_ID, *predictor.feature_columns]]
-            example = example.astype({c: float for c in predictor.feature_columns
-                                      if pd.api.types.is_integer_dtype(example[c])})
+            example = example.astype(
+                {c: float for c in predictor.feature_columns if pd.api.types.is_integer_dtype(example[c])}
+            )
             tracking.log_pyfunc_model(PrognosisModel(predictor), "model", example, registered, alias=alias)
-    result = predict(setup, mixed["cohort"], tmp_path / "out", repo_root=tmp_path, chunk_size=5,
-                     models=["models:/crlm-recurrence@champion", "models:/crlm-response@candidate"])
+    result = predict(
+        setup,
+        mixed["cohort"],
+        tmp_path / "out",
+        repo_root=tmp_path,
+        chunk_size=5,
+        models=["models:/crlm-recurrence@champion", "models:/crlm-response@candidate"],
+    )
     assert result["recurrence_model_version"].dropna().unique().tolist() == ["crlm-recurrence v1 (@champion)"]
     local = mixed["result"]
     assert result["status"].tolist() == local["status"].tolist()
-    pd.testing.assert_frame_equal(result[NUMBERS], local[NUMBERS], check_exact=False, rtol=TOLERANCE,
-                                  atol=TOLERANCE)
+    pd.testing.assert_frame_equal(result[NUMBERS], local[NUMBERS], check_exact=False, rtol=TOLERANCE, atol=TOLERANCE)
 
 
 def test_explanation_file_names_are_safe_and_distinct():
@@ -306,8 +408,13 @@ def test_validate_featurize_and_predict_agree_on_usable_patients(setup, tmp_path
 
     clinical = setup["clinical"].drop(columns=[IMAGE, MASK]).astype(object)
     bad = [(CEA, "."), (CEA, "3,6"), ("largest_lesion_cm", "2021-03-04"), ("primary_node_positive", "2")]
-    extra = pd.concat([clinical.iloc[[i % len(clinical)]].assign(**{PATIENT_ID: f"BAD-{i}", column: value})
-                       for i, (column, value) in enumerate(bad)], ignore_index=True)
+    extra = pd.concat(
+        [
+            clinical.iloc[[i % len(clinical)]].assign(**{PATIENT_ID: f"BAD-{i}", column: value})
+            for i, (column, value) in enumerate(bad)
+        ],
+        ignore_index=True,
+    )
     cohort = pd.concat([clinical, extra], ignore_index=True).rename(columns={CEA: " CEA_NG_ML", "sex": "Sex"})
     path = tmp_path / "bad.csv"
     cohort.to_csv(path, index=False)
@@ -328,10 +435,11 @@ def test_validate_featurize_and_predict_agree_on_usable_patients(setup, tmp_path
         said = f"patient BAD-{i} (row {row}): {column} = "
         assert said in text and said in featurized.at[row - 1, "reason"] and said in predicted.at[row - 1, "reason"]
         assert repr(value) in predicted.at[row - 1, "reason"] or value in predicted.at[row - 1, "reason"]
-    assert predicted.loc[:len(clinical) - 1, "risk"].notna().all()
+    assert predicted.loc[: len(clinical) - 1, "risk"].notna().all()
 
 
 # ----------------------------------------------------------------------------- extraction settings (issue 11)
+
 
 @pytest.fixture(scope="module")
 def remembering(setup, labels, tmp_path_factory) -> Path:
@@ -340,8 +448,9 @@ def remembering(setup, labels, tmp_path_factory) -> Path:
     shutil.copytree(setup["models"]["imaging"], folder)
     options = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_RADIOMICS, CROP_MARGIN_MM), labels)
     table = pd.DataFrame({"x": [1.0]})
-    extraction.write_table_with_record(table, folder.parent / "features.parquet",
-                                       extraction.settings_record(options, AGGREGATION))
+    extraction.write_table_with_record(
+        table, folder.parent / "features.parquet", extraction.settings_record(options, AGGREGATION)
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(folder.parent / "features.parquet"), table)
     assert extraction.copy_record_to_models(folder.parent / "features.parquet", folder) is not None
     return folder
@@ -350,8 +459,9 @@ def remembering(setup, labels, tmp_path_factory) -> Path:
 def test_predict_uses_the_models_extraction_settings_by_default(setup, remembering, tmp_path):
     cohort = setup["phantoms"] / synthetic.CLINICAL_FILE
     explicit = predict(setup, cohort, tmp_path / "explicit", models=[str(remembering)])
-    by_default = run_predict(cohort, [str(remembering)], tmp_path / "default", progress=False,
-                             cache=setup["root"] / "cache")   # no --params/--config: the model's
+    by_default = run_predict(
+        cohort, [str(remembering)], tmp_path / "default", progress=False, cache=setup["root"] / "cache"
+    )  # no --params/--config: the model's
     pd.testing.assert_frame_equal(by_default, explicit)
     assert (by_default["status"] == "ok").all()
 
@@ -364,11 +474,24 @@ def test_predict_refuses_another_bin_width_naming_it_unless_told(setup, remember
     params = tmp_path / "radiomics.yaml"
     params.write_text(yaml.safe_dump(other))
     with pytest.raises(ValueError, match=r"radiomics\.setting\.binWidth: model 25, given 50"):
-        run_predict(cohort, [str(remembering)], tmp_path / "refused", progress=False, radiomics_params=params,
-                    cache=setup["root"] / "cache")
+        run_predict(
+            cohort,
+            [str(remembering)],
+            tmp_path / "refused",
+            progress=False,
+            radiomics_params=params,
+            cache=setup["root"] / "cache",
+        )
     assert not (tmp_path / "refused" / PREDICTIONS_FILE).exists()
-    result = run_predict(cohort, [str(remembering)], tmp_path / "allowed", progress=False, radiomics_params=params,
-                         cache=setup["root"] / "cache", allow_different_settings=True)
+    result = run_predict(
+        cohort,
+        [str(remembering)],
+        tmp_path / "allowed",
+        progress=False,
+        radiomics_params=params,
+        cache=setup["root"] / "cache",
+        allow_different_settings=True,
+    )
     assert (result["status"] == "ok").all()
     assert "binWidth differs from the model's (25): using 50" in capsys.readouterr().out
 
@@ -384,21 +507,23 @@ def test_models_with_different_extraction_settings_are_not_mixed(setup, remember
         run_predict(setup["phantoms"] / synthetic.CLINICAL_FILE, models, tmp_path / "out", progress=False)
 
 
-def test_predict_extracts_only_what_the_models_use_with_the_same_predictions(setup, mixed, labels, tmp_path,
-                                                                           monkeypatch):
+def test_predict_extracts_only_what_the_models_use_with_the_same_predictions(
+    setup, mixed, labels, tmp_path, monkeypatch
+):
     """Issue 14: predict computes only the image types and feature classes the models' inputs
     come from; the predictions, statuses and reasons are those of the full extraction, and the
     reduced extraction's cache entries never stand in for a full one."""
     root = setup["root"]
     table = pd.read_parquet(root / "imaging.parquet")
     table.drop(columns=[c for c in table if "_glcm_" in c]).to_parquet(tmp_path / "no_glcm.parquet")
-    folder = tmp_path / "models_no_glcm"          # a model whose inputs need no GLCM
-    run_train(tmp_path / "no_glcm.parquet", tmp_path / "train", folder, root / "params.yaml", training.TASKS,
-              track=False)
+    folder = tmp_path / "models_no_glcm"  # a model whose inputs need no GLCM
+    run_train(
+        tmp_path / "no_glcm.parquet", tmp_path / "train", folder, root / "params.yaml", training.TASKS, track=False
+    )
     loaded = load_models([str(folder)], root)
     inputs = [c for m in loaded for c in m.feature_columns if c.startswith("rad_")]
     columns = [c for m in loaded for c in used_columns(m.predictor.pipeline, m.feature_columns)]
-    assert 0 < len([c for c in columns if c.startswith("rad_")]) < len(inputs)   # selection inside the pipeline
+    assert 0 < len([c for c in columns if c.startswith("rad_")]) < len(inputs)  # selection inside the pipeline
     full = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_RADIOMICS, CROP_MARGIN_MM), labels)
     reduced = extraction.options_for_columns(full, columns)
     used = {c.split("__", 1)[1].rsplit("_", 2)[1] for c in columns if c.startswith("rad_")}
@@ -406,8 +531,15 @@ def test_predict_extracts_only_what_the_models_use_with_the_same_predictions(set
     assert reduced.digest() != full.digest()
 
     def run(out: str, cache: str) -> pd.DataFrame:
-        return run_predict(mixed["cohort"], [str(folder)], tmp_path / out, progress=False, cache=tmp_path / cache,
-                           radiomics_params=root / "radiomics.yaml", extraction_config=root / "extraction.yaml")
+        return run_predict(
+            mixed["cohort"],
+            [str(folder)],
+            tmp_path / out,
+            progress=False,
+            cache=tmp_path / cache,
+            radiomics_params=root / "radiomics.yaml",
+            extraction_config=root / "extraction.yaml",
+        )
 
     subset = run("subset", "c1")
     monkeypatch.setattr(extraction, "options_for_columns", lambda options, columns: options)
@@ -418,9 +550,9 @@ def test_predict_extracts_only_what_the_models_use_with_the_same_predictions(set
 
     cases = extraction.read_manifest(setup["phantoms"] / synthetic.CLINICAL_FILE)
     lesions, report = extraction.extract_cohort(cases, full, tmp_path / "c1", progress=False)
-    assert not report[extraction.CACHED].any()     # the reduced entries were not taken for a full extraction
+    assert not report[extraction.CACHED].any()  # the reduced entries were not taken for a full extraction
     fresh, _ = extraction.extract_cohort(cases, full, None, progress=False)
     pd.testing.assert_frame_equal(lesions, fresh)
-    assert any("_glcm_" in c for c in lesions) and not any("_glcm_" in c for c in
-                                                          extraction.extract_cohort(cases, reduced, None,
-                                                                                    progress=False)[0])
+    assert any("_glcm_" in c for c in lesions) and not any(
+        "_glcm_" in c for c in extraction.extract_cohort(cases, reduced, None, progress=False)[0]
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -31,15 +29,27 @@ def _metric(value: float, low: float, high: float) -> dict[str, float]:
 
 METRICS = {
     "recurrence": {
-        "coxnet": {"c_index": _metric(0.66, 0.61, 0.71), "ibs": _metric(0.181, 0.162, 0.2),
-                   "delta_c_vs_fong": _metric(0.07, 0.012, 0.128)},
+        "coxnet": {
+            "c_index": _metric(0.66, 0.61, 0.71),
+            "ibs": _metric(0.181, 0.162, 0.2),
+            "delta_c_vs_fong": _metric(0.07, 0.012, 0.128),
+        },
         "fong": {"c_index": _metric(0.59, 0.54, 0.64), "ibs": _metric(0.2, 0.18, 0.22)},
-        "oracle": {"c_index": _metric(0.70, 0.66, 0.74), "ibs": _metric(0.17, 0.15, 0.19),
-                   "delta_c_vs_fong": _metric(0.11, 0.07, 0.15)},
+        "oracle": {
+            "c_index": _metric(0.70, 0.66, 0.74),
+            "ibs": _metric(0.17, 0.15, 0.19),
+            "delta_c_vs_fong": _metric(0.11, 0.07, 0.15),
+        },
     },
 }
-CV = {"recurrence": {"best": "coxnet", "params": {"coxnet": {"alphas": [0.05]}}, "cv": {"coxnet": 0.64},
-                     "n_features_in": 120}}
+CV = {
+    "recurrence": {
+        "best": "coxnet",
+        "params": {"coxnet": {"alphas": [0.05]}},
+        "cv": {"coxnet": 0.64},
+        "n_features_in": 120,
+    }
+}
 
 
 def _png(path: Path) -> None:
@@ -57,20 +67,22 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     for name in ("km_recurrence_model", "td_auc_recurrence"):
         _png(train / "plots" / f"{name}.png")
     features = tmp_path / "features.parquet"
-    pd.DataFrame({
-        "patient_id": [NON_ASCII_ID, "A7-0002", "A7-0003", "A7-0004"],
-        "status": ["ok", "ok", "empty_mask", "ok"],
-        "reason": ["", "", DANGEROUS_REASON, ""],
-        "site": ["A", "A", "A", "B"],
-        "age_years": [61.0, 70.0, 55.0, 64.0],
-        "sex": ["male", "female", "male", "male"],
-        "primary_node_positive": [1, 0, 1, 1],
-        "recurrence_event": [1, 0, 1, 0],
-        "recurrence_months": [10.0, 40.0, 5.0, 30.0],
-        "recist_response": ["PR", "SD", "CR", "PD"],
-        "fong_risk_group": ["low", "high", "low", None],
-        DANGEROUS_COLUMN: [1, 2, 3, 4],
-    }).to_parquet(features)
+    pd.DataFrame(
+        {
+            "patient_id": [NON_ASCII_ID, "A7-0002", "A7-0003", "A7-0004"],
+            "status": ["ok", "ok", "empty_mask", "ok"],
+            "reason": ["", "", DANGEROUS_REASON, ""],
+            "site": ["A", "A", "A", "B"],
+            "age_years": [61.0, 70.0, 55.0, 64.0],
+            "sex": ["male", "female", "male", "male"],
+            "primary_node_positive": [1, 0, 1, 1],
+            "recurrence_event": [1, 0, 1, 0],
+            "recurrence_months": [10.0, 40.0, 5.0, 30.0],
+            "recist_response": ["PR", "SD", "CR", "PD"],
+            "fong_risk_group": ["low", "high", "low", None],
+            DANGEROUS_COLUMN: [1, 2, 3, 4],
+        }
+    ).to_parquet(features)
     truth = tmp_path / "truth.csv"
     truth.write_text("patient_id,recurrence_lp\nA7-0002,0.1\n")
     return {"train": train, "features": features, "truth": truth, "root": tmp_path / "repo"}
@@ -92,8 +104,13 @@ def _tags(text: str) -> list[tuple[str, dict[str, str | None]]]:
 
 
 def _build(inputs: dict[str, Path], tmp_path: Path, **kwargs) -> str:
-    options = {"features": inputs["features"], "truth": inputs["truth"], "repo_root": inputs["root"],
-               "track": False, **kwargs}
+    options = {
+        "features": inputs["features"],
+        "truth": inputs["truth"],
+        "repo_root": inputs["root"],
+        "track": False,
+        **kwargs,
+    }
     path = run_report(inputs["train"], tmp_path / "out", **options)
     assert path == tmp_path / "out" / report.REPORT_NAME
     return path.read_text(encoding="utf-8")
@@ -110,16 +127,16 @@ def test_report_is_self_contained_with_every_png_embedded(inputs, tmp_path):
     prefix = "data:image/png;base64,"
     for src in images:
         assert src.startswith(prefix)
-        assert base64.b64decode(src[len(prefix):], validate=True).startswith(PNG_SIGNATURE)
+        assert base64.b64decode(src[len(prefix) :], validate=True).startswith(PNG_SIGNATURE)
 
 
 def test_user_data_is_escaped(inputs, tmp_path):
     text = _build(inputs, tmp_path)
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text       # the column name, listed as text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the column name, listed as text
     # the status reason (Jinja2/markupsafe spell the apostrophe &#39;, html.escape spelled it &#x27;)
     assert "mask &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in text
     assert NON_ASCII_ID not in text  # an ok patient is counted, not listed
-    assert "A7-0003" in text         # a failed patient is named
+    assert "A7-0003" in text  # a failed patient is named
 
 
 def test_non_ascii_patient_id_survives(inputs, tmp_path):
@@ -148,9 +165,9 @@ def test_synthetic_label_from_features_column(inputs, tmp_path):
 
 def test_metrics_appear_with_cis_delta_and_best(inputs, tmp_path):
     text = _build(inputs, tmp_path)
-    assert "0.660" in text and "(0.610 to 0.710)" in text        # coxnet C-index
-    assert "0.181" in text and "(0.162 to 0.200)" in text        # coxnet IBS
-    assert "+0.070" in text and "(+0.012 to +0.128)" in text     # paired delta vs Fong
+    assert "0.660" in text and "(0.610 to 0.710)" in text  # coxnet C-index
+    assert "0.181" in text and "(0.162 to 0.200)" in text  # coxnet IBS
+    assert "+0.070" in text and "(+0.012 to +0.128)" in text  # paired delta vs Fong
     assert re.search(r'<tr class="best"><td>coxnet \(best\)', text)
     assert re.search(r'<tr class="oracle"><td>oracle</td><td>oracle', text)
     assert re.search(r'<tr class="baseline"><td>fong</td><td>baseline', text)
@@ -158,13 +175,13 @@ def test_metrics_appear_with_cis_delta_and_best(inputs, tmp_path):
 
 def test_oracle_gain_share(inputs, tmp_path):
     assert report.oracle_gain_share(0.66, 0.70) == pytest.approx(0.8)
-    assert report.oracle_gain_share(0.60, 0.50) is None       # an oracle at chance gives no share
+    assert report.oracle_gain_share(0.60, 0.50) is None  # an oracle at chance gives no share
     assert report.oracle_gain_share(float("nan"), 0.7) is None
     text = _build(inputs, tmp_path)
     coxnet_row = re.search(r'<tr class="best">.*?</tr>', text).group(0)
-    assert "<td class=\"num\">80%</td>" in coxnet_row
+    assert '<td class="num">80%</td>' in coxnet_row
     fong_row = re.search(r'<tr class="baseline"><td>fong</td>.*?</tr>', text).group(0)
-    assert "45%" in fong_row                                   # (0.59 - 0.5) / 0.2
+    assert "45%" in fong_row  # (0.59 - 0.5) / 0.2
 
 
 def test_missing_optional_inputs_say_not_available(inputs, tmp_path):
@@ -177,7 +194,7 @@ def test_missing_optional_inputs_say_not_available(inputs, tmp_path):
     assert "not available" in extraction
     bare = run_report(inputs["train"], tmp_path / "bare.html", repo_root=inputs["root"], track=False)
     bare_text = bare.read_text(encoding="utf-8")
-    assert bare_text.count('class="na"') >= 4       # cohort, extraction, explain, external, params
+    assert bare_text.count('class="na"') >= 4  # cohort, extraction, explain, external, params
     assert "Research software, not for clinical use" in bare_text
 
 
@@ -190,8 +207,9 @@ def test_missing_metrics_json_names_file_and_command(tmp_path):
 def test_external_side_by_side_and_partial_explanations(inputs, tmp_path):
     external = tmp_path / "external"
     external.mkdir()
-    ext = {"recurrence": {"coxnet": {"c_index": _metric(0.62, 0.55, 0.69)},
-                          "fong": {"c_index": _metric(0.57, 0.5, 0.64)}}}
+    ext = {
+        "recurrence": {"coxnet": {"c_index": _metric(0.62, 0.55, 0.69)}, "fong": {"c_index": _metric(0.57, 0.5, 0.64)}}
+    }
     (external / "metrics.json").write_text(json.dumps(ext))
     explain = tmp_path / "explain"
     full, partial = explain / "recurrence" / "coxnet", explain / "response" / "logistic"
@@ -201,7 +219,8 @@ def test_external_side_by_side_and_partial_explanations(inputs, tmp_path):
     _png(full / "beeswarm.png")
     (full / "attribution_share.json").write_text(json.dumps({"clinical": 0.4, "radiomics": 0.6}))
     pd.DataFrame({"feature": ["cea_ng_ml", "rad_largest__x"], "mean_abs_shap": [0.3, 0.2]}).to_csv(
-        full / "importance.csv", index=False)
+        full / "importance.csv", index=False
+    )
     (partial / "attribution_share.json").write_text("{broken")
     text = _build(inputs, tmp_path, external_dir=external, explain_dir=explain)
     section = re.search(r'<section id="external">.*?</section>', text, re.S).group(0)
@@ -210,7 +229,7 @@ def test_external_side_by_side_and_partial_explanations(inputs, tmp_path):
     assert "60.0%" in shap and "rad_largest__x" in shap
     assert "could not be read" in shap and "bar.png: not available" in shap
     images = [a for t, a in _tags(text) if t == "img"]
-    assert len(images) == 2 + 2                       # 2 training plots + bar and beeswarm
+    assert len(images) == 2 + 2  # 2 training plots + bar and beeswarm
 
 
 def test_out_may_name_the_html_file(inputs, tmp_path):
@@ -273,7 +292,7 @@ class _Text(HTMLParser):
 def test_markup_in_ids_notes_and_columns_is_escaped_once(inputs, tmp_path):
     patient = "P<script>&1"
     note = "k grid <script>alert(2)</script> & 'quotes' \"double\""
-    literal = "already &amp; escaped &lt;b&gt;"       # must reach the reader unchanged, not decoded
+    literal = "already &amp; escaped &lt;b&gt;"  # must reach the reader unchanged, not decoded
     column = "<script>&col"
     model = "m&<script>"
     table = pd.read_parquet(inputs["features"])
@@ -291,15 +310,15 @@ def test_markup_in_ids_notes_and_columns_is_escaped_once(inputs, tmp_path):
     assert not any(t == "script" for t, _ in _tags(text))
     assert "P&lt;script&gt;&amp;1" in text
     assert "&lt;script&gt;&amp;col" in text
-    assert "already &amp;amp; escaped &amp;lt;b&amp;gt;" in text   # the literal entity text, escaped once
+    assert "already &amp;amp; escaped &amp;lt;b&amp;gt;" in text  # the literal entity text, escaped once
     assert "&amp;lt;script" not in text and "&amp;amp;1" not in text  # nothing escaped twice
-    assert '<span class="ci">(0.610 to 0.710)</span>' in text          # the template's own markup is markup
+    assert '<span class="ci">(0.610 to 0.710)</span>' in text  # the template's own markup is markup
     reader = _Text()
     reader.feed(text)
     seen = "".join(reader.text)
     for value in (patient, note, literal, column, model):
-        assert value in seen, value                    # decoded once, the reader sees the data as written
-    assert f"{model}: mean |SHAP| per feature (global importance)" in reader.attributes   # the img alt
+        assert value in seen, value  # decoded once, the reader sees the data as written
+    assert f"{model}: mean |SHAP| per feature (global importance)" in reader.attributes  # the img alt
 
 
 def test_templates_are_package_data():
@@ -322,4 +341,4 @@ def test_reverse_kaplan_meier_median_follow_up_on_hand_worked_examples():
     # as for censoring weights): 1 - 1/4 = 0.75 at 2, x (1 - 1/3) = 0.5 at 3
     tied = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0])
     assert report.reverse_km_median(tied, np.array([1, 0, 1, 0, 1, 0], bool)) == 3.0
-    assert report.reverse_km_median(time, np.ones(6, bool)) is None     # nobody censored: not reached
+    assert report.reverse_km_median(time, np.ones(6, bool)) is None  # nobody censored: not reached

@@ -26,7 +26,9 @@ def test_shipped_world_file_loads(world):
 def test_misspelt_key_names_the_nearest_valid_key(raw_world):
     bad = copy.deepcopy(raw_world)
     bad["recurrence"]["weibul_shape"] = bad["recurrence"].pop("weibull_shape")
-    with pytest.raises(settings.SettingsError, match=r"recurrence: unknown key 'weibul_shape'; did you mean 'weibull_shape'"):
+    with pytest.raises(
+        settings.SettingsError, match=r"recurrence: unknown key 'weibul_shape'; did you mean 'weibull_shape'"
+    ):
         settings.build(World, bad, "world.yaml")
 
 
@@ -91,8 +93,18 @@ def _write(tmp_path, params: dict):
 
 def _train(tmp_path, params_path, capsys) -> tuple[int, str]:
     """crlm train up to the params check (the features file need not exist: params come first)."""
-    code = main(["train", "--features", str(tmp_path / "features.parquet"), "--out", str(tmp_path / "out"),
-                 "--params", str(params_path), "--no-tracking"])
+    code = main(
+        [
+            "train",
+            "--features",
+            str(tmp_path / "features.parquet"),
+            "--out",
+            str(tmp_path / "out"),
+            "--params",
+            str(params_path),
+            "--no-tracking",
+        ]
+    )
     return code, capsys.readouterr().err
 
 
@@ -115,33 +127,46 @@ def test_a_misspelt_train_key_stops_crlm_train_naming_the_nearest(tmp_path, proj
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("grids", "message"), [
-    ({"xgb_cox": {"max_dept": [1, 2]}}, "train.grids: xgb_cox: unknown option 'max_dept' of XGBCoxSurvival; "
-                                        "did you mean 'max_depth'?"),
-    ({"xgb_cx": {"max_depth": [1]}}, "train.grids: unknown model 'xgb_cx'; did you mean 'xgb_cox'?"),
-    ({"logistic": {"C": []}}, "train.grids: logistic.C: an empty list"),
-])
-def test_a_misspelt_model_option_is_an_error_not_a_silently_dropped_model(tmp_path, project_params, capsys,
-                                                                         grids, message):
+@pytest.mark.parametrize(
+    ("grids", "message"),
+    [
+        (
+            {"xgb_cox": {"max_dept": [1, 2]}},
+            "train.grids: xgb_cox: unknown option 'max_dept' of XGBCoxSurvival; did you mean 'max_depth'?",
+        ),
+        ({"xgb_cx": {"max_depth": [1]}}, "train.grids: unknown model 'xgb_cx'; did you mean 'xgb_cox'?"),
+        ({"logistic": {"C": []}}, "train.grids: logistic.C: an empty list"),
+    ],
+)
+def test_a_misspelt_model_option_is_an_error_not_a_silently_dropped_model(
+    tmp_path, project_params, capsys, grids, message
+):
     project_params["train"]["grids"] = grids
     code, err = _train(tmp_path, _write(tmp_path, project_params), capsys)
     assert code == 2 and message in err
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda p: p["train"].pop("seed"), "train: missing key(s) seed; add it"),
-    (lambda p: p["train"].update(cv_folds="five"), "train.cv_folds: expected a whole number, got 'five'"),
-    (lambda p: p["train"].update(test_fraction=30), "train.test_fraction: 30.0; expected a share between 0 and 1"),
-    (lambda p: p["train"].update(select_among="imagin"), "train.select_among: 'imagin' is not allowed; "
-                                                         "did you mean 'imaging'?"),
-    (lambda p: p["evaluate"].update(boostrap=1), "evaluate: unknown key 'boostrap'; did you mean 'bootstrap'?"),
-    (lambda p: p["synthesize"]["train"].update(sede=1), "synthesize.train: unknown key 'sede'; did you mean 'seed'?"),
-    (lambda p: p["explain"].update(topk=1), "explain: unknown key 'topk'; did you mean 'top_k'?"),
-    (lambda p: p.pop("evaluate"), "no 'evaluate' block; copy it from the project's params.yaml"),
-    (lambda p: p.update(trian=p.pop("train")), "unknown key 'trian'; did you mean 'train'?"),
-])
-def test_a_bad_params_file_is_a_clean_cli_error_naming_file_and_key(tmp_path, project_params, capsys, change,
-                                                                    message):
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p["train"].pop("seed"), "train: missing key(s) seed; add it"),
+        (lambda p: p["train"].update(cv_folds="five"), "train.cv_folds: expected a whole number, got 'five'"),
+        (lambda p: p["train"].update(test_fraction=30), "train.test_fraction: 30.0; expected a share between 0 and 1"),
+        (
+            lambda p: p["train"].update(select_among="imagin"),
+            "train.select_among: 'imagin' is not allowed; did you mean 'imaging'?",
+        ),
+        (lambda p: p["evaluate"].update(boostrap=1), "evaluate: unknown key 'boostrap'; did you mean 'bootstrap'?"),
+        (
+            lambda p: p["synthesize"]["train"].update(sede=1),
+            "synthesize.train: unknown key 'sede'; did you mean 'seed'?",
+        ),
+        (lambda p: p["explain"].update(topk=1), "explain: unknown key 'topk'; did you mean 'top_k'?"),
+        (lambda p: p.pop("evaluate"), "no 'evaluate' block; copy it from the project's params.yaml"),
+        (lambda p: p.update(trian=p.pop("train")), "unknown key 'trian'; did you mean 'train'?"),
+    ],
+)
+def test_a_bad_params_file_is_a_clean_cli_error_naming_file_and_key(tmp_path, project_params, capsys, change, message):
     change(project_params)
     path = _write(tmp_path, project_params)
     code, err = _train(tmp_path, path, capsys)
@@ -153,19 +178,50 @@ def test_a_bad_params_file_is_a_clean_cli_error_naming_file_and_key(tmp_path, pr
 def test_a_missing_key_is_no_traceback_in_a_fresh_crlm_process(tmp_path, project_params):
     del project_params["evaluate"]["seed"]
     path = _write(tmp_path, project_params)
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "--model", str(tmp_path),
-                             "--features", str(tmp_path / "f.parquet"), "--out", str(tmp_path / "o"),
-                             "--params", str(path), "--no-tracking"], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "evaluate",
+            "--model",
+            str(tmp_path),
+            "--features",
+            str(tmp_path / "f.parquet"),
+            "--out",
+            str(tmp_path / "o"),
+            "--params",
+            str(path),
+            "--no-tracking",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"crlm evaluate: error: {path}: evaluate: missing key(s) seed; "
-                                     "add it (see docs/settings.md)")
+    assert result.stderr.strip() == (
+        f"crlm evaluate: error: {path}: evaluate: missing key(s) seed; add it (see docs/settings.md)"
+    )
 
 
 def test_explain_reads_its_block_through_the_same_check(tmp_path, project_params, capsys):
     project_params["explain"]["waterfall"] = project_params["explain"].pop("waterfalls")
     path = _write(tmp_path, project_params)
-    code = main(["explain", "--models", str(tmp_path), "--features", str(tmp_path / "f.parquet"),
-                 "--split", str(tmp_path / "split.csv"), "--out", str(tmp_path / "x"), "--params", str(path)])
+    code = main(
+        [
+            "explain",
+            "--models",
+            str(tmp_path),
+            "--features",
+            str(tmp_path / "f.parquet"),
+            "--split",
+            str(tmp_path / "split.csv"),
+            "--out",
+            str(tmp_path / "x"),
+            "--params",
+            str(path),
+        ]
+    )
     assert code == 2
     assert f"{path}: explain: unknown key 'waterfall'; did you mean 'waterfalls'?" in capsys.readouterr().err
 
@@ -176,6 +232,7 @@ def test_a_params_file_without_an_explain_block_takes_the_documented_defaults(tm
 
 
 # --------------------------------------------------------------------------- command-line names
+
 
 @pytest.mark.parametrize("command", ["extract", "predict"])
 def test_radiomics_names_the_pyradiomics_file_and_params_is_a_deprecated_alias(command, capsys):
@@ -199,9 +256,13 @@ def test_the_deprecated_alias_still_reaches_the_extraction(tmp_path, capsys):
 
 def test_params_on_train_evaluate_explain_report_is_params_yaml_in_the_working_directory():
     parser = build_parser()
-    for argv in (["train", "--features", "f", "--out", "o"], ["evaluate", "--model", "m", "--features", "f",
-                 "--out", "o"], ["explain", "--features", "f", "--split", "s", "--out", "o"], ["report"]):
-        assert parser.parse_args(argv).params == Path("params.yaml")   # relative: the working directory's
+    for argv in (
+        ["train", "--features", "f", "--out", "o"],
+        ["evaluate", "--model", "m", "--features", "f", "--out", "o"],
+        ["explain", "--features", "f", "--split", "s", "--out", "o"],
+        ["report"],
+    ):
+        assert parser.parse_args(argv).params == Path("params.yaml")  # relative: the working directory's
 
 
 def test_every_dvc_yaml_command_parses_with_the_current_names(capsys):
@@ -212,7 +273,7 @@ def test_every_dvc_yaml_command_parses_with_the_current_names(capsys):
         command = re.sub(r"\$\{[^}]+\}", "1", stage["cmd"]).split()
         assert command[0] == "crlm", name
         args = build_parser().parse_args(command[1:])
-        assert capsys.readouterr().err == "", f"{name}: {stage['cmd']}"   # no deprecated alias
+        assert capsys.readouterr().err == "", f"{name}: {stage['cmd']}"  # no deprecated alias
         if getattr(args, "params", None) is not None and args.command in ("train", "evaluate", "explain", "report"):
             assert args.params == Path("params.yaml"), name
             assert "--params params.yaml" in stage["cmd"], f"{name}: pass the params file explicitly"
@@ -220,9 +281,15 @@ def test_every_dvc_yaml_command_parses_with_the_current_names(capsys):
 
 # --------------------------------------------------------------------------- relative paths
 
+
 def test_cache_dir_is_relative_to_the_working_directory(tmp_path, monkeypatch):
-    config = ExtractionConfig(crop_margin_mm=25.0, cache_dir="data/cache/radiomics", resample_mask=False,
-                              min_lesion_voxels=2, aggregation=("largest",))
+    config = ExtractionConfig(
+        crop_margin_mm=25.0,
+        cache_dir="data/cache/radiomics",
+        resample_mask=False,
+        min_lesion_voxels=2,
+        aggregation=("largest",),
+    )
     monkeypatch.chdir(tmp_path)
     assert config.cache_location() == tmp_path / "data" / "cache" / "radiomics"
     assert config.cache_location("elsewhere") == tmp_path / "elsewhere"
@@ -230,6 +297,7 @@ def test_cache_dir_is_relative_to_the_working_directory(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the report's params
+
 
 def test_the_report_shows_the_params_file_it_was_given_not_the_workspace_one(tmp_path, capsys):
     """The defect: under `dvc exp run --temp` the report showed the workspace's params.yaml."""
@@ -242,8 +310,18 @@ def test_the_report_shows_the_params_file_it_was_given_not_the_workspace_one(tmp
     params["train"]["seed"] = 987654321
     (experiment / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "report.html"
-    code = main(["report", "--train", str(train), "--out", str(out), "--params", str(experiment / "params.yaml"),
-                 "--no-tracking"])
+    code = main(
+        [
+            "report",
+            "--train",
+            str(train),
+            "--out",
+            str(out),
+            "--params",
+            str(experiment / "params.yaml"),
+            "--no-tracking",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     html = out.read_text(encoding="utf-8")
     assert "987654321" in html and str(experiment / "params.yaml") in html
@@ -254,5 +332,7 @@ def test_a_label_override_is_checked_like_the_labels_file(tmp_path, capsys):
     cohort.write_text("patient_id,image,mask\n")
     code = main(["validate", "--cohort", str(cohort), "--images", "--liver-label", "2"])
     assert code == 2
-    assert ("--liver-label/--lesion-label: liver and lesion labels must be distinct positive integers"
-            in capsys.readouterr().err)
+    assert (
+        "--liver-label/--lesion-label: liver and lesion labels must be distinct positive integers"
+        in capsys.readouterr().err
+    )

@@ -173,7 +173,9 @@ def test_permuted_outcomes_carry_no_signal(large):
     clinical, truth = large
     shuffled = clinical.copy()
     order = np.random.default_rng(0).permutation(len(clinical))
-    shuffled[[s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS]] = clinical[[s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS]].to_numpy()[order]
+    shuffled[[s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS]] = clinical[
+        [s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS]
+    ].to_numpy()[order]
     assert c_index(shuffled, truth[synthesis.TRUTH_RECURRENCE_LP]) == pytest.approx(0.5, abs=0.02)
 
 

@@ -95,11 +95,13 @@ def test_pipeline_run_tags_params_and_nested_model_runs_with_ci_metrics(tracking
         for name, c_index in (("coxnet", 0.71), ("xgboost", 0.69)):
             with tracking.model_run(name) as child:
                 child_ids.append(child.info.run_id)
-                tracking.log_metrics_with_ci({
-                    "c_index": {"value": c_index, "ci_low": c_index - 0.05, "ci_high": c_index + 0.05},
-                    "calibration_slope": {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan},
-                    "brier_12m": {"value": 0.18, "ci_low": math.nan, "ci_high": 0.2},
-                })
+                tracking.log_metrics_with_ci(
+                    {
+                        "c_index": {"value": c_index, "ci_low": c_index - 0.05, "ci_high": c_index + 0.05},
+                        "calibration_slope": {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan},
+                        "brier_12m": {"value": 0.18, "ci_low": math.nan, "ci_high": 0.2},
+                    }
+                )
 
     client = MlflowClient()
     run = client.get_run(parent.info.run_id)
@@ -107,19 +109,23 @@ def test_pipeline_run_tags_params_and_nested_model_runs_with_ci_metrics(tracking
     assert run.info.status == "FINISHED"
     assert run.data.tags["data.train"] == "abc123"
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", run.data.tags["git_revision"])
-    assert run.data.params == {"synthesize.train.n": "400", "synthesize.train.seed": "7",
-                               "synthesize.train.site": "A", "synthesize.jobs": "-1"}
+    assert run.data.params == {
+        "synthesize.train.n": "400",
+        "synthesize.train.seed": "7",
+        "synthesize.train.site": "A",
+        "synthesize.jobs": "-1",
+    }
 
-    children = client.search_runs([experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.info.run_id for r in children) == sorted(child_ids)
     coxnet = client.get_run(child_ids[0])
     assert coxnet.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert coxnet.data.metrics == pytest.approx({"c_index": 0.71, "c_index_ci_low": 0.66,
-                                                 "c_index_ci_high": 0.76, "brier_12m": 0.18,
-                                                 "brier_12m_ci_high": 0.2})
+    assert coxnet.data.metrics == pytest.approx(
+        {"c_index": 0.71, "c_index_ci_low": 0.66, "c_index_ci_high": 0.76, "brier_12m": 0.18, "brier_12m_ci_high": 0.2}
+    )
     assert coxnet.data.params["undefined_metrics"] == (
-        "calibration_slope,calibration_slope_ci_low,calibration_slope_ci_high,brier_12m_ci_low")
+        "calibration_slope,calibration_slope_ci_low,calibration_slope_ci_high,brier_12m_ci_low"
+    )
 
 
 def test_log_metrics_with_ci_rejects_an_unknown_key_naming_the_nearest(tracking):
@@ -153,12 +159,22 @@ def test_registry_versions_aliases_and_champion_round_trip(tracking, store, caps
 
     root, _ = store
     rng = np.random.default_rng(3)
-    train = pd.DataFrame({"cea_ng_ml": rng.lognormal(3, 1, 60), "n_lesions": rng.integers(1, 8, 60),
-                          "largest_diameter_mm": rng.normal(40, 12, 60)})
+    train = pd.DataFrame(
+        {
+            "cea_ng_ml": rng.lognormal(3, 1, 60),
+            "n_lesions": rng.integers(1, 8, 60),
+            "largest_diameter_mm": rng.normal(40, 12, 60),
+        }
+    )
     outcome = (train["n_lesions"] + rng.normal(0, 1.5, 60) > 4).astype(int).to_numpy()
-    example = pd.DataFrame({"patient_id": ["Zoë-01", "P-002", "P-003"],
-                            "cea_ng_ml": [250.0, 3.5, 40.0], "n_lesions": [4.0, 1.0, 2.0],
-                            "largest_diameter_mm": [62.0, 18.0, 35.0]})
+    example = pd.DataFrame(
+        {
+            "patient_id": ["Zoë-01", "P-002", "P-003"],
+            "cea_ng_ml": [250.0, 3.5, 40.0],
+            "n_lesions": [4.0, 1.0, 2.0],
+            "largest_diameter_mm": [62.0, 18.0, 35.0],
+        }
+    )
     first = PrognosisModel(LogisticPredictor(train, outcome, c=1.0))
     second = PrognosisModel(LogisticPredictor(train, outcome, c=0.01))
 
@@ -181,11 +197,9 @@ def test_registry_versions_aliases_and_champion_round_trip(tracking, store, caps
     uri = f"models:/{MODEL}@champion"
     loaded = mlflow.pyfunc.load_model(uri)
     served = loaded.predict(example)
-    pd.testing.assert_frame_equal(served.reset_index(drop=True),
-                                  first.predict(None, example).reset_index(drop=True))
+    pd.testing.assert_frame_equal(served.reset_index(drop=True), first.predict(None, example).reset_index(drop=True))
     assert served["patient_id"].tolist() == ["Zoë-01", "P-002", "P-003"]
-    assert not np.allclose(served["response_probability"],
-                           second.predict(None, example)["response_probability"])
+    assert not np.allclose(served["response_probability"], second.predict(None, example)["response_probability"])
     # patient_id is optional: the served model scores a table without it
     assert list(loaded.predict(example.drop(columns="patient_id")).columns) == ["response_probability"]
 

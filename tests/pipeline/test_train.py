@@ -10,12 +10,11 @@ import pytest
 
 from models import comparison, evaluation, outcomes, training
 from pipeline.evaluate import run_evaluate
-from pipeline.train import run_train
 from tests.conftest import SMALL_TRAIN
 from tests.models.test_training import cohort_with_measured_traits
 
 # The permuted-outcome check fits every family on the fewest grid points: chance is chance.
-PERMUTED_GRID = training.TrainSettings(**SMALL_TRAIN)   # the train block as fit_task takes it
+PERMUTED_GRID = training.TrainSettings(**SMALL_TRAIN)  # the train block as fit_task takes it
 
 
 def test_train_writes_metrics_plots_models_and_tracks_them(tracked_training, tmp_path, monkeypatch):
@@ -28,14 +27,30 @@ def test_train_writes_metrics_plots_models_and_tracks_them(tracked_training, tmp
     assert written["notes"]["data"] == "synthetic" and written["notes"]["skipped_tasks"] == {}
     assert {"coxnet", "xgb_cox", "xgb_aft", "fong", "oslo", "game", "tbs", "oracle"} <= set(written["recurrence"])
     assert {"logistic", "xgb", "fong", "oslo", "game", "tbs", "oracle"} <= set(written["response"])
-    for key in ("c_index", "uno_c_index", "auc_12m", "auc_24m", "auc_36m", "ibs", "calibration_slope_24m",
-                "delta_c_vs_fong"):
+    for key in (
+        "c_index",
+        "uno_c_index",
+        "auc_12m",
+        "auc_24m",
+        "auc_36m",
+        "ibs",
+        "calibration_slope_24m",
+        "delta_c_vs_fong",
+    ):
         assert set(written["recurrence"]["coxnet"][key]) == {"value", "ci_low", "ci_high"}
     for key in ("roc_auc", "pr_auc", "brier", "calibration_intercept", "calibration_slope", "delta_auc_vs_fong"):
         assert key in written["response"]["logistic"]
     assert metrics["recurrence"]["oracle"]["c_index"]["value"] > metrics["recurrence"]["fong"]["c_index"]["value"]
-    for name in ("km_recurrence_model", "km_recurrence_fong", "calibration_recurrence", "td_auc_recurrence",
-                 "decision_recurrence", "roc_response", "calibration_response", "decision_response"):
+    for name in (
+        "km_recurrence_model",
+        "km_recurrence_fong",
+        "calibration_recurrence",
+        "td_auc_recurrence",
+        "decision_recurrence",
+        "roc_response",
+        "calibration_response",
+        "decision_response",
+    ):
         assert (out / "plots" / f"{name}.png").stat().st_size > 5000
         assert (out / "plots" / f"{name}.csv").is_file()
     assert len(list(models.glob("*.joblib"))) == 5
@@ -53,9 +68,10 @@ def test_train_writes_metrics_plots_models_and_tracks_them(tracked_training, tmp
     parent = mlflow.search_runs(filter_string="tags.mlflow.runName = 'train'", output_format="list")[0]
     assert parent.data.tags["data.kind"] == "synthetic"
     assert parent.data.params["train.seed"] == "3"
-    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                  output_format="list")
-    assert len(children) == 15   # 8 recurrence + 7 response entries
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    assert len(children) == 15  # 8 recurrence + 7 response entries
     coxnet = next(r for r in children if r.data.tags["mlflow.runName"] == "recurrence/coxnet")
     assert "c_index_ci_low" in coxnet.data.metrics
 
@@ -63,11 +79,13 @@ def test_train_writes_metrics_plots_models_and_tracks_them(tracked_training, tmp
     result = tracked_training["external"]
     assert set(result) == {"recurrence", "response", "notes"}
     assert json.loads((root / "external" / "metrics.json").read_text()).keys() == result.keys()
-    via_registry = run_evaluate("models:/crlm-response@candidate", external_features, tmp_path / "ext2", params,
-                                repo_root=root, track=False)
+    via_registry = run_evaluate(
+        "models:/crlm-response@candidate", external_features, tmp_path / "ext2", params, repo_root=root, track=False
+    )
     best = next(iter(set(via_registry["response"]) & set(training.MODELS["response"])))
     assert via_registry["response"][best]["roc_auc"]["value"] == pytest.approx(
-        result["response"][best]["roc_auc"]["value"])
+        result["response"][best]["roc_auc"]["value"]
+    )
 
 
 def test_permuted_outcomes_give_confidence_intervals_that_cover_chance(world):
@@ -81,8 +99,9 @@ def test_permuted_outcomes_give_confidence_intervals_that_cover_chance(world):
         predictors = comparison.build_predictors(fitted, table)
         predictions = comparison.task_predictions(task, predictors, table.iloc[train], table.iloc[test])
         build = outcomes.recurrence_outcome if task == training.RECURRENCE else outcomes.response_outcome
-        result = evaluation.evaluate_task(task, build(table.iloc[train]), build(table.iloc[test]), predictions,
-                                          n_resamples=100)
+        result = evaluation.evaluate_task(
+            task, build(table.iloc[train]), build(table.iloc[test]), predictions, n_resamples=100
+        )
         for name in training.MODELS[task]:
             ci = result[name][metric]
             assert ci["ci_low"] < 0.5 < ci["ci_high"], (task, name, ci)

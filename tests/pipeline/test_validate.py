@@ -58,16 +58,16 @@ def test_each_bad_cell_costs_its_patient_in_validate_and_featurize(clean, tmp_pa
     assert featurize(sheet, out) == 0
     assert f"wrote {N} patients" in capsys.readouterr().out
     table = pd.read_parquet(out)
-    assert table[s.PATIENT_ID].tolist() == clean[s.PATIENT_ID].tolist()   # every row, input order
+    assert table[s.PATIENT_ID].tolist() == clean[s.PATIENT_ID].tolist()  # every row, input order
     for i, (column, _, said) in enumerate(BAD_CELLS):
         patient = clean.at[i, s.PATIENT_ID]
         where = f"patient {patient} (row {i + 1}): {said}"
-        assert where in text, where                               # validate says it
-        assert table.at[i, "status"] == "invalid"                 # featurize keeps the row
+        assert where in text, where  # validate says it
+        assert table.at[i, "status"] == "invalid"  # featurize keeps the row
         assert where in table.at[i, "reason"], table.at[i, "reason"]
-        assert pd.isna(table.at[i, column])                       # the rejected value is not passed on
-        assert pd.isna(table.at[i, "fong_score"])                 # nor scored
-    good = table.iloc[len(BAD_CELLS):]
+        assert pd.isna(table.at[i, column])  # the rejected value is not passed on
+        assert pd.isna(table.at[i, "fong_score"])  # nor scored
+    good = table.iloc[len(BAD_CELLS) :]
     assert (good["status"] == "ok").all() and (good["reason"] == "").all()
     assert good["fong_score"].notna().all()
 
@@ -87,6 +87,7 @@ def test_a_count_that_contradicts_the_flag_is_that_patients_problem(clean, tmp_p
 
 # --- headers as people write them -----------------------------------------------------------
 
+
 def test_headers_match_ignoring_case_and_surrounding_spaces(clean, tmp_path, capsys):
     table = clean.rename(columns={s.AGE: "AGE_YEARS", s.SEX: " sex ", s.PATIENT_ID: "Patient_ID "})
     table.loc[0, "AGE_YEARS"] = 150
@@ -95,20 +96,22 @@ def test_headers_match_ignoring_case_and_surrounding_spaces(clean, tmp_path, cap
     table.to_csv(path, index=False)
     assert main(["validate", "--cohort", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "age_years = 150.0 is outside 18 to 110 years" in text   # the column is read, not ignored
+    assert "age_years = 150.0 is outside 18 to 110 years" in text  # the column is read, not ignored
     assert "sex = 'unknown' is not one of male, female" in text
     assert featurize(path, tmp_path / "f.parquet") == 0
     out = pd.read_parquet(tmp_path / "f.parquet")
     assert {s.AGE, s.SEX, s.PATIENT_ID} <= set(out.columns)
     assert out[s.AGE].iloc[2:].tolist() == clean[s.AGE].iloc[2:].tolist()
-    assert out["nordlinger_score"].iloc[2:].notna().all()          # age known: scores computed
+    assert out["nordlinger_score"].iloc[2:].notna().all()  # age known: scores computed
 
 
 def test_a_near_miss_header_is_an_error_naming_both(clean, tmp_path, capsys):
     path = tmp_path / "near.csv"
     clean.rename(columns={s.AGE: "age_yrs"}).to_csv(path, index=False)
-    for command in (["validate", "--cohort", str(path)],
-                    ["featurize", "--cohort", str(path), "--no-images", "--out", str(tmp_path / "f.parquet")]):
+    for command in (
+        ["validate", "--cohort", str(path)],
+        ["featurize", "--cohort", str(path), "--no-images", "--out", str(tmp_path / "f.parquet")],
+    ):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "'age_yrs'" in err and "'age_years'" in err and "rename" in err and str(path) in err
@@ -139,6 +142,7 @@ def test_headers_of_a_mapped_sheet_match_ignoring_case(tmp_path, capsys):
 
 # --- domain limits a mapping can widen: a non-CRLM cohort -------------------------------------
 
+
 def _write_mapping(path, body: str):
     path.write_text(body, encoding="utf-8")
     return path
@@ -146,16 +150,24 @@ def _write_mapping(path, body: str):
 
 def test_a_mapping_widens_and_narrows_ranges_for_its_cohort(tmp_path, capsys):
     # A paediatric liver-tumour cohort (hepatoblastoma): ages 1-16, no CRLM score items.
-    cohort = pd.DataFrame({"id": ["h1", "h2", "h3", "h4"], "age": [2.0, 16.0, 130.0, 9.0],
-                           "afp": [1200.0, 35.0, 80.0, 90000.0], "months": [12.0, 30.0, 40.0, 6.0],
-                           "relapse": [1, 0, 0, 1]})
+    cohort = pd.DataFrame(
+        {
+            "id": ["h1", "h2", "h3", "h4"],
+            "age": [2.0, 16.0, 130.0, 9.0],
+            "afp": [1200.0, 35.0, 80.0, 90000.0],
+            "months": [12.0, 30.0, 40.0, 6.0],
+            "relapse": [1, 0, 0, 1],
+        }
+    )
     path = tmp_path / "hb.csv"
     cohort.to_csv(path, index=False)
-    base = ("cohort: hepatoblastoma\nrename: {id: patient_id, age: age_years, months: recurrence_months,"
-            " relapse: recurrence_event}\ncovariates: {afp: {kind: numeric, unit: ng/mL, minimum: 0}}\n")
+    base = (
+        "cohort: hepatoblastoma\nrename: {id: patient_id, age: age_years, months: recurrence_months,"
+        " relapse: recurrence_event}\ncovariates: {afp: {kind: numeric, unit: ng/mL, minimum: 0}}\n"
+    )
     strict = _write_mapping(tmp_path / "default.yaml", base)
     assert main(["validate", "--cohort", str(path), "--mapping", str(strict)]) == 0
-    assert "4 patients: 0 ok, 4 invalid" in capsys.readouterr().out   # 18-110 years is for adult CRLM
+    assert "4 patients: 0 ok, 4 invalid" in capsys.readouterr().out  # 18-110 years is for adult CRLM
     widened = _write_mapping(tmp_path / "wide.yaml", base + "ranges: {age_years: [0, 120]}\n")
     assert main(["validate", "--cohort", str(path), "--mapping", str(widened)]) == 0
     text = capsys.readouterr().out
@@ -169,18 +181,22 @@ def test_a_mapping_widens_and_narrows_ranges_for_its_cohort(tmp_path, capsys):
     assert "patient h2 (row 2): age_years = 16.0 is outside 0 to 12 years" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("ranges", "message"), [
-    ("{age_yeras: [0, 120]}", "did you mean 'age_years'?"),
-    ("{age_years: [120, 0]}", "minimum 120 is above maximum 0"),
-    ("{sex: [0, 1]}", "'sex' has no range"),
-    ("{afp: [0, 10]}", "give its minimum and maximum under covariates.afp"),
-    ("{age_years: [0]}", "expected 2 values"),
-])
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [
+        ("{age_yeras: [0, 120]}", "did you mean 'age_years'?"),
+        ("{age_years: [120, 0]}", "minimum 120 is above maximum 0"),
+        ("{sex: [0, 1]}", "'sex' has no range"),
+        ("{afp: [0, 10]}", "give its minimum and maximum under covariates.afp"),
+        ("{age_years: [0]}", "expected 2 values"),
+    ],
+)
 def test_bad_ranges_are_errors_naming_the_key(tmp_path, capsys, ranges, message):
     path = tmp_path / "c.csv"
     pd.DataFrame({"id": ["a"], "afp": [1.0]}).to_csv(path, index=False)
-    mapping = _write_mapping(tmp_path / "m.yaml", "rename: {id: patient_id}\ncovariates: {afp: {kind: numeric}}\n"
-                             f"ranges: {ranges}\n")
+    mapping = _write_mapping(
+        tmp_path / "m.yaml", f"rename: {{id: patient_id}}\ncovariates: {{afp: {{kind: numeric}}}}\nranges: {ranges}\n"
+    )
     assert main(["validate", "--cohort", str(path), "--mapping", str(mapping)]) == 2
     err = capsys.readouterr().err
     assert message in err and "ranges" in err and str(mapping) in err
@@ -216,8 +232,12 @@ def test_gbsg2_validates_and_featurizes_every_patient_without_a_crlm_score(gbsg2
     assert main(["validate", "--cohort", str(gbsg2_csv), "--mapping", str(GBSG2_MAPPING)]) == 0
     assert "686 patients: 686 ok, 0 invalid; 0 fatal problem(s), 0 row problem(s)" in capsys.readouterr().out
     out = tmp_path / "features.parquet"
-    assert main(["featurize", "--cohort", str(gbsg2_csv), "--mapping", str(GBSG2_MAPPING), "--no-images",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["featurize", "--cohort", str(gbsg2_csv), "--mapping", str(GBSG2_MAPPING), "--no-images", "--out", str(out)]
+        )
+        == 0
+    )
     assert "wrote 686 patients" in capsys.readouterr().out
     table = pd.read_parquet(out)
     raw = pd.read_csv(gbsg2_csv)

@@ -91,9 +91,21 @@ def test_resample_mask_accepts_another_grid_but_not_a_broken_series(cohort):
 def test_crlm_validate_images_prints_and_writes_the_statuses(cohort, tmp_path, capsys):
     path, expected = cohort
     labels = tmp_path / "labels.yaml"
-    labels.write_text(yaml.safe_dump({"liver": 1, "lesion": 2, "segment_roles": {"Liver": "liver", "Tumor_*": "lesion"}}))
-    main(["validate", "--cohort", str(path), "--images", "--labels", str(labels), "--images-out",
-          str(tmp_path / "images.csv")])
+    labels.write_text(
+        yaml.safe_dump({"liver": 1, "lesion": 2, "segment_roles": {"Liver": "liver", "Tumor_*": "lesion"}})
+    )
+    main(
+        [
+            "validate",
+            "--cohort",
+            str(path),
+            "--images",
+            "--labels",
+            str(labels),
+            "--images-out",
+            str(tmp_path / "images.csv"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "series_mismatch: patient mismatch" in printed and "checked from headers" in printed
     written = pd.read_csv(tmp_path / "images.csv", dtype={PATIENT_ID: str}).set_index(PATIENT_ID)["status"]
