@@ -42,6 +42,18 @@ SMALL_TRAIN = {
         "xgb": {"max_depth": [1]},
     },
 }
+# Light radiomics settings (pyradiomics' format) for tests that extract: original image, three classes.
+LIGHT_RADIOMICS = {
+    "setting": {
+        "binWidth": 25,
+        "resampledPixelSpacing": [2.0, 2.0, 2.0],
+        "interpolator": "sitkBSpline",
+        "padDistance": 5,
+        "label": 1,
+    },
+    "imageType": {"Original": {}},
+    "featureClass": {"shape": None, "firstorder": None, "glcm": None},
+}
 # Phantom cohort: site B's scanner grid, the same four patients test_predict.py was written for.
 COHORT = {"n": 4, "seed": 5, "site": "B"}
 

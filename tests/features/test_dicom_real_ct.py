@@ -18,21 +18,11 @@ from pydicom.uid import generate_uid
 from features import extraction, imaging, radiomics
 from features.imaging import LabelRoles
 from features.schema import CASE_STATUSES
+from tests.conftest import LIGHT_RADIOMICS
 from tests.features import real_dicom as rd
 
 LABELS = LabelRoles(liver=1, lesion=2, segment_roles={"Liver": "liver", "Tumor_*": "lesion"})
-LIGHT_PARAMS = {
-    "setting": {
-        "binWidth": 25,
-        "resampledPixelSpacing": [2.0, 2.0, 2.0],
-        "interpolator": "sitkBSpline",
-        "padDistance": 5,
-        "label": 1,
-    },
-    "imageType": {"Original": {}},
-    "featureClass": {"shape": None, "firstorder": None, "glcm": None},
-}
-OPTIONS = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_PARAMS, 10.0), LABELS)
+OPTIONS = extraction.CaseOptions(radiomics.ExtractionSettings(LIGHT_RADIOMICS, 10.0), LABELS)
 
 
 @pytest.fixture(scope="session")

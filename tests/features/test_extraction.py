@@ -14,18 +14,7 @@ from features import extraction, radiomics
 from features.patient_table import patient_feature_table
 from features.schema import PATIENT_ID
 from pipeline import cohort as synthetic
-
-LIGHT_PARAMS = {
-    "setting": {
-        "binWidth": 25,
-        "resampledPixelSpacing": [2.0, 2.0, 2.0],
-        "interpolator": "sitkBSpline",
-        "padDistance": 5,
-        "label": 1,
-    },
-    "imageType": {"Original": {}},
-    "featureClass": {"shape": None, "firstorder": None, "glcm": None},
-}
+from tests.conftest import LIGHT_RADIOMICS
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +28,7 @@ def small_cohort(tmp_path_factory, synthetic_cohort) -> Path:
 
 
 def options(labels, margin: float = 10.0) -> extraction.CaseOptions:
-    return extraction.CaseOptions(settings=radiomics.ExtractionSettings(LIGHT_PARAMS, margin), labels=labels)
+    return extraction.CaseOptions(settings=radiomics.ExtractionSettings(LIGHT_RADIOMICS, margin), labels=labels)
 
 
 def bad_manifest(small_cohort: Path, tmp: Path) -> Path:
