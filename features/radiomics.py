@@ -125,8 +125,9 @@ def params_for_features(params: Mapping[str, Any], feature_names: Sequence[str])
     if not classes:
         image_types, classes = {"Original": {}}, {"firstorder": None}
     reduced = json.loads(json.dumps(dict(params), default=str))
-    reduced["imageType"] = image_types
-    reduced["featureClass"] = classes
+    # In the full parameters' order, so that the columns come in the full extraction's order.
+    reduced["imageType"] = {key: image_types[key] for key in full.enabledImagetypes if key in image_types}
+    reduced["featureClass"] = {key: classes[key] for key in full.enabledFeatures if key in classes}
     return reduced
 
 
@@ -157,6 +158,7 @@ def feature_selection(
         features = selection.setdefault(image, {}).setdefault(feature_class, [])
         if feature not in features:
             features.append(feature)
+            features.sort(key=list(known).index)  # pyradiomics' order, as in a full extraction
     return selection
 
 
