@@ -191,7 +191,9 @@ def copy_record_to_models(features: str | Path, models_dir: str | Path) -> dict[
 def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOptions:
     """``options`` whose radiomics compute only what the patient-level ``columns`` a model uses
     need (issue 14): the lesion features behind its aggregated columns (``rad_<rule>__<feature>``,
-    `features.aggregation.RULE_PREFIX`), by `radiomics.params_for_features`. Morphology
+    `features.aggregation.RULE_PREFIX`): the image types and classes they come from
+    (`radiomics.params_for_features`), and on each derived image only its own classes and
+    features (`radiomics.feature_selection`, computed by `radiomics.extract_lesion_features`). Morphology
     (``patient_*``) and the per-lesion volume the aggregation weighs by are always computed.
     The options are returned unchanged when a column cannot be traced (an unknown rule or
     feature name): then everything is extracted, never a guess. The reduced options have their
@@ -209,7 +211,9 @@ def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOpt
     params = radiomics.params_for_features(options.settings.radiomics, sorted(set(names)))
     if params is None:
         return options
-    settings = radiomics.ExtractionSettings(params, options.settings.crop_margin_mm)
+    wanted = sorted(set(names))
+    selected = tuple(wanted) if radiomics.feature_selection(params, wanted) is not None else None
+    settings = radiomics.ExtractionSettings(params, options.settings.crop_margin_mm, selected)
     return CaseOptions(
         settings=settings,
         labels=options.labels,
@@ -348,7 +352,7 @@ def _extract_local(
     provenance.update(dict(zip(ORIGIN, image.GetOrigin(), strict=True)))
 
     result = CaseResult()
-    extractor = radiomics.make_extractor(options.settings.radiomics)
+    extractor = radiomics.make_extractor(options.settings.radiomics, options.settings.features)
     for row in radiomics.lesion_rows(
         image, mask, lesion_labels, options.settings, extractor, loaded.lesions_by_label, summary=summary
     ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from features import radiomics
 from tests.conftest import REPO
@@ -115,3 +116,71 @@ def test_a_feature_the_parameters_cannot_make_means_the_full_extraction(name):
     """Never a guess: a name that cannot be traced to the parameters keeps everything."""
     params = radiomics.load_radiomics_params(REPO / "configs" / "radiomics.yaml")
     assert radiomics.params_for_features(params, ["original_firstorder_Mean", name]) is None
+
+
+def test_each_derived_image_gets_only_its_own_classes_and_features_with_the_full_values():
+    """Issue 14: on each derived image (original, one LoG sigma, one wavelet sub-band) only the
+    classes and features named for it are computed, with pyradiomics' own building blocks; each
+    value equals the full extraction's exactly, and no other column appears."""
+    params = radiomics.load_radiomics_params(REPO / "configs" / "radiomics.yaml")
+    wanted = [
+        "original_shape_Sphericity",
+        "original_glcm_Idm",
+        "original_firstorder_Median",
+        "log-sigma-2-0-mm-3D_firstorder_Mean",
+        "log-sigma-2-0-mm-3D_glszm_SmallAreaEmphasis",
+        "wavelet-LHL_glcm_Contrast",
+        "wavelet-HHH_gldm_DependenceEntropy",
+        "wavelet-HHH_glrlm_RunEntropy",
+        "wavelet-LLL_ngtdm_Busyness",
+    ]
+    selection = radiomics.feature_selection(params, wanted)
+    assert selection["wavelet-HHH"] == {"gldm": ["DependenceEntropy"], "glrlm": ["RunEntropy"]}
+    assert set(selection) == {"original", "log-sigma-2-0-mm-3D", "wavelet-LHL", "wavelet-HHH", "wavelet-LLL"}
+    reduced = radiomics.params_for_features(params, wanted)
+    image, mask = _small_case()
+    (full,) = radiomics.lesion_rows(image, mask, (2,), radiomics.ExtractionSettings(params, 10.0))
+    selected = radiomics.ExtractionSettings(reduced, 10.0, tuple(wanted))
+    (row,) = radiomics.lesion_rows(image, mask, (2,), selected)
+    assert row["error"] == ""
+    assert sorted(c for c in row if c.startswith(radiomics.FEATURE_PREFIXES)) == sorted(wanted)
+    assert {name: row[name] for name in wanted} == {name: full[name] for name in wanted}
+    assert [c for c in row if not c.startswith(radiomics.FEATURE_PREFIXES)] == [
+        c for c in full if not c.startswith(radiomics.FEATURE_PREFIXES)
+    ]
+    # Its own cache key; a full extraction's key is the one it had before the field existed.
+    assert selected.digest() != radiomics.ExtractionSettings(reduced, 10.0).digest()
+    assert (
+        radiomics.ExtractionSettings(params, 10.0, None).digest() == radiomics.ExtractionSettings(params, 10.0).digest()
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "original_glcm_NoSuchFeature",
+        "original_firstorder_StandardDeviation",  # deprecated: a full extraction never computes it
+        "wavelet-LLH_shape_Sphericity",
+        "nonsense",
+    ],
+)
+def test_a_feature_that_cannot_be_traced_selects_nothing(name):
+    params = radiomics.load_radiomics_params(REPO / "configs" / "radiomics.yaml")
+    assert radiomics.feature_selection(params, ["original_firstorder_Mean", name]) is None
+    assert radiomics.feature_selection(params, []) is None
+
+
+def test_a_lesion_the_selected_extraction_cannot_handle_gets_pyradiomics_error():
+    """The reduced path raises what pyradiomics raises (a one-voxel lesion after resampling),
+    so the lesion gets the same ``error`` as in a full extraction."""
+    params = radiomics.load_radiomics_params(REPO / "configs" / "radiomics.yaml")
+    image, _ = _small_case()
+    tiny = np.zeros((20, 32, 32), np.uint8)
+    tiny[10, 16, 16] = 2
+    mask = sitk.GetImageFromArray(tiny)
+    mask.CopyInformation(image)
+    wanted = ("wavelet-LHL_glcm_Contrast",)
+    reduced = radiomics.ExtractionSettings(radiomics.params_for_features(params, wanted), 10.0, wanted)
+    (row,) = radiomics.lesion_rows(image, mask, (2,), reduced)
+    (full,) = radiomics.lesion_rows(image, mask, (2,), radiomics.ExtractionSettings(params, 10.0))
+    assert row["error"].startswith("pyradiomics:") and row["error"] == full["error"]

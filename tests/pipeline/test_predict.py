@@ -556,3 +556,75 @@ def test_predict_extracts_only_what_the_models_use_with_the_same_predictions(
     assert any("_glcm_" in c for c in lesions) and not any(
         "_glcm_" in c for c in extraction.extract_cohort(cases, reduced, None, progress=False)[0]
     )
+
+
+# Original, two LoG sigmas and the eight wavelet sub-bands, four classes: what a realistic model mixes.
+RICH_RADIOMICS = {
+    "setting": dict(LIGHT_RADIOMICS["setting"]),
+    "imageType": {"Original": {}, "LoG": {"sigma": [2.0, 4.0]}, "Wavelet": {}},
+    "featureClass": {"shape": None, "firstorder": None, "glcm": None, "glszm": None},
+}
+RICH_FEATURES = [
+    "original_shape_Sphericity",
+    "original_glcm_Idm",
+    "log-sigma-2-0-mm-3D_firstorder_Mean",
+    "log-sigma-4-0-mm-3D_glszm_SmallAreaEmphasis",
+    "wavelet-LHL_glcm_Contrast",
+    "wavelet-HHH_firstorder_Entropy",
+    "wavelet-LLL_glszm_ZoneEntropy",
+]
+
+
+def test_a_model_on_wavelet_and_log_features_predicts_the_same_from_each_images_own_classes(
+    setup, mixed, world, labels, tmp_path, monkeypatch
+):
+    """Issue 14: a model whose inputs come from wavelet sub-bands, LoG sigmas and the original
+    image, in four classes: predict computes on each derived image only the classes and
+    features it uses, and gets the predictions of the full extraction (1e-12); the lesion
+    features themselves equal the full extraction's exactly."""
+    root = setup["root"]
+    (tmp_path / "rich.yaml").write_text(yaml.safe_dump(RICH_RADIOMICS))
+    full = extraction.CaseOptions(radiomics.ExtractionSettings(RICH_RADIOMICS, CROP_MARGIN_MM), labels)
+    cases = extraction.read_manifest(setup["phantoms"] / synthetic.CLINICAL_FILE)
+    lesions, report = extraction.extract_cohort(cases, full, None, progress=False)
+    clinical = setup["clinical"]
+    imaging = patient_feature_table(clinical, pd.Series("ok", index=clinical.index), lesions, report)
+    columns = [f"{prefix}{name}" for name in RICH_FEATURES for prefix in ("rad_largest__", "rad_vwmean__")]
+    assert all(c in imaging for c in columns)
+    train, _ = synthesis.simulate_cohort(N_TRAIN, seed=41, site="A", world=world)
+    table = patient_feature_table(train, pd.Series("ok", index=train.index))
+    rng = np.random.default_rng(5)  # independent columns, on each feature's own scale
+    values = {c: imaging[c].abs().mean() * rng.lognormal(0.0, 0.5, N_TRAIN) for c in columns}
+    pd.concat([table, pd.DataFrame(values)], axis=1).to_parquet(tmp_path / "rich.parquet")
+    folder = tmp_path / "models_rich"
+    run_train(tmp_path / "rich.parquet", tmp_path / "train", folder, root / "params.yaml", training.TASKS, track=False)
+    loaded = load_models([str(folder)], root)
+    used = [c for m in loaded for c in used_columns(m.predictor.pipeline, m.feature_columns)]
+    names = sorted({c.split("__", 1)[1] for c in used if c.startswith("rad_")})
+    assert any(n.startswith("wavelet-") for n in names) and any(n.startswith("log-sigma-") for n in names)
+    assert len({n.rsplit("_", 2)[1] for n in names}) >= 3
+    reduced = extraction.options_for_columns(full, used)
+    assert reduced.settings.features == tuple(names)
+
+    def run(out: str, cache: str) -> pd.DataFrame:
+        return run_predict(
+            mixed["cohort"],
+            [str(folder)],
+            tmp_path / out,
+            progress=False,
+            cache=tmp_path / cache,
+            radiomics_params=tmp_path / "rich.yaml",
+            extraction_config=root / "extraction.yaml",
+        )
+
+    subset = run("subset", "c1")
+    monkeypatch.setattr(extraction, "options_for_columns", lambda options, columns: options)
+    everything = run("full", "c2")
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(subset, everything, check_exact=False, rtol=TOLERANCE, atol=TOLERANCE)
+    assert (subset["status"] == "ok").sum() >= N_PHANTOMS
+
+    few, _ = extraction.extract_cohort(cases, reduced, None, progress=False)
+    assert extraction.lesion_feature_columns(few) == [c for c in lesions if c in names]  # nothing else computed
+    assert len(few) == len(lesions) >= N_PHANTOMS
+    pd.testing.assert_frame_equal(few[names], lesions[names], check_exact=True)
