@@ -14,15 +14,21 @@ flagged. The final novelty model is then fitted on every training patient.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.stats import binomtest
 from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
+from sksurv.metrics import concordance_index_censored
+
+from models.registry import RECURRENCE
 
 NOVELTY_QUANTILE = 0.95  # share of out-of-fold training distances at or below the threshold
 NOVELTY_FOLDS = 5  # cross-fitting folds of the threshold
@@ -151,3 +157,58 @@ def flag_rate(flags: np.ndarray | pd.Series) -> dict[str, float | int | None]:
         "n_scored": n_scored,
         "n_unscored": int((~scored).sum()),
     }
+
+
+MIN_MINORITY_FOR_METRIC = 3  # and at least this many events (recurrence) or patients of the rarer class (response)
+
+
+def _discrimination(task: str, prediction: np.ndarray, y) -> tuple[str, int, float]:
+    """(metric, minority count, value) of one group: Harrell's C (recurrence) or the ROC AUC (response)."""
+    if task == RECURRENCE:
+        event = np.asarray(y["event"], dtype=bool)
+        minority = int(event.sum())
+        if minority < MIN_MINORITY_FOR_METRIC:
+            return "c_index", minority, math.nan
+        return (
+            "c_index",
+            minority,
+            float(concordance_index_censored(event, np.asarray(y["time"], float), prediction)[0]),
+        )
+    labels = np.asarray(y, dtype=int)
+    minority = int(min(labels.sum(), len(labels) - labels.sum()))
+    if minority < MIN_MINORITY_FOR_METRIC:
+        return "roc_auc", minority, math.nan
+    return "roc_auc", minority, float(roc_auc_score(labels, prediction))
+
+
+def discrimination_by_flag(task: str, flags: np.ndarray, prediction: np.ndarray, y) -> dict[str, dict[str, Any]]:
+    """Discrimination of the flagged and the unflagged patients separately (a different case mix:
+    the two numbers describe each group, they are not a paired comparison).
+
+    ``flags`` from `NoveltyModel.flag` (None: not scored, left out), ``prediction`` the risk
+    (recurrence) or probability (response), ``y`` the outcome (`models.outcomes`). A group with
+    fewer than `MIN_FLAGGED_FOR_METRIC` patients or `MIN_MINORITY_FOR_METRIC` events / rarer-class
+    patients gets ``value`` None and ``note`` "too few to estimate", never a number.
+    """
+    flags = np.asarray(flags, dtype=object)
+    prediction = np.asarray(prediction, dtype=float)
+    out: dict[str, dict[str, Any]] = {}
+    for group, wanted in (("flagged", True), ("unflagged", False)):
+        rows = np.array([f is not None and bool(f) == wanted for f in flags], dtype=bool)
+        n = int(rows.sum())
+        metric, minority, value = _discrimination(task, prediction[rows], y[rows]) if n else ("", 0, math.nan)
+        enough = n >= MIN_FLAGGED_FOR_METRIC and math.isfinite(value)
+        out[group] = {
+            "metric": metric or ("c_index" if task == RECURRENCE else "roc_auc"),
+            "n": n,
+            "n_minority": minority,
+            "value": value if enough else None,
+            "note": None
+            if enough
+            else (
+                f"too few to estimate ({n} patients, {minority} "
+                f"{'events' if task == RECURRENCE else 'in the rarer class'}; at least {MIN_FLAGGED_FOR_METRIC} "
+                f"and {MIN_MINORITY_FOR_METRIC} needed)"
+            ),
+        }
+    return out

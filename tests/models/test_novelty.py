@@ -12,7 +12,14 @@ from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from models.novelty import NOVELTY_QUANTILE, fit_novelty, flag_rate, mahalanobis, model_inputs
+from models.novelty import (
+    NOVELTY_QUANTILE,
+    discrimination_by_flag,
+    fit_novelty,
+    flag_rate,
+    mahalanobis,
+    model_inputs,
+)
 from models.predictor import NOVELTY, OUT_OF_DISTRIBUTION, ResponsePredictor
 from models.preprocessing import feature_pipeline
 
@@ -121,3 +128,25 @@ def test_the_predictor_serves_novelty_on_its_inputs_after_preprocessing_and_old_
     out = old.predict_frame(X.iloc[:5])
     assert out[NOVELTY].isna().all() and out[OUT_OF_DISTRIBUTION].isna().all()
     np.testing.assert_allclose(out["response_probability"], predictor.predict_frame(X.iloc[:5])["response_probability"])
+
+
+def test_flagged_and_unflagged_discrimination_says_too_few_instead_of_a_number():
+
+    rng = np.random.default_rng(14)
+    n = 60
+    y = rng.integers(0, 2, size=n)
+    probability = np.clip(y * 0.3 + rng.uniform(size=n) * 0.7, 0, 1)
+    flags = np.array([True] * 3 + [False] * (n - 4) + [None], dtype=object)
+    result = discrimination_by_flag("response", flags, probability, y)
+    assert result["flagged"]["n"] == 3 and result["flagged"]["value"] is None
+    assert result["flagged"]["note"].startswith("too few to estimate (3 patients")
+    assert result["unflagged"]["n"] == n - 4
+    from sklearn.metrics import roc_auc_score
+
+    rows = slice(3, n - 1)
+    assert result["unflagged"]["value"] == pytest.approx(roc_auc_score(y[rows], probability[rows]))
+    time = rng.uniform(1, 60, size=n)
+    survival = np.array(list(zip(y.astype(bool), time, strict=True)), dtype=[("event", bool), ("time", float)])
+    result = discrimination_by_flag("recurrence", flags, -time, survival)
+    assert result["flagged"]["value"] is None and result["unflagged"]["metric"] == "c_index"
+    assert 0.5 < result["unflagged"]["value"] <= 1.0
