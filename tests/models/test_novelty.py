@@ -123,6 +123,12 @@ def test_the_predictor_serves_novelty_on_its_inputs_after_preprocessing_and_old_
     out = predictor.predict_frame(X.iloc[:5])
     assert {NOVELTY, OUT_OF_DISTRIBUTION} <= set(out.columns)
     assert np.isfinite(out[NOVELTY]).all()
+    new = pd.DataFrame(np.random.default_rng(15).normal(size=(400, len(columns))), columns=columns)
+    same = flag_rate(predictor.predict_frame(new)[OUT_OF_DISTRIBUTION])["value"]
+    offset = new.copy()
+    offset[columns[1:]] += 1.5  # every imaging feature offset by 1.5 SD (another scanner), age unchanged
+    shifted = flag_rate(predictor.predict_frame(offset)[OUT_OF_DISTRIBUTION])["value"]
+    assert same < 0.1 and shifted > 0.15 and shifted > 5 * same  # measured: 1.0% vs 21%
     old = ResponsePredictor("logistic", pipeline, columns)
     del old.__dict__["novelty"]  # as unpickled from a models folder written before novelty existed
     out = old.predict_frame(X.iloc[:5])
