@@ -13,10 +13,12 @@ Outputs under ``out``:
 - ``predictions.csv``: exactly one row per input row, in input order: ``patient_id`` (as
   written in the input, byte for byte), ``row`` (1-based data row), ``status`` (``ok`` or a
   reason code), ``reason`` (what is wrong, with the file/column/value and the fix), the
-  predictions, the clinical scores, the models used and the top-k contributions per task. A
+  predictions, per task the novelty score and ``out_of_distribution`` flag (docs/novelty.md),
+  the clinical scores, the models used and the top-k contributions per task. A
   row whose status is not ``ok`` carries no numbers (never a half-filled row).
-- ``explanations/<id>.json``: every contribution of every model for one patient.
-- ``summary.json``: counts per status, models, seconds, patients per minute.
+- ``explanations/<id>.json``: every contribution of every model for one patient, and its novelty.
+- ``summary.json``: counts per status, models, seconds, patients per minute, models without a
+  novelty model.
 
 Nothing at inference is fitted on the cohort: every transformation was fitted on the training
 split, so a patient's prediction does not depend on its neighbours or on the chunking.
