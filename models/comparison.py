@@ -45,9 +45,12 @@ def build_predictors(fitted: training.FittedTask, table: pd.DataFrame) -> dict[s
                 cutpoints,
                 recalibrate=registry.family(fitted.task, name).recalibrate,
                 reference=reference,
+                novelty=fitted.novelty.get(name),
             )
         else:
-            predictors[name] = ResponsePredictor(name, pipeline, fitted.features, reference=reference)
+            predictors[name] = ResponsePredictor(
+                name, pipeline, fitted.features, reference=reference, novelty=fitted.novelty.get(name)
+            )
     return predictors
 
 

@@ -18,12 +18,37 @@ from sklearn.pipeline import Pipeline
 from features.schema import PATIENT_ID
 from models import training
 from models.evaluation import HORIZONS
+from models.novelty import NoveltyModel, model_inputs
 from models.survival import breslow_survival
 
 RISK = "risk"
 RISK_GROUP = "risk_group"
 RESPONSE_PROBABILITY = "response_probability"
 GROUP_NAMES = ("low", "intermediate", "high")
+# Novelty of a patient's model inputs (models.novelty, docs/novelty.md): the Mahalanobis distance from the
+# training patients and whether it exceeds the training threshold. Empty where the patient cannot be scored
+# or the predictor has no novelty model (fitted before it existed).
+NOVELTY = "novelty"
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+NOVELTY_COLUMNS = (NOVELTY, OUT_OF_DISTRIBUTION)
+NO_NOVELTY_MODEL = "the model has no novelty model (trained before novelty existed); retrain with crlm train"
+
+
+def novelty_column(task: str, column: str) -> str:
+    """A novelty column of ``task`` in predictions.csv, where both tasks share a row (``recurrence_novelty``)."""
+    return f"{task}_{column}"
+
+
+def novelty_frame(predictor: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """``novelty`` and ``out_of_distribution`` of each row of ``frame`` (the model frame), row by row."""
+    model: NoveltyModel | None = getattr(predictor, "novelty", None)
+    if model is None:
+        novelty = np.full(len(frame), np.nan)
+        flags = np.full(len(frame), None, dtype=object)
+    else:
+        novelty = model.score(model_inputs(predictor.pipeline, frame))
+        flags = model.flag(novelty)
+    return pd.DataFrame({NOVELTY: novelty, OUT_OF_DISTRIBUTION: flags}, index=frame.index)
 
 
 # Transformers that map each input column on its own (or drop it): a column they do not pass on
@@ -88,6 +113,7 @@ class RecurrencePredictor:
     horizons: tuple[float, ...] = HORIZONS
     recalibrate: bool = False
     reference: pd.DataFrame | None = None  # training split's scores and outcomes (baselines)
+    novelty: NoveltyModel | None = None  # None: a predictor pickled before novelty existed
 
     def risk(self, table: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.pipeline.predict(training.model_frame(table, self.feature_columns)), dtype=float)
@@ -102,6 +128,7 @@ class RecurrencePredictor:
         for j, horizon in enumerate(self.horizons):
             out[survival_column(horizon)] = survival[:, j]
         out[RISK_GROUP] = risk_groups(risk, self.cutpoints)
+        out = pd.concat([out, novelty_frame(self, training.model_frame(table, self.feature_columns))], axis=1)
         if PATIENT_ID in table:
             out.insert(0, PATIENT_ID, table[PATIENT_ID].to_numpy())
         return out
@@ -115,6 +142,7 @@ class ResponsePredictor:
     pipeline: Pipeline
     feature_columns: list[str]
     reference: pd.DataFrame | None = None  # training split's scores and outcomes (baselines)
+    novelty: NoveltyModel | None = None  # None: a predictor pickled before novelty existed
 
     def probability(self, table: pd.DataFrame) -> np.ndarray:
         frame = training.model_frame(table, self.feature_columns)
@@ -122,6 +150,7 @@ class ResponsePredictor:
 
     def predict_frame(self, table: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame({RESPONSE_PROBABILITY: self.probability(table)}, index=table.index)
+        out = pd.concat([out, novelty_frame(self, training.model_frame(table, self.feature_columns))], axis=1)
         if PATIENT_ID in table:
             out.insert(0, PATIENT_ID, table[PATIENT_ID].to_numpy())
         return out

@@ -25,7 +25,7 @@ from sklearn.pipeline import Pipeline
 from features import schema as s
 from features import scores
 from features.settings import nearest, settings_class
-from models import outcomes, preprocessing, registry
+from models import novelty, outcomes, preprocessing, registry
 from models.registry import (  # their home
     BASELINES,
     IMAGING_PREFIXES,
@@ -436,6 +436,7 @@ class FittedTask:
     cv_scores: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    novelty: dict[str, novelty.NoveltyModel] = field(default_factory=dict)  # per model (docs/novelty.md)
 
 
 def _grid(
@@ -538,6 +539,11 @@ def fit_task(
             fitted.models[name] = best
             fitted.best_params[name] = {k.removeprefix("model__"): v for k, v in search.best_params_.items()}
             fitted.cv_scores[name] = float(search.best_score_)
+            try:  # on the inputs this model's estimator receives (docs/novelty.md)
+                inputs = novelty.model_inputs(best, X.iloc[train_index])
+                fitted.novelty[name] = novelty.fit_novelty(inputs, folds=novelty.NOVELTY_FOLDS, seed=settings.seed)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                fitted.notes.append(f"{name}: no novelty model: {exc}")
     if not fitted.models:
         raise ValueError(
             f"{task}: no model could be fitted on these {len(train_index)} training patients: "

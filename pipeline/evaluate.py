@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from features.schema import OK, PATIENT_ID, STATUS
-from models import comparison, evaluation, outcomes, registry, training
+from models import comparison, evaluation, novelty, outcomes, registry, training
+from models.predictor import OUT_OF_DISTRIBUTION, novelty_frame
 from models.registry import (  # their home
     NOTES,
     PRIMARY_METRIC,
@@ -94,6 +95,7 @@ def run_evaluate(
             seed=params.seed,
         )
         notes[task] = {
+            "novelty": novelty_on_cohort(task, predictors, table, predictions, build(table)),
             "n_patients": len(table),
             "reference": delta_reference or None,
             "baselines": {b: status.as_dict() for b, status in availability.items()},
@@ -101,6 +103,15 @@ def run_evaluate(
         for status in availability.values():
             if status.reason:
                 print(f"{task}: {status.reason}")
+        for name, entry in notes[task]["novelty"].items():
+            if entry.get("value") is not None:
+                groups = "; ".join(
+                    f"{g} {e['metric']} " + (f"{e['value']:.3f}" if e["value"] is not None else e["note"])
+                    for g, e in entry["by_flag"].items()
+                )
+                print(
+                    f"{task}/{name}: novelty flags {entry['n_flagged']}/{entry['n_scored']} ({entry['value']:.1%}); {groups}"
+                )
     if not metrics:
         raise ValueError(
             f"{features}: no task of {model} can be evaluated on this cohort: "
@@ -116,6 +127,27 @@ def run_evaluate(
     counts = ", ".join(f"{t} on {notes[t]['n_patients']} patients" for t in metrics if t != NOTES)
     print(f"evaluated {counts} of {features}; wrote {out / 'metrics.json'}")
     return metrics
+
+
+def novelty_on_cohort(
+    task: str, predictors: dict[str, Any], table: pd.DataFrame, predictions: dict[str, Any], y
+) -> dict[str, Any]:
+    """Per model: the share of this cohort's patients its novelty model flags, and the model's
+    discrimination among the flagged and the unflagged patients (docs/novelty.md)."""
+    out: dict[str, Any] = {}
+    for name, predictor in predictors.items():
+        if getattr(predictor, "novelty", None) is None:
+            out[name] = {"value": None, "note": "no novelty model (trained before novelty existed); retrain"}
+            continue
+        flags = novelty_frame(predictor, training.model_frame(table, predictor.feature_columns))[OUT_OF_DISTRIBUTION]
+        pred = predictions[name]
+        score = pred.risk if task == training.RECURRENCE else pred.probability
+        out[name] = {
+            **novelty.flag_rate(flags),
+            "threshold": predictor.novelty.threshold,
+            "by_flag": novelty.discrimination_by_flag(task, flags.to_numpy(object), score, y),
+        }
+    return out
 
 
 def _summary(metrics: dict[str, Any], model: str) -> dict[str, Any]:
@@ -168,6 +200,10 @@ def _log_to_training_run(
                         suffix = "" if part == "value" else f"_{part}"
                         client.log_metric(run_id, f"external.{task}.{name}.{key}{suffix}", value)
         client.set_tag(run_id, f"external.{task}.n_patients", str(notes[task]["n_patients"]))
+        for name, entry in notes[task].get("novelty", {}).items():
+            if entry.get("value") is not None:
+                client.log_metric(run_id, f"external.{task}.{name}.novelty_flag_rate", entry["value"])
+                client.log_metric(run_id, f"external.{task}.{name}.novelty_flag_rate_n_flagged", entry["n_flagged"])
     for key, value in summary.items():
         if isinstance(value, float) and math.isfinite(value):
             client.log_metric(run_id, key, value)

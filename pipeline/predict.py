@@ -13,10 +13,12 @@ Outputs under ``out``:
 - ``predictions.csv``: exactly one row per input row, in input order: ``patient_id`` (as
   written in the input, byte for byte), ``row`` (1-based data row), ``status`` (``ok`` or a
   reason code), ``reason`` (what is wrong, with the file/column/value and the fix), the
-  predictions, the clinical scores, the models used and the top-k contributions per task. A
+  predictions, per task the novelty score and ``out_of_distribution`` flag (docs/novelty.md),
+  the clinical scores, the models used and the top-k contributions per task. A
   row whose status is not ``ok`` carries no numbers (never a half-filled row).
-- ``explanations/<id>.json``: every contribution of every model for one patient.
-- ``summary.json``: counts per status, models, seconds, patients per minute.
+- ``explanations/<id>.json``: every contribution of every model for one patient, and its novelty.
+- ``summary.json``: counts per status, models, seconds, patients per minute, models without a
+  novelty model.
 
 Nothing at inference is fitted on the cohort: every transformation was fitted on the training
 split, so a patient's prediction does not depend on its neighbours or on the chunking.
@@ -60,7 +62,18 @@ from models import explain as shap_explain
 from models import registry
 from models.evaluation import logit
 from models.explain import explain_without_background
-from models.predictor import RESPONSE_PROBABILITY, RISK, RISK_GROUP, survival_column, used_columns
+from models.predictor import (
+    NO_NOVELTY_MODEL,
+    NOVELTY,
+    NOVELTY_COLUMNS,
+    OUT_OF_DISTRIBUTION,
+    RESPONSE_PROBABILITY,
+    RISK,
+    RISK_GROUP,
+    novelty_column,
+    survival_column,
+    used_columns,
+)
 from models.preprocessing import split_feature_types
 from models.registry import LoadedModel
 from pipeline.execution import map_cases
@@ -416,6 +429,10 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
         for column in predicted.columns:
             if column in out.columns:
                 out.loc[index, column] = predicted[column].to_numpy()
+        for column in NOVELTY_COLUMNS:  # per task: both tasks share a row (docs/novelty.md)
+            values = predicted[column] if column in predicted else pd.Series(None, index=index, dtype=object)
+            out.loc[index, novelty_column(model.task, column)] = values.astype(object).where(values.notna(), None)
+        novelty_note = _novelty_note(model, predicted)
         out.loc[index, f"{model.task}_model"] = model.name
         out.loc[index, f"{model.task}_model_version"] = model.version
         result = explain_without_background(model.predictor, frame, typed=True)
@@ -449,6 +466,11 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
                     "base_value": float(result.base_values[position]),
                     "base_value_is": BASE_VALUE[kind],
                     "prediction": {c: _json_value(predicted.at[i, c]) for c in predicted.columns},
+                    NOVELTY: _json_value(predicted.at[i, NOVELTY]) if NOVELTY in predicted else None,
+                    OUT_OF_DISTRIBUTION: (
+                        _json_value(predicted.at[i, OUT_OF_DISTRIBUTION]) if OUT_OF_DISTRIBUTION in predicted else None
+                    ),
+                    "novelty_note": novelty_note,
                     "contributions": [
                         {
                             "feature": result.feature_names[j],
@@ -466,6 +488,20 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
         (ctx.explanations / name).write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
+def _novelty_note(model: LoadedModel, predicted: pd.DataFrame) -> str | None:
+    """Why this model's patients have no novelty score, or None when they have one."""
+    if NOVELTY not in predicted or getattr(model.predictor, "novelty", None) is None:
+        return NO_NOVELTY_MODEL
+    if predicted[NOVELTY].isna().any():
+        return "a patient without a novelty score has a non-finite model input after pre-processing"
+    return None
+
+
+def novelty_notes(models: Sequence[LoadedModel]) -> dict[str, str]:
+    """{task/model: why} for the models that give no novelty score (an old models folder)."""
+    return {f"{m.task}/{m.name}": NO_NOVELTY_MODEL for m in models if getattr(m.predictor, "novelty", None) is None}
+
+
 def output_columns(models: Sequence[LoadedModel], top_k: int) -> list[str]:
     """The columns of predictions.csv for these models (fixed for the run)."""
     columns = [PATIENT_ID, ROW, STATUS, REASON]
@@ -475,6 +511,7 @@ def output_columns(models: Sequence[LoadedModel], top_k: int) -> list[str]:
             columns += [RISK, *(survival_column(h) for h in horizons), RISK_GROUP]
         else:
             columns += [RESPONSE_PROBABILITY]
+        columns += [novelty_column(model.task, c) for c in NOVELTY_COLUMNS]
     columns += list(SCORE_COLUMNS)
     for model in models:
         columns += [f"{model.task}_model", f"{model.task}_model_version"]
@@ -714,6 +751,7 @@ def run_predict(
         "chunk_size": chunk_size,
         "jobs": jobs,
         "absent_columns": {model: sorted(columns) for model, columns in ctx.absent.items() if columns},
+        "novelty": novelty_notes(loaded),
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     for model, columns in summary["absent_columns"].items():
@@ -722,6 +760,8 @@ def run_predict(
             f"({', '.join(columns[:5])}{' ...' if len(columns) > 5 else ''}); every patient gets the training "
             f"value the model imputes for them; add the columns (or a mapping that derives them) if you can"
         )
+    for model, why in summary["novelty"].items():
+        print(f"warning: {model}: no novelty score or out_of_distribution flag: {why}")
     statuses = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items())
     print(
         f"predicted {n} patients in {seconds:.1f} s ({summary['patients_per_minute']} patients/min, "

@@ -732,6 +732,60 @@ def models_section(metrics: Mapping[str, Any], cv: Mapping[str, Any] | None, tra
 # --------------------------------------------------------------------------- external
 
 
+def _rate(entry: Mapping[str, Any] | None) -> str:
+    """``5.6% (4/72)``, or why there is no rate."""
+    if not isinstance(entry, Mapping):
+        return "n/a (no novelty record)"
+    if _finite(entry.get("value")) is None:
+        return f"n/a ({entry.get('note') or 'not scored'})"
+    return f"{fmt_percent(entry['value'])} ({entry['n_flagged']}/{entry['n_scored']})"
+
+
+def _group(entry: Mapping[str, Any] | None) -> str:
+    if not isinstance(entry, Mapping):
+        return "n/a"
+    if _finite(entry.get("value")) is None:
+        return entry.get("note") or "n/a"
+    return f"{fmt(entry['value'])} (n = {entry['n']})"
+
+
+def novelty_table(
+    task: str, internal: Mapping[str, Any], external_notes: Mapping[str, Any], names: Sequence[str], best: str | None
+) -> dict[str, Any] | None:
+    """Per fitted model: the novelty flag rate on the held-out split of the training cohort and on
+    the external cohort, and the model's discrimination among the external flagged and unflagged
+    patients (docs/novelty.md); None when neither run has a novelty record."""
+    inside = ((internal.get(NOTES) or {}).get(task) or {}).get("novelty") or {}
+    outside = (external_notes.get(task) or {}).get("novelty") or {}
+    if not inside and not outside:
+        return None
+    label = METRIC_LABELS.get(PRIMARY_METRIC.get(task, ""), "")
+    rows, classes = [], []
+    for name in (n for n in names if n in inside or n in outside):
+        by_flag = (outside.get(name) or {}).get("by_flag") or {}
+        rows.append(
+            [
+                f"{name} (best)" if name == best else name,
+                _rate(inside.get(name)),
+                _rate(outside.get(name)),
+                _group(by_flag.get("flagged")),
+                _group(by_flag.get("unflagged")),
+            ]
+        )
+        classes.append("best" if name == best else None)
+    return table(
+        [
+            "model",
+            "flagged: held-out split, training cohort",
+            "flagged: external cohort",
+            f"external {label}, flagged",
+            f"external {label}, unflagged",
+        ],
+        rows,
+        classes,
+    )
+
+
 def external_section(
     external_dir: Path | None, internal: Mapping[str, Any], cv: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -773,6 +827,7 @@ def external_section(
         label = METRIC_LABELS.get(primary, primary)
         tasks.append(
             {
+                "novelty": novelty_table(task, internal, external_notes, names, best),
                 "title": f"{TASK_TITLES.get(task, task)}: {label}, internal vs external",
                 "side_by_side": table(
                     ["model", "role", f"internal {label}", f"external {label}", "external - internal"],

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from features.schema import OK, PATIENT_ID, SITE, STATUS
-from models import comparison, evaluation, outcomes, plots, registry, training
+from models import comparison, evaluation, novelty, outcomes, plots, registry, training
 from models.evaluation import EvaluateSettings
+from models.predictor import OUT_OF_DISTRIBUTION, novelty_frame
 from models.registry import (  # their home: models.registry
     BEST_FILE,
     NOTES,
@@ -250,6 +251,11 @@ def _log_parent(metrics: dict, out: Path, features: Path, table: pd.DataFrame, s
         warning = metrics[NOTES][task].get("calibration_warning")
         if warning:
             tracking.mlflow.set_tag(f"{task}.calibration_warning", warning[:5000])
+        rate = metrics[NOTES][task].get(NOVELTY_FLAG_RATE, {})
+        for key in ("value", "n_flagged", "n_scored"):
+            if rate.get(key) is not None:
+                suffix = "" if key == "value" else f"_{key}"
+                flat[f"{task}.{NOVELTY_FLAG_RATE}{suffix}"] = float(rate[key])
     if flat:
         tracking.mlflow.log_metrics(flat)
     site = ", ".join(sorted(map(str, table[SITE].dropna().unique()))) if SITE in table else ""
@@ -265,6 +271,24 @@ def _log_parent(metrics: dict, out: Path, features: Path, table: pd.DataFrame, s
         if path.is_file() and "models" not in path.relative_to(out).parts[:1]:
             mlflow_artifact_dir = str(path.parent.relative_to(out)) if path.parent != out else None
             tracking.mlflow.log_artifact(str(path), artifact_path=mlflow_artifact_dir)
+
+
+NOVELTY_FLAG_RATE = "novelty_flag_rate"  # metrics.json notes.<task>: the chosen model's held-out flag rate
+
+
+def novelty_rates(predictors: dict[str, Any], test: pd.DataFrame, features: list[str]) -> dict[str, Any]:
+    """Per model: the share of held-out patients its novelty model flags (`models.novelty.flag_rate`),
+    with the threshold and the training patients it was set on; a model without one says so."""
+    frame = training.model_frame(test, features)
+    rates: dict[str, Any] = {}
+    for name, predictor in predictors.items():
+        model = getattr(predictor, "novelty", None)
+        if model is None:
+            rates[name] = {"value": None, "note": "no novelty model (see the task's adaptations)"}
+            continue
+        rate = novelty.flag_rate(novelty_frame(predictor, frame)[OUT_OF_DISTRIBUTION])
+        rates[name] = {**rate, "threshold": model.threshold, "quantile": model.quantile, "n_train": model.n_train}
+    return rates
 
 
 def _task_table(
@@ -468,7 +492,16 @@ def _fit_and_write(
         skipped_plots = _plots(
             task, fitted, table, predictions, out, source, best, reference, comparison.ORACLE in predictions
         )
+        rates = novelty_rates(predictors, test, fitted.features)
+        if rates[best].get("value") is not None:
+            r = rates[best]
+            print(
+                f"{task}: novelty flags {r['n_flagged']}/{r['n_scored']} held-out patients "
+                f"({r['value']:.1%}; target {1 - novelty.NOVELTY_QUANTILE:.0%})"
+            )
         notes[task] = {
+            NOVELTY_FLAG_RATE: {"model": best, "data": "held-out split", **rates[best]},
+            "novelty": rates,
             "chosen": best,
             "n_train": plan.n_train,
             "n_test": plan.n_test,

@@ -628,3 +628,45 @@ def test_a_model_on_wavelet_and_log_features_predicts_the_same_from_each_images_
     assert extraction.lesion_feature_columns(few) == [c for c in lesions if c in names]  # nothing else computed
     assert len(few) == len(lesions) >= N_PHANTOMS
     pd.testing.assert_frame_equal(few[names], lesions[names], check_exact=True)
+
+
+def test_novelty_is_in_predictions_and_explanations_and_an_old_models_folder_still_predicts(setup, tmp_path, capsys):
+    """Issue 13 item 5: per task ``<task>_novelty`` and ``<task>_out_of_distribution`` in predictions.csv and
+    in each explanation JSON; a models folder written before novelty existed predicts the same numbers with
+    the novelty columns empty and a note (summary.json, the explanation, the console)."""
+    import shutil
+
+    import joblib
+
+    from models.predictor import NO_NOVELTY_MODEL, novelty_column
+
+    clinical = setup["clinical"].drop(columns=[IMAGE, MASK])
+    path = tmp_path / "clinical.csv"
+    clinical.to_csv(path, index=False)
+    models = setup["models"]["clinical"]
+    new = predict(setup, path, tmp_path / "new", models=[str(models)])
+    for task in ("recurrence", "response"):
+        assert new[novelty_column(task, "novelty")].notna().all()
+        assert new[novelty_column(task, "out_of_distribution")].isin([True, False]).all()
+    document = json.loads((tmp_path / "new" / new["explanation"].iloc[0]).read_text())
+    assert all(m["novelty"] is not None and m["novelty_note"] is None for m in document["models"])
+    assert document["models"][0]["novelty"] == pytest.approx(
+        new[novelty_column(document["models"][0]["task"], "novelty")].iloc[0]
+    )
+
+    old = tmp_path / "old_models"
+    shutil.copytree(models, old)
+    for file in old.glob("*.joblib"):
+        predictor = joblib.load(file)
+        predictor.__dict__.pop("novelty", None)  # as pickled before the field existed
+        joblib.dump(predictor, file)
+    result = predict(setup, path, tmp_path / "old", models=[str(old)])
+    for task in ("recurrence", "response"):
+        assert result[novelty_column(task, "novelty")].isna().all()
+        assert result[novelty_column(task, "out_of_distribution")].isna().all()
+    np.testing.assert_allclose(result["risk"], new["risk"], rtol=1e-12)
+    summary = json.loads((tmp_path / "old" / SUMMARY_FILE).read_text())
+    assert set(summary["novelty"].values()) == {NO_NOVELTY_MODEL}
+    document = json.loads((tmp_path / "old" / result["explanation"].iloc[0]).read_text())
+    assert all(m["novelty"] is None and m["novelty_note"] == NO_NOVELTY_MODEL for m in document["models"])
+    assert "no novelty score or out_of_distribution flag" in capsys.readouterr().out

@@ -342,3 +342,40 @@ def test_reverse_kaplan_meier_median_follow_up_on_hand_worked_examples():
     tied = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0])
     assert report.reverse_km_median(tied, np.array([1, 0, 1, 0, 1, 0], bool)) == 3.0
     assert report.reverse_km_median(time, np.ones(6, bool)) is None  # nobody censored: not reached
+
+
+def test_novelty_flag_rates_and_flagged_vs_unflagged_metrics_are_shown_with_their_data(inputs, tmp_path):
+    """Issue 13 item 5: held-out (training cohort) vs external flag rates; a group too small for a metric
+    shows the note, never a number."""
+    train = json.loads((inputs["train"] / "metrics.json").read_text())
+    train.setdefault("notes", {}).setdefault("recurrence", {})["novelty"] = {
+        "coxnet": {"value": 4 / 72, "n_flagged": 4, "n_scored": 72}
+    }
+    (inputs["train"] / "metrics.json").write_text(json.dumps(train))
+    external = tmp_path / "external"
+    external.mkdir()
+    too_few = "too few to estimate (3 patients, 1 events; at least 10 and 3 needed)"
+    ext = {
+        "recurrence": {"coxnet": {"c_index": _metric(0.62, 0.55, 0.69)}},
+        "notes": {
+            "recurrence": {
+                "novelty": {
+                    "coxnet": {
+                        "value": 3 / 100,
+                        "n_flagged": 3,
+                        "n_scored": 100,
+                        "by_flag": {
+                            "flagged": {"metric": "c_index", "n": 3, "value": None, "note": too_few},
+                            "unflagged": {"metric": "c_index", "n": 97, "value": 0.6312, "note": None},
+                        },
+                    }
+                }
+            }
+        },
+    }
+    (external / "metrics.json").write_text(json.dumps(ext))
+    text = _build(inputs, tmp_path, external_dir=external)
+    section = re.search(r'<section id="external">.*?</section>', text, re.S).group(0)
+    assert "Novelty flag" in section and "held-out split, training cohort" in section
+    assert "5.6% (4/72)" in section and "3.0% (3/100)" in section
+    assert too_few in section and "0.631 (n = 97)" in section

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from models import comparison, evaluation, outcomes, training
@@ -105,3 +106,36 @@ def test_permuted_outcomes_give_confidence_intervals_that_cover_chance(world):
         for name in training.MODELS[task]:
             ci = result[name][metric]
             assert ci["ci_low"] < 0.5 < ci["ci_high"], (task, name, ci)
+
+
+def test_train_and_evaluate_report_the_novelty_flag_rate_and_the_served_model_gives_it(tracked_training):
+    """Issue 13 item 5: held-out flag rate per task in metrics.json and on the MLflow run; the external
+    evaluation's flag rate and flagged-vs-unflagged discrimination; the served pyfunc's novelty columns."""
+    import mlflow
+
+    from models.predictor import NOVELTY, OUT_OF_DISTRIBUTION
+    from pipeline import tracking
+
+    root = tracked_training["root"]
+    written = json.loads((root / "reports" / "metrics.json").read_text())
+    for task in ("recurrence", "response"):
+        rate = written["notes"][task]["novelty_flag_rate"]
+        assert rate["model"] == written["notes"][task]["chosen"] and rate["data"] == "held-out split"
+        assert rate["n_scored"] == written["notes"][task]["n_test"] and rate["n_unscored"] == 0
+        assert rate["value"] == pytest.approx(rate["n_flagged"] / rate["n_scored"])
+        # ~72 held-out patients of the training site, true rate ~5%: 0-12 flagged covers 99.9% (binomial)
+        assert rate["n_flagged"] <= 12
+        assert tracked_training["parent"].data.metrics[f"{task}.novelty_flag_rate"] == pytest.approx(rate["value"])
+        external = tracked_training["external"]["notes"][task]["novelty"]
+        for entry in external.values():
+            assert entry["n_scored"] == tracked_training["external"]["notes"][task]["n_patients"]
+            for group in entry["by_flag"].values():
+                assert (group["value"] is None) == (group["note"] is not None)
+                if group["n"] < 10:
+                    assert group["value"] is None and group["note"].startswith("too few to estimate")
+    tracking.configure(root)
+    served = mlflow.pyfunc.load_model("models:/crlm-response@candidate")
+    table = pd.read_parquet(root / "external.parquet").head(4)
+    columns = [c for c in served.metadata.get_input_schema().input_names() if c in table]
+    out = served.predict(table[columns])
+    assert {NOVELTY, OUT_OF_DISTRIBUTION} <= set(out.columns) and out[NOVELTY].notna().all()
