@@ -23,19 +23,9 @@ from pipeline import cohort as synthetic
 from pipeline import synthesis
 from pipeline.predict import DUPLICATE_ID, PREDICTIONS_FILE, SUMMARY_FILE, explanation_file, load_models, run_predict
 from pipeline.train import run_train
+from tests.conftest import LIGHT_RADIOMICS
 
-# Few, small and cheap: 4 phantoms, light radiomics (as tests/features/test_extraction.py).
-LIGHT_RADIOMICS = {
-    "setting": {
-        "binWidth": 25,
-        "resampledPixelSpacing": [2.0, 2.0, 2.0],
-        "interpolator": "sitkBSpline",
-        "padDistance": 5,
-        "label": 1,
-    },
-    "imageType": {"Original": {}},
-    "featureClass": {"shape": None, "firstorder": None, "glcm": None},
-}
+# Few, small and cheap: 4 phantoms, light radiomics (tests/conftest.py LIGHT_RADIOMICS).
 AGGREGATION = ["largest", "volume_weighted_mean"]
 CROP_MARGIN_MM = 10.0
 N_PHANTOMS = 4
