@@ -497,6 +497,28 @@ def test_models_with_different_extraction_settings_are_not_mixed(setup, remember
         run_predict(setup["phantoms"] / synthetic.CLINICAL_FILE, models, tmp_path / "out", progress=False)
 
 
+def _reduced_and_full(cohort, folder, tmp_path, radiomics_params, extraction_config, monkeypatch):
+    """``crlm predict`` with the reduced extraction (what the models use) and with the full one
+    (``options_for_columns`` switched off), each with its own cold cache."""
+
+    def run(out: str, cache: str) -> pd.DataFrame:
+        return run_predict(
+            cohort,
+            [str(folder)],
+            tmp_path / out,
+            progress=False,
+            cache=tmp_path / cache,
+            radiomics_params=radiomics_params,
+            extraction_config=extraction_config,
+        )
+
+    subset = run("subset", "c1")
+    monkeypatch.setattr(extraction, "options_for_columns", lambda options, columns: options)
+    everything = run("full", "c2")
+    monkeypatch.undo()
+    return subset, everything
+
+
 def test_predict_extracts_only_what_the_models_use_with_the_same_predictions(
     setup, mixed, labels, tmp_path, monkeypatch
 ):
@@ -520,21 +542,9 @@ def test_predict_extracts_only_what_the_models_use_with_the_same_predictions(
     assert set(reduced.settings.radiomics["featureClass"]) == used and "glcm" not in used
     assert reduced.digest() != full.digest()
 
-    def run(out: str, cache: str) -> pd.DataFrame:
-        return run_predict(
-            mixed["cohort"],
-            [str(folder)],
-            tmp_path / out,
-            progress=False,
-            cache=tmp_path / cache,
-            radiomics_params=root / "radiomics.yaml",
-            extraction_config=root / "extraction.yaml",
-        )
-
-    subset = run("subset", "c1")
-    monkeypatch.setattr(extraction, "options_for_columns", lambda options, columns: options)
-    everything = run("full", "c2")
-    monkeypatch.undo()
+    subset, everything = _reduced_and_full(
+        mixed["cohort"], folder, tmp_path, root / "radiomics.yaml", root / "extraction.yaml", monkeypatch
+    )
     pd.testing.assert_frame_equal(subset, everything, check_exact=False, rtol=TOLERANCE, atol=TOLERANCE)
     assert (subset["status"] == "ok").sum() >= N_PHANTOMS
 
@@ -596,21 +606,9 @@ def test_a_model_on_wavelet_and_log_features_predicts_the_same_from_each_images_
     reduced = extraction.options_for_columns(full, used)
     assert reduced.settings.features == tuple(names)
 
-    def run(out: str, cache: str) -> pd.DataFrame:
-        return run_predict(
-            mixed["cohort"],
-            [str(folder)],
-            tmp_path / out,
-            progress=False,
-            cache=tmp_path / cache,
-            radiomics_params=tmp_path / "rich.yaml",
-            extraction_config=root / "extraction.yaml",
-        )
-
-    subset = run("subset", "c1")
-    monkeypatch.setattr(extraction, "options_for_columns", lambda options, columns: options)
-    everything = run("full", "c2")
-    monkeypatch.undo()
+    subset, everything = _reduced_and_full(
+        mixed["cohort"], folder, tmp_path, tmp_path / "rich.yaml", root / "extraction.yaml", monkeypatch
+    )
     pd.testing.assert_frame_equal(subset, everything, check_exact=False, rtol=TOLERANCE, atol=TOLERANCE)
     assert (subset["status"] == "ok").sum() >= N_PHANTOMS
 
