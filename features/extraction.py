@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from features import imaging, radiomics
 from features.morphology import patient_morphology
+from features.perturbation import Perturbation, apply_perturbation
 from features.schema import OK, PATIENT_ID, REASON, STATUS
 
 SECONDS = "seconds"
@@ -79,6 +80,9 @@ class CaseOptions:
     resample_mask: bool = False
     min_lesion_voxels: int = 2
     require_hu: bool = True
+    # Applied right after loading (issue 13, features/perturbation.py); part of the digest and of
+    # the settings record only when set, so default extractions keep their cache keys.
+    perturbation: Perturbation | None = None
 
     def digest(self) -> str:
         roles = sorted(self.labels.segment_roles.items())
@@ -87,6 +91,8 @@ class CaseOptions:
             f"{self.labels.seg_lesions}|{self.resample_mask}|{self.min_lesion_voxels}|{self.require_hu}|"
             f"{_CACHE_FORMAT}"
         )
+        if self.perturbation is not None:
+            payload += f"|perturbation={self.perturbation.digest()}"
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -113,6 +119,8 @@ def settings_record(options: CaseOptions, aggregation: Sequence[str] | None = No
         "require_hu": options.require_hu,
         "versions": radiomics.library_versions(),
     }
+    if options.perturbation is not None:
+        record["perturbation"] = options.perturbation.record()
     if aggregation is not None:
         record["aggregation"] = list(aggregation)
     return record
@@ -126,6 +134,7 @@ def options_from_record(record: dict[str, Any]) -> CaseOptions:
         resample_mask=bool(record["resample_mask"]),
         min_lesion_voxels=int(record["min_lesion_voxels"]),
         require_hu=bool(record.get("require_hu", True)),
+        perturbation=Perturbation.from_record(record["perturbation"]) if record.get("perturbation") else None,
     )
 
 
@@ -214,13 +223,7 @@ def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOpt
     wanted = sorted(set(names))
     selected = tuple(wanted) if radiomics.feature_selection(params, wanted) is not None else None
     settings = radiomics.ExtractionSettings(params, options.settings.crop_margin_mm, selected)
-    return CaseOptions(
-        settings=settings,
-        labels=options.labels,
-        resample_mask=options.resample_mask,
-        min_lesion_voxels=options.min_lesion_voxels,
-        require_hu=options.require_hu,
-    )
+    return replace(options, settings=settings)
 
 
 def _failure(patient_id: str, reason: str, message: str, seconds: float, lesion=pd.NA) -> dict[str, Any]:
@@ -334,6 +337,10 @@ def _extract_local(
             min_lesion_voxels=options.min_lesion_voxels,
             require_hu=options.require_hu,
         )
+        if options.perturbation is not None:
+            loaded = apply_perturbation(
+                loaded, options.perturbation, options.labels, options.min_lesion_voxels, salt=image_hash
+            )
     except imaging.CaseError as exc:
         return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
     image, mask = loaded.image, loaded.mask

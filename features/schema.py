@@ -185,6 +185,12 @@ NOT_EXTRACTED = "not_extracted"  # a patient without a row in the extraction rep
 DUPLICATE_ID = "duplicate_patient_id"
 MISSING_ID = "missing_patient_id"
 EXTRACTION_ERROR = "extraction_error"  # extraction raised for this case (the reason names the exception)
+# Perturbed re-extraction for feature robustness (issue 13; features/perturbation.py, docs/robustness.md).
+PERTURBATION = "perturbation"  # column of perturbed.parquet: the perturbation's name, e.g. icc-1, site-1
+ICC_CHAIN = "icc"  # Zwanenburg et al. 2019 / MIRP chain: the ICC(1,1) per feature is computed over it
+SITE_CHAIN = "site"  # a simulated other scanner: rows to score candidates on the training site
+PERTURBATION_CHAINS = (ICC_CHAIN, SITE_CHAIN)
+PERTURBATION_FAILED = "perturbation_lesion_lost"  # a lesion vanished or became too small under a perturbation
 
 # Truth columns of a synthetic cohort (truth.csv): the simulation's true predictors and times,
 # never read by a model; evaluation uses them as the oracle (models.comparison).
