@@ -15,6 +15,7 @@ from pipeline.paths import (
     DEFAULT_EXTRACTION,
     DEFAULT_LABELS,
     DEFAULT_RADIOMICS,
+    DEFAULT_ROBUSTNESS,
     DEFAULT_WORLD,
     REPO_ROOT,
 )
@@ -150,6 +151,27 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     if extraction_dir is None and not args.no_images:
         raise ValueError("crlm featurize needs --extraction <dir> (from crlm extract) or --no-images")
     run_featurize(args.cohort, args.out, extraction_dir, config=args.config, mapping=args.mapping)
+    return 0
+
+
+def cmd_perturb(args: argparse.Namespace) -> int:
+    from pipeline.execution import resolve_scheduler
+    from pipeline.perturb import run_perturb
+
+    run_perturb(
+        args.cohort,
+        args.features,
+        args.out,
+        args.icc,
+        params_path=args.params,
+        robustness_config=args.robustness,
+        radiomics_params=args.radiomics,
+        config=args.config,
+        labels_path=args.labels,
+        jobs=args.jobs,
+        cache=args.cache,
+        scheduler=resolve_scheduler(args.scheduler),
+    )
     return 0
 
 
@@ -375,6 +397,32 @@ def build_parser() -> argparse.ArgumentParser:
     fea.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="aggregation rules")
     fea.add_argument("--no-images", action="store_true", help="clinical features and scores only")
     fea.set_defaults(func=cmd_featurize)
+
+    per = sub.add_parser(
+        "perturb", help="re-extract the training cohort under image perturbations; ICC(1,1) per feature"
+    )
+    per.add_argument("--cohort", type=Path, required=True, help="the training cohort's clinical CSV (image, mask)")
+    per.add_argument(
+        "--features",
+        type=Path,
+        default=Path("data/features/train/features.parquet"),
+        help="its crlm featurize table (columns, patients with status ok)",
+    )
+    per.add_argument(
+        "--out", type=Path, default=Path("data/features/train/perturbed.parquet"), help="perturbed features (parquet)"
+    )
+    per.add_argument("--icc", type=Path, default=Path("data/features/train/icc.csv"), help="ICC(1,1) per feature")
+    per.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help=PARAMS_HELP.format("robustness"))
+    per.add_argument(
+        "--robustness", type=Path, default=DEFAULT_ROBUSTNESS, help="perturbation magnitudes (configs/robustness.yaml)"
+    )
+    per.add_argument("--radiomics", type=Path, default=DEFAULT_RADIOMICS, help="pyradiomics parameter file (YAML)")
+    per.add_argument("--config", type=Path, default=DEFAULT_EXTRACTION, help="extraction settings (YAML)")
+    per.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="mask label roles (YAML)")
+    per.add_argument("--cache", type=Path, default=None, help="per-case cache folder (default from --config)")
+    per.add_argument("--jobs", type=_jobs, default=None, help="parallel workers (default: robustness.jobs)")
+    per.add_argument("--scheduler", default=None, help=SCHEDULER_HELP)
+    per.set_defaults(func=cmd_perturb)
 
     tra = sub.add_parser("train", help="fit recurrence and response models, evaluate on the held-out split")
     tra.add_argument("--features", type=Path, required=True, help="features.parquet from crlm featurize")

@@ -63,12 +63,32 @@ class ExtractParams:
 
 
 @settings_class
+class RobustnessParams:
+    """The ``robustness`` block (``crlm perturb``, docs/robustness.md): ``patients`` training
+    patients drawn at random (``seed``) get ``perturbations`` perturbations of the ``icc`` chain;
+    every training patient gets one of the ``site`` chain; ``jobs`` parallel workers."""
+
+    patients: int
+    perturbations: int
+    seed: int
+    jobs: int
+
+    def __post_init__(self) -> None:
+        _jobs(self.jobs)
+        if self.patients < 0:
+            raise ValueError(f"patients: {self.patients}; expected a number of patients (0: no icc chain)")
+        if self.perturbations < 2:
+            raise ValueError(f"perturbations: {self.perturbations}; an ICC needs at least 2 per patient")
+
+
+@settings_class
 class Params:
     """A params.yaml. Each block may be absent from a file; a stage asks for the ones it reads
     (`Params.block`), so a params file of one's own needs only those (docs/own_cohort_training.md)."""
 
     synthesize: SynthesizeParams | None = None
     extract: ExtractParams | None = None
+    robustness: RobustnessParams | None = None
     train: TrainSettings | None = None
     evaluate: EvaluateSettings | None = None
     explain: ExplainSettings = field(default_factory=ExplainSettings)
