@@ -642,6 +642,42 @@ def survival_decision_curve(
     return fig, data
 
 
+# --- feature robustness ---------------------------------------------------------------------------
+ICC_REFERENCES = (0.75, 0.9)  # "good" and "excellent" reliability (Koo & Li, J Chiropr Med 2016;15:155)
+
+
+def icc_distribution(icc: pd.DataFrame, source: str) -> tuple[Figure, pd.DataFrame]:
+    """Box plots of the features' ICC(1,1) across image perturbations (`features.robustness`),
+    per feature class and per image type (filter), with the 0.75 and 0.9 lines.
+
+    ``icc``: one row per feature with ``icc``, ``feature_class`` and ``image_type`` (icc.csv).
+    Data: per group, the number of features with an ICC, its median and quartiles.
+    """
+    missing = [c for c in ("icc", "feature_class", "image_type") if c not in icc]
+    if missing:
+        raise ValueError(f"icc_distribution: icc table lacks column(s) {missing}; expected icc.csv of crlm perturb")
+    rows = []
+    fig = _figure((11.0, 5.0))
+    axes = fig.subplots(1, 2)
+    for ax, by, title in zip(
+        axes, ("feature_class", "image_type"), ("per feature class", "per image type"), strict=True
+    ):
+        groups = {str(k): v.dropna().to_numpy(float) for k, v in icc.groupby(by)["icc"]}
+        groups = {k: v for k, v in sorted(groups.items()) if len(v)}
+        if groups:
+            ax.boxplot(list(groups.values()), orientation="horizontal", tick_labels=list(groups), showfliers=True)
+        for reference in ICC_REFERENCES:
+            ax.axvline(reference, color="0.5", linestyle="--", linewidth=0.8)
+        ax.set_xlim(min(-0.1, min((v.min() for v in groups.values()), default=0.0)), 1.02)
+        ax.set_xlabel("ICC(1,1) across perturbations")
+        ax.set_title(title)
+        for name, values in groups.items():
+            q1, median, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+            rows.append({"grouping": by, "group": name, "features": len(values), "q1": q1, "median": median, "q3": q3})
+    caption(fig, source)
+    return fig, pd.DataFrame(rows, columns=["grouping", "group", "features", "q1", "median", "q3"])
+
+
 # --- output ---------------------------------------------------------------------------------------
 def save_plot(fig: Figure, data: pd.DataFrame, out_dir: Path, name: str) -> tuple[Path, Path]:
     """Write ``<name>.png`` (dpi 120, tight) and ``<name>.csv`` (the data) and close the figure.

@@ -262,6 +262,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         params=args.params,
         repo_root=REPO_ROOT,
         track=not args.no_tracking,
+        icc=args.icc,
     )
     return 0
 
@@ -481,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--external", type=Path, default=None, help="crlm evaluate --out folder (external site)")
     rep.add_argument("--explain", type=Path, default=None, help="crlm explain --out folder (SHAP)")
     rep.add_argument("--truth", type=Path, default=None, help="truth.csv: marks the data as synthetic")
+    rep.add_argument("--icc", type=Path, default=None, help="icc.csv of crlm perturb (feature robustness plot)")
     rep.add_argument(
         "--params",
         type=Path,

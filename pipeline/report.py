@@ -937,6 +937,38 @@ def _report_path(out: Path) -> Path:
     return out if out.suffix.lower() in {".html", ".htm"} else out / REPORT_NAME
 
 
+def robustness_section(icc_path: Path | None) -> dict[str, Any] | None:
+    """The ICC(1,1) distribution of the features across image perturbations (icc.csv of
+    ``crlm perturb``), per feature class and image type; None when not given."""
+    if icc_path is None:
+        return None
+    icc, problem = _try_read(Path(icc_path), pd.read_csv)
+    if problem is not None:
+        return {"problem": f"icc.csv: {problem}; run crlm perturb", "figure": None}
+    if "icc" not in icc or not icc["icc"].notna().any():
+        return {
+            "problem": f"{icc_path}: no feature has an ICC (too few patients extracted in every perturbation)",
+            "figure": None,
+        }
+    import io
+
+    from models.plots import DPI, icc_distribution
+
+    n = int(icc["n_patients"].max()) if "n_patients" in icc else 0
+    k = int(icc["n_perturbations"].max()) if "n_perturbations" in icc else 0
+    fig, _ = icc_distribution(icc, f"{icc_path}: {icc['icc'].notna().sum()} features, {n} patients x {k} perturbations")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.clear()
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    caption = (
+        "ICC(1,1) of each imaging feature across image perturbations of the training patients "
+        "(noise, rotation, translation, volume adaptation, contour randomisation, slice thickness; "
+        "docs/robustness.md). Dashed: 0.75 and 0.9."
+    )
+    return {"problem": None, "figure": {"uri": uri, "name": Path(icc_path).name, "caption": caption, "problem": None}}
+
+
 def run_report(
     train_dir: Path,
     out: Path,
@@ -948,6 +980,7 @@ def run_report(
     params: Path | None = None,
     repo_root: Path | None = None,
     track: bool = True,
+    icc: Path | None = None,
 ) -> Path:
     """Write the run's HTML report to ``out`` (a ``.html`` file, or a folder for ``report.html``).
 
@@ -979,6 +1012,7 @@ def run_report(
         "models_": models_section(metrics, cv, train_dir),
         "explain_": explain_section(explain_dir),
         "external_": external_section(external_dir, metrics, cv),
+        "robustness_": robustness_section(icc),
     }
     path = _report_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

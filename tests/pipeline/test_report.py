@@ -379,3 +379,35 @@ def test_novelty_flag_rates_and_flagged_vs_unflagged_metrics_are_shown_with_thei
     assert "Novelty flag" in section and "held-out split, training cohort" in section
     assert "5.6% (4/72)" in section and "3.0% (3/100)" in section
     assert too_few in section and "0.631 (n = 97)" in section
+
+
+def test_icc_distribution_is_embedded_when_icc_csv_is_given(inputs, tmp_path):
+    rng = np.random.default_rng(0)
+    names = [
+        f"rad_largest__{t}_{c}_F{i}"
+        for t in ("original", "wavelet-LLH")
+        for c in ("glcm", "firstorder")
+        for i in range(5)
+    ]
+    icc = pd.DataFrame(
+        {
+            "feature": [*names, "patient_liver_volume_ml"],
+            "icc": [*rng.uniform(0, 1, len(names)), 0.99],
+            "n_patients": 40,
+            "n_perturbations": 4,
+            "image_type": [n.split("__")[1].split("_")[0] for n in names] + ["morphology"],
+            "feature_class": [n.split("__")[1].split("_")[1] for n in names] + ["morphology"],
+        }
+    )
+    icc.to_csv(tmp_path / "icc.csv", index=False)
+    section = re.search(
+        r'<section id="robustness">.*?</section>', _build(inputs, tmp_path, icc=tmp_path / "icc.csv"), re.S
+    )
+    images = [attrs.get("src") or "" for t, attrs in _tags(section.group(0)) if t == "img"]
+    assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
+    icc["icc"] = np.nan  # too few patients: said, not drawn
+    icc.to_csv(tmp_path / "icc.csv", index=False)
+    text = _build(inputs, tmp_path, icc=tmp_path / "icc.csv")
+    section = re.search(r'<section id="robustness">.*?</section>', text, re.S).group(0)
+    assert "no feature has an ICC" in section and "<img" not in section
+    assert 'id="robustness"' not in _build(inputs, tmp_path)  # not given: no section
