@@ -98,3 +98,13 @@ def test_a_perturbation_that_removes_the_lesions_is_a_case_status(synthetic_coho
     assert lesions.empty
     assert report[STATUS].tolist() == [PERTURBATION_FAILED]
     assert case.patient_id in report["reason"].iloc[0] and "icc-1" in report["reason"].iloc[0]
+
+
+def test_robustness_block_is_validated(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"robustness": {"patients": 10, "perturbations": 1, "seed": 1, "jobs": 1}}))
+    assert main(["perturb", "--cohort", str(tmp_path / "x.csv"), "--params", str(params)]) == 2
+    assert "an ICC needs at least 2" in capsys.readouterr().err
+    params.write_text(yaml.safe_dump({"robustness": {"patient": 10, "perturbations": 4, "seed": 1, "jobs": 1}}))
+    assert main(["perturb", "--cohort", str(tmp_path / "x.csv"), "--params", str(params)]) == 2
+    assert "did you mean 'patients'" in capsys.readouterr().err
