@@ -16,6 +16,7 @@ cases leave this process, so on a cluster they must name the same files on every
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import posixpath
@@ -36,7 +37,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from features import imaging, radiomics
 from features.morphology import patient_morphology
-from features.schema import OK, PATIENT_ID, REASON, STATUS
+from features.reference_tissue import ReferenceTissue, normalise_case
+from features.schema import OK, PATIENT_ID, REASON, REFERENCE_MAD_HU, REFERENCE_MEDIAN_HU, REFERENCE_VOXELS, STATUS
 
 SECONDS = "seconds"
 CACHED = "cached"
@@ -79,6 +81,8 @@ class CaseOptions:
     resample_mask: bool = False
     min_lesion_voxels: int = 2
     require_hu: bool = True
+    # Per-patient liver reference normalisation (features.reference_tissue); None: HU as loaded.
+    reference_tissue: ReferenceTissue | None = None
 
     def digest(self) -> str:
         roles = sorted(self.labels.segment_roles.items())
@@ -87,6 +91,8 @@ class CaseOptions:
             f"{self.labels.seg_lesions}|{self.resample_mask}|{self.min_lesion_voxels}|{self.require_hu}|"
             f"{_CACHE_FORMAT}"
         )
+        if self.reference_tissue is not None:  # absent: the digest of extractions made before it existed
+            payload += f"|reference_tissue={json.dumps(self.reference_tissue.record(), sort_keys=True)}"
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -113,6 +119,8 @@ def settings_record(options: CaseOptions, aggregation: Sequence[str] | None = No
         "require_hu": options.require_hu,
         "versions": radiomics.library_versions(),
     }
+    if options.reference_tissue is not None:
+        record["reference_tissue"] = options.reference_tissue.record()
     if aggregation is not None:
         record["aggregation"] = list(aggregation)
     return record
@@ -126,6 +134,7 @@ def options_from_record(record: dict[str, Any]) -> CaseOptions:
         resample_mask=bool(record["resample_mask"]),
         min_lesion_voxels=int(record["min_lesion_voxels"]),
         require_hu=bool(record.get("require_hu", True)),
+        reference_tissue=ReferenceTissue(**record["reference_tissue"]) if record.get("reference_tissue") else None,
     )
 
 
@@ -214,13 +223,7 @@ def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOpt
     wanted = sorted(set(names))
     selected = tuple(wanted) if radiomics.feature_selection(params, wanted) is not None else None
     settings = radiomics.ExtractionSettings(params, options.settings.crop_margin_mm, selected)
-    return CaseOptions(
-        settings=settings,
-        labels=options.labels,
-        resample_mask=options.resample_mask,
-        min_lesion_voxels=options.min_lesion_voxels,
-        require_hu=options.require_hu,
-    )
+    return dataclasses.replace(options, settings=settings)
 
 
 def _failure(patient_id: str, reason: str, message: str, seconds: float, lesion=pd.NA) -> dict[str, Any]:
@@ -337,6 +340,17 @@ def _extract_local(
     except imaging.CaseError as exc:
         return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
     image, mask = loaded.image, loaded.mask
+    reference: dict[str, Any] = {}
+    if options.reference_tissue is not None:  # after load_case (and a perturbation), before any feature
+        try:
+            image, stats = normalise_case(pid, image, mask, options.labels.liver, options.reference_tissue, mask_path)
+        except imaging.CaseError as exc:
+            return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
+        reference = {
+            REFERENCE_MEDIAN_HU: stats.median_hu,
+            REFERENCE_MAD_HU: stats.mad_hu,
+            REFERENCE_VOXELS: stats.voxels,
+        }
     mask_array = sitk.GetArrayViewFromImage(mask)
     summary = loaded.label_summary  # counts and lesions of the mask, found once by load_case
     lesion_labels = (
@@ -350,6 +364,7 @@ def _extract_local(
     provenance.update(dict(zip(SPACING, image.GetSpacing(), strict=True)))
     provenance.update(dict(zip(SIZE, image.GetSize(), strict=True)))
     provenance.update(dict(zip(ORIGIN, image.GetOrigin(), strict=True)))
+    provenance.update(reference)
 
     result = CaseResult()
     extractor = radiomics.make_extractor(options.settings.radiomics, options.settings.features)
