@@ -148,7 +148,7 @@ def main() -> None:
     print(header)
     for name in SHOWN:
         column = f"original_firstorder_{name}"
-        print(f"{column[8:]:<38}" + "".join(f"{r['features'][column]:>20.3f}" for r in results.values()))
+        print(f"{column[9:]:<38}" + "".join(f"{r['features'][column]:>20.3f}" for r in results.values()))
     for key in ("median_firstorder", "median_glcm"):
         print(f"{key:<38}" + "".join(f"{r[key]:>20.3f}" for r in results.values()))
     medians = {s: tables[s, True]["reference_liver_median_hu"].median() for s in SCANNERS}
