@@ -84,6 +84,10 @@ class CaseOptions:
     # Per-patient liver reference normalisation (features.reference_tissue); None: HU as loaded.
     reference_tissue: ReferenceTissue | None = None
 
+    def __post_init__(self) -> None:
+        if self.reference_tissue is not None and not self.reference_tissue.enabled:
+            raise ValueError("reference_tissue with enabled false: pass None for no normalisation (one way to say off)")
+
     def digest(self) -> str:
         roles = sorted(self.labels.segment_roles.items())
         payload = (
@@ -134,8 +138,13 @@ def options_from_record(record: dict[str, Any]) -> CaseOptions:
         resample_mask=bool(record["resample_mask"]),
         min_lesion_voxels=int(record["min_lesion_voxels"]),
         require_hu=bool(record.get("require_hu", True)),
-        reference_tissue=ReferenceTissue(**record["reference_tissue"]) if record.get("reference_tissue") else None,
+        reference_tissue=_reference_tissue(record.get("reference_tissue")),
     )
+
+
+def _reference_tissue(block: dict[str, Any] | None) -> ReferenceTissue | None:
+    """A record's ``reference_tissue`` block: absent (records made before it existed) or off is None."""
+    return ReferenceTissue(**block) if block and block.get("enabled", True) else None
 
 
 # Keys of a record that are not settings: the hash follows from the rest, versions are reported apart.

@@ -225,6 +225,14 @@ def test_record_round_trips_and_old_records_read_without_it():
         "method": "subtract_median",
     }
     assert extraction.options_from_record(record) == on
+    assert (
+        extraction.options_from_record(
+            {**record, "reference_tissue": {**record["reference_tissue"], "enabled": False}}
+        ).reference_tissue
+        is None
+    )
+    with pytest.raises(ValueError, match="pass None"):
+        options(ReferenceTissue(enabled=False))
     old = json.loads(MAIN_RECORD)
     assert extraction.options_from_record(old).reference_tissue is None
     assert extraction.options_from_record(old).digest() == MAIN_DIGEST
