@@ -37,7 +37,8 @@ from fsspec.implementations.local import LocalFileSystem
 from features import imaging, radiomics
 from features.morphology import patient_morphology
 from features.perturbation import Perturbation, apply_perturbation
-from features.schema import OK, PATIENT_ID, REASON, STATUS
+from features.reference_tissue import ReferenceTissue, normalise_case
+from features.schema import OK, PATIENT_ID, REASON, REFERENCE_MAD_HU, REFERENCE_MEDIAN_HU, REFERENCE_VOXELS, STATUS
 
 SECONDS = "seconds"
 CACHED = "cached"
@@ -83,6 +84,12 @@ class CaseOptions:
     # Applied right after loading (issue 13, features/perturbation.py); part of the digest and of
     # the settings record only when set, so default extractions keep their cache keys.
     perturbation: Perturbation | None = None
+    # Per-patient liver reference normalisation (features.reference_tissue); None: HU as loaded.
+    reference_tissue: ReferenceTissue | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference_tissue is not None and not self.reference_tissue.enabled:
+            raise ValueError("reference_tissue with enabled false: pass None for no normalisation (one way to say off)")
 
     def digest(self) -> str:
         roles = sorted(self.labels.segment_roles.items())
@@ -93,6 +100,8 @@ class CaseOptions:
         )
         if self.perturbation is not None:
             payload += f"|perturbation={self.perturbation.digest()}"
+        if self.reference_tissue is not None:  # absent: the digest of extractions made before it existed
+            payload += f"|reference_tissue={json.dumps(self.reference_tissue.record(), sort_keys=True)}"
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -121,6 +130,8 @@ def settings_record(options: CaseOptions, aggregation: Sequence[str] | None = No
     }
     if options.perturbation is not None:
         record["perturbation"] = options.perturbation.record()
+    if options.reference_tissue is not None:
+        record["reference_tissue"] = options.reference_tissue.record()
     if aggregation is not None:
         record["aggregation"] = list(aggregation)
     return record
@@ -135,7 +146,13 @@ def options_from_record(record: dict[str, Any]) -> CaseOptions:
         min_lesion_voxels=int(record["min_lesion_voxels"]),
         require_hu=bool(record.get("require_hu", True)),
         perturbation=Perturbation.from_record(record["perturbation"]) if record.get("perturbation") else None,
+        reference_tissue=_reference_tissue(record.get("reference_tissue")),
     )
+
+
+def _reference_tissue(block: dict[str, Any] | None) -> ReferenceTissue | None:
+    """A record's ``reference_tissue`` block: absent (records made before it existed) or off is None."""
+    return ReferenceTissue(**block) if block and block.get("enabled", True) else None
 
 
 # Keys of a record that are not settings: the hash follows from the rest, versions are reported apart.
@@ -344,6 +361,17 @@ def _extract_local(
     except imaging.CaseError as exc:
         return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
     image, mask = loaded.image, loaded.mask
+    reference: dict[str, Any] = {}
+    if options.reference_tissue is not None:  # after load_case (and a perturbation), before any feature
+        try:
+            image, stats = normalise_case(pid, image, mask, options.labels.liver, options.reference_tissue, mask_path)
+        except imaging.CaseError as exc:
+            return CaseResult(report=[_failure(pid, exc.reason, str(exc), time.perf_counter() - start)])
+        reference = {
+            REFERENCE_MEDIAN_HU: stats.median_hu,
+            REFERENCE_MAD_HU: stats.mad_hu,
+            REFERENCE_VOXELS: stats.voxels,
+        }
     mask_array = sitk.GetArrayViewFromImage(mask)
     summary = loaded.label_summary  # counts and lesions of the mask, found once by load_case
     lesion_labels = (
@@ -357,6 +385,7 @@ def _extract_local(
     provenance.update(dict(zip(SPACING, image.GetSpacing(), strict=True)))
     provenance.update(dict(zip(SIZE, image.GetSize(), strict=True)))
     provenance.update(dict(zip(ORIGIN, image.GetOrigin(), strict=True)))
+    provenance.update(reference)
 
     result = CaseResult()
     extractor = radiomics.make_extractor(options.settings.radiomics, options.settings.features)

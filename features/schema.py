@@ -170,8 +170,16 @@ CASE_STATUSES: dict[str, str] = {
     "no_liver_label": "liver required but absent",
     "missing_lesion_label": "no lesion label or lesion segment",
     "lesion_too_small": "a lesion below the minimum voxel count",
+    "reference_tissue_too_small": "too few liver voxels left after erosion for reference-tissue normalisation",
     "radiomics_failed": "pyradiomics could not process a lesion",
 }
+NO_LIVER_LABEL = "no_liver_label"
+REFERENCE_TISSUE_TOO_SMALL = "reference_tissue_too_small"
+# Lesion-table provenance of reference-tissue normalisation (features.reference_tissue), only when enabled:
+# the patient's reference median (HU of the image as loaded) and its voxel count after erosion.
+REFERENCE_MEDIAN_HU = "reference_liver_median_hu"
+REFERENCE_MAD_HU = "reference_liver_mad_hu"
+REFERENCE_VOXELS = "reference_liver_voxels"
 
 # Per-patient status vocabulary: every table that says whether a patient is usable (feature
 # table, extraction report, predictions.csv, `crlm validate --images`) has a ``status`` column

@@ -21,6 +21,7 @@ from features.mapping import (
     load_mapping,
     sheet_headers,
 )
+from features.reference_tissue import ReferenceTissue
 from features.schema import PATIENT_ID
 from features.settings import settings_class
 from features.validation import ValidationReport, validate_cohort
@@ -76,6 +77,7 @@ class ExtractionConfig:
     resample_mask: bool
     min_lesion_voxels: int
     aggregation: tuple[str, ...]
+    reference_tissue: ReferenceTissue = ReferenceTissue()  # off unless ``enabled: true`` (docs/reference_tissue.md)
 
     def cache_location(self, override: str | Path | None = None) -> str | Path:
         """The per-case cache: ``override`` (``--cache``) else ``cache_dir``. A URL stays text; a
@@ -115,5 +117,6 @@ def case_options(
         labels=labels,
         resample_mask=cfg.resample_mask if resample_mask is None else resample_mask,
         min_lesion_voxels=cfg.min_lesion_voxels,
+        reference_tissue=cfg.reference_tissue if cfg.reference_tissue.enabled else None,
     )
     return options, cfg

@@ -572,6 +572,9 @@ def resolve_settings(
     if extraction_config is not None:
         for key in ("crop_margin_mm", "resample_mask", "min_lesion_voxels", "aggregation"):
             merged[key] = given[key]
+        merged.pop("reference_tissue", None)  # in a record only when enabled
+        if "reference_tissue" in given:
+            merged["reference_tissue"] = given["reference_tissue"]
     if labels is not None:
         merged["labels"] = given["labels"]
     if liver_label is not None:
