@@ -254,11 +254,12 @@ def perturbed_rows(
     ids = table[s.PATIENT_ID].astype(str)
     rows = rows.loc[rows[s.PATIENT_ID].isin(set(ids))]
     position = pd.Series(np.arange(len(table)), index=ids.to_numpy())
-    copies = table.iloc[position.loc[rows[s.PATIENT_ID]].to_numpy()].reset_index(drop=True).copy()
-    for column in imaging_columns(table.columns):
-        copies[column] = rows[column].to_numpy()
-    copies[PERTURBATION] = rows[PERTURBATION].to_numpy()
-    return copies
+    imaging = imaging_columns(table.columns)
+    originals = table.iloc[position.loc[rows[s.PATIENT_ID]].to_numpy()].reset_index(drop=True)
+    copies = pd.concat(
+        [originals.drop(columns=imaging), rows[[*imaging, PERTURBATION]].reset_index(drop=True)], axis=1
+    )  # one concatenation: thousands of radiomics columns assigned one by one fragment the frame
+    return copies[[*table.columns, PERTURBATION]]
 
 
 def splits_with_copies(
