@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from sklearn.pipeline import Pipeline
 from features import schema as s
 from features import scores
 from features.settings import nearest, settings_class
-from models import novelty, outcomes, preprocessing, registry
+from models import novelty, outcomes, preprocessing, registry, robustness
 from models.registry import (  # their home
     BASELINES,
     IMAGING_PREFIXES,
@@ -346,7 +346,8 @@ class TrainSettings:
     ``select_among`` (``preprocessing.SELECT_K``: imaging or all); ``grids``, per model family
     (``MODELS``) its estimator's hyper-parameter grid (sklearn names, checked against the
     estimator's ``get_params``: a misspelt option is an error, not a silently dropped model); a
-    family without a grid keeps its estimator's settings.
+    family without a grid keeps its estimator's settings; ``robustness`` (`models.robustness.
+    RobustnessSettings`): the ICC filter and augmentation by perturbed copies, off by default.
     """
 
     seed: int
@@ -357,6 +358,7 @@ class TrainSettings:
     k_features: tuple[int, ...]
     select_among: str = "all"
     grids: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+    robustness: robustness.RobustnessSettings = field(default_factory=robustness.RobustnessSettings)
 
     @field_validator("test_fraction")
     @classmethod
@@ -464,6 +466,8 @@ def fit_task(
     covariates: Sequence[str] = (),
     jobs: int = 1,
     plan: TaskPlan | None = None,
+    drop_columns: Collection[str] = (),
+    copies: pd.DataFrame | None = None,
 ) -> FittedTask:
     """Fit every model of ``task`` on the training rows, tuned by cross-validation there.
 
@@ -473,8 +477,18 @@ def fit_task(
     cohort. A model family whose every fit fails on these data (e.g. the Cox net's
     ``ArithmeticError`` on a tiny cohort) is left out and named in ``failed``; grid points
     that fail are skipped and counted in ``notes``. ``ValueError`` if no family can be fitted.
+
+    Scanner robustness (`models.robustness`, docs/robustness.md): ``drop_columns`` (the ICC
+    filter's) are never model inputs; ``copies`` (rows like ``table``'s, perturbed copies of
+    training patients, each with its patient's outcome) are extra training rows: each joins the
+    training side of a CV fold with its patient, validation folds score original rows only, and
+    a copy of a patient outside ``train_index`` is a ``ValueError``. The novelty model is fitted
+    on the original rows.
     """
     columns = feature_columns(table, task, covariates)
+    if drop_columns:
+        dropped = set(drop_columns)
+        columns = [c for c in columns if c not in dropped]
     if not columns:
         raise ValueError(f"{task}: no usable model input: every candidate column is missing for all patients")
     numeric, categorical = preprocessing.split_feature_types(table, columns)
@@ -495,6 +509,13 @@ def fit_task(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         splits = list(folds.split(np.zeros(len(y)), strata))
+    X_fit, y_fit = X.iloc[train_index], y
+    if copies is not None and len(copies):
+        copy_ids = copies[s.PATIENT_ID].astype(str).to_numpy()
+        splits = robustness.splits_with_copies(splits, train[s.PATIENT_ID].astype(str).to_numpy(), copy_ids)
+        owner = pd.Series(np.arange(len(train)), index=train[s.PATIENT_ID].astype(str).to_numpy())
+        X_fit = pd.concat([X_fit, _model_frame(copies, numeric, categorical)], ignore_index=True)
+        y_fit = np.concatenate([np.asarray(y), np.asarray(y)[owner.loc[copy_ids].to_numpy()]])
     fitted = FittedTask(task, columns, train_index, test_index)
     with tempfile.TemporaryDirectory(prefix="crlm-cv-") as cache:
         for name in MODELS[task]:
@@ -521,7 +542,7 @@ def fit_task(
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", category=UserWarning, message=".*fits failed.*")
                     warnings.filterwarnings("ignore", message="One or more of the test scores are non-finite")
-                    search.fit(X.iloc[train_index], y)
+                    search.fit(X_fit, y_fit)
             except (ValueError, ArithmeticError, np.linalg.LinAlgError, FloatingPointError) as exc:
                 fitted.failed[name] = _failure(exc)
                 continue

@@ -212,7 +212,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=name or "untracked",
         explicit_tasks=args.task != "all",
         jobs=args.jobs,
+        perturbed=args.perturbed,
+        icc=args.icc,
     )
+    return 0
+
+
+def cmd_choose_robustness(args: argparse.Namespace) -> int:
+    from pipeline.choose_robustness import run_choose
+
+    tasks = ("recurrence", "response") if args.task == "all" else (args.task,)
+    run_choose(args.features, args.perturbed, args.icc, args.params, args.out, args.thresholds, args.tolerance, tasks)
     return 0
 
 
@@ -447,8 +457,39 @@ def build_parser() -> argparse.ArgumentParser:
     tra.add_argument(
         "--mapping", type=Path, default=None, help="cohort mapping whose declared covariates the models use as they are"
     )
+    tra.add_argument(
+        "--perturbed",
+        type=Path,
+        default=None,
+        help="perturbed.parquet from crlm perturb (read when train.robustness.augment is true)",
+    )
+    tra.add_argument(
+        "--icc",
+        type=Path,
+        default=None,
+        help="icc.csv from crlm perturb (read when train.robustness.icc_threshold is set)",
+    )
     tra.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     tra.set_defaults(func=cmd_train)
+
+    cho = sub.add_parser(
+        "choose-robustness",
+        help="score train.robustness candidates by CV on the training split, same site and simulated other "
+        "scanner (never an external cohort; docs/robustness.md)",
+    )
+    cho.add_argument("--features", type=Path, required=True, help="training features.parquet from crlm featurize")
+    cho.add_argument("--perturbed", type=Path, required=True, help="perturbed.parquet from crlm perturb")
+    cho.add_argument("--icc", type=Path, required=True, help="icc.csv from crlm perturb")
+    cho.add_argument("--out", type=Path, required=True, help="folder for robustness_choice.csv / .json")
+    cho.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help=PARAMS_HELP.format("train"))
+    cho.add_argument(
+        "--thresholds", type=float, nargs="+", default=[0.5, 0.75, 0.9], help="ICC thresholds to try (no filter too)"
+    )
+    cho.add_argument(
+        "--tolerance", type=float, default=0.01, help="same-site CV score a candidate may give up (default 0.01)"
+    )
+    cho.add_argument("--task", choices=("recurrence", "response", "all"), default="all", help="tasks scored")
+    cho.set_defaults(func=cmd_choose_robustness)
 
     eva = sub.add_parser("evaluate", help="validate trained models on another cohort (e.g. the external site)")
     eva.add_argument("--model", required=True, help="models folder from crlm train, or models:/<name>@<alias>")

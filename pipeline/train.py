@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from features.schema import OK, PATIENT_ID, SITE, STATUS
-from models import comparison, evaluation, novelty, outcomes, plots, registry, training
+from models import comparison, evaluation, novelty, outcomes, plots, registry, robustness, training
 from models.evaluation import EvaluateSettings
 from models.predictor import OUT_OF_DISTRIBUTION, novelty_frame
 from models.registry import (  # their home: models.registry
@@ -273,6 +274,89 @@ def _log_parent(metrics: dict, out: Path, features: Path, table: pd.DataFrame, s
             tracking.mlflow.log_artifact(str(path), artifact_path=mlflow_artifact_dir)
 
 
+@dataclass
+class RobustInputs:
+    """What ``train.robustness`` asks of this run: imaging columns to drop (ICC filter), perturbed
+    copies of training patients (augmentation), and the notes that go to metrics.json."""
+
+    drop: frozenset[str] = frozenset()
+    copies: pd.DataFrame | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def task_copies(self, train: pd.DataFrame) -> pd.DataFrame | None:
+        """The copies of the task's training patients (those whose outcome is known)."""
+        if self.copies is None:
+            return None
+        return self.copies.loc[self.copies[PATIENT_ID].isin(set(train[PATIENT_ID].astype(str)))]
+
+    def params(self) -> dict[str, Any]:
+        """Flat numbers for the MLflow parent run: kept/dropped per image type, copies."""
+        out: dict[str, Any] = {}
+        icc = self.notes.get("icc_filter")
+        if icc:
+            out["icc_filter_applied"] = icc["applied"]
+            out.update({f"kept.{k}": v for k, v in icc["kept"].items()})
+            out.update({f"dropped.{k}": v for k, v in icc["dropped"].items()})
+        if self.copies is not None:
+            out["augmentation_rows"] = len(self.copies)
+        return out
+
+
+def robustness_inputs(
+    settings: robustness.RobustnessSettings,
+    table: pd.DataFrame,
+    train_index: np.ndarray,
+    perturbed: Path | None,
+    icc: Path | None,
+) -> RobustInputs:
+    """Read and apply ``crlm perturb``'s outputs as ``train.robustness`` asks (docs/robustness.md).
+
+    Off (the default): nothing is read. The ICC filter needs ``icc``, augmentation ``perturbed``;
+    only training-split patients' ``icc-*`` copies are taken.
+    """
+    if not settings.active:
+        if perturbed is not None or icc is not None:
+            print("train.robustness is off (icc_threshold: null, augment: false): --perturbed / --icc not read")
+        return RobustInputs()
+    notes: dict[str, Any] = {"icc_threshold": settings.icc_threshold, "augment": settings.augment}
+    drop: frozenset[str] = frozenset()
+    if settings.icc_threshold is not None:
+        if icc is None:
+            raise ValueError(
+                f"train.robustness.icc_threshold is {settings.icc_threshold} but no ICC table was given: "
+                "pass --icc data/features/train/icc.csv (written by crlm perturb), or set icc_threshold: null"
+            )
+        icc_table = robustness.read_icc(icc)
+        applied = robustness.icc_filter(icc_table, settings.icc_threshold, list(table.columns), source=str(icc))
+        print(applied.note)
+        drop = applied.dropped
+        notes["icc_filter"] = applied.as_dict()
+    copies = None
+    if settings.augment:
+        if perturbed is None:
+            raise ValueError(
+                "train.robustness.augment is true but no perturbed features were given: pass --perturbed "
+                "data/features/train/perturbed.parquet (written by crlm perturb), or set augment: false"
+            )
+        rows = robustness.read_perturbed(perturbed)
+        train_ids = table.iloc[train_index][PATIENT_ID].astype(str)
+        copies = robustness.perturbed_rows(table, rows, train_ids, chain=robustness.ICC_CHAIN)
+        held_out = set(rows[PATIENT_ID]) - set(train_ids)
+        notes["augmentation"] = {
+            "source": str(perturbed),
+            "rows_used": len(copies),
+            "rows_of_held_out_patients_not_used": int(rows[PATIENT_ID].isin(held_out).sum()),
+        }
+        print(
+            f"augmentation: {len(copies)} perturbed copies of {copies[PATIENT_ID].nunique()} training patients "
+            "(validation folds and the held-out split: original rows only)"
+        )
+        if copies.empty:
+            notes["augmentation"]["note"] = f"no icc-* row of a training patient in {perturbed}: no augmentation"
+            print(notes["augmentation"]["note"])
+    return RobustInputs(drop, copies, notes)
+
+
 NOVELTY_FLAG_RATE = "novelty_flag_rate"  # metrics.json notes.<task>: the chosen model's held-out flag rate
 
 
@@ -332,13 +416,16 @@ def run_train(
     name: str = PIPELINE_NAME,
     explicit_tasks: bool = False,
     jobs: int | None = None,
+    perturbed: Path | None = None,
+    icc: Path | None = None,
 ) -> dict[str, Any]:
     """Fit and evaluate ``tasks`` on ``features``; return the metrics dictionary.
 
     ``covariates`` are extra columns (declared by a cohort mapping) used as they are. Tasks
     whose outcome the cohort lacks are skipped and listed under ``metrics["notes"]`` (an error
     with ``explicit_tasks``). The best model of each task is registered as ``{name}-{task}``.
-    ``models_dir`` defaults to ``out/models``. ``jobs`` overrides ``train.jobs``.
+    ``models_dir`` defaults to ``out/models``. ``jobs`` overrides ``train.jobs``. ``perturbed``
+    and ``icc`` (``crlm perturb``'s outputs) are read only when ``train.robustness`` asks for them.
     """
     params = load_params(params_path, "train", "evaluate")  # a bad value stops here, before any fit
     settings, evaluate = params.train, params.evaluate
@@ -360,6 +447,7 @@ def run_train(
         plans[task] = training.plan_task(table, task, task_train, task_test, settings)
         for note in plans[task].notes:
             print(f"{task}: {note}")
+    robust = robustness_inputs(settings.robustness, table, train_index, perturbed, icc)
     out.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / RUNS_FILE).unlink(missing_ok=True)  # run ids of an earlier run would be wrong
@@ -378,9 +466,10 @@ def run_train(
                 tags["data.kind"] = "synthetic"
             for task, reason in skipped.items():
                 tags[f"skipped.{task}"] = reason[:5000]
-            parent = stack.enter_context(
-                tracking.pipeline_run("train", {"train": as_dict(settings), "evaluate": as_dict(evaluate)}, tags)
-            )
+            logged = {"train": as_dict(settings), "evaluate": as_dict(evaluate)}
+            if robust.notes:
+                logged["robustness"] = robust.params()
+            parent = stack.enter_context(tracking.pipeline_run("train", logged, tags))
             parent_id = parent.info.run_id
         metrics, fitted_tasks = _fit_and_write(
             table,
@@ -399,6 +488,7 @@ def run_train(
             out=out,
             models_dir=models_dir,
             source=source,
+            robust=robust,
         )
         if track:
             split = pd.read_csv(out / "split.csv", dtype={PATIENT_ID: str})["split"]
@@ -438,6 +528,7 @@ def _fit_and_write(
     out: Path,
     models_dir: Path,
     source: str,
+    robust: RobustInputs | None = None,
 ) -> tuple[dict[str, Any], dict[str, tuple]]:
     """Fit, evaluate, plot and write every output of ``tasks``; return the metrics and, per task,
     (fitted task, predictors, chosen model) for tracking."""
@@ -455,9 +546,25 @@ def _fit_and_write(
         start = time.perf_counter()
         task_train, task_test = _task_table(table, task, train_index, test_index)
         plan = plans[task]
+        drop, copies = (robust.drop, robust.task_copies(table.iloc[task_train])) if robust else ((), None)
         fitted = training.fit_task(
-            table, task, task_train, task_test, settings, covariates=covariates, jobs=n_jobs, plan=plan
+            table,
+            task,
+            task_train,
+            task_test,
+            settings,
+            covariates=covariates,
+            jobs=n_jobs,
+            plan=plan,
+            drop_columns=drop,
+            copies=copies,
         )
+        if copies is not None:
+            robust.notes["augmentation"][task] = {
+                "rows": len(copies),
+                "patients": int(copies[PATIENT_ID].nunique()),
+                "of_training_patients": len(task_train),
+            }
         train, test = table.iloc[task_train], table.iloc[task_test]
         availability = training.baseline_availability({"training": train, "held-out": test}, task, min_coverage)
         baselines = [b for b, status in availability.items() if status.available]
@@ -531,6 +638,8 @@ def _fit_and_write(
                 )
             )
         fitted_tasks[task] = (fitted, predictors, best)
+    if robust is not None and robust.notes:
+        notes["robustness"] = robust.notes
     metrics[NOTES] = notes
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     (out / "cv.json").write_text(json.dumps(chosen, indent=2, default=str))

@@ -1,0 +1,314 @@
+"""Scanner robustness at training time (issue 13 items 1, 3, 4): the ICC filter, perturbed copies
+grouped by patient, and the choice on the training site only.
+
+The perturbed rows are built here as ``crlm perturb`` writes them (the contract in
+docs/robustness.md): a real patient-level feature table (the simulation's clinical table with
+imaging columns) with planted imaging features, one stable and one unstable under perturbation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import schema as s
+from features.settings import SettingsError, build
+from models import predictor, robustness, robustness_choice, training
+from models.robustness import ICC_CHAIN, PERTURBATION, SITE_CHAIN
+from tests.models.test_training import FAST, cohort_with_measured_traits
+
+K_ICC = 4  # icc-1 ... icc-4
+NOISE = 6  # stable noise imaging columns
+SETTINGS = training.TrainSettings(**{**FAST, "k_features": [4]}, test_fraction=0.3, jobs=1)
+
+
+def icc_1_1(values: np.ndarray) -> float:
+    """ICC(1,1) (Shrout & Fleiss 1979, one-way random effects, single measurement) of a
+    targets x measurements matrix; NaN when undefined (no variance)."""
+    n, k = values.shape
+    grand = values.mean()
+    ms_between = k * ((values.mean(axis=1) - grand) ** 2).sum() / (n - 1)
+    ms_within = ((values - values.mean(axis=1, keepdims=True)) ** 2).sum() / (n * (k - 1))
+    denominator = ms_between + (k - 1) * ms_within
+    return float((ms_between - ms_within) / denominator) if denominator > 0 else float("nan")
+
+
+def test_icc_helper_matches_shrout_fleiss_table():
+    """Shrout & Fleiss (1979), Table 2: 6 targets, 4 judges; ICC(1,1) = 0.17."""
+    table = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+    assert icc_1_1(table) == pytest.approx(0.17, abs=0.005)
+
+
+def _standard(x) -> np.ndarray:
+    x = np.asarray(x, float)
+    return (x - x.mean()) / x.std()
+
+
+def planted_cohort(world, n: int = 200, seed: int = 21, permute: bool = False):
+    """Feature table, perturbed rows (``icc-*`` and ``site-1``) and ICC table.
+
+    ``rad_stable_*`` and ``rad_unstable_*`` carry the same imaging signal per task; under the
+    ``icc`` perturbations the unstable ones get large noise (low ICC) and on the ``site-1`` rows
+    they are pure noise, while the stable ones barely move. ``permute``: outcomes shuffled
+    across patients (no signal left anywhere).
+    """
+    table, truth = cohort_with_measured_traits(world, n=n, seed=seed)
+    table = table.drop(columns=[c for c in table if c.startswith("rad_")])
+    rng = np.random.default_rng(seed)
+    signals = {
+        "rec": _standard(truth[s.TRUTH_RECURRENCE_IMAGING_LP]),
+        "resp": _standard(truth[s.TRUTH_RESPONSE_LP]),
+    }
+    clean = {}
+    for name, signal in signals.items():
+        clean[f"rad_stable_{name}"] = signal
+        clean[f"rad_unstable_{name}"] = signal
+    for j in range(NOISE):
+        clean[f"rad_noise_{j}"] = rng.normal(size=n)
+    for column, value in clean.items():
+        table[column] = value + rng.normal(0, 0.3, n) * column.startswith(("rad_stable", "rad_unstable"))
+    if permute:
+        order = rng.permutation(n)
+        for column in (s.RECURRENCE_EVENT, s.RECURRENCE_MONTHS, s.RECIST):
+            table[column] = table[column].to_numpy()[order]
+    rows = []
+    for k in range(1, K_ICC + 2):
+        chain = f"{ICC_CHAIN}-{k}" if k <= K_ICC else f"{SITE_CHAIN}-1"
+        frame = table.copy()
+        frame.insert(1, PERTURBATION, chain)
+        for column in clean:
+            if column.startswith("rad_unstable") and chain.startswith(SITE_CHAIN):
+                frame[column] = rng.normal(size=n)  # the other scanner: no signal left
+            elif column.startswith("rad_unstable"):
+                frame[column] = table[column] + rng.normal(0, 1.0, n)
+            else:
+                frame[column] = table[column] + rng.normal(0, 0.1, n)
+        rows.append(frame)
+    perturbed = pd.concat(rows, ignore_index=True)
+    icc_rows = perturbed.loc[perturbed[PERTURBATION].str.startswith(ICC_CHAIN)]
+    icc = pd.DataFrame(
+        {
+            "feature": list(clean),
+            "icc": [
+                icc_1_1(icc_rows.pivot(index=s.PATIENT_ID, columns=PERTURBATION, values=c).to_numpy()) for c in clean
+            ],
+            "n_patients": n,
+            "n_perturbations": K_ICC,
+            "image_type": "original",
+            "feature_class": "firstorder",
+        }
+    )
+    return table, robustness.check_perturbed(perturbed), robustness.check_icc(icc)
+
+
+@pytest.fixture(scope="module")
+def planted(world):
+    table, perturbed, icc = planted_cohort(world)
+    train, test = training.split_patients(table, 0.3, seed=SETTINGS.seed)
+    return table, perturbed, icc, train, test
+
+
+# --------------------------------------------------------------------------- settings and readers
+
+
+def test_robustness_settings_are_validated_with_did_you_mean():
+    base = {**FAST, "test_fraction": 0.3, "jobs": 1}
+    assert build(training.TrainSettings, base).robustness == robustness.RobustnessSettings()
+    assert not build(training.TrainSettings, base).robustness.active
+    with pytest.raises(SettingsError, match="did you mean 'icc_threshold'"):
+        build(training.TrainSettings, {**base, "robustness": {"icc_treshold": 0.8}})
+    with pytest.raises(SettingsError, match="between 0 and 1"):
+        build(training.TrainSettings, {**base, "robustness": {"icc_threshold": 1.2}})
+    with pytest.raises(SettingsError, match="true or false"):
+        build(training.TrainSettings, {**base, "robustness": {"augment": "maybe"}})
+
+
+def test_readers_name_the_file_the_column_and_the_fix(tmp_path, planted):
+    _, perturbed, icc, *_ = planted
+    path = tmp_path / "icc.csv"
+    icc.drop(columns=["n_patients"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"icc\.csv: missing column\(s\) \['n_patients'\].*crlm perturb"):
+        robustness.read_icc(path)
+    icc.assign(icc=icc["icc"] + 5).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"outside \[-1, 1\]"):
+        robustness.read_icc(path)
+    parquet = tmp_path / "perturbed.parquet"
+    perturbed.drop(columns=[PERTURBATION]).to_parquet(parquet)
+    with pytest.raises(ValueError, match=r"perturbed\.parquet: no 'perturbation' column.*crlm perturb"):
+        robustness.read_perturbed(parquet)
+    perturbed.assign(**{PERTURBATION: "blur-1"}).to_parquet(parquet)
+    with pytest.raises(ValueError, match="neither icc-<k> nor site-<k>"):
+        robustness.read_perturbed(parquet)
+    pd.concat([perturbed, perturbed.head(1)]).to_parquet(parquet)
+    with pytest.raises(ValueError, match="twice"):
+        robustness.read_perturbed(parquet)
+    with pytest.raises(FileNotFoundError, match="crlm perturb"):
+        robustness.read_icc(tmp_path / "absent.csv")
+
+
+# --------------------------------------------------------------------------- ICC filter
+
+
+def test_icc_filter_drops_the_unstable_feature_and_never_a_clinical_one(planted):
+    table, _, icc, train, test = planted
+    by_feature = icc.set_index("feature")["icc"]
+    assert by_feature["rad_stable_rec"] > 0.95 and by_feature["rad_unstable_rec"] < 0.7
+    applied = robustness.icc_filter(icc, 0.75, list(table.columns))
+    assert applied.applied
+    assert applied.dropped == {"rad_unstable_rec", "rad_unstable_resp"}
+    assert applied.kept_by_type == {"original": 2 + NOISE} and applied.dropped_by_type == {"original": 2}
+    fitted = training.fit_task(table, training.RECURRENCE, train, test, SETTINGS, drop_columns=applied.dropped)
+    assert not set(fitted.features) & applied.dropped
+    assert s.CEA in fitted.features and "fong_score" in fitted.features  # clinical columns stay
+    for model in fitted.models.values():  # what predict reads is a subset of what was fitted on
+        assert not set(predictor.used_columns(model, fitted.features)) & applied.dropped
+
+
+def test_icc_filter_drops_undefined_and_unknown_features(planted):
+    table, _, icc, *_ = planted
+    icc = icc.copy()
+    icc.loc[icc["feature"] == "rad_noise_0", "icc"] = np.nan  # e.g. constant under every perturbation
+    icc = icc.loc[icc["feature"] != "rad_noise_1"]  # not in the ICC table: cannot be vouched for
+    applied = robustness.icc_filter(icc, 0.75, list(table.columns))
+    assert {"rad_noise_0", "rad_noise_1"} <= applied.dropped and applied.not_in_icc == 1
+    with pytest.raises(ValueError, match="another extraction"):
+        robustness.icc_filter(icc.head(2), 0.75, list(table.columns))
+
+
+def test_too_few_icc_patients_means_no_filter_and_a_note(planted):
+    table, _, icc, *_ = planted
+    few = robustness.icc_filter(icc.assign(n_patients=9), 0.75, list(table.columns))
+    assert not few.applied and not few.dropped
+    assert "9 training patients with lesions (at least 10 needed)" in few.note and "without it" in few.note
+    undefined = robustness.icc_filter(icc.assign(icc=np.nan), 0.75, list(table.columns))
+    assert not undefined.applied and "undefined for every feature" in undefined.note
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_copies_are_grouped_by_patient_and_validation_is_original_rows_only(planted):
+    table, perturbed, _, train, test = planted
+    train_ids = table.iloc[train][s.PATIENT_ID].to_numpy()
+    copies = robustness.perturbed_rows(table.iloc[train], perturbed, train_ids, chain=ICC_CHAIN)
+    assert len(copies) == K_ICC * len(train)
+    assert not set(copies[s.PATIENT_ID]) & set(table.iloc[test][s.PATIENT_ID])  # held-out patients' copies never
+    assert (copies[PERTURBATION].str.startswith(ICC_CHAIN)).all()
+    original = table.set_index(s.PATIENT_ID).loc[copies[s.PATIENT_ID]]
+    np.testing.assert_array_equal(original[s.RECIST].to_numpy(), copies[s.RECIST].to_numpy())  # the patient's outcome
+    assert not np.allclose(original["rad_stable_rec"].to_numpy(), copies["rad_stable_rec"].to_numpy())
+    folds = [
+        (np.flatnonzero(np.arange(len(train)) % 3 != f), np.flatnonzero(np.arange(len(train)) % 3 == f))
+        for f in range(3)
+    ]
+    extended = robustness.splits_with_copies(folds, train_ids, copies[s.PATIENT_ID].to_numpy())
+    rows = np.concatenate([train_ids, copies[s.PATIENT_ID].to_numpy()])
+    for fit_rows, val_rows in extended:
+        assert (val_rows < len(train)).all()  # validation: original rows only
+        assert not set(rows[fit_rows]) & set(rows[val_rows])  # no patient on both sides
+        assert len(fit_rows) == (K_ICC + 1) * len(set(rows[fit_rows]))  # each training patient with its copies
+
+
+def test_a_planted_leak_of_held_out_copies_is_an_error(planted):
+    table, perturbed, _, train, test = planted
+    leaked = robustness.perturbed_rows(table, perturbed, table.iloc[[*train[:5], test[0]]][s.PATIENT_ID])
+    with pytest.raises(ValueError, match="outside the training split.*leak"):
+        training.fit_task(table, training.RESPONSE, train, test, SETTINGS, copies=leaked)
+
+
+def test_augmented_fit_uses_the_copies_and_keeps_novelty_on_original_rows(planted):
+    table, perturbed, _, train, test = planted
+    copies = robustness.perturbed_rows(table, perturbed, table.iloc[train][s.PATIENT_ID])
+    plain = training.fit_task(table, training.RESPONSE, train, test, SETTINGS)
+    augmented = training.fit_task(table, training.RESPONSE, train, test, SETTINGS, copies=copies)
+    frame = training.model_frame(table.iloc[test], plain.features)
+    p0 = plain.models["logistic"].predict_proba(frame)[:, 1]
+    p1 = augmented.models["logistic"].predict_proba(frame)[:, 1]
+    assert not np.allclose(p0, p1)
+    assert augmented.novelty["logistic"].n_train == len(train)
+
+
+def test_robustness_off_fits_exactly_as_without_it(planted):
+    table, _, _, train, test = planted
+    plain = training.fit_task(table, training.RECURRENCE, train, test, SETTINGS)
+    off = training.fit_task(table, training.RECURRENCE, train, test, SETTINGS, drop_columns=(), copies=None)
+    frame = training.model_frame(table.iloc[test], plain.features)
+    assert plain.features == off.features and plain.best_params == off.best_params
+    for name in plain.models:
+        np.testing.assert_array_equal(plain.models[name].predict(frame), off.models[name].predict(frame))
+
+
+# --------------------------------------------------------------------------- the choice
+
+
+OPTIONS = robustness_choice.candidates([0.75])
+
+
+@pytest.fixture(scope="module")
+def choice(planted):
+    table, perturbed, icc, train, _ = planted
+    return robustness_choice.site_shift_cv(table, perturbed, icc, OPTIONS, SETTINGS, train)
+
+
+def test_site_shift_cv_prefers_the_stable_feature(choice):
+    """Without robustness the unstable feature costs on the simulated other scanner; the ICC filter
+    removes it (no drop left) and the choice takes a candidate that does not lose on the shift."""
+    results = choice.set_index(["task", "candidate"])
+    for task in training.TASKS:
+        plain, filtered = results.loc[(task, "icc=none,augment=false")], results.loc[(task, "icc=0.75,augment=false")]
+        assert plain["same_site_mean"] - plain["site_shift_mean"] > 0.05, plain
+        assert filtered["n_imaging_inputs"] == plain["n_imaging_inputs"] - 2  # both unstable columns
+        assert filtered["site_shift_mean"] > plain["site_shift_mean"] + 0.05, (filtered, plain)
+        assert abs(filtered["same_site_mean"] - filtered["site_shift_mean"]) < 0.02, filtered
+    chosen, why = robustness_choice.choose(choice)
+    assert chosen != robustness_choice.Candidate(None, False), why
+    mine = choice.loc[choice["candidate"] == chosen.name]
+    assert (mine["same_site_mean"] - mine["site_shift_mean"]).abs().max() < 0.05, mine
+
+
+def test_the_choice_reads_only_the_training_split(planted):
+    table, perturbed, icc, train, test = planted
+    held_out = set(table.iloc[test][s.PATIENT_ID])
+    broken = table.copy()
+    broken.loc[broken[s.PATIENT_ID].isin(held_out), "rad_stable_rec"] = np.nan  # a held-out row read would show
+    bad_rows = perturbed.loc[~perturbed[s.PATIENT_ID].isin(held_out)]
+    a = robustness_choice.site_shift_cv(table, perturbed, icc, OPTIONS[:2], SETTINGS, train)
+    b = robustness_choice.site_shift_cv(broken, bad_rows, icc, OPTIONS[:2], SETTINGS, train)
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_choice_rule_tolerance_and_ties():
+    def row(candidate, icc, augment, same, shifted):
+        return {
+            "candidate": candidate,
+            "icc_threshold": icc,
+            "augment": augment,
+            "same_site_mean": same,
+            "site_shift_mean": shifted,
+        }
+
+    results = pd.DataFrame(
+        [
+            row("icc=none,augment=false", None, False, 0.80, 0.70),
+            row("icc=0.9,augment=false", 0.9, False, 0.795, 0.74),  # within 0.01: eligible, best shift
+            row("icc=0.5,augment=true", 0.5, True, 0.75, 0.79),  # best shift but too costly on site
+        ]
+    )
+    chosen, _ = robustness_choice.choose(results, tolerance=0.01)
+    assert chosen == robustness_choice.Candidate(0.9, False)
+    results.loc[1, "site_shift_mean"] = 0.7004  # a tie at 3 decimals: the simpler one
+    chosen, why = robustness_choice.choose(results, tolerance=0.01)
+    assert chosen == robustness_choice.Candidate(None, False) and "tied" in why
+
+
+def test_permuted_outcomes_give_chance_for_every_candidate(world):
+    table, perturbed, icc = planted_cohort(world, permute=True)
+    train, _ = training.split_patients(table, 0.3, seed=SETTINGS.seed)
+    results = robustness_choice.site_shift_cv(table, perturbed, icc, OPTIONS, SETTINGS, train)
+    scores = results[["same_site_mean", "site_shift_mean"]].to_numpy()
+    assert np.isfinite(scores).all()
+    # Chance, with the small downward bias stratified CV shows under the null (Parker et al.,
+    # BMC Bioinformatics 2007, "Stratification bias in low signal microarray studies").
+    assert np.abs(scores - 0.5).max() < 0.12, results
+    assert scores.mean() < 0.52, results

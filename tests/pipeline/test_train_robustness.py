@@ -1,0 +1,109 @@
+"""``crlm train`` with ``train.robustness`` (ICC filter, augmentation) and ``crlm choose-robustness``."""
+
+from __future__ import annotations
+
+import json
+
+import joblib
+import pandas as pd
+import pytest
+import yaml
+
+from models import registry, training
+from pipeline.cli import main
+from pipeline.train import run_train
+from tests.conftest import SMALL_TRAIN
+from tests.models.test_robustness import K_ICC, NOISE, planted_cohort
+
+EVALUATE = {"bootstrap": 20, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, world):
+    """The planted cohort's features.parquet, perturbed.parquet and icc.csv as crlm perturb writes them."""
+    root = tmp_path_factory.mktemp("robust_inputs")
+    table, perturbed, icc = planted_cohort(world, n=160)
+    table.to_parquet(root / "features.parquet")
+    perturbed.to_parquet(root / "perturbed.parquet")
+    icc.to_csv(root / "icc.csv", index=False)
+    return root
+
+
+def _params(folder, robustness: dict) -> object:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump({"train": {**SMALL_TRAIN, "robustness": robustness}, "evaluate": EVALUATE}))
+    return path
+
+
+def test_train_drops_unstable_columns_and_adds_training_copies(tmp_path, inputs, capsys):
+    params = _params(tmp_path, {"icc_threshold": 0.75, "augment": True})
+    metrics = run_train(
+        inputs / "features.parquet",
+        tmp_path / "out",
+        None,
+        params,
+        training.TASKS,
+        track=False,
+        perturbed=inputs / "perturbed.parquet",
+        icc=inputs / "icc.csv",
+    )
+    notes = metrics["notes"]["robustness"]
+    assert notes["icc_filter"]["applied"]
+    assert notes["icc_filter"]["kept"] == {"original": 2 + NOISE} and notes["icc_filter"]["dropped"] == {"original": 2}
+    split = pd.read_csv(tmp_path / "out" / "split.csv", dtype={"patient_id": str})
+    n_train = int((split["split"] == "train").sum())
+    for task in training.TASKS:
+        assert notes["augmentation"][task]["rows"] == K_ICC * notes["augmentation"][task]["of_training_patients"]
+        assert notes["augmentation"][task]["of_training_patients"] <= n_train
+    assert notes["augmentation"]["rows_of_held_out_patients_not_used"] == (K_ICC + 1) * (len(split) - n_train)
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())["notes"]["robustness"]
+    assert on_disk["icc_filter"]["dropped"] == {"original": 2}
+    predictor = joblib.load(tmp_path / "out" / "models" / registry.predictor_file("response", "logistic"))
+    assert not {"rad_unstable_rec", "rad_unstable_resp"} & set(predictor.feature_columns)
+    assert "kept 8 of 10 imaging columns" in capsys.readouterr().out
+
+
+def test_too_few_icc_patients_trains_without_the_filter_and_says_so(tmp_path, inputs, capsys):
+    icc = pd.read_csv(inputs / "icc.csv").assign(n_patients=8)
+    icc.to_csv(tmp_path / "icc.csv", index=False)
+    params = _params(tmp_path, {"icc_threshold": 0.75, "augment": False})
+    metrics = run_train(
+        inputs / "features.parquet",
+        tmp_path / "out",
+        None,
+        params,
+        ("response",),
+        track=False,
+        icc=tmp_path / "icc.csv",
+    )
+    notes = metrics["notes"]["robustness"]
+    assert not notes["icc_filter"]["applied"] and "augmentation" not in notes
+    assert "8 training patients with lesions (at least 10 needed)" in notes["icc_filter"]["note"]
+    assert "ICC filter not applied" in capsys.readouterr().out
+    predictor = joblib.load(tmp_path / "out" / "models" / registry.predictor_file("response", "logistic"))
+    assert "rad_unstable_resp" in predictor.feature_columns  # nothing was filtered
+
+
+def test_robustness_without_its_input_is_a_clear_error(tmp_path, inputs, capsys):
+    params = _params(tmp_path, {"icc_threshold": 0.75})
+    argv = ["train", "--features", str(inputs / "features.parquet"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--params", str(params), "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "icc_threshold is 0.75 but no ICC table" in err and "--icc" in err and "Traceback" not in err
+    params = _params(tmp_path, {"augment": True})
+    assert main([*argv, "--params", str(params), "--no-tracking", "--perturbed", str(tmp_path / "none.parquet")]) == 2
+    assert "perturbed features not found" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_choose_robustness_writes_the_table_and_the_choice(tmp_path, inputs, capsys):
+    params = _params(tmp_path, {})
+    argv = ["choose-robustness", "--features", str(inputs / "features.parquet"), "--out", str(tmp_path / "choice")]
+    argv += ["--perturbed", str(inputs / "perturbed.parquet"), "--icc", str(inputs / "icc.csv")]
+    assert main([*argv, "--params", str(params), "--thresholds", "0.75", "--task", "response"]) == 0
+    table = pd.read_csv(tmp_path / "choice" / "robustness_choice.csv")
+    assert len(table) == 4 and set(table["task"]) == {"response"}
+    record = json.loads((tmp_path / "choice" / "robustness_choice.json").read_text())
+    assert record["chosen"] != {"icc_threshold": None, "augment": False}
+    assert "no external cohort" in record["data"]
+    assert "icc_threshold:" in capsys.readouterr().out
