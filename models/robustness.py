@@ -25,16 +25,14 @@ import numpy as np
 import pandas as pd
 from pydantic import field_validator
 
+# One owner each: the perturbation names in the schema, the ICC table's columns and minimum in
+# features.robustness (which writes icc.csv); re-exported here for the training side.
 from features import schema as s
+from features.robustness import ICC_COLUMNS, MIN_ICC_PATIENTS
+from features.schema import ICC_CHAIN, PERTURBATION, SITE_CHAIN
 from features.settings import settings_class
 from models.registry import IMAGING_PREFIXES
 
-# The contract's names (features/schema.py holds them once engineer P's branch is merged).
-PERTURBATION = "perturbation"
-ICC_CHAIN = "icc"  # perturbation values icc-1 ... icc-K
-SITE_CHAIN = "site"  # site-1: the simulated other scanner used to score candidates (never site B)
-ICC_COLUMNS = ("feature", "icc", "n_patients", "n_perturbations", "image_type", "feature_class")
-MIN_ICC_PATIENTS = 10  # fewer training patients with lesions behind the ICC: no filter (issue 13, bad input)
 PERTURB_FIX = "rebuild it with crlm perturb from the training cohort's extraction (docs/robustness.md)"
 
 
