@@ -365,7 +365,10 @@ def _linear_reference(pipeline: Pipeline, width: int) -> np.ndarray:
 
 
 def explain_without_background(
-    predictor: RecurrencePredictor | ResponsePredictor, frame: pd.DataFrame, typed: bool = False
+    predictor: RecurrencePredictor | ResponsePredictor,
+    frame: pd.DataFrame,
+    typed: bool = False,
+    prepared: np.ndarray | None = None,
 ) -> ShapResult:
     """Exact, additive SHAP values of ``predictor`` on ``frame`` without training rows (inference).
 
@@ -376,7 +379,9 @@ def explain_without_background(
     trees' own training cover (``tree_path_dependent``, xgboost's ``pred_contribs``); the base
     value is the cover-weighted mean margin. Units: those of `explained_quantity` (AFT signs
     flipped to risk). Per patient, values + base equal the predictor's margin.
-    ``typed``: ``frame`` already holds the model's columns typed as fitted.
+    ``typed``: ``frame`` already holds the model's columns typed as fitted. ``prepared``: what the
+    pipeline's pre-processing makes of them (`models.predictor.prepare_inputs`, ``.dense``), when
+    the caller already computed it for the prediction.
     """
     import xgboost as xgb
 
@@ -385,7 +390,7 @@ def explain_without_background(
     quantity = explained_quantity(estimator)
     names, sources = model_features(predictor)
     X = frame[predictor.feature_columns] if typed else training.model_frame(frame, predictor.feature_columns)
-    Z = np.asarray(prepare.transform(X), dtype=float)
+    Z = np.asarray(prepare.transform(X) if prepared is None else prepared, dtype=float)
     if is_linear(estimator):
         coef, _ = _linear_coefficients(estimator, Z.shape[1])
         reference = _linear_reference(pipeline, Z.shape[1])

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from sklearn.pipeline import Pipeline
 
 from features.schema import PATIENT_ID
@@ -39,14 +40,39 @@ def novelty_column(task: str, column: str) -> str:
     return f"{task}_{column}"
 
 
-def novelty_frame(predictor: Any, frame: pd.DataFrame) -> pd.DataFrame:
-    """``novelty`` and ``out_of_distribution`` of each row of ``frame`` (the model frame), row by row."""
+@dataclass(frozen=True)
+class ModelInputs:
+    """One model frame and what the fitted pipeline's steps before the estimator make of it,
+    computed once and shared by the prediction, the novelty score and the explanation of a batch
+    (issue 14: each used to transform the ~2,300 input columns again)."""
+
+    frame: pd.DataFrame  # the model frame (`training.model_frame`), one row per patient
+    transformed: Any  # ``pipeline[:-1].transform(frame)``, exactly as the estimator receives it
+    dense: np.ndarray  # the same as a dense float array (`models.novelty.model_inputs`)
+
+
+def prepare_inputs(pipeline: Pipeline, frame: pd.DataFrame) -> ModelInputs:
+    """`ModelInputs` of ``frame`` (a model frame with the pipeline's input columns)."""
+    transformed = pipeline[:-1].transform(frame)
+    dense = transformed.toarray() if sparse.issparse(transformed) else transformed
+    return ModelInputs(frame, transformed, np.asarray(dense, dtype=float))
+
+
+def _estimator_output(pipeline: Pipeline, inputs: ModelInputs, method: str) -> np.ndarray:
+    """``pipeline.<method>(frame)`` from the already transformed inputs (what sklearn's Pipeline
+    does after its transforms: the last step's method on them)."""
+    return getattr(pipeline.steps[-1][1], method)(inputs.transformed)
+
+
+def novelty_frame(predictor: Any, frame: pd.DataFrame, inputs: ModelInputs | None = None) -> pd.DataFrame:
+    """``novelty`` and ``out_of_distribution`` of each row of ``frame`` (the model frame), row by row.
+    ``inputs``: `prepare_inputs` of ``frame``, when already computed."""
     model: NoveltyModel | None = getattr(predictor, "novelty", None)
     if model is None:
         novelty = np.full(len(frame), np.nan)
         flags = np.full(len(frame), None, dtype=object)
     else:
-        novelty = model.score(model_inputs(predictor.pipeline, frame))
+        novelty = model.score(inputs.dense if inputs is not None else model_inputs(predictor.pipeline, frame))
         flags = model.flag(novelty)
     return pd.DataFrame({NOVELTY: novelty, OUT_OF_DISTRIBUTION: flags}, index=frame.index)
 
@@ -115,20 +141,25 @@ class RecurrencePredictor:
     reference: pd.DataFrame | None = None  # training split's scores and outcomes (baselines)
     novelty: NoveltyModel | None = None  # None: a predictor pickled before novelty existed
 
-    def risk(self, table: pd.DataFrame) -> np.ndarray:
+    def risk(self, table: pd.DataFrame, inputs: ModelInputs | None = None) -> np.ndarray:
+        if inputs is not None:
+            return np.asarray(_estimator_output(self.pipeline, inputs, "predict"), dtype=float)
         return np.asarray(self.pipeline.predict(training.model_frame(table, self.feature_columns)), dtype=float)
 
     def survival(self, risk: np.ndarray, times: np.ndarray) -> np.ndarray:
         return breslow_survival(self.train_risk, self.y_train, risk, times, recalibrate=self.recalibrate)
 
-    def predict_frame(self, table: pd.DataFrame) -> pd.DataFrame:
-        risk = self.risk(table)
+    def predict_frame(self, table: pd.DataFrame, inputs: ModelInputs | None = None) -> pd.DataFrame:
+        """Predictions of each row of ``table``. ``inputs``: `prepare_inputs` of the model frame of
+        ``table``, when the caller already has it (the same numbers, computed once)."""
+        risk = self.risk(table, inputs)
         survival = self.survival(risk, np.asarray(self.horizons))
         out = pd.DataFrame({RISK: risk}, index=table.index)
         for j, horizon in enumerate(self.horizons):
             out[survival_column(horizon)] = survival[:, j]
         out[RISK_GROUP] = risk_groups(risk, self.cutpoints)
-        out = pd.concat([out, novelty_frame(self, training.model_frame(table, self.feature_columns))], axis=1)
+        frame = inputs.frame if inputs is not None else training.model_frame(table, self.feature_columns)
+        out = pd.concat([out, novelty_frame(self, frame, inputs)], axis=1)
         if PATIENT_ID in table:
             out.insert(0, PATIENT_ID, table[PATIENT_ID].to_numpy())
         return out
@@ -144,13 +175,17 @@ class ResponsePredictor:
     reference: pd.DataFrame | None = None  # training split's scores and outcomes (baselines)
     novelty: NoveltyModel | None = None  # None: a predictor pickled before novelty existed
 
-    def probability(self, table: pd.DataFrame) -> np.ndarray:
+    def probability(self, table: pd.DataFrame, inputs: ModelInputs | None = None) -> np.ndarray:
+        if inputs is not None:
+            return np.asarray(_estimator_output(self.pipeline, inputs, "predict_proba")[:, 1], dtype=float)
         frame = training.model_frame(table, self.feature_columns)
         return np.asarray(self.pipeline.predict_proba(frame)[:, 1], dtype=float)
 
-    def predict_frame(self, table: pd.DataFrame) -> pd.DataFrame:
-        out = pd.DataFrame({RESPONSE_PROBABILITY: self.probability(table)}, index=table.index)
-        out = pd.concat([out, novelty_frame(self, training.model_frame(table, self.feature_columns))], axis=1)
+    def predict_frame(self, table: pd.DataFrame, inputs: ModelInputs | None = None) -> pd.DataFrame:
+        """Predictions of each row of ``table``; ``inputs`` as in `RecurrencePredictor.predict_frame`."""
+        out = pd.DataFrame({RESPONSE_PROBABILITY: self.probability(table, inputs)}, index=table.index)
+        frame = inputs.frame if inputs is not None else training.model_frame(table, self.feature_columns)
+        out = pd.concat([out, novelty_frame(self, frame, inputs)], axis=1)
         if PATIENT_ID in table:
             out.insert(0, PATIENT_ID, table[PATIENT_ID].to_numpy())
         return out

@@ -207,9 +207,18 @@ class LoadedModel:
     def is_registry(self) -> bool:
         return is_model_uri(self.source)
 
-    def predict(self, frame):
-        """The model's output frame, one row per row of ``frame`` (same index, no ``patient_id``)."""
-        out = self.pyfunc.predict(frame) if self.pyfunc is not None else self.predictor.predict_frame(frame)
+    def predict(self, frame, inputs=None):
+        """The model's output frame, one row per row of ``frame`` (same index, no ``patient_id``).
+        ``inputs``: `models.predictor.prepare_inputs` of ``frame``, shared with the explanation
+        (used by a local predictor; an MLflow pyfunc model transforms ``frame`` itself)."""
+        if self.pyfunc is not None:
+            out = self.pyfunc.predict(frame)
+        else:
+            out = (
+                self.predictor.predict_frame(frame, inputs)
+                if inputs is not None
+                else self.predictor.predict_frame(frame)
+            )
         out = out.drop(columns="patient_id", errors="ignore")
         out.index = frame.index
         return out

@@ -71,6 +71,7 @@ from models.predictor import (
     RISK,
     RISK_GROUP,
     novelty_column,
+    prepare_inputs,
     survival_column,
     used_columns,
 )
@@ -425,7 +426,12 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
     }
     for model in ctx.models:
         frame = _model_input(features, model)
-        predicted = model.predict(frame)
+        # Pre-processing once per model and chunk, shared by prediction, novelty and explanation
+        # (it used to run three times over every input column; same numbers, issue 14).
+        inputs = (
+            prepare_inputs(model.predictor.pipeline, frame[model.feature_columns]) if model.pyfunc is None else None
+        )
+        predicted = model.predict(frame, inputs)
         for column in predicted.columns:
             if column in out.columns:
                 out.loc[index, column] = predicted[column].to_numpy()
@@ -435,7 +441,9 @@ def _predict(ctx: Context, features: pd.DataFrame, out: pd.DataFrame) -> None:
         novelty_note = _novelty_note(model, predicted)
         out.loc[index, f"{model.task}_model"] = model.name
         out.loc[index, f"{model.task}_model_version"] = model.version
-        result = explain_without_background(model.predictor, frame, typed=True)
+        result = explain_without_background(
+            model.predictor, frame, typed=True, prepared=inputs.dense if inputs is not None else None
+        )
         if model.task == registry.RECURRENCE:
             served, explained = predicted[RISK].to_numpy(float), result.output
         else:  # log-odds through the one (clipped) logit on both sides: saturated probabilities agree

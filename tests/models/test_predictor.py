@@ -33,3 +33,45 @@ def test_used_columns_are_the_ones_a_fitted_pipeline_passes_to_its_estimator():
     np.testing.assert_array_equal(pipeline.predict_proba(changed), pipeline.predict_proba(X))
     knn = Pipeline([("impute", KNNImputer()), ("model", LogisticRegression())]).fit(X, y)
     assert used_columns(knn, columns) == columns  # not column by column: everything
+
+
+def test_inputs_prepared_once_give_the_same_predictions_novelty_and_explanations():
+    """Issue 14: crlm predict transforms a chunk once per model (`prepare_inputs`) and shares it
+    with the prediction, the novelty score and the explanation; each must equal, bit for bit,
+    what it computes from the model frame on its own (a numeric and a categorical block, a
+    patient with a missing category)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from features.schema import PATIENT_ID
+    from models import training
+    from models.explain import explain_without_background
+    from models.novelty import fit_novelty, model_inputs
+    from models.predictor import ResponsePredictor, prepare_inputs
+    from models.preprocessing import feature_pipeline
+
+    rng = np.random.default_rng(1)
+    numeric = ["age_years", *(f"rad_largest__original_firstorder_F{i}" for i in range(10))]
+    X = pd.DataFrame(rng.normal(size=(90, len(numeric))), columns=numeric)
+    X["primary_site"] = rng.choice(["left", "right", "rectum"], size=90).astype(object)
+    columns = [*numeric, "primary_site"]
+    y = (X["rad_largest__original_firstorder_F2"] + 0.2 * rng.normal(size=90) > 0).astype(int)
+    pipeline = Pipeline(
+        [
+            *feature_pipeline(numeric, ["primary_site"], 0.95, 3, imaging=numeric[1:], select_among="imaging"),
+            ("model", LogisticRegression()),
+        ]
+    ).fit(X[columns], y)
+    predictor = ResponsePredictor("logistic", pipeline, columns, novelty=fit_novelty(model_inputs(pipeline, X)))
+    new = X.head(12).copy()
+    new.loc[3, "primary_site"] = np.nan
+    new.insert(0, PATIENT_ID, [f"P{i}" for i in range(len(new))])
+    frame = training.model_frame(new, columns)
+    inputs = prepare_inputs(pipeline, frame)
+    pd.testing.assert_frame_equal(predictor.predict_frame(new, inputs), predictor.predict_frame(new), check_exact=True)
+    alone = explain_without_background(predictor, new)
+    shared = explain_without_background(predictor, new, prepared=inputs.dense)
+    np.testing.assert_array_equal(shared.values, alone.values)
+    np.testing.assert_array_equal(shared.base_values, alone.base_values)
+    np.testing.assert_array_equal(inputs.dense, model_inputs(pipeline, frame))
