@@ -368,7 +368,7 @@ def run_one(
     tables = {site: features(work, folder, radiomics, setup.extraction, args.jobs) for site, folder in cohorts.items()}
     truths = {site: pd.read_csv(folder / "truth.csv", dtype={PATIENT_ID: str}) for site, folder in cohorts.items()}
 
-    run = work / "runs" / f"seed{seed_index}-{candidate}-{radiomics.stem}-{args.grid}"
+    run = work / "runs" / f"seed{seed_index}-{candidate}-{radiomics.stem}-{args.grid}-n{args.n_train}-{args.folds}folds"
     run.mkdir(parents=True, exist_ok=True)
     params_path = params_file(run, setup.train)
     models = run / "models"
@@ -392,7 +392,7 @@ def run_one(
     if "C" in tables:
         targets["A->C"] = (tables["C"], "C")
     for arm, (path, site) in targets.items():
-        folder = run / f"evaluate_{arm.replace('->', '_to_').replace(' ', '_')}"
+        folder = run / f"evaluate_{arm.replace('->', '_to_').replace(' ', '_')}_{cohorts[site].name}"
         metrics_path = folder / "metrics.json"
         if not metrics_path.is_file():
             log(f"seed {seed_index} {candidate}: evaluate {arm}")
@@ -494,7 +494,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else math.nan
         lines.append(
             f"| {candidate} | {task} | {arm} | {len(values)} | {pct(statistics.fmean(values))} | "
-            f"{pct(sd)} | {pct(min(values))}-{pct(max(values))} |"
+            f"{pct(sd)} | {pct(min(values))} to {pct(max(values))} |"
         )
     return "\n".join(lines)
 
