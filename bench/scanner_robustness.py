@@ -32,9 +32,9 @@ flagged on held-out A, B and C, and the C-index / AUC of flagged vs unflagged pa
 
 Candidates (``--candidates``) are small functions that change the extraction settings
 (configs/extraction.yaml) and the ``train`` block of params.yaml of a run. Only ``none`` (the
-default run) exists in this tree; ``icc``, ``norm``, ``augment`` and ``chosen`` are marked
-entries that stop with "not available in this tree" until issue 13 items 1-4 are merged
-(see `CANDIDATES`). Candidates whose extraction settings are the same share the extracted
+default run) is wired; ``icc``, ``norm``, ``augment`` and ``chosen`` are marked entries that
+stop with "not wired into the benchmark yet": the methods (issue 13 items 1-4) were merged into
+main while this benchmark was written, and connecting them (`CANDIDATES`) is the next step. Candidates whose extraction settings are the same share the extracted
 features, and every extraction goes through one per-case cache (``<work>/cache``): a re-run with
 the same ``--work`` resumes where it stopped (a finished step leaves a ``.done`` file).
 
@@ -146,12 +146,12 @@ def candidate_none(setup: Setup) -> Setup:
 
 def _not_merged(what: str) -> Callable[[Setup], Setup]:
     def candidate(setup: Setup) -> Setup:
-        raise NotAvailable(f"not available in this tree: needs {what} (issue 13, not merged yet)")
+        raise NotAvailable(f"not wired into the benchmark yet: {what} (see CANDIDATES in bench/scanner_robustness.py)")
 
     return candidate
 
 
-# After the merge, each becomes e.g.
+# To wire (the methods are in the tree: crlm perturb, train.robustness, reference_tissue), each becomes e.g.
 #   icc:     setup.train["robustness"] = {"icc_threshold": <value>, "augment": False}; setup.perturb = True
 #   norm:    setup.extraction["reference_tissue"] = {...}   (engineer N's configs/extraction.yaml block)
 #   augment: setup.train["robustness"] = {"icc_threshold": None, "augment": True}; setup.perturb = True
@@ -354,7 +354,7 @@ def run_one(
     base_extraction = yaml.safe_load((REPO / "configs" / "extraction.yaml").read_text())
     setup = CANDIDATES[candidate](Setup(extraction=base_extraction, train=train))
     if setup.perturb:
-        raise NotAvailable("not available in this tree: crlm perturb (issue 13 item 1)")
+        raise NotAvailable("not wired into the benchmark yet: crlm perturb before training (issue 13 item 1)")
 
     n_split_train = args.n_train - math.ceil(train["test_fraction"] * args.n_train)
     n_ceiling = math.ceil(n_split_train * args.folds / (args.folds - 1))
