@@ -31,8 +31,8 @@ flagged on held-out A, B and C, and the C-index / AUC of flagged vs unflagged pa
 (`pipeline.evaluate.novelty_on_cohort`; "-" when a group is too small to estimate).
 
 Candidates (``--candidates``) are small functions that change the extraction settings
-(configs/extraction.yaml) and the ``train`` block of params.yaml of a run. Only ``none`` (the
-default run) is wired; ``icc``, ``norm``, ``augment`` and ``chosen`` are marked entries that
+(configs/extraction.yaml) and the ``train`` block of params.yaml of a run. ``none`` (the
+default run) and ``norm`` are wired (``norm`` not yet run); ``icc``, ``augment`` and ``chosen`` are marked entries that
 stop with "not wired into the benchmark yet": the methods (issue 13 items 1-4) were merged into
 main while this benchmark was written, and connecting them (`CANDIDATES`) is the next step. Candidates whose extraction settings are the same share the extracted
 features, and every extraction goes through one per-case cache (``<work>/cache``): a re-run with
@@ -144,6 +144,16 @@ def candidate_none(setup: Setup) -> Setup:
     return setup
 
 
+def candidate_norm(setup: Setup) -> Setup:
+    """Per-patient liver reference-tissue normalisation (configs/extraction.yaml ``reference_tissue``,
+    docs/reference_tissue.md) switched on, its other settings as configured: an extraction change only."""
+    setup.extraction = {
+        **setup.extraction,
+        "reference_tissue": {**setup.extraction["reference_tissue"], "enabled": True},
+    }
+    return setup
+
+
 def _not_merged(what: str) -> Callable[[Setup], Setup]:
     def candidate(setup: Setup) -> Setup:
         raise NotAvailable(f"not wired into the benchmark yet: {what} (see CANDIDATES in bench/scanner_robustness.py)")
@@ -153,14 +163,13 @@ def _not_merged(what: str) -> Callable[[Setup], Setup]:
 
 # To wire (the methods are in the tree: crlm perturb, train.robustness, reference_tissue), each becomes e.g.
 #   icc:     setup.train["robustness"] = {"icc_threshold": <value>, "augment": False}; setup.perturb = True
-#   norm:    setup.extraction["reference_tissue"] = {...}   (engineer N's configs/extraction.yaml block)
 #   augment: setup.train["robustness"] = {"icc_threshold": None, "augment": True}; setup.perturb = True
 #   chosen:  the combination the site-A-only choice (issue 13 item 4) picked, read from its record.
 # A candidate that changes training must also reach the ceiling's per-fold fit (`fit_fold`).
 CANDIDATES: dict[str, Callable[[Setup], Setup]] = {
     "none": candidate_none,
     "icc": _not_merged("the ICC filter (crlm perturb, train.robustness.icc_threshold)"),
-    "norm": _not_merged("reference-tissue normalisation (configs/extraction.yaml reference_tissue)"),
+    "norm": candidate_norm,
     "augment": _not_merged("train-time augmentation (crlm perturb, train.robustness.augment)"),
     "chosen": _not_merged("the combination chosen on site A (issue 13 item 4)"),
 }
