@@ -320,7 +320,12 @@ def robustness_inputs(
         return RobustInputs()
     notes: dict[str, Any] = {"icc_threshold": settings.icc_threshold, "augment": settings.augment}
     drop: frozenset[str] = frozenset()
-    if settings.icc_threshold is not None:
+    imaging = robustness.imaging_columns(table.columns)
+    if settings.icc_threshold is not None and not imaging:
+        notes["icc_filter"] = None
+        notes["icc_filter_note"] = "no imaging columns in the feature table: the ICC filter does not apply"
+        print(f"train.robustness.icc_threshold is {settings.icc_threshold}: {notes['icc_filter_note']}")
+    elif settings.icc_threshold is not None:
         if icc is None:
             raise ValueError(
                 f"train.robustness.icc_threshold is {settings.icc_threshold} but no ICC table was given: "

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from models import registry, training
+from models import registry, robustness, training
 from pipeline.cli import main
 from pipeline.train import run_train
 from tests.conftest import SMALL_TRAIN
@@ -107,3 +107,23 @@ def test_choose_robustness_writes_the_table_and_the_choice(tmp_path, inputs, cap
     assert record["chosen"] != {"icc_threshold": None, "augment": False}
     assert "no external cohort" in record["data"]
     assert "icc_threshold:" in capsys.readouterr().out
+
+
+def test_clinical_only_cohort_with_the_default_icc_threshold_trains_without_an_icc_table(tmp_path, inputs, capsys):
+    """The default params.yaml sets an ICC threshold; a cohort without imaging columns (e.g. a
+    clinical-only user cohort) has nothing to filter: it trains, and the note says why."""
+    table = pd.read_parquet(inputs / "features.parquet")
+    clinical = table.drop(columns=robustness.imaging_columns(table.columns))
+    assert len(clinical.columns) < len(table.columns)
+    clinical.to_parquet(tmp_path / "clinical.parquet")
+    params = _params(tmp_path, {"icc_threshold": 0.5, "augment": False})
+    metrics = run_train(tmp_path / "clinical.parquet", tmp_path / "out", None, params, ("response",), track=False)
+    notes = metrics["notes"]["robustness"]
+    assert notes["icc_filter"] is None and "no imaging columns" in notes["icc_filter_note"]
+    assert "the ICC filter does not apply" in capsys.readouterr().out
+
+
+def test_imaging_cohort_with_an_icc_threshold_and_no_icc_table_stops_with_the_fix(tmp_path, inputs):
+    params = _params(tmp_path, {"icc_threshold": 0.5, "augment": False})
+    with pytest.raises(ValueError, match="pass --icc data/features/train/icc.csv"):
+        run_train(inputs / "features.parquet", tmp_path / "out", None, params, ("response",), track=False)
