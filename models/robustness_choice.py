@@ -180,10 +180,12 @@ def site_shift_cv(
 
 
 def choose(results: pd.DataFrame, tolerance: float = TOLERANCE) -> tuple[Candidate, str]:
-    """The rule of docs/robustness.md ("choice"): per candidate the mean over tasks of each score;
-    among the candidates whose same-site score is within ``tolerance`` of the best same-site
-    score, the best site-shift score (rounded to 3 decimals); ties go to the simpler candidate
-    (`Candidate.complexity`). Returns the candidate and a sentence that says why."""
+    """The rule of docs/robustness.md ("choice"). Eligible: the candidates whose same-site score
+    is, in EVERY task, within ``tolerance`` of the no-robustness candidate's (robustness must not
+    cost the training site on any task; without that candidate in ``results``, of the best one
+    per task). Among them the best site-shift score averaged over tasks (rounded to 3 decimals);
+    ties go to the simpler candidate (`Candidate.complexity`). The no-robustness candidate is
+    always eligible. Returns the candidate and a sentence that says why."""
     if results.empty:
         raise ValueError("no candidate was scored")
     if results["site_shift_mean"].isna().all():
@@ -191,18 +193,22 @@ def choose(results: pd.DataFrame, tolerance: float = TOLERANCE) -> tuple[Candida
             "no validation patient has a site-1 row in the perturbed features: the site-shift score "
             "cannot be computed; rebuild them with crlm perturb (the site chain)"
         )
-    per = results.groupby("candidate", sort=False).agg(
+    frame = results if "task" in results else results.assign(task="all")
+    frame = frame.dropna(subset=["same_site_mean", "site_shift_mean"])
+    if frame.empty:
+        raise ValueError("no candidate has both a same-site and a site-shift CV score")
+    same = frame.groupby(["candidate", "task"], sort=False)["same_site_mean"].mean().unstack("task")
+    baseline = Candidate(None, False).name
+    reference = same.loc[baseline] if baseline in same.index else same.max()
+    costs = (reference - same).max(axis=1)  # the largest same-site loss over tasks
+    per = frame.groupby("candidate", sort=False).agg(
         icc_threshold=("icc_threshold", "first"),
         augment=("augment", "first"),
         same=("same_site_mean", "mean"),
         shifted=("site_shift_mean", "mean"),
     )
-    per = per.dropna(subset=["same", "shifted"])
-    if per.empty:
-        raise ValueError("no candidate has both a same-site and a site-shift CV score")
-    best_same = per["same"].max()
-    eligible = per.loc[per["same"] >= best_same - tolerance].copy()
-    eligible["rounded"] = eligible["shifted"].round(3)
+    eligible = per.loc[costs.reindex(per.index).le(tolerance + 1e-12) & same.notna().all(axis=1).reindex(per.index)]
+    eligible = eligible.assign(rounded=eligible["shifted"].round(3))
     top = eligible.loc[eligible["rounded"] == eligible["rounded"].max()]
     options = [
         Candidate(None if pd.isna(r.icc_threshold) else float(r.icc_threshold), bool(r.augment))
@@ -210,9 +216,13 @@ def choose(results: pd.DataFrame, tolerance: float = TOLERANCE) -> tuple[Candida
     ]
     chosen = min(options, key=lambda c: c.complexity)
     row = per.loc[chosen.name]
+    against = "the no-robustness candidate's" if baseline in same.index else "the best"
     why = (
-        f"{chosen.name}: site-shift CV score {row['shifted']:.3f} (best among the {len(eligible)} candidates whose "
-        f"same-site CV score is within {tolerance:g} of the best, {best_same:.3f}); same-site {row['same']:.3f}"
-        + (f"; {len(options)} tied, the simplest taken" if len(options) > 1 else "")
+        f"{chosen.name}: site-shift CV score {row['shifted']:.3f} (best among the {len(eligible)} of {len(per)} "
+        f"candidates whose same-site CV score is within {tolerance:g} of {against} in every task); "
+        f"same-site {row['same']:.3f}" + (f"; {len(options)} tied, the simplest taken" if len(options) > 1 else "")
     )
+    excluded = [f"{name} (same-site {cost:.3f} below)" for name, cost in costs.items() if cost > tolerance + 1e-12]
+    if excluded:
+        why += "; not eligible: " + ", ".join(excluded)
     return chosen, why

@@ -312,3 +312,34 @@ def test_permuted_outcomes_give_chance_for_every_candidate(world):
     # BMC Bioinformatics 2007, "Stratification bias in low signal microarray studies").
     assert np.abs(scores - 0.5).max() < 0.12, results
     assert scores.mean() < 0.52, results
+
+
+def test_choice_rule_never_trades_one_task_for_the_other():
+    """The default cohort's case (2026-12-01): ICC >= 0.5 gained recurrence and lost response on
+    the training site; averaged over the tasks it looked free and was chosen, then lost 0.051 AUC
+    on held-out site A. Per task against no robustness, it is not eligible."""
+
+    def row(task, candidate, icc, same, shifted):
+        return {
+            "task": task,
+            "candidate": candidate,
+            "icc_threshold": icc,
+            "augment": False,
+            "same_site_mean": same,
+            "site_shift_mean": shifted,
+        }
+
+    results = pd.DataFrame(
+        [
+            row("recurrence", "icc=none,augment=false", None, 0.658, 0.621),
+            row("response", "icc=none,augment=false", None, 0.692, 0.615),
+            row("recurrence", "icc=0.5,augment=false", 0.5, 0.670, 0.637),
+            row("response", "icc=0.5,augment=false", 0.5, 0.660, 0.623),
+        ]
+    )
+    chosen, why = robustness_choice.choose(results, tolerance=0.01)
+    assert chosen == robustness_choice.Candidate(None, False), why
+    assert "icc=0.5,augment=false (same-site 0.032 below)" in why
+    results.loc[3, "same_site_mean"] = 0.684  # within 0.01 in both tasks: eligible, and better shifted
+    chosen, why = robustness_choice.choose(results, tolerance=0.01)
+    assert chosen == robustness_choice.Candidate(0.5, False), why
