@@ -474,6 +474,7 @@ def run_one(
         choice = quiet(choose_on_site_a, tables["A"], perturbed, icc, params_file(run, setup.train), run / "choice")
         log(f"seed {seed_index} {candidate}: chose {choice['why']}")
         setup.train = {**setup.train, "robustness": choice["chosen"]}
+        setup.notes.append(f"{candidate}, seed {seed_index}: chose {choice['why']}")
     params_path = params_file(run, setup.train)
     models = run / "models"
 
@@ -510,6 +511,7 @@ def run_one(
                     "arm": arm,
                     "task": task,
                     **chosen_entry(metrics, task, best[task]),
+                    "notes": setup.notes,
                 }
             )
 
@@ -708,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
             per_run_table(rows) if rows else "",
             "Novelty flag of the chosen model (metric = C-index / AUC; '-' too few to estimate):",
             novelty_table(rows) if rows else "",
+            *dict.fromkeys(note for r in rows for note in r.get("notes", [])),
             *[f"{c}: {why}" for c, why in unavailable.items()],
         ]
     )
