@@ -540,6 +540,9 @@ def run_one(
             known = training.has_outcome(table_b, task).to_numpy()
             tr, te = train_index[known[train_index]], test_index[known[test_index]]
             test = table_b.iloc[te]
+            if key not in ceilings and key in done:  # a run folder from before the shared ceilings
+                ceilings[key] = {k: done[key][k] for k in ("n_train", "n_test", "model", "ceiling", "oracle")}
+                ceiling_file.write_text(json.dumps(ceilings, indent=2))
             if key not in ceilings:
                 log(
                     f"seed {seed_index} {candidate}: ceiling fold {k + 1}/{args.folds}, {task} "
