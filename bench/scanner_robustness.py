@@ -31,16 +31,24 @@ flagged on held-out A, B and C, and the C-index / AUC of flagged vs unflagged pa
 (`pipeline.evaluate.novelty_on_cohort`; "-" when a group is too small to estimate).
 
 Candidates (``--candidates``) are small functions that change the extraction settings
-(configs/extraction.yaml) and the ``train`` block of params.yaml of a run. ``none`` (the
-default run) and ``norm`` are wired (``norm`` not yet run); ``icc``, ``augment`` and ``chosen`` are marked entries that
-stop with "not wired into the benchmark yet": the methods (issue 13 items 1-4) were merged into
-main while this benchmark was written, and connecting them (`CANDIDATES`) is the next step. Candidates whose extraction settings are the same share the extracted
-features, and every extraction goes through one per-case cache (``<work>/cache``): a re-run with
-the same ``--work`` resumes where it stopped (a finished step leaves a ``.done`` file).
+(configs/extraction.yaml) and the ``train`` block of params.yaml of a run: ``none`` (the default
+run), ``norm`` (liver reference-tissue normalisation), ``icc`` (train.robustness.icc_threshold =
+``--icc-threshold``, default 0.5), ``augment`` (train.robustness.augment = true) and ``chosen``
+(``crlm choose-robustness``'s `models.robustness_choice.site_shift_cv` and `choose` on site A's
+training split, then trained with the chosen setting). The last three first run ``crlm perturb``
+(`pipeline.perturb.run_perturb`) on site A's cohort of the seed, once per seed and extraction
+setting (``--light``: a reduced robustness block, `LIGHT_PERTURB`), and pass its ``icc.csv`` /
+``perturbed.parquet`` to `pipeline.train.run_train`. Site B and C are never used for any choice.
+The ceiling is fitted without train.robustness (site B is not perturbed): it is the same for
+every candidate of one extraction setting, computed once (``<work>/ceilings``), and marked
+"(no robustness)" in the rows of the candidates that change training. Candidates whose extraction
+settings are the same share the extracted features, and every extraction (perturbed ones too)
+goes through one per-case cache (``<work>/cache``): a re-run with the same ``--work`` resumes
+where it stopped (a finished step leaves a ``.done`` file).
 
     python bench/scanner_robustness.py [--seeds 5] [--candidates none] [--n-train 400]
         [--n-external 200] [--folds 5] [--light] [--grid small|default] [--jobs 2]
-        [--work DIR] [--json PATH] [--write]
+        [--icc-threshold 0.5] [--work DIR] [--json PATH] [--write]
 
 ``--light`` uses light radiomics (original image; shape, first order, GLCM; as the tests'
 LIGHT_RADIOMICS) and ``--grid small`` one point per model family and a 3-fold inner CV: both for
@@ -137,6 +145,8 @@ class Setup:
     train: dict[str, Any]
     perturb: bool = False
     notes: list[str] = field(default_factory=list)
+    icc_threshold: float = 0.5
+    choose: bool = False
 
 
 def candidate_none(setup: Setup) -> Setup:
@@ -154,24 +164,42 @@ def candidate_norm(setup: Setup) -> Setup:
     return setup
 
 
-def _not_merged(what: str) -> Callable[[Setup], Setup]:
-    def candidate(setup: Setup) -> Setup:
-        raise NotAvailable(f"not wired into the benchmark yet: {what} (see CANDIDATES in bench/scanner_robustness.py)")
-
-    return candidate
+ICC_THRESHOLD = 0.5  # the icc candidate's train.robustness.icc_threshold (--icc-threshold)
+# --light: a reduced crlm perturb (params.yaml robustness: patients x perturbations), a plumbing check only
+LIGHT_PERTURB = {"patients": 12, "perturbations": 2}
 
 
-# To wire (the methods are in the tree: crlm perturb, train.robustness, reference_tissue), each becomes e.g.
-#   icc:     setup.train["robustness"] = {"icc_threshold": <value>, "augment": False}; setup.perturb = True
-#   augment: setup.train["robustness"] = {"icc_threshold": None, "augment": True}; setup.perturb = True
-#   chosen:  the combination the site-A-only choice (issue 13 item 4) picked, read from its record.
-# A candidate that changes training must also reach the ceiling's per-fold fit (`fit_fold`).
+def candidate_icc(setup: Setup) -> Setup:
+    """The ICC filter: imaging columns with ICC(1,1) below ``--icc-threshold`` (default 0.5) dropped
+    (train.robustness.icc_threshold; the ICC from ``crlm perturb`` of site A's cohort)."""
+    setup.train = {**setup.train, "robustness": {"icc_threshold": setup.icc_threshold, "augment": False}}
+    setup.perturb = True
+    return setup
+
+
+def candidate_augment(setup: Setup) -> Setup:
+    """Train-time augmentation: the training patients' perturbed ``icc-*`` copies as extra rows
+    (train.robustness.augment; ``crlm perturb`` of site A's cohort)."""
+    setup.train = {**setup.train, "robustness": {"icc_threshold": None, "augment": True}}
+    setup.perturb = True
+    return setup
+
+
+def candidate_chosen(setup: Setup) -> Setup:
+    """What ``crlm choose-robustness`` chooses on site A's training split alone
+    (`models.robustness_choice.site_shift_cv` and `choose`, thresholds 0.5 / 0.75 / 0.9 and none,
+    each with and without augmentation); the choice is made in `run_one`, after ``crlm perturb``."""
+    setup.perturb = True
+    setup.choose = True
+    return setup
+
+
 CANDIDATES: dict[str, Callable[[Setup], Setup]] = {
     "none": candidate_none,
-    "icc": _not_merged("the ICC filter (crlm perturb, train.robustness.icc_threshold)"),
+    "icc": candidate_icc,
     "norm": candidate_norm,
-    "augment": _not_merged("train-time augmentation (crlm perturb, train.robustness.augment)"),
-    "chosen": _not_merged("the combination chosen on site A (issue 13 item 4)"),
+    "augment": candidate_augment,
+    "chosen": candidate_chosen,
 }
 
 
@@ -255,6 +283,64 @@ def features(work: Path, cohort_dir: Path, radiomics: Path, extraction: dict[str
     return folder / "features.parquet"
 
 
+def perturbed_features(
+    work: Path, cohort_dir: Path, table: Path, radiomics: Path, robustness: dict[str, Any], jobs: int
+) -> tuple[Path, Path]:
+    """``crlm perturb`` (`pipeline.perturb.run_perturb`) of a cohort whose features are ``table``,
+    under the same extraction settings, through the per-case cache; (perturbed.parquet, icc.csv)."""
+    from pipeline.perturb import run_perturb
+
+    folder = table.parent / f"perturb-{digest(robustness)}"
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["robustness"] = {**params["robustness"], **robustness, "jobs": jobs}
+
+    def make() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        params_path = folder / "params.yaml"
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        block = params["robustness"]
+        log(f"perturb {cohort_dir.name} ({block['patients']} patients x {block['perturbations']} + site chain)")
+        quiet(
+            run_perturb, cohort_dir / "clinical.csv", table, folder / "perturbed.parquet", folder / "icc.csv",
+            params_path, REPO / "configs" / "robustness.yaml", radiomics, table.parent.parent / "extraction.yaml",
+            REPO / "configs" / "labels.yaml", jobs=jobs, cache=work / "cache", progress=False,
+        )  # fmt: skip
+
+    once(folder, make)
+    return folder / "perturbed.parquet", folder / "icc.csv"
+
+
+def choose_on_site_a(table: Path, perturbed: Path, icc: Path, params_path: Path, out: Path) -> dict[str, Any]:
+    """``crlm choose-robustness``'s functions on site A's training split (the split run_train takes):
+    `models.robustness_choice.site_shift_cv`, then `choose`. Site B and C are never read."""
+    from models import robustness, robustness_choice, training
+    from pipeline.choose_robustness import DEFAULT_THRESHOLDS
+    from pipeline.settings import load_params
+
+    record = out / "robustness_choice.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    settings = load_params(params_path, "train").train
+    full = pd.read_parquet(table)
+    table_a = training.usable_patients(full, TASKS)
+    train_index, _ = training.split_patients(table_a, settings.test_fraction, settings.seed, TASKS)
+    options = robustness_choice.candidates(DEFAULT_THRESHOLDS)
+    start = time.perf_counter()
+    results = robustness_choice.site_shift_cv(
+        table_a, robustness.read_perturbed(perturbed), robustness.read_icc(icc), options, settings, train_index, TASKS
+    )
+    chosen, why = robustness_choice.choose(results)
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out / "robustness_choice.csv", index=False)
+    value = {
+        "chosen": {"icc_threshold": chosen.icc_threshold, "augment": chosen.augment},
+        "why": why,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    record.write_text(json.dumps(value, indent=2))
+    return value
+
+
 def quiet(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``function`` with its printed progress kept out of the benchmark's table."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -317,11 +403,11 @@ def fit_fold(table: pd.DataFrame, task: str, train_index: np.ndarray, test_index
     return comparison.build_predictors(fitted, table)[best], best
 
 
-def params_file(folder: Path, train: dict[str, Any]) -> Path:
+def params_file(folder: Path, train: dict[str, Any], name: str = "params.yaml") -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"] = train
     params["evaluate"]["bootstrap"] = BOOTSTRAP
-    path = folder / "params.yaml"
+    path = folder / name
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
@@ -361,9 +447,7 @@ def run_one(
     if args.grid == "small":
         train.update(SMALL_GRID)
     base_extraction = yaml.safe_load((REPO / "configs" / "extraction.yaml").read_text())
-    setup = CANDIDATES[candidate](Setup(extraction=base_extraction, train=train))
-    if setup.perturb:
-        raise NotAvailable("not wired into the benchmark yet: crlm perturb before training (issue 13 item 1)")
+    setup = CANDIDATES[candidate](Setup(extraction=base_extraction, train=train, icc_threshold=args.icc_threshold))
 
     n_split_train = args.n_train - math.ceil(train["test_fraction"] * args.n_train)
     n_ceiling = math.ceil(n_split_train * args.folds / (args.folds - 1))
@@ -377,8 +461,20 @@ def run_one(
     tables = {site: features(work, folder, radiomics, setup.extraction, args.jobs) for site, folder in cohorts.items()}
     truths = {site: pd.read_csv(folder / "truth.csv", dtype={PATIENT_ID: str}) for site, folder in cohorts.items()}
 
-    run = work / "runs" / f"seed{seed_index}-{candidate}-{radiomics.stem}-{args.grid}-n{args.n_train}-{args.folds}folds"
+    label = f"icc{args.icc_threshold:g}" if candidate == "icc" else candidate
+    run = work / "runs" / f"seed{seed_index}-{label}-{radiomics.stem}-{args.grid}-n{args.n_train}-{args.folds}folds"
     run.mkdir(parents=True, exist_ok=True)
+    robust_inputs: dict[str, Path] = {}
+    if setup.perturb:  # crlm perturb of site A's cohort only (the training site)
+        block = LIGHT_PERTURB if args.light else {}
+        perturbed, icc = perturbed_features(work, cohorts["A"], tables["A"], radiomics, block, args.jobs)
+        robust_inputs = {"perturbed": perturbed, "icc": icc}
+    if setup.choose:
+        log(f"seed {seed_index} {candidate}: choose train.robustness on site A's training split")
+        choice = quiet(choose_on_site_a, tables["A"], perturbed, icc, params_file(run, setup.train), run / "choice")
+        log(f"seed {seed_index} {candidate}: chose {choice['why']}")
+        setup.train = {**setup.train, "robustness": choice["chosen"]}
+        setup.notes.append(f"{candidate}, seed {seed_index}: chose {choice['why']}")
     params_path = params_file(run, setup.train)
     models = run / "models"
 
@@ -386,7 +482,7 @@ def run_one(
         log(f"seed {seed_index} {candidate}: train on site A ({args.n_train} patients)")
         quiet(
             run_train, tables["A"], run / "train", models, params_path, TASKS,
-            truth=cohorts["A"] / "truth.csv", track=False, jobs=args.jobs,
+            truth=cohorts["A"] / "truth.csv", track=False, jobs=args.jobs, **robust_inputs,
         )  # fmt: skip
 
     once(run / "train", train_a)
@@ -415,39 +511,61 @@ def run_one(
                     "arm": arm,
                     "task": task,
                     **chosen_entry(metrics, task, best[task]),
+                    "notes": setup.notes,
                 }
             )
 
-    # The no-shift ceiling: the same fitting on site B by CV; and the A model on the same folds.
+    # The no-shift ceiling: the same fitting on site B by CV; and the A model on the same folds. The
+    # ceiling is fitted WITHOUT train.robustness (no crlm perturb of site B): for the candidates that
+    # change only training (icc, augment, chosen) it is the same as none's and is computed once per
+    # extraction setting (``<work>/ceilings``); the A->B per fold rows are each candidate's own.
     settings = load_params(params_path, "train").train
     table_b = training.usable_patients(pd.read_parquet(tables["B"]), TASKS)
     folds = cv_folds(table_b, args.folds, settings.seed)
     a_predictors = load_predictors(str(models))
+    no_robustness = {**setup.train, "robustness": {"icc_threshold": None, "augment": False}}
+    no_robustness.pop("jobs", None)
+    ceiling_file = work / "ceilings" / f"{digest([str(tables['B']), no_robustness, args.folds])}.json"
+    ceiling_file.parent.mkdir(parents=True, exist_ok=True)
+    ceilings = json.loads(ceiling_file.read_text()) if ceiling_file.is_file() else {}
+    ceiling_settings = load_params(
+        params_file(run, no_robustness | {"jobs": args.jobs}, "params-ceiling.yaml"), "train"
+    )
     per_fold = run / "ceiling_folds.json"
     done = json.loads(per_fold.read_text()) if per_fold.is_file() else {}
     for k, test_index in enumerate(folds):
         train_index = np.setdiff1d(np.arange(len(table_b)), test_index)
         for task in TASKS:
             key = f"{task}/{k}"
-            if key in done:
-                continue
-            log(
-                f"seed {seed_index} {candidate}: ceiling fold {k + 1}/{args.folds}, {task} ({len(train_index)} site B patients)"
-            )
             known = training.has_outcome(table_b, task).to_numpy()
             tr, te = train_index[known[train_index]], test_index[known[test_index]]
-            predictor, name = quiet(fit_fold, table_b, task, tr, te, settings, args.jobs)
             test = table_b.iloc[te]
-            oracle = oracle_score(task, truths["B"], test)
-            done[key] = {
-                "n_train": len(tr),
-                "n_test": len(te),
-                "model": name,
-                "ceiling": discrimination(task, model_score(task, predictor, test), test),
-                "a_to_b": discrimination(task, model_score(task, a_predictors[task][best[task]], test), test),
-                "oracle": discrimination(task, oracle, test),
-            }
-            per_fold.write_text(json.dumps(done, indent=2))
+            if key not in ceilings and key in done:  # a run folder from before the shared ceilings
+                ceilings[key] = {k: done[key][k] for k in ("n_train", "n_test", "model", "ceiling", "oracle")}
+                ceiling_file.write_text(json.dumps(ceilings, indent=2))
+            if key not in ceilings:
+                log(
+                    f"seed {seed_index} {candidate}: ceiling fold {k + 1}/{args.folds}, {task} "
+                    f"({len(train_index)} site B patients; no robustness)"
+                )
+                predictor, name = quiet(fit_fold, table_b, task, tr, te, ceiling_settings.train, args.jobs)
+                ceilings[key] = {
+                    "n_train": len(tr),
+                    "n_test": len(te),
+                    "model": name,
+                    "ceiling": discrimination(task, model_score(task, predictor, test), test),
+                    "oracle": discrimination(task, oracle_score(task, truths["B"], test), test),
+                }
+                ceiling_file.write_text(json.dumps(ceilings, indent=2))
+            if key not in done:
+                done[key] = {
+                    **ceilings[key],
+                    "a_to_b": discrimination(task, model_score(task, a_predictors[task][best[task]], test), test),
+                }
+                per_fold.write_text(json.dumps(done, indent=2))
+    robust = (setup.train.get("robustness") or {}).get("icc_threshold") is not None or (
+        setup.train.get("robustness") or {}
+    ).get("augment")
     for task in TASKS:
         entries = [done[f"{task}/{k}"] for k in range(args.folds)]
         oracle = float(np.mean([e["oracle"] for e in entries]))
@@ -458,7 +576,7 @@ def run_one(
                     "seed": seed_index, "candidate": candidate, "arm": arm, "task": task, "metric": value,
                     "oracle": oracle, "share": share(value, oracle), "n": sum(e["n_test"] for e in entries),
                     "n_train": entries[0]["n_train"], "model": ",".join(sorted({e["model"] for e in entries}))
-                    if key == "ceiling" else best[task],
+                    + (" (no robustness)" if robust else "") if key == "ceiling" else best[task],
                 }
             )  # fmt: skip
     return rows
@@ -537,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=2, help="workers for synthesis, extraction and fits (default 2)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/crlm-scanner-robustness"), help="kept; resumes")
+    parser.add_argument(
+        "--icc-threshold", type=float, default=ICC_THRESHOLD, help="the icc candidate's threshold (default 0.5)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every row as JSON")
     parser.add_argument("--write", action="store_true", help="add the result at the top of bench/results.md")
     args = parser.parse_args(argv)
@@ -577,8 +698,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = (
         f"`python bench/scanner_robustness.py --seeds {args.seeds} --candidates {','.join(candidates)} "
         f"--n-train {args.n_train} --n-external {args.n_external} --folds {args.folds} --grid {args.grid} "
-        f"--jobs {args.jobs}{' --light' if args.light else ''}` (radiomics: {radiomics.name}; "
-        f"evaluate.bootstrap {BOOTSTRAP}: point estimates only)"
+        f"--jobs {args.jobs}{' --light' if args.light else ''} --icc-threshold {args.icc_threshold:g}` "
+        f"(radiomics: {radiomics.name}; evaluate.bootstrap {BOOTSTRAP}: point estimates only; crlm perturb of "
+        f"site A only, robustness {LIGHT_PERTURB if args.light else 'as params.yaml'}). Ceiling: the same for "
+        "every candidate of one extraction setting, measured without robustness (site B is not perturbed)"
     )
     text = "\n\n".join(
         [
@@ -590,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
             per_run_table(rows) if rows else "",
             "Novelty flag of the chosen model (metric = C-index / AUC; '-' too few to estimate):",
             novelty_table(rows) if rows else "",
+            *dict.fromkeys(note for r in rows for note in r.get("notes", [])),
             *[f"{c}: {why}" for c, why in unavailable.items()],
         ]
     )
