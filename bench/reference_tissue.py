@@ -28,19 +28,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from inference import LIGHT_RADIOMICS  # bench/inference.py (a sibling script)
 
 REPO = Path(__file__).resolve().parent.parent
-LIGHT = {
-    "setting": {
-        "binWidth": 25,
-        "resampledPixelSpacing": [2.0, 2.0, 2.0],
-        "interpolator": "sitkBSpline",
-        "padDistance": 5,
-        "label": 1,
-    },
-    "imageType": {"Original": {}},
-    "featureClass": {"shape": None, "firstorder": None, "glcm": None},
-}
+LIGHT = LIGHT_RADIOMICS  # bench/inference.py: original image; shape, first order, GLCM
 SCANNERS = ("A", "A+offset", "A+shift", "B")
 SHOWN = ("Mean", "Median", "10Percentile", "90Percentile", "Variance", "InterquartileRange", "Entropy", "Uniformity")
 

@@ -81,6 +81,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from inference import (
+    LIGHT_RADIOMICS,
+)  # bench/inference.py (a sibling script): a quick check, not the project's settings
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -106,18 +109,6 @@ SITE_C = {
 }
 SEED_A, SEED_EXTERNAL = 7, 11  # params.yaml synthesize.train.seed and synthesize.external.seed
 
-# As tests/conftest.py LIGHT_RADIOMICS: a quick check, not the project's settings.
-LIGHT_RADIOMICS = {
-    "setting": {
-        "binWidth": 25,
-        "resampledPixelSpacing": [2.0, 2.0, 2.0],
-        "interpolator": "sitkBSpline",
-        "padDistance": 5,
-        "label": 1,
-    },
-    "imageType": {"Original": {}},
-    "featureClass": {"shape": None, "firstorder": None, "glcm": None},
-}
 SMALL_GRID = {
     "cv_folds": 3,
     "k_features": [10, 20],

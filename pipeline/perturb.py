@@ -17,7 +17,7 @@ import pandas as pd
 
 from features import extraction, patient_table, perturbation, robustness, settings
 from features.schema import ICC_CHAIN, OK, PATIENT_ID, PERTURBATION, SITE_CHAIN, STATUS
-from models.registry import IMAGING_PREFIXES
+from models.robustness import imaging_columns
 from pipeline.execution import map_cases
 from pipeline.inputs import case_options, read_and_validate
 from pipeline.settings import load_params
@@ -104,11 +104,7 @@ def run_perturb(
     icc_rows = perturbed.loc[perturbed[PERTURBATION].str.startswith(f"{ICC_CHAIN}-")]
     stable = icc_rows.groupby(PATIENT_ID)[STATUS].agg(lambda s: bool((s == OK).all()))
     complete = stable.index[stable & (icc_rows.groupby(PATIENT_ID).size() == block.perturbations)].tolist()
-    imaging = [
-        c
-        for c in features.columns
-        if c != PATIENT_ID and str(c).startswith(IMAGING_PREFIXES) and pd.api.types.is_numeric_dtype(features[c])
-    ]
+    imaging = [c for c in imaging_columns(features.columns) if pd.api.types.is_numeric_dtype(features[c])]
     icc = robustness.icc_table(icc_rows, imaging, complete)
     icc_out.parent.mkdir(parents=True, exist_ok=True)
     icc.to_csv(icc_out, index=False)
