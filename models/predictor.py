@@ -17,7 +17,7 @@ from scipy import sparse
 from sklearn.pipeline import Pipeline
 
 from features.schema import PATIENT_ID
-from models import training
+from models import input_slice, training
 from models.evaluation import HORIZONS
 from models.novelty import NoveltyModel, model_inputs
 from models.survival import breslow_survival
@@ -52,8 +52,10 @@ class ModelInputs:
 
 
 def prepare_inputs(pipeline: Pipeline, frame: pd.DataFrame) -> ModelInputs:
-    """`ModelInputs` of ``frame`` (a model frame with the pipeline's input columns)."""
-    transformed = pipeline[:-1].transform(frame)
+    """`ModelInputs` of ``frame`` (a model frame with the pipeline's input columns). The
+    pre-processing runs on the columns the estimator uses only (`models.input_slice.prepare`:
+    the same values, bit for bit, checked on the first batch of every model)."""
+    transformed = input_slice.prepare(pipeline, frame)
     dense = transformed.toarray() if sparse.issparse(transformed) else transformed
     return ModelInputs(frame, transformed, np.asarray(dense, dtype=float))
 
@@ -77,43 +79,17 @@ def novelty_frame(predictor: Any, frame: pd.DataFrame, inputs: ModelInputs | Non
     return pd.DataFrame({NOVELTY: novelty, OUT_OF_DISTRIBUTION: flags}, index=frame.index)
 
 
-# Transformers that map each input column on its own (or drop it): a column they do not pass on
-# to the estimator cannot change a prediction, whatever its value (`used_columns`).
-_COLUMNWISE = {
-    "SimpleImputer",
-    "VarianceThreshold",
-    "QuantileTransformer",
-    "StandardScaler",
-    "OneHotEncoder",
-    "CorrelationFilter",
-    "UnivariateSelector",
-}
-
-
-def _columnwise(step: Any) -> bool:
-    if step in ("drop", "passthrough", None):
-        return True
-    if isinstance(step, Pipeline):
-        return all(_columnwise(inner) for _, inner in step.steps)
-    if type(step).__name__ == "ColumnTransformer":
-        return all(_columnwise(inner) for _, inner, _ in step.transformers_)
-    return type(step).__name__ in _COLUMNWISE
-
-
 def used_columns(pipeline: Pipeline, feature_columns: Sequence[str]) -> list[str]:
-    """The input columns a fitted pipeline's estimator actually receives (issue 14): those that
-    survive its near-constant removal, decorrelation and univariate selection, read from the
-    fitted steps (``get_feature_names_out``). Only when every step before the estimator works
-    column by column (`_COLUMNWISE`: imputation, scaling, selection), so that the other columns
-    cannot change a prediction; otherwise, or if the names cannot be read, every input column."""
-    steps = getattr(pipeline, "steps", None)
+    """The input columns whose values can change a fitted pipeline's predictions (issue 14): those
+    feeding what its estimator receives once near-constant removal, decorrelation and univariate
+    selection have dropped the rest, read from the fitted steps (`models.input_slice`), one-hot
+    encoded inputs included. Every input column when the pre-processing cannot be traced column
+    by column (e.g. a KNN imputer mixes columns)."""
     try:
-        if not steps or not all(_columnwise(step) for _, step in steps[:-1]):
-            return list(feature_columns)
-        out = set(str(name) for name in pipeline[:-1].get_feature_names_out())
-    except (AttributeError, TypeError, ValueError):
+        kept = set(input_slice.slice_preprocessing(pipeline).columns)
+    except (input_slice.NotSliceable, AttributeError, IndexError, KeyError, TypeError, ValueError):
         return list(feature_columns)
-    return [c for c in feature_columns if c in out]
+    return [c for c in feature_columns if c in kept]
 
 
 def survival_column(horizon: float) -> str:
