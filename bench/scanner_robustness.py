@@ -47,7 +47,7 @@ goes through one per-case cache (``<work>/cache``): a re-run with the same ``--w
 where it stopped (a finished step leaves a ``.done`` file).
 
     python bench/scanner_robustness.py [--seeds 5] [--candidates none] [--n-train 400]
-        [--n-external 200] [--folds 5] [--light] [--grid small|default] [--jobs 2]
+        [--first-seed 0] [--n-external 200] [--folds 5] [--light] [--grid small|default] [--jobs 2]
         [--icc-threshold 0.5] [--work DIR] [--json PATH] [--write]
 
 ``--light`` uses light radiomics (original image; shape, first order, GLCM; as the tests'
@@ -636,6 +636,12 @@ def novelty_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="world seeds (default 5)")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="index of the first seed (default 0): --first-seed 2 --seeds 3 runs 2, 3, 4",
+    )
     parser.add_argument("--candidates", default="none", help=f"comma-separated, of {', '.join(CANDIDATES)}")
     parser.add_argument("--n-train", type=int, default=400, help="site A patients (default 400, as params.yaml)")
     parser.add_argument("--n-external", type=int, default=200, help="site C patients (default 200; 0: no site C)")
@@ -669,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work folder {work}; load average {load[0]:.1f}")
     rows: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
-    for seed_index in range(args.seeds):
+    for seed_index in range(args.first_seed, args.first_seed + args.seeds):
         for candidate in candidates:
             if candidate in unavailable:
                 continue
@@ -687,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     )
     settings = (
-        f"`python bench/scanner_robustness.py --seeds {args.seeds} --candidates {','.join(candidates)} "
+        f"`python bench/scanner_robustness.py --first-seed {args.first_seed} --seeds {args.seeds} --candidates {','.join(candidates)} "
         f"--n-train {args.n_train} --n-external {args.n_external} --folds {args.folds} --grid {args.grid} "
         f"--jobs {args.jobs}{' --light' if args.light else ''} --icc-threshold {args.icc_threshold:g}` "
         f"(radiomics: {radiomics.name}; evaluate.bootstrap {BOOTSTRAP}: point estimates only; crlm perturb of "
