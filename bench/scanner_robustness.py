@@ -283,7 +283,8 @@ def perturbed_features(
 
     folder = table.parent / f"perturb-{digest(robustness)}"
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["robustness"] = {**params["robustness"], **robustness, "jobs": jobs}
+    # the site chain always: the chosen candidate's crlm choose-robustness scores on it
+    params["robustness"] = {**params["robustness"], **robustness, "jobs": jobs, "site_perturbation": True}
 
     def make() -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.schema import STATUS
+from features.schema import PERTURBATION, SITE_CHAIN, STATUS
 from models import robustness, robustness_choice, training
 from pipeline.settings import load_params
 
@@ -55,6 +55,12 @@ def run_choose(
     train_index, _ = training.split_patients(table, settings.test_fraction, settings.seed, tasks)
     icc_table = robustness.read_icc(icc)
     perturbed_table = robustness.read_perturbed(perturbed)
+    if not perturbed_table[PERTURBATION].str.startswith(f"{SITE_CHAIN}-").any():
+        raise ValueError(
+            f"{perturbed}: no {SITE_CHAIN}-1 rows, so no candidate can be scored on a simulated other "
+            "scanner; set robustness.site_perturbation: true in params.yaml and run crlm perturb (or "
+            "dvc repro perturb) again"
+        )
     options = robustness_choice.candidates(thresholds)
     start = time.perf_counter()
     results = robustness_choice.site_shift_cv(table, perturbed_table, icc_table, options, settings, train_index, tasks)

@@ -66,12 +66,14 @@ class ExtractParams:
 class RobustnessParams:
     """The ``robustness`` block (``crlm perturb``, docs/robustness.md): ``patients`` training
     patients drawn at random (``seed``) get ``perturbations`` perturbations of the ``icc`` chain;
-    every training patient gets one of the ``site`` chain; ``jobs`` parallel workers."""
+    with ``site_perturbation`` every training patient also gets one of the ``site`` chain (only
+    ``crlm choose-robustness`` reads it); ``jobs`` parallel workers."""
 
     patients: int
     perturbations: int
     seed: int
     jobs: int
+    site_perturbation: bool = False
 
     def __post_init__(self) -> None:
         _jobs(self.jobs)

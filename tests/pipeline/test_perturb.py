@@ -24,7 +24,9 @@ def perturbed(synthetic_cohort, tmp_path_factory):
     config["cache_dir"] = str(root / "cache")
     (root / "extraction.yaml").write_text(yaml.safe_dump(config))
     (root / "params.yaml").write_text(
-        yaml.safe_dump({"robustness": {"patients": 3, "perturbations": 2, "seed": 1, "jobs": 1}})
+        yaml.safe_dump(
+            {"robustness": {"patients": 3, "perturbations": 2, "seed": 1, "jobs": 1, "site_perturbation": True}}
+        )
     )
     cohort = synthetic_cohort / "clinical.csv"
     common = ["--radiomics", str(root / "radiomics.yaml"), "--config", str(root / "extraction.yaml")]
@@ -77,6 +79,32 @@ def test_perturb_writes_featurize_columns_per_perturbation_and_nan_icc_for_a_tin
     # a re-run (from the cache, keyed by the perturbation) gives the same table
     assert main(command) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(root / "perturbed.parquet"), table)
+
+
+def test_the_site_chain_is_extracted_only_when_asked(perturbed, tmp_path, capsys):
+    """The default run does not choose, so by default no site-1 rows (400 extractions fewer);
+    crlm choose-robustness on such a table stops and names the setting that gives them."""
+    root, command = perturbed
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"robustness": {"patients": 3, "perturbations": 2, "seed": 1, "jobs": 1}}))
+    out = tmp_path / "perturbed.parquet"
+    command = [*command, "--params", str(params), "--out", str(out), "--icc", str(tmp_path / "icc.csv")]
+    assert main(command) == 0
+    assert pd.read_parquet(out)[PERTURBATION].value_counts().to_dict() == {"icc-1": 3, "icc-2": 3}
+    capsys.readouterr()
+    choose = ["choose-robustness", "--features", str(root / "features.parquet"), "--perturbed", str(out)]
+    choose += [
+        "--icc",
+        str(tmp_path / "icc.csv"),
+        "--out",
+        str(tmp_path / "choice"),
+        "--params",
+        str(REPO / "params.yaml"),
+    ]
+    assert main(choose) == 2
+    said = capsys.readouterr().err
+    assert str(out) in said and "no site-1 rows" in said and "robustness.site_perturbation: true" in said
+    assert not (tmp_path / "choice").exists()
 
 
 def test_unknown_robustness_key_is_an_error_naming_the_key(perturbed, tmp_path, capsys):
