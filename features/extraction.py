@@ -86,6 +86,10 @@ class CaseOptions:
     perturbation: Perturbation | None = None
     # Per-patient liver reference normalisation (features.reference_tissue); None: HU as loaded.
     reference_tissue: ReferenceTissue | None = None
+    # Set by `options_for_columns`: the digest of the full options these were reduced from. A
+    # cache entry of that full extraction holds every feature these compute (the same values,
+    # tests/pipeline/test_predict.py) and serves them. Not part of this digest.
+    full_digest: str | None = None
 
     def __post_init__(self) -> None:
         if self.reference_tissue is not None and not self.reference_tissue.enabled:
@@ -223,7 +227,8 @@ def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOpt
     (``patient_*``) and the per-lesion volume the aggregation weighs by are always computed.
     The options are returned unchanged when a column cannot be traced (an unknown rule or
     feature name): then everything is extracted, never a guess. The reduced options have their
-    own settings hash, so their cache entries never stand in for a full extraction."""
+    own settings hash, so their cache entries never stand in for a full extraction; the other
+    way round, a case already extracted in full is served from that cache entry (``full_digest``)."""
     from features.aggregation import RULE_PREFIX
 
     names: list[str] = []
@@ -240,7 +245,7 @@ def options_for_columns(options: CaseOptions, columns: Sequence[str]) -> CaseOpt
     wanted = sorted(set(names))
     selected = tuple(wanted) if radiomics.feature_selection(params, wanted) is not None else None
     settings = radiomics.ExtractionSettings(params, options.settings.crop_margin_mm, selected)
-    return replace(options, settings=settings)
+    return replace(options, settings=settings, full_digest=options.full_digest or options.digest())
 
 
 def _failure(patient_id: str, reason: str, message: str, seconds: float, lesion=pd.NA) -> dict[str, Any]:
@@ -335,6 +340,11 @@ def _extract_local(
     key = hashlib.sha256(f"{image_hash}|{mask_hash}|{options.digest()}".encode()).hexdigest()
     cache = _cache_location(cache_dir, key) if cache_dir is not None else None
     payload = _read_cache(*cache) if cache is not None else None
+    if payload is None and cache is not None and options.full_digest is not None:
+        # a reduced request (crlm predict) on a case already extracted in full: its entry holds
+        # every feature asked for, with the values the reduced extraction would compute
+        full_key = hashlib.sha256(f"{image_hash}|{mask_hash}|{options.full_digest}".encode()).hexdigest()
+        payload = _read_cache(*_cache_location(cache_dir, full_key))
     if payload is not None:
         for row in payload["lesions"] + payload["report"]:
             row[PATIENT_ID] = pid  # the cache is keyed by content, not by identifier

@@ -10,6 +10,7 @@ score (Fong) is a paired bootstrap.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ def calibration_slope_key(horizon: float = CALIBRATION_HORIZON) -> str:
 CALIBRATION_SLOPE = calibration_slope_key()
 PROBABILITY_CLIP = 1e-6
 _MIN_VALID_FRACTION = 0.5
+# Fewer resamples than this per worker are not worth a process (start-up ~1 s; a resample of
+# every model of a task takes ~0.05-0.1 s).
+_MIN_RESAMPLES_PER_JOB = 50
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,20 @@ def _delta_name(task: str, reference: str) -> str:
     return f"delta_c_vs_{reference}" if task == "recurrence" else f"delta_auc_vs_{reference}"
 
 
+def _task_metrics(task: str, y_train, y, pred) -> dict[str, float]:
+    return survival_metrics(y_train, y, pred) if task == "recurrence" else response_metrics(y, pred)
+
+
+def _bootstrap_metrics(
+    task: str, y_train, y_test, predictions: Mapping[str, SurvivalPrediction | ResponsePrediction], samples
+) -> list[dict[str, dict[str, float]]]:
+    """Every model's metrics on each resample of ``samples`` (index arrays into the test patients)."""
+    return [
+        {name: _task_metrics(task, y_train, y_test[index], pred.take(index)) for name, pred in predictions.items()}
+        for index in samples
+    ]
+
+
 def evaluate_task(
     task: str,
     y_train,
@@ -205,27 +223,38 @@ def evaluate_task(
     n_resamples: int = 500,
     seed: int = 0,
     confidence: float = 0.95,
+    jobs: int = 1,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {metric: {"value", "ci_low", "ci_high"}}} with paired bootstrap CIs.
 
     The bootstrap resamples test patients with replacement (``np.random.default_rng(seed)``),
     the same resamples for every model; a metric undefined in a resample is left out of that
     metric's percentiles, and its CI is NaN if fewer than half the resamples define it.
+    ``jobs`` (-1: all cores) splits the resamples into contiguous chunks computed in parallel
+    processes; the resamples are drawn before the split and the chunks joined in order, so the
+    result is identical for every ``jobs`` (tests/models/test_evaluation.py).
     """
-
-    def metrics(y, pred):
-        return survival_metrics(y_train, y, pred) if task == "recurrence" else response_metrics(y, pred)
-
     primary = PRIMARY_METRIC[task]
     n = len(y_test)
     rng = np.random.default_rng(seed)
     samples = [rng.integers(0, n, n) for _ in range(n_resamples)]
-    values = {name: metrics(y_test, pred) for name, pred in predictions.items()}
+    values = {name: _task_metrics(task, y_train, y_test, pred) for name, pred in predictions.items()}
+    workers = min(_effective_jobs(jobs), max(n_resamples // _MIN_RESAMPLES_PER_JOB, 1))
+    if workers > 1:
+        from joblib import Parallel, delayed
+
+        chunks = [list(chunk) for chunk in np.array_split(np.arange(n_resamples), workers)]
+        parts = Parallel(n_jobs=workers)(
+            delayed(_bootstrap_metrics)(task, y_train, y_test, predictions, [samples[i] for i in chunk])
+            for chunk in chunks
+        )
+        per_resample = [row for part in parts for row in part]
+    else:
+        per_resample = _bootstrap_metrics(task, y_train, y_test, predictions, samples)
     boot: dict[str, dict[str, list[float]]] = {name: {} for name in predictions}
-    for index in samples:
-        y = y_test[index]
-        for name, pred in predictions.items():
-            for metric, value in metrics(y, pred.take(index)).items():
+    for row in per_resample:
+        for name in predictions:
+            for metric, value in row[name].items():
                 boot[name].setdefault(metric, []).append(value)
     if reference in predictions:
         delta = _delta_name(task, reference)
@@ -247,6 +276,13 @@ def evaluate_task(
                 low = high = math.nan
             result[name][metric] = {"value": float(value), "ci_low": float(low), "ci_high": float(high)}
     return result
+
+
+def _effective_jobs(jobs: int) -> int:
+    """Workers for ``jobs`` (-1: every core this process may use)."""
+    if jobs == -1:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(jobs, 1)
 
 
 # A chosen model's held-out calibration outside these bounds is flagged (docs/own_cohort_training.md).
@@ -305,12 +341,14 @@ def calibration_warning(
 class EvaluateSettings:
     """The ``evaluate`` block of params.yaml: ``bootstrap`` resamples (>= 1) and their ``seed``;
     ``reference``, the baseline score the paired differences are against; a score is a baseline
-    only where computable for ``baseline_min_coverage`` (a share in [0, 1]) of a split's patients."""
+    only where computable for ``baseline_min_coverage`` (a share in [0, 1]) of a split's patients;
+    ``jobs`` parallel processes for the resamples (-1: all cores; identical results)."""
 
     bootstrap: int
     seed: int
     reference: str = DEFAULT_REFERENCE
     baseline_min_coverage: float = DEFAULT_MIN_COVERAGE
+    jobs: int = 1
 
     @field_validator("bootstrap")
     @classmethod
@@ -327,6 +365,13 @@ class EvaluateSettings:
                 f"{value!r} is not a baseline score; {nearest(value, BASELINE_NAMES, 'allowed')} "
                 f"(allowed: {', '.join(BASELINE_NAMES)})"
             )
+        return value
+
+    @field_validator("jobs")
+    @classmethod
+    def _jobs(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError(f"{value}; expected a positive number or -1 (all cores)")
         return value
 
     @field_validator("baseline_min_coverage")

@@ -93,6 +93,7 @@ def run_evaluate(
             reference=delta_reference,
             n_resamples=params.bootstrap,
             seed=params.seed,
+            jobs=params.jobs,
         )
         notes[task] = {
             "novelty": novelty_on_cohort(task, predictors, table, predictions, build(table)),

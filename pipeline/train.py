@@ -589,6 +589,7 @@ def _fit_and_write(
             reference=reference or "",
             n_resamples=evaluate.bootstrap,
             seed=evaluate.seed,
+            jobs=evaluate.jobs,
         )
         best = best_model(fitted.cv_scores, task)
         warning = evaluation.calibration_warning(task, metrics[task][best], predictions[best], y_test)

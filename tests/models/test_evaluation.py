@@ -97,6 +97,32 @@ def test_bootstrap_separates_a_planted_signal_from_noise():
     assert evaluate_task("recurrence", y, y, predictions, n_resamples=100, seed=1) == result
 
 
+@pytest.mark.parametrize("task", ["recurrence", "response"])
+def test_parallel_bootstrap_gives_exactly_the_serial_result(task):
+    """``jobs`` only splits the pre-drawn resamples across processes: every value and CI is equal
+    bit for bit (NaN where undefined in both), whatever the number of workers."""
+    x, rate, y = exponential_cohort(150, 8, beta=0.8)
+    rng = np.random.default_rng(9)
+    if task == "recurrence":
+        predictions = {
+            "fong": SurvivalPrediction(rng.standard_normal(150), TIMES, np.tile(np.exp(-TIMES / 30), (150, 1))),
+            "model": true_prediction(x, rate),
+        }
+        y_train = y_test = y
+    else:
+        p = 1 / (1 + np.exp(-x))
+        predictions = {"fong": ResponsePrediction(rng.random(150)), "logistic": ResponsePrediction(p)}
+        y_train, y_test = None, (rng.random(150) < p).astype(int)
+    serial = evaluate_task(task, y_train, y_test, predictions, n_resamples=120, seed=3, jobs=1)
+    for jobs in (2, -1):
+        parallel = evaluate_task(task, y_train, y_test, predictions, n_resamples=120, seed=3, jobs=jobs)
+        assert parallel.keys() == serial.keys()
+        for name in serial:
+            assert parallel[name].keys() == serial[name].keys()
+            for metric in serial[name]:
+                np.testing.assert_equal(parallel[name][metric], serial[name][metric], err_msg=f"{name} {metric}")
+
+
 def test_response_task_reports_every_metric_with_a_paired_delta():
     rng = np.random.default_rng(7)
     p = rng.random(300)

@@ -617,6 +617,23 @@ def test_a_model_on_wavelet_and_log_features_predicts_the_same_from_each_images_
     assert len(few) == len(lesions) >= N_PHANTOMS
     pd.testing.assert_frame_equal(few[names], lesions[names], check_exact=True)
 
+    # a case already extracted in full (crlm extract, then crlm predict on the same cohort) is
+    # served from that cache entry: nothing recomputed, the same values
+    extraction.extract_cohort(cases, full, tmp_path / "shared", progress=False)
+    served, served_report = extraction.extract_cohort(cases, reduced, tmp_path / "shared", progress=False)
+    assert served_report[extraction.CACHED].all()
+    pd.testing.assert_frame_equal(served[names], few[names], check_exact=True)
+    again = run_predict(
+        mixed["cohort"],
+        [str(folder)],
+        tmp_path / "served",
+        progress=False,
+        cache=tmp_path / "shared",
+        radiomics_params=tmp_path / "rich.yaml",
+        extraction_config=root / "extraction.yaml",
+    )
+    pd.testing.assert_frame_equal(again, subset, check_exact=False, rtol=TOLERANCE, atol=TOLERANCE)
+
 
 def test_novelty_is_in_predictions_and_explanations_and_an_old_models_folder_still_predicts(setup, tmp_path, capsys):
     """Issue 13 item 5: per task ``<task>_novelty`` and ``<task>_out_of_distribution`` in predictions.csv and
