@@ -10,7 +10,8 @@ Runs, each as its own subprocess (so every peak-memory figure belongs to one ben
   whole processes and in-process, with the per-case split);
 - ``scaling``:    bench/extraction_scaling.py --n 12 (jobs=1, jobs=2, a 2-worker Dask LocalCluster);
 - ``inference``:  bench/inference.py --sizes 50 400 --jobs 2 (patients/minute, peak memory, peak ratio);
-- ``repro``:      the wall time of the default pipeline, `dvc repro`, in a scratch copy of the
+- ``repro``:      the wall time of the default pipeline, `dvc repro`, and its seconds per stage
+  (each output line time-stamped, `stage_seconds`), in a scratch copy of the
   repository (tracked and untracked-but-not-ignored files, ``git ls-files -co --exclude-standard``),
   so the user's data/, reports/, artifacts/, mlruns/ and DVC cache are never touched.
 
@@ -33,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -123,12 +125,24 @@ def stop_group(process: subprocess.Popen) -> None:
             continue
 
 
+STAMP = "[t+{:.1f}s] "  # prefix of each output line with ``stamp=True`` (seconds since the start)
+
+
 def run_logged(
-    command: list[str], log_path: Path, timeout: float | None, cwd: Path = REPO, env: dict[str, str] | None = None
+    command: list[str],
+    log_path: Path,
+    timeout: float | None,
+    cwd: Path = REPO,
+    env: dict[str, str] | None = None,
+    stamp: bool = False,
 ) -> float:
     """Run ``command`` in its own process group, output to ``log_path``; return wall seconds.
 
-    On a timeout or an interrupt the whole group (the benchmark and its workers) is stopped."""
+    With ``stamp`` every output line is prefixed with the seconds since the start (`STAMP`), so
+    that `stage_seconds` can split the run. On a timeout or an interrupt the whole group (the
+    benchmark and its workers) is stopped."""
+    import threading
+
     start = time.perf_counter()
     with log_path.open("a") as out:
         out.write(f"$ {' '.join(command)}\n")
@@ -137,11 +151,20 @@ def run_logged(
             command,
             cwd=cwd,
             env=env or {**os.environ, **QUIET_ENV},
-            stdout=out,
+            stdout=subprocess.PIPE if stamp else out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+        def copy_stamped() -> None:
+            for raw in process.stdout:
+                out.write(STAMP.format(time.perf_counter() - start) + raw.decode(errors="replace"))
+                out.flush()
+
+        reader = threading.Thread(target=copy_stamped, daemon=True) if stamp else None
+        if reader is not None:
+            reader.start()
         try:
             code = process.wait(timeout=timeout)
         except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
@@ -149,6 +172,9 @@ def run_logged(
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise Failed(f"timed out after {timeout:g} s") from None
+        finally:
+            if reader is not None:
+                reader.join(timeout=10)
     seconds = time.perf_counter() - start
     if code != 0:
         reason = last_line(log_path)
@@ -167,6 +193,17 @@ def run_script(script: str, arguments: list[str], work: Path, name: str, timeout
 
 
 # --------------------------------------------------------------------------- dvc repro in a scratch copy
+
+_STAGE = re.compile(r"^\[t\+(?P<t>[\d.]+)s\] Running stage '(?P<stage>[^']+)':")
+
+
+def stage_seconds(log_text: str, total: float) -> dict[str, float]:
+    """Seconds per DVC stage of a `run_logged(..., stamp=True)` log of `dvc repro`: from one
+    "Running stage" line to the next (DVC's own hashing and lock-file writes count to the stage
+    before), the last one to ``total``. Stages DVC skipped as unchanged print no such line."""
+    starts = [(m["stage"], float(m["t"])) for m in map(_STAGE.match, log_text.splitlines()) if m]
+    ends = [t for _, t in starts[1:]] + [total]
+    return {stage: round(end - begin, 1) for (stage, begin), end in zip(starts, ends, strict=True)}
 
 
 def _set_param(params: dict[str, Any], assignment: str) -> None:
@@ -249,10 +286,11 @@ def time_repro(work: Path, overrides: list[str], timeout: float | None, keep: li
         f"scratch copy {copy} ({files} files); PYTHONPATH={env['PYTHONPATH']}; "
         f"MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}\n"
     )
-    seconds = run_logged([str(BIN / "dvc"), "repro"], log_path, timeout, cwd=copy, env=env)
+    seconds = run_logged([str(BIN / "dvc"), "repro"], log_path, timeout, cwd=copy, env=env, stamp=True)
     models = copy / "artifacts" / "models"
     return {
         "seconds": seconds,
+        "stages": stage_seconds(log_path.read_text(errors="replace"), seconds),
         "copy": str(copy),
         "files": files,
         "overrides": overrides,
@@ -379,6 +417,9 @@ def repro_rows(s: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [
         ("dvc repro", f"{what} (scratch copy, empty cache)", f"{minutes:.1f} min ({s['seconds']:.0f} s)", cohort)
     ]
+    if s.get("stages"):
+        split = ", ".join(f"{stage} {sec:.0f}" for stage, sec in s["stages"].items())
+        rows.append(("dvc repro", "seconds per stage", split, ""))
     if not s["metrics"]:
         rows.append(("dvc repro", "reports/train/metrics.json", "missing", "expected"))
     return rows
