@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,8 +142,6 @@ def run_logged(
     With ``stamp`` every output line is prefixed with the seconds since the start (`STAMP`), so
     that `stage_seconds` can split the run. On a timeout or an interrupt the whole group (the
     benchmark and its workers) is stopped."""
-    import threading
-
     start = time.perf_counter()
     with log_path.open("a") as out:
         out.write(f"$ {' '.join(command)}\n")

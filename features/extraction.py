@@ -292,6 +292,11 @@ def _local_copy(location: str | Path) -> Iterator[Path]:
         yield local
 
 
+def _cache_key(image_hash: str, mask_hash: str, settings_digest: str) -> str:
+    """A case's cache key: its content (image and mask hashes) and the options' digest."""
+    return hashlib.sha256(f"{image_hash}|{mask_hash}|{settings_digest}".encode()).hexdigest()
+
+
 def _cache_location(cache_dir: str | Path, key: str) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, root = fsspec.core.url_to_fs(str(cache_dir))
     return fs, f"{root.rstrip('/')}/{key[:2]}/{key}.json"
@@ -337,14 +342,13 @@ def _extract_local(
     pid: str, image_path: Path, mask_path: Path, options: CaseOptions, cache_dir: str | Path | None, start: float
 ) -> CaseResult:
     image_hash, mask_hash = radiomics.file_digest(image_path), radiomics.file_digest(mask_path)
-    key = hashlib.sha256(f"{image_hash}|{mask_hash}|{options.digest()}".encode()).hexdigest()
+    key = _cache_key(image_hash, mask_hash, options.digest())
     cache = _cache_location(cache_dir, key) if cache_dir is not None else None
     payload = _read_cache(*cache) if cache is not None else None
     if payload is None and cache is not None and options.full_digest is not None:
         # a reduced request (crlm predict) on a case already extracted in full: its entry holds
         # every feature asked for, with the values the reduced extraction would compute
-        full_key = hashlib.sha256(f"{image_hash}|{mask_hash}|{options.full_digest}".encode()).hexdigest()
-        payload = _read_cache(*_cache_location(cache_dir, full_key))
+        payload = _read_cache(*_cache_location(cache_dir, _cache_key(image_hash, mask_hash, options.full_digest)))
     if payload is not None:
         for row in payload["lesions"] + payload["report"]:
             row[PATIENT_ID] = pid  # the cache is keyed by content, not by identifier

@@ -46,6 +46,13 @@ def settings_class(cls: type[T]) -> type[T]:
     return _pydantic_dataclass(frozen=True, config=CONFIG)(cls)
 
 
+def check_jobs(value: int) -> int:
+    """A ``jobs`` setting: a positive number of parallel workers, or -1 for all cores."""
+    if value == 0 or value < -1:
+        raise ValueError(f"{value}; expected a positive number or -1 (all cores)")
+    return value
+
+
 def nearest(key: str, valid: Iterable[str], what: str = "valid keys") -> str:
     """``did you mean 'x'?`` for the closest of ``valid``, else the list of ``valid``."""
     valid = sorted(str(v) for v in valid)

@@ -10,7 +10,6 @@ score (Fong) is a paired bootstrap.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from sksurv.metrics import (
     integrated_brier_score,
 )
 
-from features.settings import nearest, settings_class
+from features.settings import check_jobs, nearest, settings_class
 from models.registry import BASELINES as BASELINE_NAMES  # their home: models.registry
 from models.registry import DEFAULT_MIN_COVERAGE, DEFAULT_REFERENCE, PRIMARY_METRIC
 
@@ -239,10 +238,10 @@ def evaluate_task(
     rng = np.random.default_rng(seed)
     samples = [rng.integers(0, n, n) for _ in range(n_resamples)]
     values = {name: _task_metrics(task, y_train, y_test, pred) for name, pred in predictions.items()}
-    workers = min(_effective_jobs(jobs), max(n_resamples // _MIN_RESAMPLES_PER_JOB, 1))
-    if workers > 1:
-        from joblib import Parallel, delayed
+    from joblib import Parallel, delayed, effective_n_jobs
 
+    workers = min(effective_n_jobs(jobs), max(n_resamples // _MIN_RESAMPLES_PER_JOB, 1))
+    if workers > 1:
         chunks = [list(chunk) for chunk in np.array_split(np.arange(n_resamples), workers)]
         parts = Parallel(n_jobs=workers)(
             delayed(_bootstrap_metrics)(task, y_train, y_test, predictions, [samples[i] for i in chunk])
@@ -276,13 +275,6 @@ def evaluate_task(
                 low = high = math.nan
             result[name][metric] = {"value": float(value), "ci_low": float(low), "ci_high": float(high)}
     return result
-
-
-def _effective_jobs(jobs: int) -> int:
-    """Workers for ``jobs`` (-1: every core this process may use)."""
-    if jobs == -1:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(jobs, 1)
 
 
 # A chosen model's held-out calibration outside these bounds is flagged (docs/own_cohort_training.md).
@@ -370,9 +362,7 @@ class EvaluateSettings:
     @field_validator("jobs")
     @classmethod
     def _jobs(cls, value: int) -> int:
-        if value == 0 or value < -1:
-            raise ValueError(f"{value}; expected a positive number or -1 (all cores)")
-        return value
+        return check_jobs(value)
 
     @field_validator("baseline_min_coverage")
     @classmethod

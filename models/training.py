@@ -24,7 +24,7 @@ from sklearn.pipeline import Pipeline
 
 from features import schema as s
 from features import scores
-from features.settings import nearest, settings_class
+from features.settings import check_jobs, nearest, settings_class
 from models import novelty, outcomes, preprocessing, registry, robustness
 from models.registry import (  # their home
     BASELINES,
@@ -377,9 +377,7 @@ class TrainSettings:
     @field_validator("jobs")
     @classmethod
     def _jobs(cls, value: int) -> int:
-        if value == 0 or value < -1:
-            raise ValueError(f"{value}; expected a positive number or -1 (all cores)")
-        return value
+        return check_jobs(value)
 
     @field_validator("correlation_threshold")
     @classmethod

@@ -13,18 +13,12 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from features.settings import SettingsError, build, load, load_yaml, nearest, settings_class
+from features.settings import SettingsError, build, check_jobs, load, load_yaml, nearest, settings_class
 from models.evaluation import EvaluateSettings
 from models.explain import ExplainSettings
 from models.training import TrainSettings
 
 __all__ = ["SettingsError", "build", "load", "load_yaml", "nearest", "settings_class", "Params", "load_params"]
-
-
-def _jobs(value: int) -> int:
-    if value == 0 or value < -1:
-        raise ValueError(f"{value}; expected a positive number or -1 (all cores)")
-    return value
 
 
 @settings_class
@@ -49,7 +43,7 @@ class SynthesizeParams:
     external: CohortParams
 
     def __post_init__(self) -> None:
-        _jobs(self.jobs)
+        check_jobs(self.jobs)
 
 
 @settings_class
@@ -59,7 +53,7 @@ class ExtractParams:
     jobs: int
 
     def __post_init__(self) -> None:
-        _jobs(self.jobs)
+        check_jobs(self.jobs)
 
 
 @settings_class
@@ -76,7 +70,7 @@ class RobustnessParams:
     site_perturbation: bool = False
 
     def __post_init__(self) -> None:
-        _jobs(self.jobs)
+        check_jobs(self.jobs)
         if self.patients < 0:
             raise ValueError(f"patients: {self.patients}; expected a number of patients (0: no icc chain)")
         if self.perturbations < 2:
