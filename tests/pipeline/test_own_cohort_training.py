@@ -247,7 +247,12 @@ def test_train_cli_needs_a_name_to_register_and_writes_models_under_out(tmp_path
 
 
 @pytest.mark.parametrize(
-    "key, value, expected", [("reference", "fnog", "allowed: fong"), ("baseline_min_coverage", 80, "between 0 and 1")]
+    "key, value, expected",
+    [
+        ("reference", "fnog", "allowed: fong"),
+        ("baseline_min_coverage", 80, "between 0 and 1"),
+        ("jobs", 0, "a positive number or -1"),
+    ],
 )
 def test_a_misspelt_evaluate_setting_stops_before_any_fit(tmp_path, params, key, value, expected, capsys):
     settings = {**PARAMS, "evaluate": {**PARAMS["evaluate"], key: value}}
