@@ -25,6 +25,11 @@ patients:
 - ``A->C``: the A models on a third scanner site C defined ONLY here (`SITE_C`, written into a
   copy of configs/world.yaml in the work folder; the pipeline's configs/world.yaml never has it).
   C is reported, never used for any choice.
+- ``A->D``: the same on a fourth site D, defined on 2026-12-02 (`SITE_D`) after the choice rule
+  had been revised in the light of B and C results (per task, one-standard-error rule, several
+  simulated scanners; docs/robustness.md "Choice") and before any result of the revised rule
+  existed: the one site that rule has never been judged on. Also thinner slices than A, which
+  the simulated scanners never make. Reported, never used for any choice.
 
 And per task the novelty flag (issue 13 item 5) of the chosen model: the share of patients
 flagged on held-out A, B and C, and the C-index / AUC of flagged vs unflagged patients
@@ -107,6 +112,15 @@ SITE_C = {
     "hu_offset": -10.0,
     "enhancement": 1.15,
 }
+# The fourth scanner (see the module docstring): thinner slices than A (2 mm), a smoother kernel, a positive
+# offset and weaker enhancement. 1.5 x 1.5 x 2 mm costs ~1.5x site A per patient.
+SITE_D = {
+    "spacing_mm": [1.5, 1.5, 2.0],
+    "psf_sigma_mm": 1.1,
+    "noise_sd_hu": 15.0,
+    "hu_offset": 15.0,
+    "enhancement": 0.9,
+}
 SEED_A, SEED_EXTERNAL = 7, 11  # params.yaml synthesize.train.seed and synthesize.external.seed
 
 SMALL_GRID = {
@@ -155,6 +169,7 @@ def candidate_norm(setup: Setup) -> Setup:
     return setup
 
 
+SITE_SCANNERS = 3  # crlm perturb's robustness.site_scanners for the chosen candidate (docs/robustness.md)
 ICC_THRESHOLD = 0.5  # the icc candidate's train.robustness.icc_threshold (--icc-threshold)
 # --light: a reduced crlm perturb (params.yaml robustness: patients x perturbations), a plumbing check only
 LIGHT_PERTURB = {"patients": 12, "perturbations": 2}
@@ -227,9 +242,10 @@ def digest(value: Any) -> str:
 
 
 def world_file(work: Path) -> Path:
-    """configs/world.yaml plus site C, in the work folder."""
+    """configs/world.yaml plus sites C and D, in the work folder."""
     world = yaml.safe_load((REPO / "configs" / "world.yaml").read_text())
     world["sites"]["C"] = SITE_C
+    world["sites"]["D"] = SITE_D
     path = work / "world.yaml"
     path.write_text(yaml.safe_dump(world, sort_keys=False))
     return path
@@ -281,17 +297,22 @@ def perturbed_features(
     under the same extraction settings, through the per-case cache; (perturbed.parquet, icc.csv)."""
     from pipeline.perturb import run_perturb
 
-    folder = table.parent / f"perturb-{digest(robustness)}"
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     # the site chain always: the chosen candidate's crlm choose-robustness scores on it
-    params["robustness"] = {**params["robustness"], **robustness, "jobs": jobs, "site_perturbation": True}
+    block = {**params["robustness"], "site_scanners": SITE_SCANNERS, **robustness, "jobs": jobs}
+    params["robustness"] = block
+    chains = yaml.safe_load((REPO / "configs" / "robustness.yaml").read_text())
+    folder = table.parent / f"perturb-{digest({**block, 'jobs': None, 'chains': chains})}"
 
     def make() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         params_path = folder / "params.yaml"
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
         block = params["robustness"]
-        log(f"perturb {cohort_dir.name} ({block['patients']} patients x {block['perturbations']} + site chain)")
+        log(
+            f"perturb {cohort_dir.name} ({block['patients']} patients x {block['perturbations']} + "
+            f"{block['site_scanners']} simulated scanners)"
+        )
         quiet(
             run_perturb, cohort_dir / "clinical.csv", table, folder / "perturbed.parquet", folder / "icc.csv",
             params_path, REPO / "configs" / "robustness.yaml", radiomics, table.parent.parent / "extraction.yaml",
@@ -321,12 +342,12 @@ def choose_on_site_a(table: Path, perturbed: Path, icc: Path, params_path: Path,
     results = robustness_choice.site_shift_cv(
         table_a, robustness.read_perturbed(perturbed), robustness.read_icc(icc), options, settings, train_index, TASKS
     )
-    chosen, why = robustness_choice.choose(results)
+    choice = robustness_choice.choose(results)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "robustness_choice.csv", index=False)
     value = {
-        "chosen": {"icc_threshold": chosen.icc_threshold, "augment": chosen.augment},
-        "why": why,
+        "chosen": choice.params(),
+        "why": choice.sentence(),
         "seconds": round(time.perf_counter() - start, 1),
     }
     record.write_text(json.dumps(value, indent=2))
@@ -430,6 +451,7 @@ def run_one(
     """Every arm of one (seed, candidate); one row per (arm, task)."""
     from models import training
     from models.registry import read_best
+    from models.robustness import RobustnessSettings
     from pipeline.evaluate import load_predictors, run_evaluate
     from pipeline.settings import load_params
     from pipeline.train import run_train
@@ -450,6 +472,8 @@ def run_one(
     }
     if args.n_external:
         cohorts["C"] = cohort(work, world, "C", args.n_external, seed_ext, args.jobs)
+    if args.site_d:
+        cohorts["D"] = cohort(work, world, "D", args.n_external, seed_ext, args.jobs)
     tables = {site: features(work, folder, radiomics, setup.extraction, args.jobs) for site, folder in cohorts.items()}
     truths = {site: pd.read_csv(folder / "truth.csv", dtype={PATIENT_ID: str}) for site, folder in cohorts.items()}
 
@@ -486,8 +510,9 @@ def run_one(
 
     rows: list[dict[str, Any]] = []
     targets = {"held-out A": (held_out, "A"), "A->B": (tables["B"], "B")}
-    if "C" in tables:
-        targets["A->C"] = (tables["C"], "C")
+    for site in ("C", "D"):
+        if site in tables:
+            targets[f"A->{site}"] = (tables[site], site)
     for arm, (path, site) in targets.items():
         folder = run / f"evaluate_{arm.replace('->', '_to_').replace(' ', '_')}_{cohorts[site].name}"
         metrics_path = folder / "metrics.json"
@@ -555,9 +580,7 @@ def run_one(
                     "a_to_b": discrimination(task, model_score(task, a_predictors[task][best[task]], test), test),
                 }
                 per_fold.write_text(json.dumps(done, indent=2))
-    robust = (setup.train.get("robustness") or {}).get("icc_threshold") is not None or (
-        setup.train.get("robustness") or {}
-    ).get("augment")
+    robust = RobustnessSettings(**(setup.train.get("robustness") or {})).active
     for task in TASKS:
         entries = [done[f"{task}/{k}"] for k in range(args.folds)]
         oracle = float(np.mean([e["oracle"] for e in entries]))
@@ -574,7 +597,7 @@ def run_one(
     return rows
 
 
-ARMS = ("held-out A", "ceiling B (CV)", "A->B per fold", "A->B", "A->C")
+ARMS = ("held-out A", "ceiling B (CV)", "A->B per fold", "A->B", "A->C", "A->D")
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:
@@ -624,9 +647,9 @@ def novelty_table(rows: list[dict[str, Any]]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        if r["arm"] not in ("held-out A", "A->B", "A->C") or r.get("flag_rate") is None:
+        if r["arm"] not in ("held-out A", "A->B", "A->C", "A->D") or r.get("flag_rate") is None:
             continue
-        cohort_name = {"held-out A": "held-out A", "A->B": "B", "A->C": "C"}[r["arm"]]
+        cohort_name = {"held-out A": "held-out A", "A->B": "B", "A->C": "C", "A->D": "D"}[r["arm"]]
         lines.append(
             f"| {r['seed']} | {r['candidate']} | {r['task']} | {cohort_name} | {pct(r['flag_rate'])} "
             f"({r['n_flagged']}/{r['n']}) | {fmt(r['flagged'])} | {fmt(r['unflagged'])} |"
@@ -646,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", default="none", help=f"comma-separated, of {', '.join(CANDIDATES)}")
     parser.add_argument("--n-train", type=int, default=400, help="site A patients (default 400, as params.yaml)")
     parser.add_argument("--n-external", type=int, default=200, help="site C patients (default 200; 0: no site C)")
+    parser.add_argument("--site-d", action="store_true", help="also site D (--n-external patients; SITE_D)")
     parser.add_argument("--folds", type=int, default=5, help="CV folds of the ceiling on site B (default 5)")
     parser.add_argument("--light", action="store_true", help="light radiomics (a quick check, not the numbers)")
     parser.add_argument(

@@ -8,9 +8,11 @@ label map on the same grid) and a `Perturbation`, deterministic given its seed:
   translation, Gaussian noise addition, volume adaptation of the lesions (grow/shrink by a volume
   fraction) and contour randomisation. The features' ICC(1,1) over these perturbations
   (`features.robustness`) says which features survive another reader and another acquisition.
-- ``site``: a simulated other scanner: thicker slices, extra noise, a contrast scaling
-  HU' = c + s (HU - c) about a fixed c and an HU offset. Used to score candidates on the
-  training site (never on an external site).
+- ``site``: simulated other scanners: a smoother reconstruction (extra Gaussian blur), thicker
+  slices, extra noise, a contrast scaling HU' = c + s (HU - c) about a fixed c and an HU
+  offset. ``robustness.site_scanners`` of them are drawn, each with its own magnitudes, and
+  every training patient is imaged on each; they score candidates on the training site (never
+  on an external site; docs/robustness.md, "Choice").
 
 The magnitudes are drawn once per perturbation (`draw_perturbations`, ranges in
 ``configs/robustness.yaml``, `RobustnessConfig`) and are the same for every patient; the
@@ -80,13 +82,15 @@ class IccChainConfig:
 class SiteChainConfig:
     """Ranges [low, high] of the ``site`` chain (a simulated other scanner)."""
 
-    slice_thickness_factor: tuple[float, float] = (1.4, 1.8)  # new z spacing / old z spacing
-    noise_sd_hu: tuple[float, float] = (8.0, 16.0)  # extra Gaussian noise, HU
-    hu_offset: tuple[float, float] = (-10.0, 10.0)  # added after the contrast scaling, HU
-    contrast_scale: tuple[float, float] = (0.8, 1.1)  # s in HU' = c + s (HU - c)
+    blur_sigma_mm: tuple[float, float] = (0.0, 1.0)  # extra isotropic Gaussian blur (smoother kernel), mm
+    slice_thickness_factor: tuple[float, float] = (1.0, 2.0)  # new z spacing / old z spacing
+    noise_sd_hu: tuple[float, float] = (5.0, 20.0)  # extra Gaussian noise, HU
+    hu_offset: tuple[float, float] = (-15.0, 15.0)  # added after the contrast scaling, HU
+    contrast_scale: tuple[float, float] = (0.8, 1.2)  # s in HU' = c + s (HU - c)
     contrast_centre_hu: float = 50.0  # c: unenhanced soft tissue, kept in place by the scaling
 
     def __post_init__(self) -> None:
+        _range("blur_sigma_mm", self.blur_sigma_mm, 0.0, 5.0)
         _range("slice_thickness_factor", self.slice_thickness_factor, low=1.0)
         _range("noise_sd_hu", self.noise_sd_hu, low=0.0)
         _range("hu_offset", self.hu_offset)
@@ -124,14 +128,22 @@ class Perturbation:
     hu_offset: float = 0.0
     contrast_scale: float = 1.0
     contrast_centre_hu: float = 50.0
+    blur_sigma_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.chain not in PERTURBATION_CHAINS:
             raise ValueError(f"chain {self.chain!r}; allowed: {', '.join(PERTURBATION_CHAINS)}")
         if self.index < 1:
             raise ValueError(f"index {self.index}; perturbations are numbered from 1")
-        if self.slice_thickness_factor < 1.0 or self.contrast_scale <= 0 or self.noise_sd_hu < 0:
-            raise ValueError(f"{self}: slice_thickness_factor >= 1, contrast_scale > 0, noise_sd_hu >= 0 required")
+        if (
+            self.slice_thickness_factor < 1.0
+            or self.contrast_scale <= 0
+            or self.noise_sd_hu < 0
+            or self.blur_sigma_mm < 0
+        ):
+            raise ValueError(
+                f"{self}: slice_thickness_factor >= 1, contrast_scale > 0, noise_sd_hu >= 0, blur_sigma_mm >= 0 required"
+            )
 
     @property
     def name(self) -> str:
@@ -139,9 +151,12 @@ class Perturbation:
         return f"{self.chain}-{self.index}"
 
     def record(self) -> dict[str, Any]:
-        """JSON-ready; `from_record` reverses it."""
+        """JSON-ready; `from_record` reverses it. ``blur_sigma_mm`` appears only when set, so that
+        perturbations drawn before it existed keep their digest (and their cache entries)."""
         record = asdict(self)
         record["translation_voxels"] = list(self.translation_voxels)
+        if not self.blur_sigma_mm:
+            del record["blur_sigma_mm"]
         return record
 
     @classmethod
@@ -178,6 +193,7 @@ def draw_perturbations(config: RobustnessConfig, chain: Chain, count: int, seed:
         else:
             s = config.site
             magnitudes = {
+                "blur_sigma_mm": uniform(s.blur_sigma_mm),
                 "slice_thickness_factor": uniform(s.slice_thickness_factor),
                 "noise_sd_hu": uniform(s.noise_sd_hu),
                 "hu_offset": uniform(s.hu_offset),
@@ -198,6 +214,16 @@ def add_noise(image: sitk.Image, sd_hu: float, rng: np.random.Generator) -> sitk
     values = sitk.GetArrayFromImage(image).astype(np.float32)
     values += rng.normal(0.0, sd_hu, values.shape).astype(np.float32)
     return _like(values, image)
+
+
+def blur(image: sitk.Image, sigma_mm: float) -> sitk.Image:
+    """``image`` convolved with an isotropic Gaussian of ``sigma_mm`` (a smoother reconstruction
+    kernel: the scanner's point-spread function grows from s to sqrt(s^2 + sigma_mm^2)), float32."""
+    if sigma_mm == 0:
+        return image
+    values = sitk.GetArrayFromImage(image).astype(np.float32)
+    sigma_voxels = [sigma_mm / s for s in reversed(image.GetSpacing())]  # z, y, x
+    return _like(ndimage.gaussian_filter(values, sigma_voxels, mode="nearest"), image)
 
 
 def scale_contrast(image: sitk.Image, scale: float, centre_hu: float, offset_hu: float = 0.0) -> sitk.Image:
@@ -344,7 +370,7 @@ def apply_perturbation(
     p = perturbation
     entropy = [p.seed, int(hashlib.sha256(salt.encode()).hexdigest()[:8], 16)]
     rng = np.random.default_rng(entropy)
-    image, mask = thicken_slices(case.image, case.mask, p.slice_thickness_factor)
+    image, mask = thicken_slices(blur(case.image, p.blur_sigma_mm), case.mask, p.slice_thickness_factor)
     image, mask = rotate_translate(image, mask, p.rotation_deg, p.translation_voxels)
     image = add_noise(image, p.noise_sd_hu, rng)
     image = scale_contrast(image, p.contrast_scale, p.contrast_centre_hu, p.hu_offset)

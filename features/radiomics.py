@@ -320,6 +320,26 @@ def _sub_image(image: sitk.Image, box: tuple[slice, ...]) -> sitk.Image:
     return sitk.RegionOfInterest(image, size, index)
 
 
+COMPLEX_TOLERANCE = 1e-3  # largest imaginary part taken as rounding (see `feature_value`)
+
+
+def feature_value(value: Any) -> float:
+    """One pyradiomics feature value as a float.
+
+    pyradiomics computes GLCM Imc2 as ``(1 - e^(-2 (HXY2 - HXY))) ** 0.5``; when rounding makes
+    HXY2 a hair below HXY (a uniform region) the radicand is a tiny negative number and Python
+    returns a complex number with real part 0 and an imaginary part of sqrt(|radicand|). The
+    exact value is 0 (HXY2 >= HXY always holds), so a complex value whose imaginary part is at
+    most `COMPLEX_TOLERANCE` is its real part, said and tested here instead of numpy's silent
+    cast; a larger imaginary part is not rounding: NaN (the feature is missing for that lesion,
+    never a made-up number).
+    """
+    if isinstance(value, complex) or np.iscomplexobj(value):
+        value = complex(np.asarray(value).item())
+        return float(value.real) if abs(value.imag) <= COMPLEX_TOLERANCE else float("nan")
+    return float(value)
+
+
 def extract_lesion_features(image: sitk.Image, lesion_mask: sitk.Image, extractor: LesionExtractor) -> dict[str, float]:
     """pyradiomics features of one pre-processed binary lesion mask (value 1) on ``image``.
 
@@ -329,7 +349,7 @@ def extract_lesion_features(image: sitk.Image, lesion_mask: sitk.Image, extracto
     if extractor.selection is not None:
         return _execute_selected(extractor.features, image, lesion_mask, extractor.selection)
     result = extractor.features.execute(image, lesion_mask, label=1)
-    return {name: float(value) for name, value in result.items() if not name.startswith("diagnostics_")}
+    return {name: feature_value(value) for name, value in result.items() if not name.startswith("diagnostics_")}
 
 
 def _execute_selected(
@@ -368,7 +388,7 @@ def _execute_selected(
         for feature in selection[name][feature_class]:
             calculator.enableFeatureByName(feature)
         for feature, value in calculator.execute().items():
-            values[f"{name}_{feature_class}_{feature}"] = float(value)
+            values[f"{name}_{feature_class}_{feature}"] = feature_value(value)
 
     shape = [c for c in features.enabledFeatures if c == "shape" and c in selection.get("original", {})]
     if shape:

@@ -3,7 +3,8 @@
 Two inputs written by ``crlm perturb`` from the training cohort (docs/robustness.md):
 
 - ``perturbed.parquet``: one row per (patient, perturbation), column ``perturbation`` (``icc-1``
-  ... ``icc-K``: the Zwanenburg et al. 2019 / MIRP chain; ``site-1``: a simulated other scanner),
+  ... ``icc-K``: the Zwanenburg et al. 2019 / MIRP chain; ``site-1`` ... ``site-S``: simulated other
+  scanners),
   then the columns of the training ``features.parquet`` for that patient under that perturbation.
 - ``icc.csv``: per imaging feature its ICC(1,1) across the ``icc`` perturbations.
 
@@ -31,20 +32,23 @@ from features import schema as s
 from features.robustness import ICC_COLUMNS, MIN_ICC_PATIENTS
 from features.schema import ICC_CHAIN, PERTURBATION, SITE_CHAIN
 from features.settings import settings_class
-from models.registry import IMAGING_PREFIXES
+from models.registry import IMAGING_PREFIXES, TASKS
 
 PERTURB_FIX = "rebuild it with crlm perturb from the training cohort's extraction (docs/robustness.md)"
 
 
-@settings_class
-class RobustnessSettings:
-    """The ``train.robustness`` block of params.yaml (docs/robustness.md, section "choice").
+def _check_threshold(value: float | None) -> float | None:
+    if value is not None and not 0 < value < 1:
+        raise ValueError(f"{value!r}; expected null (no filter) or an ICC between 0 and 1, e.g. 0.75")
+    return value
 
-    ``icc_threshold``: null (no filter) or an ICC(1,1) in (0, 1); imaging columns whose ICC is
-    below it or undefined are not model inputs (needs ``crlm train --icc``). ``augment``: the
-    ``icc-*`` perturbed copies of training patients are extra training rows (needs
-    ``--perturbed``). Both off by default: the run is then exactly the run without this block.
-    """
+
+@settings_class
+class TaskRobustness:
+    """What one task's models get: ``icc_threshold``: null (no filter) or an ICC(1,1) in (0, 1);
+    imaging columns whose ICC is below it or undefined are not model inputs (needs ``crlm train
+    --icc``). ``augment``: the ``icc-*`` perturbed copies of training patients are extra
+    training rows (needs ``--perturbed``)."""
 
     icc_threshold: float | None = None
     augment: bool = False
@@ -52,13 +56,46 @@ class RobustnessSettings:
     @field_validator("icc_threshold")
     @classmethod
     def _threshold(cls, value: float | None) -> float | None:
-        if value is not None and not 0 < value < 1:
-            raise ValueError(f"{value!r}; expected null (no filter) or an ICC between 0 and 1, e.g. 0.75")
-        return value
+        return _check_threshold(value)
 
     @property
     def active(self) -> bool:
         return self.icc_threshold is not None or self.augment
+
+
+@settings_class
+class RobustnessSettings:
+    """The ``train.robustness`` block of params.yaml (docs/robustness.md, section "choice").
+
+    ``icc_threshold`` and ``augment`` (see `TaskRobustness`) apply to every task; ``tasks``
+    overrides them per task (``{response: {icc_threshold: 0.5}}``), which is what ``crlm
+    choose-robustness`` prints, since a filter that helps one task can cost the other. All off
+    by default: the run is then exactly the run without this block.
+    """
+
+    icc_threshold: float | None = None
+    augment: bool = False
+    tasks: dict[str, TaskRobustness] = field(default_factory=dict)
+
+    @field_validator("icc_threshold")
+    @classmethod
+    def _threshold(cls, value: float | None) -> float | None:
+        return _check_threshold(value)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"tasks: {unknown}; the tasks are {', '.join(TASKS)}")
+
+    def for_task(self, task: str) -> TaskRobustness:
+        """The setting ``task``'s models get: its own entry under ``tasks``, else the shared one."""
+        if task in self.tasks:
+            return self.tasks[task]
+        return TaskRobustness(self.icc_threshold, self.augment)
+
+    @property
+    def active(self) -> bool:
+        return any(self.for_task(task).active for task in TASKS)
 
 
 # --------------------------------------------------------------------------- reading

@@ -2,8 +2,10 @@
 
 Each candidate (an ICC threshold or none, augmentation or not) runs the same patient-grouped,
 stratified CV of the training split with one fixed small model per task; every validation fold
-is scored twice: on its patients' original rows (same site) and on their ``site-1`` rows (the
-simulated other scanner of ``crlm perturb``). Site B and any external cohort are never read.
+is scored on its patients' original rows (same site) and on their ``site-k`` rows, one score per
+simulated other scanner of ``crlm perturb`` (``robustness.site_scanners``), averaged over the
+scanners (site shift). The choice is made per task (`choose`): a filter that helps one task can
+cost the other. Site B and any external cohort are never read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +40,9 @@ RESULT_COLUMNS = (
     "same_site_sd",
     "site_shift_mean",
     "site_shift_sd",
+    "site_shift_worst",
     "n_folds",
+    "n_site_scanners",
     "n_site_patients",
     "seconds",
 )
@@ -107,12 +112,14 @@ def site_shift_cv(
     tasks: Sequence[str] = TASKS,
 ) -> pd.DataFrame:
     """Per candidate and task: mean and SD over CV folds of the training split of the same-site
-    score and the site-shift score (the validation patients' ``site-1`` rows); `RESULT_COLUMNS`.
+    score and of the site-shift score (per fold, the mean over the simulated scanners ``site-k``
+    of the score on the validation patients' rows from that scanner), and the worst scanner's
+    mean over folds; `RESULT_COLUMNS`.
 
     ``train_index``: positions in ``table`` of the training split; nothing else is read. Folds are
     by patient, stratified by the outcome as in `training.fit_task`, the same for every
     candidate; copies (``augment``) join the training side with their patient only. A validation
-    patient without an ok ``site-1`` row counts for the same-site score only.
+    patient without an ok ``site-k`` row counts for the other scores only.
     """
     rows = []
     train_ids = table.iloc[train_index][s.PATIENT_ID].astype(str)
@@ -129,7 +136,7 @@ def site_shift_cv(
             warnings.filterwarnings("ignore", message="The least populated class")
             splits = list(folds.split(np.zeros(len(y)), strata))
         site = robustness.perturbed_rows(train, perturbed, ids, chain=robustness.SITE_CHAIN)
-        site = site.drop_duplicates(s.PATIENT_ID)  # one simulated other scanner per patient (site-1)
+        scanners = sorted(site[s.PERTURBATION].unique(), key=lambda name: int(name.rsplit("-", 1)[1]))
         copies = robustness.perturbed_rows(train, perturbed, train_ids, chain=robustness.ICC_CHAIN)
         owner = pd.Series(np.arange(len(train)), index=ids)
         base_columns = training.feature_columns(train, task)
@@ -142,6 +149,7 @@ def site_shift_cv(
                 applied = robustness.icc_filter(icc, option.icc_threshold, base_columns)
                 columns = [c for c in base_columns if c not in applied.dropped]
             same, shifted = [], []
+            by_scanner: dict[str, list[float]] = {name: [] for name in scanners}
             for fit_rows, val_rows in splits:
                 X = training.model_frame(train.iloc[fit_rows], columns)
                 y_fit = y[fit_rows]
@@ -155,10 +163,19 @@ def site_shift_cv(
                     model.fit(X, y_fit)
                 validation = train.iloc[val_rows]
                 same.append(_score(task, model, training.model_frame(validation, columns), y[val_rows]))
-                other = site.loc[site[s.PATIENT_ID].isin(set(ids[val_rows]))]
-                if len(other):
-                    y_other = y[owner.loc[other[s.PATIENT_ID]].to_numpy()]
-                    shifted.append(_score(task, model, training.model_frame(other, columns), y_other))
+                val_ids = set(ids[val_rows])
+                fold_scores = []
+                for name in scanners:
+                    other = site.loc[(site[s.PERTURBATION] == name) & site[s.PATIENT_ID].isin(val_ids)]
+                    score = math.nan
+                    if len(other):
+                        y_other = y[owner.loc[other[s.PATIENT_ID]].to_numpy()]
+                        score = _score(task, model, training.model_frame(other, columns), y_other)
+                    by_scanner[name].append(score)
+                    fold_scores.append(score)
+                if np.isfinite(fold_scores).any():
+                    shifted.append(float(np.nanmean(fold_scores)))
+            worst = [float(np.nanmean(v)) for v in by_scanner.values() if np.isfinite(v).any()]
             rows.append(
                 {
                     "candidate": option.name,
@@ -167,11 +184,13 @@ def site_shift_cv(
                     "task": task,
                     "metric": registry.PRIMARY_METRIC[task],
                     "n_imaging_inputs": sum(c.startswith(IMAGING_PREFIXES) for c in columns),
-                    "same_site_mean": float(np.nanmean(same)) if np.isfinite(same).any() else math.nan,
-                    "same_site_sd": float(np.nanstd(same, ddof=1)) if np.isfinite(same).sum() > 1 else math.nan,
-                    "site_shift_mean": float(np.nanmean(shifted)) if np.isfinite(shifted).any() else math.nan,
-                    "site_shift_sd": float(np.nanstd(shifted, ddof=1)) if np.isfinite(shifted).sum() > 1 else math.nan,
+                    "same_site_mean": _mean(same),
+                    "same_site_sd": _sd(same),
+                    "site_shift_mean": _mean(shifted),
+                    "site_shift_sd": _sd(shifted),
+                    "site_shift_worst": min(worst) if worst else math.nan,
                     "n_folds": len(splits),
+                    "n_site_scanners": len(scanners),
                     "n_site_patients": int(site[s.PATIENT_ID].nunique()),
                     "seconds": round(time.perf_counter() - start, 2),
                 }
@@ -179,50 +198,86 @@ def site_shift_cv(
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
-def choose(results: pd.DataFrame, tolerance: float = TOLERANCE) -> tuple[Candidate, str]:
-    """The rule of docs/robustness.md ("choice"). Eligible: the candidates whose same-site score
-    is, in EVERY task, within ``tolerance`` of the no-robustness candidate's (robustness must not
-    cost the training site on any task; without that candidate in ``results``, of the best one
-    per task). Among them the best site-shift score averaged over tasks (rounded to 3 decimals);
-    ties go to the simpler candidate (`Candidate.complexity`). The no-robustness candidate is
-    always eligible. Returns the candidate and a sentence that says why."""
+def _mean(values: Sequence[float]) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def _sd(values: Sequence[float]) -> float:
+    return float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else math.nan
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `choose` picked per task, and why, in one sentence per task."""
+
+    tasks: dict[str, Candidate]
+    why: dict[str, str]
+
+    def params(self) -> dict[str, Any]:
+        """The ``train.robustness`` block that applies the choice (`models.robustness.RobustnessSettings`)."""
+        return {
+            "tasks": {
+                task: {"icc_threshold": option.icc_threshold, "augment": option.augment}
+                for task, option in self.tasks.items()
+            }
+        }
+
+    def sentence(self) -> str:
+        return "; ".join(self.why[task] for task in self.tasks)
+
+
+def choose(results: pd.DataFrame, tolerance: float = TOLERANCE) -> Choice:
+    """The rule of docs/robustness.md ("Choice"), per task. Eligible: the candidates whose
+    same-site CV score is within ``tolerance`` of the no-robustness candidate's (robustness must
+    not cost the training site; without that candidate in ``results``, of the best one). Among
+    them the one-standard-error rule (Hastie, Tibshirani & Friedman, The Elements of Statistical
+    Learning, 2nd ed., section 7.10): take the simplest candidate (`Candidate.complexity`) whose
+    site-shift CV score is within one standard error (over folds) of the best site-shift score.
+    The no-robustness candidate is always eligible, so a filter is chosen only when the simulated
+    scanners say it helps by more than the folds' noise."""
     if results.empty:
         raise ValueError("no candidate was scored")
     if results["site_shift_mean"].isna().all():
         raise ValueError(
-            "no validation patient has a site-1 row in the perturbed features: the site-shift score "
-            "cannot be computed; rebuild them with crlm perturb (the site chain)"
+            "no validation patient has a site-k row in the perturbed features: the site-shift score "
+            "cannot be computed; rebuild them with crlm perturb (robustness.site_scanners > 0)"
         )
     frame = results if "task" in results else results.assign(task="all")
-    frame = frame.dropna(subset=["same_site_mean", "site_shift_mean"])
-    if frame.empty:
-        raise ValueError("no candidate has both a same-site and a site-shift CV score")
-    same = frame.groupby(["candidate", "task"], sort=False)["same_site_mean"].mean().unstack("task")
-    baseline = Candidate(None, False).name
-    reference = same.loc[baseline] if baseline in same.index else same.max()
-    costs = (reference - same).max(axis=1)  # the largest same-site loss over tasks
-    per = frame.groupby("candidate", sort=False).agg(
-        icc_threshold=("icc_threshold", "first"),
-        augment=("augment", "first"),
-        same=("same_site_mean", "mean"),
-        shifted=("site_shift_mean", "mean"),
-    )
-    eligible = per.loc[costs.reindex(per.index).le(tolerance + 1e-12) & same.notna().all(axis=1).reindex(per.index)]
-    eligible = eligible.assign(rounded=eligible["shifted"].round(3))
-    top = eligible.loc[eligible["rounded"] == eligible["rounded"].max()]
-    options = [
-        Candidate(None if pd.isna(r.icc_threshold) else float(r.icc_threshold), bool(r.augment))
-        for r in top.itertuples()
-    ]
-    chosen = min(options, key=lambda c: c.complexity)
-    row = per.loc[chosen.name]
-    against = "the no-robustness candidate's" if baseline in same.index else "the best"
-    why = (
-        f"{chosen.name}: site-shift CV score {row['shifted']:.3f} (best among the {len(eligible)} of {len(per)} "
-        f"candidates whose same-site CV score is within {tolerance:g} of {against} in every task); "
-        f"same-site {row['same']:.3f}" + (f"; {len(options)} tied, the simplest taken" if len(options) > 1 else "")
-    )
-    excluded = [f"{name} (same-site {cost:.3f} below)" for name, cost in costs.items() if cost > tolerance + 1e-12]
-    if excluded:
-        why += "; not eligible: " + ", ".join(excluded)
-    return chosen, why
+    chosen: dict[str, Candidate] = {}
+    why: dict[str, str] = {}
+    for task, rows in frame.groupby("task", sort=False):
+        rows = rows.dropna(subset=["same_site_mean", "site_shift_mean"]).set_index("candidate")
+        if rows.empty:
+            raise ValueError(f"{task}: no candidate has both a same-site and a site-shift CV score")
+        baseline = Candidate(None, False).name
+        reference = rows.loc[baseline, "same_site_mean"] if baseline in rows.index else rows["same_site_mean"].max()
+        costs = reference - rows["same_site_mean"]
+        eligible = rows.loc[costs <= tolerance + 1e-12]
+        best_name = eligible["site_shift_mean"].idxmax()
+        best = eligible.loc[best_name]
+        folds = int(best.get("n_folds", 1) or 1)
+        se = float(best["site_shift_sd"]) / math.sqrt(folds) if np.isfinite(best["site_shift_sd"]) else 0.0
+        within = eligible.loc[eligible["site_shift_mean"] >= best["site_shift_mean"] - se - 1e-12]
+        options = {
+            name: Candidate(None if pd.isna(r.icc_threshold) else float(r.icc_threshold), bool(r.augment))
+            for name, r in within.iterrows()
+        }
+        name, option = min(options.items(), key=lambda item: item[1].complexity)
+        row = rows.loc[name]
+        scanners = int(row["n_site_scanners"]) if "n_site_scanners" in row and pd.notna(row["n_site_scanners"]) else 1
+        sentence = (
+            f"{task}: {name}: site-shift CV score {row['site_shift_mean']:.3f} over {scanners} simulated "
+            f"scanner(s), same-site {row['same_site_mean']:.3f}"
+        )
+        if name == best_name:
+            sentence += f" (the best of the {len(eligible)} eligible candidates)"
+        else:
+            sentence += (
+                f" (the simplest within one standard error of the best eligible, {best_name}: "
+                f"{best['site_shift_mean']:.3f}, SE {se:.3f} over {folds} folds)"
+            )
+        excluded = [f"{n} (same-site {c:.3f} below)" for n, c in costs.items() if c > tolerance + 1e-12]
+        if excluded:
+            sentence += "; not eligible: " + ", ".join(excluded)
+        chosen[str(task)], why[str(task)] = option, sentence
+    return Choice(chosen, why)

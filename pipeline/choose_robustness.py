@@ -57,20 +57,22 @@ def run_choose(
     perturbed_table = robustness.read_perturbed(perturbed)
     if not perturbed_table[PERTURBATION].str.startswith(f"{SITE_CHAIN}-").any():
         raise ValueError(
-            f"{perturbed}: no {SITE_CHAIN}-1 rows, so no candidate can be scored on a simulated other "
-            "scanner; set robustness.site_perturbation: true in params.yaml and run crlm perturb (or "
+            f"{perturbed}: no {SITE_CHAIN}-k rows, so no candidate can be scored on a simulated other "
+            "scanner; set robustness.site_scanners: 3 in params.yaml and run crlm perturb (or "
             "dvc repro perturb) again"
         )
     options = robustness_choice.candidates(thresholds)
     start = time.perf_counter()
     results = robustness_choice.site_shift_cv(table, perturbed_table, icc_table, options, settings, train_index, tasks)
     seconds = time.perf_counter() - start
-    chosen, why = robustness_choice.choose(results, tolerance)
+    choice = robustness_choice.choose(results, tolerance)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / CHOICE_TABLE, index=False)
     record = {
-        "chosen": {"icc_threshold": chosen.icc_threshold, "augment": chosen.augment},
-        "why": why,
+        "chosen": choice.params(),
+        "why": choice.why,
+        "rule": "per task: same-site CV score within the tolerance of no robustness; then the simplest candidate "
+        "whose site-shift CV score is within one standard error of the best (docs/robustness.md, Choice)",
         "tolerance": tolerance,
         "data": f"training split of {features} ({len(train_index)} patients) and its perturbed rows; "
         "no external cohort",
@@ -80,10 +82,11 @@ def run_choose(
     }
     (out / CHOICE_FILE).write_text(json.dumps(record, indent=2, allow_nan=True, default=str))
     print(results.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"chosen: {why}")
-    threshold = "null" if chosen.icc_threshold is None else f"{chosen.icc_threshold:g}"
-    print(
-        "to use it, set in params.yaml:\n  train:\n    robustness:\n"
-        f"      icc_threshold: {threshold}\n      augment: {str(chosen.augment).lower()}"
-    )
+    for sentence in choice.why.values():
+        print(f"chosen for {sentence}")
+    lines = ["to use it, set in params.yaml:", "  train:", "    robustness:", "      tasks:"]
+    for task, option in choice.tasks.items():
+        threshold = "null" if option.icc_threshold is None else f"{option.icc_threshold:g}"
+        lines.append(f"        {task}: {{icc_threshold: {threshold}, augment: {str(option.augment).lower()}}}")
+    print("\n".join(lines))
     return record

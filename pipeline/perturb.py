@@ -71,8 +71,9 @@ def run_perturb(
     all_ids = features[PATIENT_ID].tolist()
     icc_ids = choose_icc_patients(features, block.patients, block.seed)
     plan = [(p, icc_ids) for p in perturbation.draw_perturbations(chains, ICC_CHAIN, block.perturbations, block.seed)]
-    if block.site_perturbation:  # read by crlm choose-robustness only (docs/robustness.md)
-        plan += [(p, all_ids) for p in perturbation.draw_perturbations(chains, SITE_CHAIN, 1, block.seed)]
+    if block.site_scanners:  # read by crlm choose-robustness only (docs/robustness.md)
+        drawn_sites = perturbation.draw_perturbations(chains, SITE_CHAIN, block.site_scanners, block.seed)
+        plan += [(p, all_ids) for p in drawn_sites]
     cache_dir = cfg.cache_location(cache)
     jobs = block.jobs if jobs is None else jobs
     tables = []

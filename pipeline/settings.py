@@ -60,21 +60,30 @@ class ExtractParams:
 class RobustnessParams:
     """The ``robustness`` block (``crlm perturb``, docs/robustness.md): ``patients`` training
     patients drawn at random (``seed``) get ``perturbations`` perturbations of the ``icc`` chain;
-    with ``site_perturbation`` every training patient also gets one of the ``site`` chain (only
-    ``crlm choose-robustness`` reads it); ``jobs`` parallel workers."""
+    ``site_scanners`` simulated other scanners (the ``site`` chain, each with its own drawn
+    magnitudes) image every patient of the table (only ``crlm choose-robustness`` reads them;
+    0: none); ``jobs`` parallel workers."""
 
     patients: int
     perturbations: int
     seed: int
     jobs: int
-    site_perturbation: bool = False
+    site_scanners: int = 0
+    site_perturbation: bool | None = None  # replaced by site_scanners (2026-12-02): read only to say so
 
     def __post_init__(self) -> None:
         check_jobs(self.jobs)
+        if self.site_perturbation is not None:
+            raise ValueError(
+                "site_perturbation was replaced by site_scanners (a number of simulated scanners): write "
+                "site_scanners: 3 for what crlm choose-robustness needs, or site_scanners: 0 (docs/robustness.md)"
+            )
         if self.patients < 0:
             raise ValueError(f"patients: {self.patients}; expected a number of patients (0: no icc chain)")
         if self.perturbations < 2:
             raise ValueError(f"perturbations: {self.perturbations}; an ICC needs at least 2 per patient")
+        if self.site_scanners < 0:
+            raise ValueError(f"site_scanners: {self.site_scanners}; expected a number of simulated scanners (0: none)")
 
 
 @settings_class

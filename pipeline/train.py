@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,20 +304,21 @@ class RobustInputs:
 
 
 def robustness_inputs(
-    settings: robustness.RobustnessSettings,
+    settings: robustness.TaskRobustness,
     table: pd.DataFrame,
     train_index: np.ndarray,
     perturbed: Path | None,
     icc: Path | None,
+    task: str = "",
 ) -> RobustInputs:
-    """Read and apply ``crlm perturb``'s outputs as ``train.robustness`` asks (docs/robustness.md).
+    """Read and apply ``crlm perturb``'s outputs as ``train.robustness`` asks for ``task``
+    (``RobustnessSettings.for_task``; docs/robustness.md).
 
     Off (the default): nothing is read. The ICC filter needs ``icc``, augmentation ``perturbed``;
     only training-split patients' ``icc-*`` copies are taken.
     """
+    said = f"{task}: " if task else ""
     if not settings.active:
-        if perturbed is not None or icc is not None:
-            print("train.robustness is off (icc_threshold: null, augment: false): --perturbed / --icc not read")
         return RobustInputs()
     notes: dict[str, Any] = {"icc_threshold": settings.icc_threshold, "augment": settings.augment}
     drop: frozenset[str] = frozenset()
@@ -324,23 +326,23 @@ def robustness_inputs(
     if settings.icc_threshold is not None and not imaging:
         notes["icc_filter"] = None
         notes["icc_filter_note"] = "no imaging columns in the feature table: the ICC filter does not apply"
-        print(f"train.robustness.icc_threshold is {settings.icc_threshold}: {notes['icc_filter_note']}")
+        print(f"{said}train.robustness.icc_threshold is {settings.icc_threshold}: {notes['icc_filter_note']}")
     elif settings.icc_threshold is not None:
         if icc is None:
             raise ValueError(
-                f"train.robustness.icc_threshold is {settings.icc_threshold} but no ICC table was given: "
+                f"{said}train.robustness.icc_threshold is {settings.icc_threshold} but no ICC table was given: "
                 "pass --icc data/features/train/icc.csv (written by crlm perturb), or set icc_threshold: null"
             )
         icc_table = robustness.read_icc(icc)
         applied = robustness.icc_filter(icc_table, settings.icc_threshold, list(table.columns), source=str(icc))
-        print(applied.note)
+        print(f"{said}{applied.note}")
         drop = applied.dropped
         notes["icc_filter"] = applied.as_dict()
     copies = None
     if settings.augment:
         if perturbed is None:
             raise ValueError(
-                "train.robustness.augment is true but no perturbed features were given: pass --perturbed "
+                f"{said}train.robustness.augment is true but no perturbed features were given: pass --perturbed "
                 "data/features/train/perturbed.parquet (written by crlm perturb), or set augment: false"
             )
         rows = robustness.read_perturbed(perturbed)
@@ -353,13 +355,31 @@ def robustness_inputs(
             "rows_of_held_out_patients_not_used": int(rows[PATIENT_ID].isin(held_out).sum()),
         }
         print(
-            f"augmentation: {len(copies)} perturbed copies of {copies[PATIENT_ID].nunique()} training patients "
+            f"{said}augmentation: {len(copies)} perturbed copies of {copies[PATIENT_ID].nunique()} training patients "
             "(validation folds and the held-out split: original rows only)"
         )
         if copies.empty:
             notes["augmentation"]["note"] = f"no icc-* row of a training patient in {perturbed}: no augmentation"
-            print(notes["augmentation"]["note"])
+            print(f"{said}{notes['augmentation']['note']}")
     return RobustInputs(drop, copies, notes)
+
+
+def task_robustness_inputs(
+    settings: robustness.RobustnessSettings,
+    tasks: Sequence[str],
+    table: pd.DataFrame,
+    train_index: np.ndarray,
+    perturbed: Path | None,
+    icc: Path | None,
+) -> dict[str, RobustInputs]:
+    """`robustness_inputs` of every task under its own setting (`RobustnessSettings.for_task`)."""
+    if not any(settings.for_task(task).active for task in tasks):
+        if perturbed is not None or icc is not None:
+            print("train.robustness is off (icc_threshold: null, augment: false): --perturbed / --icc not read")
+        return {task: RobustInputs() for task in tasks}
+    return {
+        task: robustness_inputs(settings.for_task(task), table, train_index, perturbed, icc, task) for task in tasks
+    }
 
 
 NOVELTY_FLAG_RATE = "novelty_flag_rate"  # metrics.json notes.<task>: the chosen model's held-out flag rate
@@ -452,7 +472,7 @@ def run_train(
         plans[task] = training.plan_task(table, task, task_train, task_test, settings)
         for note in plans[task].notes:
             print(f"{task}: {note}")
-    robust = robustness_inputs(settings.robustness, table, train_index, perturbed, icc)
+    robust = task_robustness_inputs(settings.robustness, tasks, table, train_index, perturbed, icc)
     out.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / RUNS_FILE).unlink(missing_ok=True)  # run ids of an earlier run would be wrong
@@ -472,8 +492,9 @@ def run_train(
             for task, reason in skipped.items():
                 tags[f"skipped.{task}"] = reason[:5000]
             logged = {"train": as_dict(settings), "evaluate": as_dict(evaluate)}
-            if robust.notes:
-                logged["robustness"] = robust.params()
+            robust_params = {f"{task}.{k}": v for task, inputs in robust.items() for k, v in inputs.params().items()}
+            if robust_params:
+                logged["robustness"] = robust_params
             parent = stack.enter_context(tracking.pipeline_run("train", logged, tags))
             parent_id = parent.info.run_id
         metrics, fitted_tasks = _fit_and_write(
@@ -533,7 +554,7 @@ def _fit_and_write(
     out: Path,
     models_dir: Path,
     source: str,
-    robust: RobustInputs | None = None,
+    robust: dict[str, RobustInputs] | None = None,
 ) -> tuple[dict[str, Any], dict[str, tuple]]:
     """Fit, evaluate, plot and write every output of ``tasks``; return the metrics and, per task,
     (fitted task, predictors, chosen model) for tracking."""
@@ -551,7 +572,8 @@ def _fit_and_write(
         start = time.perf_counter()
         task_train, task_test = _task_table(table, task, train_index, test_index)
         plan = plans[task]
-        drop, copies = (robust.drop, robust.task_copies(table.iloc[task_train])) if robust else ((), None)
+        inputs = (robust or {}).get(task, RobustInputs())
+        drop, copies = inputs.drop, inputs.task_copies(table.iloc[task_train])
         fitted = training.fit_task(
             table,
             task,
@@ -565,7 +587,7 @@ def _fit_and_write(
             copies=copies,
         )
         if copies is not None:
-            robust.notes["augmentation"][task] = {
+            inputs.notes["augmentation"]["fitted"] = {
                 "rows": len(copies),
                 "patients": int(copies[PATIENT_ID].nunique()),
                 "of_training_patients": len(task_train),
@@ -644,8 +666,9 @@ def _fit_and_write(
                 )
             )
         fitted_tasks[task] = (fitted, predictors, best)
-    if robust is not None and robust.notes:
-        notes["robustness"] = robust.notes
+    robust_notes = {task: inputs.notes for task, inputs in (robust or {}).items() if inputs.notes}
+    if robust_notes:
+        notes["robustness"] = robust_notes
     metrics[NOTES] = notes
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     (out / "cv.json").write_text(json.dumps(chosen, indent=2, default=str))

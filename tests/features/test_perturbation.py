@@ -165,6 +165,43 @@ def test_record_round_trips_and_digest_is_stable():
     assert P.Perturbation.from_record(drawn.record()) == drawn
     assert drawn.digest() == P.Perturbation.from_record(drawn.record()).digest()
     assert drawn.name == "site-1"
+    # an icc perturbation has no blur: its record (and cache key) is what it was before blur existed
+    icc = P.draw_perturbations(P.RobustnessConfig(), "icc", 1, seed=3)[0]
+    assert "blur_sigma_mm" not in icc.record() and P.Perturbation.from_record(icc.record()) == icc
+
+
+def test_several_simulated_scanners_each_draw_their_own_magnitudes():
+    config = P.RobustnessConfig()
+    scanners = P.draw_perturbations(config, "site", 3, seed=13)
+    assert [p.name for p in scanners] == ["site-1", "site-2", "site-3"]
+    for field, (low, high) in [
+        ("blur_sigma_mm", config.site.blur_sigma_mm),
+        ("slice_thickness_factor", config.site.slice_thickness_factor),
+        ("noise_sd_hu", config.site.noise_sd_hu),
+        ("hu_offset", config.site.hu_offset),
+        ("contrast_scale", config.site.contrast_scale),
+    ]:
+        values = [getattr(p, field) for p in scanners]
+        assert all(low <= v <= high for v in values) and len(set(values)) == 3, (field, values)
+    assert P.draw_perturbations(config, "site", 3, seed=13) == scanners  # same seed, same scanners
+    assert P.draw_perturbations(config, "site", 1, seed=13) == scanners[:1]  # adding scanners keeps the first
+
+
+def test_blur_is_a_gaussian_of_the_given_width_in_mm():
+    """A point source blurred with sigma 2 mm on a 1 x 1 x 2 mm grid has variance 4 mm^2 along
+    every axis (the analytic Gaussian; sampled, within 2%), and keeps its total."""
+    values = np.zeros((21, 41, 41), np.float32)
+    values[10, 20, 20] = 1000.0
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    out = sitk.GetArrayFromImage(P.blur(image, 2.0)).astype(np.float64)
+    assert out.sum() == pytest.approx(1000.0, rel=1e-3)
+    for axis, spacing in [(0, 2.0), (1, 1.0), (2, 1.0)]:
+        profile = out.sum(axis=tuple(a for a in range(3) if a != axis))
+        position = (np.arange(profile.size) - profile.size // 2) * spacing
+        variance = float((profile * position**2).sum() / profile.sum())
+        assert variance == pytest.approx(4.0, rel=0.02), (axis, variance)
+    assert P.blur(image, 0.0) is image
 
 
 # ----------------------------------------------------------------------------- CaseOptions

@@ -184,3 +184,15 @@ def test_a_lesion_the_selected_extraction_cannot_handle_gets_pyradiomics_error()
     (row,) = radiomics.lesion_rows(image, mask, (2,), reduced)
     (full,) = radiomics.lesion_rows(image, mask, (2,), radiomics.ExtractionSettings(params, 10.0))
     assert row["error"].startswith("pyradiomics:") and row["error"] == full["error"]
+
+
+def test_a_complex_feature_value_from_rounding_is_its_real_part_and_otherwise_missing():
+    """pyradiomics' GLCM Imc2 is ``(1 - e^(-2 (HXY2 - HXY))) ** 0.5``: a radicand rounded a hair
+    below 0 makes Python return a complex number (seen on perturbed synthetic lesions,
+    2026-12-02). The exact value is 0; a real imaginary part is not rounding and gives NaN."""
+    rounded = (1 - np.e ** (-2 * (-5e-13))) ** 0.5  # what pyradiomics computes for HXY2 - HXY = -5e-13
+    assert isinstance(rounded, complex)
+    assert radiomics.feature_value(rounded) == pytest.approx(0.0, abs=1e-15)
+    assert radiomics.feature_value(np.complex128(0.42 + 1e-9j)) == 0.42
+    assert np.isnan(radiomics.feature_value(0.5 + 0.2j))
+    assert radiomics.feature_value(np.float32(0.25)) == 0.25 and radiomics.feature_value(np.array(3.0)) == 3.0

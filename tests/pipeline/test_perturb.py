@@ -24,9 +24,7 @@ def perturbed(synthetic_cohort, tmp_path_factory):
     config["cache_dir"] = str(root / "cache")
     (root / "extraction.yaml").write_text(yaml.safe_dump(config))
     (root / "params.yaml").write_text(
-        yaml.safe_dump(
-            {"robustness": {"patients": 3, "perturbations": 2, "seed": 1, "jobs": 1, "site_perturbation": True}}
-        )
+        yaml.safe_dump({"robustness": {"patients": 3, "perturbations": 2, "seed": 1, "jobs": 1, "site_scanners": 2}})
     )
     cohort = synthetic_cohort / "clinical.csv"
     common = ["--radiomics", str(root / "radiomics.yaml"), "--config", str(root / "extraction.yaml")]
@@ -59,7 +57,8 @@ def test_perturb_writes_featurize_columns_per_perturbation_and_nan_icc_for_a_tin
     table = pd.read_parquet(root / "perturbed.parquet")
     assert list(table.columns) == [PATIENT_ID, PERTURBATION, *features.columns[1:]]
     counts = table[PERTURBATION].value_counts().to_dict()
-    assert counts == {"icc-1": 3, "icc-2": 3, "site-1": len(features)}  # site: every training patient
+    n = len(features)
+    assert counts == {"icc-1": 3, "icc-2": 3, "site-1": n, "site-2": n}  # each scanner: every training patient
     # site B's 5 mm slices made 7-9 mm thick can lose a small lesion: that patient gets the status
     # and missing imaging values for that perturbation, never a half-filled row
     assert set(table[STATUS]) <= {OK, PERTURBATION_FAILED}
@@ -72,6 +71,10 @@ def test_perturb_writes_featurize_columns_per_perturbation_and_nan_icc_for_a_tin
     kept = (site[STATUS] == OK).to_numpy()
     assert kept.sum() >= 2
     assert not np.allclose(site[column].to_numpy(float)[kept], features[column].to_numpy(float)[kept])
+    # two scanners, two different images of the same patients
+    other = table.loc[table[PERTURBATION] == "site-2"].set_index(PATIENT_ID).loc[features[PATIENT_ID]]
+    both = kept & (other[STATUS] == OK).to_numpy()
+    assert not np.allclose(site[column].to_numpy(float)[both], other[column].to_numpy(float)[both])
     np.testing.assert_array_equal(site["age_years"].to_numpy(), features["age_years"].to_numpy())
     icc = pd.read_csv(root / "icc.csv")
     assert list(icc.columns) == list(ICC_COLUMNS)
@@ -82,7 +85,7 @@ def test_perturb_writes_featurize_columns_per_perturbation_and_nan_icc_for_a_tin
 
 
 def test_the_site_chain_is_extracted_only_when_asked(perturbed, tmp_path, capsys):
-    """The default run does not choose, so by default no site-1 rows (400 extractions fewer);
+    """The default run does not choose, so by default no site-k rows (1,200 extractions fewer);
     crlm choose-robustness on such a table stops and names the setting that gives them."""
     root, command = perturbed
     params = tmp_path / "params.yaml"
@@ -103,7 +106,7 @@ def test_the_site_chain_is_extracted_only_when_asked(perturbed, tmp_path, capsys
     ]
     assert main(choose) == 2
     said = capsys.readouterr().err
-    assert str(out) in said and "no site-1 rows" in said and "robustness.site_perturbation: true" in said
+    assert str(out) in said and "no site-k rows" in said and "robustness.site_scanners: 3" in said
     assert not (tmp_path / "choice").exists()
 
 
@@ -136,3 +139,11 @@ def test_robustness_block_is_validated(tmp_path, capsys):
     params.write_text(yaml.safe_dump({"robustness": {"patient": 10, "perturbations": 4, "seed": 1, "jobs": 1}}))
     assert main(["perturb", "--cohort", str(tmp_path / "x.csv"), "--params", str(params)]) == 2
     assert "did you mean 'patients'" in capsys.readouterr().err
+    block = {"patients": 10, "perturbations": 4, "seed": 1, "jobs": 1}
+    params.write_text(yaml.safe_dump({"robustness": {**block, "site_perturbation": True}}))  # before 2026-12-02
+    assert main(["perturb", "--cohort", str(tmp_path / "x.csv"), "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert "site_perturbation was replaced by site_scanners" in err and "site_scanners: 3" in err
+    params.write_text(yaml.safe_dump({"robustness": {**block, "site_scanners": -1}}))
+    assert main(["perturb", "--cohort", str(tmp_path / "x.csv"), "--params", str(params)]) == 2
+    assert "site_scanners: -1" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from models import registry, robustness, training
 from pipeline.cli import main
 from pipeline.train import run_train
 from tests.conftest import SMALL_TRAIN
-from tests.models.test_robustness import K_ICC, NOISE, planted_cohort
+from tests.models.test_robustness import K_ICC, NOISE, SITE_SCANNERS, planted_cohort
 
 EVALUATE = {"bootstrap": 20, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}
 
@@ -47,17 +47,20 @@ def test_train_drops_unstable_columns_and_adds_training_copies(tmp_path, inputs,
         perturbed=inputs / "perturbed.parquet",
         icc=inputs / "icc.csv",
     )
-    notes = metrics["notes"]["robustness"]
-    assert notes["icc_filter"]["applied"]
-    assert notes["icc_filter"]["kept"] == {"original": 2 + NOISE} and notes["icc_filter"]["dropped"] == {"original": 2}
     split = pd.read_csv(tmp_path / "out" / "split.csv", dtype={"patient_id": str})
     n_train = int((split["split"] == "train").sum())
+    assert set(metrics["notes"]["robustness"]) == set(training.TASKS)
     for task in training.TASKS:
-        assert notes["augmentation"][task]["rows"] == K_ICC * notes["augmentation"][task]["of_training_patients"]
-        assert notes["augmentation"][task]["of_training_patients"] <= n_train
-    assert notes["augmentation"]["rows_of_held_out_patients_not_used"] == (K_ICC + 1) * (len(split) - n_train)
+        notes = metrics["notes"]["robustness"][task]
+        assert notes["icc_filter"]["applied"]
+        assert notes["icc_filter"]["kept"] == {"original": 2 + NOISE}
+        assert notes["icc_filter"]["dropped"] == {"original": 2}
+        fitted = notes["augmentation"]["fitted"]
+        assert fitted["rows"] == K_ICC * fitted["of_training_patients"] and fitted["of_training_patients"] <= n_train
+        held_out_rows = (K_ICC + SITE_SCANNERS) * (len(split) - n_train)
+        assert notes["augmentation"]["rows_of_held_out_patients_not_used"] == held_out_rows
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())["notes"]["robustness"]
-    assert on_disk["icc_filter"]["dropped"] == {"original": 2}
+    assert on_disk["response"]["icc_filter"]["dropped"] == {"original": 2}
     predictor = joblib.load(tmp_path / "out" / "models" / registry.predictor_file("response", "logistic"))
     assert not {"rad_unstable_rec", "rad_unstable_resp"} & set(predictor.feature_columns)
     assert "kept 8 of 10 imaging columns" in capsys.readouterr().out
@@ -76,7 +79,7 @@ def test_too_few_icc_patients_trains_without_the_filter_and_says_so(tmp_path, in
         track=False,
         icc=tmp_path / "icc.csv",
     )
-    notes = metrics["notes"]["robustness"]
+    notes = metrics["notes"]["robustness"]["response"]
     assert not notes["icc_filter"]["applied"] and "augmentation" not in notes
     assert "8 training patients with lesions (at least 10 needed)" in notes["icc_filter"]["note"]
     assert "ICC filter not applied" in capsys.readouterr().out
@@ -100,13 +103,18 @@ def test_choose_robustness_writes_the_table_and_the_choice(tmp_path, inputs, cap
     params = _params(tmp_path, {})
     argv = ["choose-robustness", "--features", str(inputs / "features.parquet"), "--out", str(tmp_path / "choice")]
     argv += ["--perturbed", str(inputs / "perturbed.parquet"), "--icc", str(inputs / "icc.csv")]
-    assert main([*argv, "--params", str(params), "--thresholds", "0.75", "--task", "response"]) == 0
+    assert (
+        main([*argv, "--params", str(params), "--thresholds", "0.75", "--task", "response", "--tolerance", "0.05"]) == 0
+    )
     table = pd.read_csv(tmp_path / "choice" / "robustness_choice.csv")
     assert len(table) == 4 and set(table["task"]) == {"response"}
     record = json.loads((tmp_path / "choice" / "robustness_choice.json").read_text())
-    assert record["chosen"] != {"icc_threshold": None, "augment": False}
-    assert "no external cohort" in record["data"]
-    assert "icc_threshold:" in capsys.readouterr().out
+    assert list(record["chosen"]["tasks"]) == ["response"]
+    assert record["chosen"]["tasks"]["response"] != {"icc_threshold": None, "augment": False}, record["why"]
+    assert "no external cohort" in record["data"] and "one standard error" in record["rule"]
+    assert (table["n_site_scanners"] == SITE_SCANNERS).all()
+    said = capsys.readouterr().out
+    assert "      tasks:\n        response: {icc_threshold: " in said, said
 
 
 def test_clinical_only_cohort_with_the_default_icc_threshold_trains_without_an_icc_table(tmp_path, inputs, capsys):
@@ -118,7 +126,7 @@ def test_clinical_only_cohort_with_the_default_icc_threshold_trains_without_an_i
     clinical.to_parquet(tmp_path / "clinical.parquet")
     params = _params(tmp_path, {"icc_threshold": 0.5, "augment": False})
     metrics = run_train(tmp_path / "clinical.parquet", tmp_path / "out", None, params, ("response",), track=False)
-    notes = metrics["notes"]["robustness"]
+    notes = metrics["notes"]["robustness"]["response"]
     assert notes["icc_filter"] is None and "no imaging columns" in notes["icc_filter_note"]
     assert "the ICC filter does not apply" in capsys.readouterr().out
 
@@ -127,3 +135,19 @@ def test_imaging_cohort_with_an_icc_threshold_and_no_icc_table_stops_with_the_fi
     params = _params(tmp_path, {"icc_threshold": 0.5, "augment": False})
     with pytest.raises(ValueError, match="pass --icc data/features/train/icc.csv"):
         run_train(inputs / "features.parquet", tmp_path / "out", None, params, ("response",), track=False)
+
+
+def test_a_per_task_setting_filters_that_task_only(tmp_path, inputs, capsys):
+    """What crlm choose-robustness prints (``tasks:``) trains as it says: the response models
+    lose the unstable columns, the recurrence models keep them."""
+    params = _params(tmp_path, {"tasks": {"response": {"icc_threshold": 0.75}}})
+    metrics = run_train(
+        inputs / "features.parquet", tmp_path / "out", None, params, training.TASKS, track=False, icc=inputs / "icc.csv"
+    )
+    assert set(metrics["notes"]["robustness"]) == {"response"}
+    said = capsys.readouterr().out
+    assert "response: ICC filter" in said and "kept 8 of 10 imaging columns" in said and "recurrence: ICC" not in said
+    for task, name in [("response", "logistic"), ("recurrence", registry.MODELS["recurrence"][0])]:
+        columns = set(joblib.load(tmp_path / "out" / "models" / registry.predictor_file(task, name)).feature_columns)
+        unstable = {"rad_unstable_rec", "rad_unstable_resp"} & columns
+        assert unstable == (set() if task == "response" else {"rad_unstable_rec", "rad_unstable_resp"}), (task, columns)
