@@ -310,14 +310,17 @@ def robustness_inputs(
     perturbed: Path | None,
     icc: Path | None,
     task: str = "",
+    read: dict[str, pd.DataFrame] | None = None,
 ) -> RobustInputs:
     """Read and apply ``crlm perturb``'s outputs as ``train.robustness`` asks for ``task``
     (``RobustnessSettings.for_task``; docs/robustness.md).
 
     Off (the default): nothing is read. The ICC filter needs ``icc``, augmentation ``perturbed``;
-    only training-split patients' ``icc-*`` copies are taken.
+    only training-split patients' ``icc-*`` copies are taken. ``read``: tables already read by
+    an earlier task (filled here), so that each file is read once per run.
     """
     said = f"{task}: " if task else ""
+    read = {} if read is None else read
     if not settings.active:
         return RobustInputs()
     notes: dict[str, Any] = {"icc_threshold": settings.icc_threshold, "augment": settings.augment}
@@ -333,7 +336,9 @@ def robustness_inputs(
                 f"{said}train.robustness.icc_threshold is {settings.icc_threshold} but no ICC table was given: "
                 "pass --icc data/features/train/icc.csv (written by crlm perturb), or set icc_threshold: null"
             )
-        icc_table = robustness.read_icc(icc)
+        if "icc" not in read:
+            read["icc"] = robustness.read_icc(icc)
+        icc_table = read["icc"]
         applied = robustness.icc_filter(icc_table, settings.icc_threshold, list(table.columns), source=str(icc))
         print(f"{said}{applied.note}")
         drop = applied.dropped
@@ -345,7 +350,9 @@ def robustness_inputs(
                 f"{said}train.robustness.augment is true but no perturbed features were given: pass --perturbed "
                 "data/features/train/perturbed.parquet (written by crlm perturb), or set augment: false"
             )
-        rows = robustness.read_perturbed(perturbed)
+        if "perturbed" not in read:
+            read["perturbed"] = robustness.read_perturbed(perturbed)
+        rows = read["perturbed"]
         train_ids = table.iloc[train_index][PATIENT_ID].astype(str)
         copies = robustness.perturbed_rows(table, rows, train_ids, chain=robustness.ICC_CHAIN)
         held_out = set(rows[PATIENT_ID]) - set(train_ids)
@@ -377,8 +384,10 @@ def task_robustness_inputs(
         if perturbed is not None or icc is not None:
             print("train.robustness is off (icc_threshold: null, augment: false): --perturbed / --icc not read")
         return {task: RobustInputs() for task in tasks}
+    read: dict[str, pd.DataFrame] = {}
     return {
-        task: robustness_inputs(settings.for_task(task), table, train_index, perturbed, icc, task) for task in tasks
+        task: robustness_inputs(settings.for_task(task), table, train_index, perturbed, icc, task, read)
+        for task in tasks
     }
 
 
