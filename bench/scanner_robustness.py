@@ -323,7 +323,9 @@ def perturbed_features(
     return folder / "perturbed.parquet", folder / "icc.csv"
 
 
-def choose_on_site_a(table: Path, perturbed: Path, icc: Path, params_path: Path, out: Path) -> dict[str, Any]:
+def choose_on_site_a(
+    table: Path, perturbed: Path, icc: Path, params_path: Path, out: Path, jobs: int = 1
+) -> dict[str, Any]:
     """``crlm choose-robustness``'s functions on site A's training split (the split run_train takes):
     `models.robustness_choice.site_shift_cv`, then `choose`. Site B and C are never read."""
     from models import robustness, robustness_choice, training
@@ -339,12 +341,15 @@ def choose_on_site_a(table: Path, perturbed: Path, icc: Path, params_path: Path,
     train_index, _ = training.split_patients(table_a, settings.test_fraction, settings.seed, TASKS)
     options = robustness_choice.candidates(DEFAULT_THRESHOLDS)
     start = time.perf_counter()
-    results = robustness_choice.site_shift_cv(
-        table_a, robustness.read_perturbed(perturbed), robustness.read_icc(icc), options, settings, train_index, TASKS
-    )
+    scores = robustness_choice.site_shift_scores(
+        table_a, robustness.read_perturbed(perturbed), robustness.read_icc(icc), options, settings, train_index, TASKS,
+        jobs=jobs,
+    )  # fmt: skip
+    results = robustness_choice.summarise(scores)
     choice = robustness_choice.choose(results)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "robustness_choice.csv", index=False)
+    scores.to_csv(out / "robustness_choice_folds.csv", index=False)
     value = {
         "chosen": choice.params(),
         "why": choice.sentence(),
@@ -487,7 +492,9 @@ def run_one(
         robust_inputs = {"perturbed": perturbed, "icc": icc}
     if setup.choose:
         log(f"seed {seed_index} {candidate}: choose train.robustness on site A's training split")
-        choice = quiet(choose_on_site_a, tables["A"], perturbed, icc, params_file(run, setup.train), run / "choice")
+        choice = quiet(
+            choose_on_site_a, tables["A"], perturbed, icc, params_file(run, setup.train), run / "choice", args.jobs
+        )
         log(f"seed {seed_index} {candidate}: chose {choice['why']}")
         setup.train = {**setup.train, "robustness": choice["chosen"]}
         setup.notes.append(f"{candidate}, seed {seed_index}: chose {choice['why']}")

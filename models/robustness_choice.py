@@ -1,8 +1,8 @@
 """Choosing ``train.robustness`` on the training site only (issue 13 item 4; docs/robustness.md, "choice").
 
 Each candidate (an ICC threshold or none, augmentation or not) runs the same patient-grouped,
-stratified CV of the training split with one fixed small model per task; every validation fold
-is scored on its patients' original rows (same site) and on their ``site-k`` rows, one score per
+stratified CV of the training split with every model family of the task at one grid point, and
+is summarised by the family ``crlm train`` would pick under it; every validation fold is scored on its patients' original rows (same site) and on their ``site-k`` rows, one score per
 simulated other scanner of ``crlm perturb`` (``robustness.site_scanners``), averaged over the
 scanners (site shift). The choice is made per task (`choose`): a filter that helps one task can
 cost the other. Site B and any external cohort are never read.
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed, parallel_config
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -35,6 +36,7 @@ RESULT_COLUMNS = (
     "augment",
     "task",
     "metric",
+    "family",
     "n_imaging_inputs",
     "same_site_mean",
     "same_site_sd",
@@ -72,7 +74,7 @@ def candidates(thresholds: Sequence[float | None]) -> list[Candidate]:
     return [Candidate(t, a) for t in levels for a in (False, True)]
 
 
-def _score(task: str, model: Pipeline, X: pd.DataFrame, y) -> float:
+def _score(task: str, model: Any, X: Any, y) -> float:
     """C-index (recurrence; Harrell's) or ROC AUC (response); NaN if the fold cannot give one."""
     try:
         if task == RECURRENCE:
@@ -86,9 +88,10 @@ def _score(task: str, model: Pipeline, X: pd.DataFrame, y) -> float:
         return math.nan
 
 
-def _model(task: str, table: pd.DataFrame, columns: list[str], settings: training.TrainSettings, n_fit: int):
-    """The fixed small model of a task: its preferred family at the first point of its grid,
-    ``k`` = the smallest of ``k_features`` (capped at half the fold's training patients)."""
+def _preprocessing(table: pd.DataFrame, columns: list[str], settings: training.TrainSettings, n_fit: int) -> Pipeline:
+    """The pre-processing and selection every family of a task shares, as ``crlm train`` builds it
+    (`models.preprocessing.feature_pipeline`), with ``k`` = the smallest of ``k_features`` (capped at
+    half the fold's training patients): fitted once per fold, then each family on its output."""
     numeric, categorical = preprocessing.split_feature_types(table, columns)
     imaging = [c for c in numeric if c.startswith(IMAGING_PREFIXES)]
     select_among = settings.select_among if imaging else "all"
@@ -96,13 +99,34 @@ def _model(task: str, table: pd.DataFrame, columns: list[str], settings: trainin
     steps = preprocessing.feature_pipeline(
         numeric, categorical, settings.correlation_threshold, k, imaging=imaging, select_among=select_among
     )
-    name = registry.MODELS[task][0]
-    model = Pipeline([*steps, ("model", registry.family(task, name).estimator(settings.seed))])
-    first = {f"model__{key}": values[0] for key, values in settings.grids.get(name, {}).items()}
-    return model.set_params(**first), numeric, categorical
+    return Pipeline(steps)
 
 
-def site_shift_cv(
+def _estimator(task: str, name: str, settings: training.TrainSettings):
+    """The fixed small model of family ``name``: the first point of its grid (params.yaml ``train.grids``)."""
+    first = {key: values[0] for key, values in settings.grids.get(name, {}).items()}
+    return registry.family(task, name).estimator(settings.seed).set_params(**first)
+
+
+FOLD_COLUMNS = (
+    "candidate",
+    "icc_threshold",
+    "augment",
+    "task",
+    "metric",
+    "family",
+    "n_imaging_inputs",
+    "n_site_patients",
+    "repeat",
+    "fold",
+    "scanner",
+    "score",
+    "seconds",
+)
+SAME_SITE = "same-site"  # the ``scanner`` of a fold's score on its patients' original rows
+
+
+def site_shift_scores(
     table: pd.DataFrame,
     perturbed: pd.DataFrame,
     icc: pd.DataFrame | None,
@@ -110,17 +134,26 @@ def site_shift_cv(
     settings: training.TrainSettings,
     train_index: np.ndarray,
     tasks: Sequence[str] = TASKS,
+    repeats: int = 1,
+    jobs: int = 1,
 ) -> pd.DataFrame:
-    """Per candidate and task: mean and SD over CV folds of the training split of the same-site
-    score and of the site-shift score (per fold, the mean over the simulated scanners ``site-k``
-    of the score on the validation patients' rows from that scanner), and the worst scanner's
-    mean over folds; `RESULT_COLUMNS`.
+    """Every validation score of the site-shift CV, one row per candidate, task, repeat, fold and
+    scanner (`FOLD_COLUMNS`): ``scanner`` is `SAME_SITE` for the fold's patients' original rows, or
+    ``site-k`` for their rows from that simulated other scanner of ``crlm perturb``
+    (``robustness.site_scanners``). ``seconds``: the candidate's time for the task, on each row.
 
     ``train_index``: positions in ``table`` of the training split; nothing else is read. Folds are
-    by patient, stratified by the outcome as in `training.fit_task`, the same for every
-    candidate; copies (``augment``) join the training side with their patient only. A validation
-    patient without an ok ``site-k`` row counts for the other scores only.
+    by patient, stratified by the outcome as in `training.fit_task`, the same for every candidate
+    (repeat ``r`` shuffles with ``settings.seed + r``, so repeat 0 is the single CV's folds); copies
+    (``augment``) join the training side with their patient only. A validation patient without an
+    ok ``site-k`` row counts for the other scores only. Every family of the task
+    (`models.registry.MODELS`) is scored (`summarise` picks one per candidate). ``jobs``: candidates
+    scored in parallel processes (-1: all cores; the same scores for any value).
     """
+    if repeats < 1:
+        raise ValueError(
+            f"repeats: {repeats}; expected at least 1 (each repeat is one more {settings.cv_folds}-fold CV)"
+        )
     rows = []
     train_ids = table.iloc[train_index][s.PATIENT_ID].astype(str)
     for task in tasks:
@@ -131,71 +164,169 @@ def site_shift_cv(
         build = outcomes.recurrence_outcome if task == RECURRENCE else outcomes.response_outcome
         y = build(train)
         strata = y["event"] if task == RECURRENCE else y
-        folds = StratifiedKFold(n_splits=settings.cv_folds, shuffle=True, random_state=settings.seed)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The least populated class")
-            splits = list(folds.split(np.zeros(len(y)), strata))
+        splits = []
+        for repeat in range(repeats):
+            folds = StratifiedKFold(n_splits=settings.cv_folds, shuffle=True, random_state=settings.seed + repeat)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The least populated class")
+                splits += [(repeat, fold, *pair) for fold, pair in enumerate(folds.split(np.zeros(len(y)), strata))]
         site = robustness.perturbed_rows(train, perturbed, ids, chain=robustness.SITE_CHAIN)
         scanners = sorted(site[s.PERTURBATION].unique(), key=lambda name: int(name.rsplit("-", 1)[1]))
         copies = robustness.perturbed_rows(train, perturbed, train_ids, chain=robustness.ICC_CHAIN)
-        owner = pd.Series(np.arange(len(train)), index=ids)
         base_columns = training.feature_columns(train, task)
+        work = {
+            "task": task, "train": train, "y": y, "splits": splits, "site": site, "scanners": scanners,
+            "copies": copies, "base_columns": base_columns, "icc": icc, "settings": settings,
+        }  # fmt: skip
         for option in options:
-            start = time.perf_counter()
-            columns = base_columns
-            if option.icc_threshold is not None:
-                if icc is None:
-                    raise ValueError(f"candidate {option.name} needs the ICC table (crlm perturb's icc.csv)")
-                applied = robustness.icc_filter(icc, option.icc_threshold, base_columns)
-                columns = [c for c in base_columns if c not in applied.dropped]
-            same, shifted = [], []
-            by_scanner: dict[str, list[float]] = {name: [] for name in scanners}
-            for fit_rows, val_rows in splits:
-                X = training.model_frame(train.iloc[fit_rows], columns)
-                y_fit = y[fit_rows]
-                if option.augment and len(copies):
-                    mine = copies.loc[copies[s.PATIENT_ID].isin(set(ids[fit_rows]))]
-                    X = pd.concat([X, training.model_frame(mine, columns)], ignore_index=True)
-                    y_fit = np.concatenate([y_fit, y[owner.loc[mine[s.PATIENT_ID]].to_numpy()]])
-                model, _, _ = _model(task, train, columns, settings, len(fit_rows))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model.fit(X, y_fit)
-                validation = train.iloc[val_rows]
-                same.append(_score(task, model, training.model_frame(validation, columns), y[val_rows]))
-                val_ids = set(ids[val_rows])
-                fold_scores = []
-                for name in scanners:
-                    other = site.loc[(site[s.PERTURBATION] == name) & site[s.PATIENT_ID].isin(val_ids)]
-                    score = math.nan
-                    if len(other):
-                        y_other = y[owner.loc[other[s.PATIENT_ID]].to_numpy()]
-                        score = _score(task, model, training.model_frame(other, columns), y_other)
-                    by_scanner[name].append(score)
-                    fold_scores.append(score)
-                if np.isfinite(fold_scores).any():
-                    shifted.append(float(np.nanmean(fold_scores)))
-            worst = [float(np.nanmean(v)) for v in by_scanner.values() if np.isfinite(v).any()]
-            rows.append(
+            if option.icc_threshold is not None and icc is None:
+                raise ValueError(f"candidate {option.name} needs the ICC table (crlm perturb's icc.csv)")
+        with parallel_config(backend="loky", inner_max_num_threads=1):
+            done = Parallel(n_jobs=jobs)(delayed(_candidate_scores)(option, **work) for option in options)
+        rows += [row for part in done for row in part]
+    return pd.DataFrame(rows, columns=list(FOLD_COLUMNS))
+
+
+def _candidate_scores(
+    option: Candidate,
+    task: str,
+    train: pd.DataFrame,
+    y,
+    splits: list,
+    site: pd.DataFrame,
+    scanners: list[str],
+    copies: pd.DataFrame,
+    base_columns: list[str],
+    icc: pd.DataFrame | None,
+    settings: training.TrainSettings,
+) -> list[dict[str, Any]]:
+    """`site_shift_scores`' rows of one candidate and task."""
+    start = time.perf_counter()
+    ids = train[s.PATIENT_ID].astype(str).to_numpy()
+    owner = pd.Series(np.arange(len(train)), index=ids)
+    columns = base_columns
+    if option.icc_threshold is not None:
+        applied = robustness.icc_filter(icc, option.icc_threshold, base_columns)
+        columns = [c for c in base_columns if c not in applied.dropped]
+    rows = []
+    for repeat, fold, fit_rows, val_rows in splits:
+        X = training.model_frame(train.iloc[fit_rows], columns)
+        y_fit = y[fit_rows]
+        if option.augment and len(copies):
+            mine = copies.loc[copies[s.PATIENT_ID].isin(set(ids[fit_rows]))]
+            X = pd.concat([X, training.model_frame(mine, columns)], ignore_index=True)
+            y_fit = np.concatenate([y_fit, y[owner.loc[mine[s.PATIENT_ID]].to_numpy()]])
+        validation = training.model_frame(train.iloc[val_rows], columns)
+        val_ids = set(ids[val_rows])
+        others = {}
+        for name in scanners:
+            other = site.loc[(site[s.PERTURBATION] == name) & site[s.PATIENT_ID].isin(val_ids)]
+            others[name] = (training.model_frame(other, columns), y[owner.loc[other[s.PATIENT_ID]].to_numpy()])
+        fitted = _preprocessing(train, columns, settings, len(fit_rows))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                X_fit = fitted.fit_transform(X, y_fit)
+            inputs = {SAME_SITE: (fitted.transform(validation), y[val_rows])}
+            inputs |= {
+                name: (fitted.transform(X_other), y_other)
+                for name, (X_other, y_other) in others.items()
+                if len(X_other)
+            }
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, FloatingPointError):
+            X_fit, inputs = None, {}  # the shared pre-processing cannot be fitted on this fold: no score
+        for family in registry.MODELS[task]:
+            model = None
+            if X_fit is not None:
+                model = _estimator(task, family, settings)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model.fit(X_fit, y_fit)
+                except (ValueError, ArithmeticError, np.linalg.LinAlgError, FloatingPointError):
+                    model = None  # this family cannot be fitted on this fold: no score
+            scores = {}
+            for name in [SAME_SITE, *others]:
+                fine = model is not None and name in inputs
+                scores[name] = _score(task, model, *inputs[name]) if fine else math.nan
+            rows += [
+                {"family": family, "repeat": repeat, "fold": fold, "scanner": name, "score": value}
+                for name, value in scores.items()
+            ]
+    described = {
+        "candidate": option.name,
+        "icc_threshold": option.icc_threshold,
+        "augment": option.augment,
+        "task": task,
+        "metric": registry.PRIMARY_METRIC[task],
+        "n_imaging_inputs": sum(c.startswith(IMAGING_PREFIXES) for c in columns),
+        "n_site_patients": int(site[s.PATIENT_ID].nunique()),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return [{**described, **row} for row in rows]
+
+
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per candidate and task (`RESULT_COLUMNS`), the scores of the family ``crlm train`` would
+    pick under that candidate: the best mean same-site score (ties: the registry's preference
+    order, as `pipeline.train.best_model`). Its mean and SD over folds (all repeats) of the
+    same-site score and of the site-shift score (per fold, the mean over the simulated scanners),
+    and the worst scanner's mean over folds."""
+    rows = []
+    for (task, name), mine in scores.groupby(["task", "candidate"], sort=False):
+        per_family = []
+        for family in registry.MODELS[task]:
+            theirs = mine.loc[mine["family"] == family]
+            if theirs.empty:
+                continue
+            same = theirs.loc[theirs["scanner"] == SAME_SITE, "score"].to_numpy(float)
+            other = theirs.loc[theirs["scanner"] != SAME_SITE]
+            shifted = other.groupby(["repeat", "fold"])["score"].mean().dropna().to_numpy(float)
+            per_scanner = other.groupby("scanner")["score"].mean().dropna()
+            per_family.append(
                 {
-                    "candidate": option.name,
-                    "icc_threshold": option.icc_threshold,
-                    "augment": option.augment,
-                    "task": task,
-                    "metric": registry.PRIMARY_METRIC[task],
-                    "n_imaging_inputs": sum(c.startswith(IMAGING_PREFIXES) for c in columns),
+                    "family": family,
                     "same_site_mean": _mean(same),
                     "same_site_sd": _sd(same),
                     "site_shift_mean": _mean(shifted),
                     "site_shift_sd": _sd(shifted),
-                    "site_shift_worst": min(worst) if worst else math.nan,
-                    "n_folds": len(splits),
-                    "n_site_scanners": len(scanners),
-                    "n_site_patients": int(site[s.PATIENT_ID].nunique()),
-                    "seconds": round(time.perf_counter() - start, 2),
+                    "site_shift_worst": float(per_scanner.min()) if len(per_scanner) else math.nan,
+                    "n_folds": len(same),
+                    "n_site_scanners": int(other["scanner"].nunique()),
                 }
             )
+        fitted = [f for f in per_family if np.isfinite(f["same_site_mean"])] or per_family
+        picked = max(fitted, key=lambda f: f["same_site_mean"] if np.isfinite(f["same_site_mean"]) else -math.inf)
+        first = mine.iloc[0]
+        rows.append(
+            {
+                "candidate": name,
+                "icc_threshold": first["icc_threshold"],
+                "augment": first["augment"],
+                "task": task,
+                "metric": first["metric"],
+                **picked,
+                "n_imaging_inputs": first["n_imaging_inputs"],
+                "n_site_patients": first["n_site_patients"],
+                "seconds": first["seconds"],
+            }
+        )
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def site_shift_cv(
+    table: pd.DataFrame,
+    perturbed: pd.DataFrame,
+    icc: pd.DataFrame | None,
+    options: Sequence[Candidate],
+    settings: training.TrainSettings,
+    train_index: np.ndarray,
+    tasks: Sequence[str] = TASKS,
+    repeats: int = 1,
+    jobs: int = 1,
+) -> pd.DataFrame:
+    """`summarise` of `site_shift_scores` (`RESULT_COLUMNS`)."""
+    return summarise(site_shift_scores(table, perturbed, icc, options, settings, train_index, tasks, repeats, jobs))
 
 
 def _mean(values: Sequence[float]) -> float:

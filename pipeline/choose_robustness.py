@@ -19,10 +19,12 @@ from typing import Any
 import pandas as pd
 
 from features.schema import PERTURBATION, SITE_CHAIN, STATUS
+from features.settings import check_jobs
 from models import robustness, robustness_choice, training
 from pipeline.settings import load_params
 
 CHOICE_TABLE = "robustness_choice.csv"
+FOLD_TABLE = "robustness_choice_folds.csv"
 CHOICE_FILE = "robustness_choice.json"
 DEFAULT_THRESHOLDS = (0.5, 0.75, 0.9)
 
@@ -36,12 +38,20 @@ def run_choose(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     tolerance: float = robustness_choice.TOLERANCE,
     tasks: Sequence[str] = training.TASKS,
+    repeats: int = 1,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Score every candidate (``thresholds`` and no filter, each with and without augmentation)
     and choose; return what ``robustness_choice.json`` holds."""
     for value in thresholds:
         if not 0 < value < 1:
             raise ValueError(f"--thresholds: {value}; expected ICC values between 0 and 1, e.g. 0.75")
+    if repeats < 1:
+        raise ValueError(f"--repeats: {repeats}; expected at least 1 (each repeat is one train.cv_folds-fold CV)")
+    try:
+        check_jobs(jobs)
+    except ValueError as exc:
+        raise ValueError(f"--jobs: {exc}") from None
     if not 0 <= tolerance < 1:
         raise ValueError(f"--tolerance: {tolerance}; expected a small score difference, e.g. 0.01")
     settings = load_params(params_path, "train").train
@@ -63,11 +73,15 @@ def run_choose(
         )
     options = robustness_choice.candidates(thresholds)
     start = time.perf_counter()
-    results = robustness_choice.site_shift_cv(table, perturbed_table, icc_table, options, settings, train_index, tasks)
+    scores = robustness_choice.site_shift_scores(
+        table, perturbed_table, icc_table, options, settings, train_index, tasks, repeats=repeats, jobs=jobs
+    )
+    results = robustness_choice.summarise(scores)
     seconds = time.perf_counter() - start
     choice = robustness_choice.choose(results, tolerance)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / CHOICE_TABLE, index=False)
+    scores.to_csv(out / FOLD_TABLE, index=False)
     record = {
         "chosen": choice.params(),
         "why": choice.why,

@@ -220,9 +220,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_choose_robustness(args: argparse.Namespace) -> int:
     from pipeline.choose_robustness import run_choose
+    from pipeline.settings import load_params
 
     tasks = ("recurrence", "response") if args.task == "all" else (args.task,)
-    run_choose(args.features, args.perturbed, args.icc, args.params, args.out, args.thresholds, args.tolerance, tasks)
+    run_choose(
+        args.features, args.perturbed, args.icc, args.params, args.out, args.thresholds, args.tolerance, tasks,
+        repeats=args.repeats, jobs=args.jobs if args.jobs is not None else load_params(args.params, "train").train.jobs,
+    )  # fmt: skip
     return 0
 
 
@@ -489,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=0.01, help="same-site CV score a candidate may give up (default 0.01)"
     )
     cho.add_argument("--task", choices=("recurrence", "response", "all"), default="all", help="tasks scored")
+    cho.add_argument(
+        "--repeats", type=int, default=1, help="repeats of the train.cv_folds-fold CV, each reshuffled (default 1)"
+    )
+    cho.add_argument("--jobs", type=_jobs, default=None, help="candidates scored in parallel (default: train.jobs)")
     cho.set_defaults(func=cmd_choose_robustness)
 
     eva = sub.add_parser("evaluate", help="validate trained models on another cohort (e.g. the external site)")

@@ -14,14 +14,18 @@ import pytest
 
 from features import schema as s
 from features.settings import SettingsError, build
-from models import predictor, robustness, robustness_choice, training
+from models import predictor, registry, robustness, robustness_choice, training
 from models.robustness import ICC_CHAIN, PERTURBATION, SITE_CHAIN
 from tests.models.test_training import FAST, cohort_with_measured_traits
 
 K_ICC = 4  # icc-1 ... icc-4
 SITE_SCANNERS = 2  # site-1, site-2
 NOISE = 6  # stable noise imaging columns
-SETTINGS = training.TrainSettings(**{**FAST, "k_features": [4]}, test_fraction=0.3, jobs=1)
+# the tree families with 50 trees: the choice fits every family on every fold (the planted signal needs few)
+TREES = {name: {"max_depth": [1], "n_estimators": [50]} for name in ("xgb_cox", "xgb_aft", "xgb")}
+SETTINGS = training.TrainSettings(
+    **{**FAST, "k_features": [4], "grids": {**FAST["grids"], **TREES}}, test_fraction=0.3, jobs=1
+)
 
 
 def icc_1_1(values: np.ndarray) -> float:
@@ -249,9 +253,14 @@ OPTIONS = robustness_choice.candidates([0.75])
 
 
 @pytest.fixture(scope="module")
-def choice(planted):
+def choice_scores(planted):
     table, perturbed, icc, train, _ = planted
-    return robustness_choice.site_shift_cv(table, perturbed, icc, OPTIONS, SETTINGS, train)
+    return robustness_choice.site_shift_scores(table, perturbed, icc, OPTIONS, SETTINGS, train)
+
+
+@pytest.fixture(scope="module")
+def choice(choice_scores):
+    return robustness_choice.summarise(choice_scores)
 
 
 def test_site_shift_cv_prefers_the_stable_feature(choice):
@@ -266,7 +275,8 @@ def test_site_shift_cv_prefers_the_stable_feature(choice):
         assert plain["same_site_mean"] - plain["site_shift_mean"] > 0.05, plain
         assert plain["site_shift_mean"] - plain["site_shift_worst"] > 0.01, plain  # the two scanners differ
         assert filtered["n_imaging_inputs"] == plain["n_imaging_inputs"] - 2  # both unstable columns
-        assert filtered["site_shift_mean"] > plain["site_shift_mean"] + 0.05, (filtered, plain)
+        # +0.09 with the Cox net alone; the tree family train picks here leans less on the unstable column
+        assert filtered["site_shift_mean"] > plain["site_shift_mean"] + 0.03, (filtered, plain)
         assert abs(filtered["same_site_mean"] - filtered["site_shift_mean"]) < 0.02, filtered
     picked = robustness_choice.choose(choice)
     assert set(picked.tasks) == set(training.TASKS)
@@ -282,9 +292,71 @@ def test_the_choice_reads_only_the_training_split(planted):
     broken = table.copy()
     broken.loc[broken[s.PATIENT_ID].isin(held_out), "rad_stable_rec"] = np.nan  # a held-out row read would show
     bad_rows = perturbed.loc[~perturbed[s.PATIENT_ID].isin(held_out)]
-    a = robustness_choice.site_shift_cv(table, perturbed, icc, OPTIONS[:2], SETTINGS, train)
-    b = robustness_choice.site_shift_cv(broken, bad_rows, icc, OPTIONS[:2], SETTINGS, train)
+    a = robustness_choice.site_shift_cv(table, perturbed, icc, OPTIONS[:1], SETTINGS, train)
+    b = robustness_choice.site_shift_cv(broken, bad_rows, icc, OPTIONS[:1], SETTINGS, train)
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_every_family_is_scored_and_the_summary_follows_the_family_train_would_pick(planted, choice_scores):
+    """The choice scores the model ``crlm train`` would use, not a fixed one: every family of the
+    task is fitted on every fold, and per candidate the summary is the family with the best
+    same-site CV score (as `pipeline.train.best_model`). Repeat 0 of a repeated CV is the single
+    CV's folds, and parallel scoring gives the same scores."""
+    table, perturbed, icc, train, _ = planted
+    options = OPTIONS[:2]
+    single = choice_scores.loc[choice_scores["candidate"].isin([o.name for o in options])]
+    for task, families in registry.MODELS.items():
+        mine = single.loc[single["task"] == task]
+        assert set(mine["family"]) == set(families)
+        assert len(mine) == len(options) * len(families) * SETTINGS.cv_folds * (1 + SITE_SCANNERS)
+    summary = robustness_choice.summarise(choice_scores)
+    for row in summary.itertuples():
+        mine = choice_scores.loc[(choice_scores["task"] == row.task) & (choice_scores["candidate"] == row.candidate)]
+        same = mine.loc[mine["scanner"] == robustness_choice.SAME_SITE].groupby("family")["score"].mean()
+        assert row.family == same.idxmax(), (row, same)
+        assert row.same_site_mean == pytest.approx(same.max())
+    repeated = robustness_choice.site_shift_scores(table, perturbed, icc, options, SETTINGS, train, repeats=2, jobs=2)
+    assert set(repeated["repeat"]) == {0, 1}
+    columns = ["candidate", "task", "family", "fold", "scanner", "score"]
+    first = repeated.loc[repeated["repeat"] == 0, columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, single[columns].reset_index(drop=True))
+    second = repeated.loc[repeated["repeat"] == 1, "score"].to_numpy()
+    assert not np.allclose(second, first["score"].to_numpy(), equal_nan=True)  # other folds
+    assert (robustness_choice.summarise(repeated)["n_folds"] == 2 * SETTINGS.cv_folds).all()
+    with pytest.raises(ValueError, match="repeats: 0; expected at least 1"):
+        robustness_choice.site_shift_scores(table, perturbed, icc, options, SETTINGS, train, repeats=0)
+
+
+def _fold(task, candidate, family, fold, scanner, score) -> dict:
+    return {
+        "candidate": candidate, "icc_threshold": None, "augment": False, "task": task, "metric": "c_index",
+        "family": family, "n_imaging_inputs": 3, "n_site_patients": 10, "repeat": 0, "fold": fold,
+        "scanner": scanner, "score": score, "seconds": 1.0,
+    }  # fmt: skip
+
+
+def test_the_summary_takes_the_best_fitted_family_ties_by_preference_and_skips_failed_ones():
+    same = robustness_choice.SAME_SITE
+    rows = []
+    for fold in (0, 1):
+        rows += [
+            _fold("recurrence", "icc=none,augment=false", "coxnet", fold, same, 0.60),
+            _fold("recurrence", "icc=none,augment=false", "coxnet", fold, "site-1", 0.55),
+            _fold("recurrence", "icc=none,augment=false", "xgb_cox", fold, same, 0.60),  # tie: coxnet first
+            _fold("recurrence", "icc=none,augment=false", "xgb_cox", fold, "site-1", 0.50),
+            _fold("recurrence", "icc=none,augment=false", "xgb_aft", fold, same, np.nan),  # failed to fit
+            _fold("recurrence", "icc=none,augment=false", "xgb_aft", fold, "site-1", np.nan),
+            _fold("recurrence", "icc=0.5,augment=false", "coxnet", fold, same, 0.58),
+            _fold("recurrence", "icc=0.5,augment=false", "coxnet", fold, "site-1", 0.57),
+            _fold("recurrence", "icc=0.5,augment=false", "xgb_cox", fold, same, 0.62 + 0.02 * fold),
+            _fold("recurrence", "icc=0.5,augment=false", "xgb_cox", fold, "site-1", 0.61),
+        ]
+    summary = robustness_choice.summarise(pd.DataFrame(rows)).set_index("candidate")
+    assert summary.loc["icc=none,augment=false", "family"] == "coxnet"
+    assert summary.loc["icc=none,augment=false", "site_shift_mean"] == pytest.approx(0.55)
+    assert summary.loc["icc=0.5,augment=false", "family"] == "xgb_cox"
+    assert summary.loc["icc=0.5,augment=false", "same_site_mean"] == pytest.approx(0.63)
+    assert summary.loc["icc=0.5,augment=false", "same_site_sd"] == pytest.approx(np.std([0.62, 0.64], ddof=1))
 
 
 def _row(candidate, icc, same, shifted, sd=0.02, task="recurrence", augment=False) -> dict:

@@ -103,11 +103,18 @@ def test_choose_robustness_writes_the_table_and_the_choice(tmp_path, inputs, cap
     params = _params(tmp_path, {})
     argv = ["choose-robustness", "--features", str(inputs / "features.parquet"), "--out", str(tmp_path / "choice")]
     argv += ["--perturbed", str(inputs / "perturbed.parquet"), "--icc", str(inputs / "icc.csv")]
-    assert (
-        main([*argv, "--params", str(params), "--thresholds", "0.75", "--task", "response", "--tolerance", "0.05"]) == 0
-    )
+    argv += ["--params", str(params), "--thresholds", "0.75", "--task", "response"]
+    assert main([*argv, "--repeats", "0"]) == 2
+    assert "--repeats: 0; expected at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's usage error
+        main([*argv, "--jobs", "0"])
+    assert "--jobs must be a positive number or -1" in capsys.readouterr().err
+    assert main([*argv, "--tolerance", "0.05", "--jobs", "2"]) == 0
     table = pd.read_csv(tmp_path / "choice" / "robustness_choice.csv")
     assert len(table) == 4 and set(table["task"]) == {"response"}
+    assert set(table["family"]) <= set(registry.MODELS["response"])
+    folds = pd.read_csv(tmp_path / "choice" / "robustness_choice_folds.csv")  # every score the summary comes from
+    assert set(folds["family"]) == set(registry.MODELS["response"]) and len(folds) == 4 * 2 * 3 * (1 + SITE_SCANNERS)
     record = json.loads((tmp_path / "choice" / "robustness_choice.json").read_text())
     assert list(record["chosen"]["tasks"]) == ["response"]
     assert record["chosen"]["tasks"]["response"] != {"icc_threshold": None, "augment": False}, record["why"]
