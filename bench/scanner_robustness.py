@@ -301,8 +301,16 @@ def perturbed_features(
     # the site chain always: the chosen candidate's crlm choose-robustness scores on it
     block = {**params["robustness"], "site_scanners": SITE_SCANNERS, **robustness, "jobs": jobs}
     params["robustness"] = block
-    chains = yaml.safe_load((REPO / "configs" / "robustness.yaml").read_text())
-    folder = table.parent / f"perturb-{digest({**block, 'jobs': None, 'chains': chains})}"
+    from features.perturbation import RobustnessConfig, draw_perturbations
+
+    chains = RobustnessConfig(**yaml.safe_load((REPO / "configs" / "robustness.yaml").read_text()))
+    # keyed by the drawn perturbations themselves, so a change of how they are drawn is a new folder
+    drawn = [
+        p.record()
+        for chain, count in (("icc", block["perturbations"]), ("site", block["site_scanners"]))
+        for p in draw_perturbations(chains, chain, count, block["seed"])
+    ]
+    folder = table.parent / f"perturb-{digest({**block, 'jobs': None, 'drawn': drawn})}"
 
     def make() -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -170,21 +170,24 @@ def test_record_round_trips_and_digest_is_stable():
     assert "blur_sigma_mm" not in icc.record() and P.Perturbation.from_record(icc.record()) == icc
 
 
-def test_several_simulated_scanners_each_draw_their_own_magnitudes():
+def test_simulated_scanners_span_every_range_one_per_stratum():
+    """A Latin hypercube: with S scanners each factor's range is cut into S equal strata and each
+    stratum holds exactly one scanner, for any seed (independent draws put all three of the
+    default seed's scanners above 1.1 in contrast and below 0 HU in offset)."""
     config = P.RobustnessConfig()
-    scanners = P.draw_perturbations(config, "site", 3, seed=13)
-    assert [p.name for p in scanners] == ["site-1", "site-2", "site-3"]
-    for field, (low, high) in [
-        ("blur_sigma_mm", config.site.blur_sigma_mm),
-        ("slice_thickness_factor", config.site.slice_thickness_factor),
-        ("noise_sd_hu", config.site.noise_sd_hu),
-        ("hu_offset", config.site.hu_offset),
-        ("contrast_scale", config.site.contrast_scale),
-    ]:
-        values = [getattr(p, field) for p in scanners]
-        assert all(low <= v <= high for v in values) and len(set(values)) == 3, (field, values)
-    assert P.draw_perturbations(config, "site", 3, seed=13) == scanners  # same seed, same scanners
-    assert P.draw_perturbations(config, "site", 1, seed=13) == scanners[:1]  # adding scanners keeps the first
+    for seed, count in ((13, 3), (7, 3), (13, 5), (2, 1)):
+        scanners = P.draw_perturbations(config, "site", count, seed=seed)
+        assert [p.name for p in scanners] == [f"site-{k}" for k in range(1, count + 1)]
+        for field in P.SITE_FACTORS:
+            low, high = getattr(config.site, field)
+            values = np.array([getattr(p, field) for p in scanners])
+            assert ((low <= values) & (values <= high)).all(), (field, values)
+            strata = np.floor((values - low) / (high - low) * count - 1e-9).clip(0, count - 1)
+            assert sorted(strata) == list(range(count)), (seed, field, values)
+        assert P.draw_perturbations(config, "site", count, seed=seed) == scanners  # same seed, same scanners
+        assert all(p.rotation_deg == 0 and p.volume_fraction == 0 for p in scanners)  # the reader does not change
+    contrasts = [p.contrast_scale for p in P.draw_perturbations(config, "site", 3, seed=13)]
+    assert min(contrasts) < 0.8 + 0.4 / 3 and max(contrasts) > 1.2 - 0.4 / 3, contrasts
 
 
 def test_blur_is_a_gaussian_of_the_given_width_in_mm():
