@@ -2,7 +2,8 @@
 
 Each candidate (an ICC threshold or none, augmentation or not) runs the same patient-grouped,
 stratified CV of the training split with every model family of the task at one grid point, and
-is summarised by the family ``crlm train`` would pick under it; every validation fold is scored on its patients' original rows (same site) and on their ``site-k`` rows, one score per
+is summarised by the family ``crlm train`` would pick under it; every validation fold is scored
+on its patients' original rows (same site) and on their ``site-k`` rows, one score per
 simulated other scanner of ``crlm perturb`` (``robustness.site_scanners``), averaged over the
 scanners (site shift). The choice is made per task (`choose`): a filter that helps one task can
 cost the other. Site B and any external cohort are never read.
@@ -233,7 +234,7 @@ def _candidate_scores(
                 for name, (X_other, y_other) in others.items()
                 if len(X_other)
             }
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError, FloatingPointError):
+        except training.FIT_ERRORS:
             X_fit, inputs = None, {}  # the shared pre-processing cannot be fitted on this fold: no score
         for family in registry.MODELS[task]:
             model = None
@@ -243,7 +244,7 @@ def _candidate_scores(
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         model.fit(X_fit, y_fit)
-                except (ValueError, ArithmeticError, np.linalg.LinAlgError, FloatingPointError):
+                except training.FIT_ERRORS:
                     model = None  # this family cannot be fitted on this fold: no score
             scores = {}
             for name in [SAME_SITE, *others]:

@@ -455,6 +455,11 @@ def _failure(exc: BaseException) -> str:
     return last if ":" in last else f"{type(exc).__name__}: {last}"
 
 
+# What a model fit raises when it cannot be fitted on these data (e.g. the Cox net's
+# ArithmeticError on a tiny cohort, a singular matrix): the model is then left out, not the run.
+FIT_ERRORS = (ValueError, ArithmeticError, np.linalg.LinAlgError, FloatingPointError)
+
+
 def fit_task(
     table: pd.DataFrame,
     task: str,
@@ -541,7 +546,7 @@ def fit_task(
                     warnings.filterwarnings("ignore", category=UserWarning, message=".*fits failed.*")
                     warnings.filterwarnings("ignore", message="One or more of the test scores are non-finite")
                     search.fit(X_fit, y_fit)
-            except (ValueError, ArithmeticError, np.linalg.LinAlgError, FloatingPointError) as exc:
+            except FIT_ERRORS as exc:
                 fitted.failed[name] = _failure(exc)
                 continue
             scores_ = np.asarray(search.cv_results_["mean_test_score"], float)
