@@ -41,6 +41,8 @@ RESULT_COLUMNS = (
     "n_imaging_inputs",
     "same_site_mean",
     "same_site_sd",
+    "same_site_cost",
+    "same_site_cost_se",
     "site_shift_mean",
     "site_shift_sd",
     "site_shift_worst",
@@ -272,8 +274,13 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     pick under that candidate: the best mean same-site score (ties: the registry's preference
     order, as `pipeline.train.best_model`). Its mean and SD over folds (all repeats) of the
     same-site score and of the site-shift score (per fold, the mean over the simulated scanners),
-    and the worst scanner's mean over folds."""
+    and the worst scanner's mean over folds. ``same_site_cost``: the no-robustness candidate's
+    same-site score minus this one's, paired by fold (each with its own picked family; NaN without
+    that candidate), and ``same_site_cost_se`` its standard error over the folds (SD of the paired
+    differences / sqrt(folds)): how much of a cost the folds' noise alone could explain. A
+    diagnostic printed by `choose`; the rule does not use it."""
     rows = []
+    same_by_fold: dict[tuple[str, str], pd.Series] = {}
     for (task, name), mine in scores.groupby(["task", "candidate"], sort=False):
         per_family = []
         for family in registry.MODELS[task]:
@@ -298,6 +305,8 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
             )
         fitted = [f for f in per_family if np.isfinite(f["same_site_mean"])] or per_family
         picked = max(fitted, key=lambda f: f["same_site_mean"] if np.isfinite(f["same_site_mean"]) else -math.inf)
+        theirs = mine.loc[(mine["family"] == picked["family"]) & (mine["scanner"] == SAME_SITE)]
+        same_by_fold[(task, name)] = theirs.set_index(["repeat", "fold"])["score"].astype(float)
         first = mine.iloc[0]
         rows.append(
             {
@@ -312,7 +321,19 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
                 "seconds": first["seconds"],
             }
         )
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    summary = pd.DataFrame(rows)
+    baseline = Candidate(None, False).name
+    costs, errors = [], []
+    for row in rows:
+        reference = same_by_fold.get((row["task"], baseline))
+        if reference is None or row["candidate"] == baseline:
+            costs.append(math.nan if reference is None else 0.0)
+            errors.append(math.nan)
+            continue
+        paired = (reference - same_by_fold[(row["task"], row["candidate"])]).dropna()
+        costs.append(_mean(paired.to_numpy(float)) if len(paired) else math.nan)
+        errors.append(_sd(paired.to_numpy(float)) / math.sqrt(len(paired)) if len(paired) > 1 else math.nan)
+    return summary.assign(same_site_cost=costs, same_site_cost_se=errors).reindex(columns=list(RESULT_COLUMNS))
 
 
 def site_shift_cv(
@@ -408,7 +429,14 @@ def choose(results: pd.DataFrame, tolerance: float = TOLERANCE) -> Choice:
                 f" (the simplest within one standard error of the best eligible, {best_name}: "
                 f"{best['site_shift_mean']:.3f}, SE {se:.3f} over {folds} folds)"
             )
-        excluded = [f"{n} (same-site {c:.3f} below)" for n, c in costs.items() if c > tolerance + 1e-12]
+        paired_se = rows["same_site_cost_se"] if "same_site_cost_se" in rows else pd.Series(dtype=float)
+        excluded = [
+            f"{n} (same-site {c:.3f} below"
+            + (f", paired SE {paired_se[n]:.3f}" if n in paired_se and np.isfinite(paired_se[n]) else "")
+            + ")"
+            for n, c in costs.items()
+            if c > tolerance + 1e-12
+        ]
         if excluded:
             sentence += "; not eligible: " + ", ".join(excluded)
         chosen[str(task)], why[str(task)] = option, sentence

@@ -359,6 +359,37 @@ def test_the_summary_takes_the_best_fitted_family_ties_by_preference_and_skips_f
     assert summary.loc["icc=0.5,augment=false", "same_site_sd"] == pytest.approx(np.std([0.62, 0.64], ddof=1))
 
 
+def test_the_same_site_cost_is_paired_by_fold_with_its_standard_error():
+    """Known values: the filter's picked family loses 0.02, 0.04, 0.00 and 0.06 against the
+    no-robustness candidate's on the same four folds: cost 0.03, paired SE = sd(0.02, 0.04, 0.00,
+    0.06) / 2 = 0.0129, a third of one candidate's own SE over those folds (the folds' own level
+    cancels in the pairs)."""
+    same = robustness_choice.SAME_SITE
+    level = [0.55, 0.75, 0.60, 0.70]
+    loss = [0.02, 0.04, 0.00, 0.06]
+    rows = []
+    for fold in range(4):
+        rows += [
+            _fold("recurrence", "icc=none,augment=false", "coxnet", fold, same, level[fold]),
+            _fold("recurrence", "icc=none,augment=false", "coxnet", fold, "site-1", 0.5),
+            _fold("recurrence", "icc=0.5,augment=false", "coxnet", fold, same, level[fold] - loss[fold]),
+            _fold("recurrence", "icc=0.5,augment=false", "coxnet", fold, "site-1", 0.5),
+        ]
+    summary = robustness_choice.summarise(pd.DataFrame(rows)).set_index("candidate")
+    assert summary.loc["icc=none,augment=false", "same_site_cost"] == 0.0
+    assert np.isnan(summary.loc["icc=none,augment=false", "same_site_cost_se"])
+    assert summary.loc["icc=0.5,augment=false", "same_site_cost"] == pytest.approx(0.03)
+    expected_se = np.std(loss, ddof=1) / 2
+    assert summary.loc["icc=0.5,augment=false", "same_site_cost_se"] == pytest.approx(expected_se)
+    assert expected_se < 0.5 * summary.loc["icc=0.5,augment=false", "same_site_sd"] / 2  # half one mean's SE
+    picked = robustness_choice.choose(summary.reset_index(), tolerance=0.01)
+    assert f"icc=0.5,augment=false (same-site 0.030 below, paired SE {expected_se:.3f})" in picked.why["recurrence"]
+    no_baseline = robustness_choice.summarise(
+        pd.DataFrame([r for r in rows if r["candidate"] != "icc=none,augment=false"])
+    )
+    assert no_baseline[["same_site_cost", "same_site_cost_se"]].isna().all().all()
+
+
 def _row(candidate, icc, same, shifted, sd=0.02, task="recurrence", augment=False) -> dict:
     return {
         "task": task,
