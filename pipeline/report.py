@@ -45,7 +45,7 @@ from features.patient_table import MORPHOLOGY_PREFIX, OK, REASON, STATUS
 from features.scores import clinical_scores
 from models.evaluation import CALIBRATION_HORIZON as HORIZON_MONTHS
 from models.evaluation import CALIBRATION_SLOPE
-from models.registry import BASELINES, DEFAULT_REFERENCE, NOTES, ORACLE, PRIMARY_METRIC, RECURRENCE
+from models.registry import BASELINES, DEFAULT_REFERENCE, NOTES, ORACLE, PRIMARY_METRIC, RECURRENCE, TASKS
 from models.registry import MODELS as FITTED_MODELS
 from pipeline.paths import REPO_ROOT
 
@@ -937,18 +937,50 @@ def _report_path(out: Path) -> Path:
     return out if out.suffix.lower() in {".html", ".htm"} else out / REPORT_NAME
 
 
-def robustness_section(icc_path: Path | None) -> dict[str, Any] | None:
+def robustness_settings(metrics: dict[str, Any]) -> list[str]:
+    """Per task, one sentence saying what ``train.robustness`` did to its models, from
+    ``metrics.json`` (``notes.robustness.<task>``): the ICC filter's note (columns kept of how
+    many, or why it was not applied) and the perturbed copies used; "no robustness" for a task
+    without a note (the setting was off)."""
+    notes = (metrics.get("notes") or {}).get("robustness") or {}
+    lines = []
+    for task in TASKS:
+        if task not in metrics:
+            continue
+        mine = notes.get(task) or {}
+        parts = []
+        icc = mine.get("icc_filter")
+        if icc:
+            parts.append(str(icc.get("note", "")))
+        elif mine.get("icc_filter_note"):
+            parts.append(str(mine["icc_filter_note"]))
+        augmentation = mine.get("augmentation")
+        if augmentation:
+            parts.append(
+                augmentation.get("note")
+                or f"{augmentation.get('rows_used', 0)} perturbed copies of training patients as extra training rows"
+            )
+        lines.append(
+            f"{task}: " + ("; ".join(p for p in parts if p) or "no robustness (every imaging column, no copies)")
+        )
+    return lines
+
+
+def robustness_section(icc_path: Path | None, metrics: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The ICC(1,1) distribution of the features across image perturbations (icc.csv of
-    ``crlm perturb``), per feature class and image type; None when not given."""
+    ``crlm perturb``), per feature class and image type, and per task what ``train.robustness``
+    did to the models (`robustness_settings`); None when no icc.csv is given."""
     if icc_path is None:
         return None
+    settings = robustness_settings(metrics or {})
     icc, problem = _try_read(Path(icc_path), pd.read_csv)
     if problem is not None:
-        return {"problem": f"icc.csv: {problem}; run crlm perturb", "figure": None}
+        return {"problem": f"icc.csv: {problem}; run crlm perturb", "figure": None, "settings": settings}
     if "icc" not in icc or not icc["icc"].notna().any():
         return {
             "problem": f"{icc_path}: no feature has an ICC (too few patients extracted in every perturbation)",
             "figure": None,
+            "settings": settings,
         }
     import io
 
@@ -966,7 +998,8 @@ def robustness_section(icc_path: Path | None) -> dict[str, Any] | None:
         "(noise, rotation, translation, volume adaptation, contour randomisation, slice thickness; "
         "docs/robustness.md). Dashed: 0.75 and 0.9."
     )
-    return {"problem": None, "figure": {"uri": uri, "name": Path(icc_path).name, "caption": caption, "problem": None}}
+    figure = {"uri": uri, "name": Path(icc_path).name, "caption": caption, "problem": None}
+    return {"problem": None, "figure": figure, "settings": settings}
 
 
 def run_report(
@@ -1012,7 +1045,7 @@ def run_report(
         "models_": models_section(metrics, cv, train_dir),
         "explain_": explain_section(explain_dir),
         "external_": external_section(external_dir, metrics, cv),
-        "robustness_": robustness_section(icc),
+        "robustness_": robustness_section(icc, metrics),
     }
     path = _report_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -405,9 +405,50 @@ def test_icc_distribution_is_embedded_when_icc_csv_is_given(inputs, tmp_path):
     )
     images = [attrs.get("src") or "" for t, attrs in _tags(section.group(0)) if t == "img"]
     assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
+    # this run's models (recurrence only) were trained without robustness, and it says so
+    assert "<li>recurrence: no robustness (every imaging column, no copies)</li>" in section.group(0)
+    assert "<li>response" not in section.group(0)
     icc["icc"] = np.nan  # too few patients: said, not drawn
     icc.to_csv(tmp_path / "icc.csv", index=False)
     text = _build(inputs, tmp_path, icc=tmp_path / "icc.csv")
     section = re.search(r'<section id="robustness">.*?</section>', text, re.S).group(0)
     assert "no feature has an ICC" in section and "<img" not in section
     assert 'id="robustness"' not in _build(inputs, tmp_path)  # not given: no section
+
+
+def test_the_report_says_per_task_what_train_robustness_did():
+    """A per-task setting (what params.yaml applies since 2026-12-06): the filtered task names the
+    columns kept, the one without a note says no robustness, a filter that could not apply and the
+    copies say why and how many."""
+    metrics = {
+        "recurrence": {},
+        "response": {},
+        "notes": {
+            "robustness": {
+                "recurrence": {
+                    "icc_threshold": 0.5,
+                    "augment": False,
+                    "icc_filter": {
+                        "note": "ICC filter (ICC(1,1) >= 0.5, 58 patients): kept 1028 of 2267 imaging columns"
+                    },
+                }
+            }
+        },
+    }
+    assert report.robustness_settings(metrics) == [
+        "recurrence: ICC filter (ICC(1,1) >= 0.5, 58 patients): kept 1028 of 2267 imaging columns",
+        "response: no robustness (every imaging column, no copies)",
+    ]
+    metrics["notes"]["robustness"]["response"] = {
+        "icc_filter": None,
+        "icc_filter_note": "no imaging columns in the feature table: the ICC filter does not apply",
+        "augmentation": {"rows_used": 240},
+    }
+    said = report.robustness_settings(metrics)[1]
+    assert said == (
+        "response: no imaging columns in the feature table: the ICC filter does not apply; "
+        "240 perturbed copies of training patients as extra training rows"
+    )
+    assert report.robustness_settings({"recurrence": {}}) == [
+        "recurrence: no robustness (every imaging column, no copies)"
+    ]
