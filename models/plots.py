@@ -646,11 +646,15 @@ def survival_decision_curve(
 ICC_REFERENCES = (0.75, 0.9)  # "good" and "excellent" reliability (Koo & Li, J Chiropr Med 2016;15:155)
 
 
-def icc_distribution(icc: pd.DataFrame, source: str) -> tuple[Figure, pd.DataFrame]:
+def icc_distribution(
+    icc: pd.DataFrame, source: str, thresholds: Mapping[str, float] | None = None
+) -> tuple[Figure, pd.DataFrame]:
     """Box plots of the features' ICC(1,1) across image perturbations (`features.robustness`),
-    per feature class and per image type (filter), with the 0.75 and 0.9 lines.
+    per feature class and per image type (filter), with the 0.75 and 0.9 lines (dashed).
 
     ``icc``: one row per feature with ``icc``, ``feature_class`` and ``image_type`` (icc.csv).
+    ``thresholds``: the ICC filters the run's models were trained with, by label (e.g.
+    ``{"recurrence": 0.5}``), drawn as solid lines with their label in the legend.
     Data: per group, the number of features with an ICC, its median and quartiles.
     """
     missing = [c for c in ("icc", "feature_class", "image_type") if c not in icc]
@@ -668,6 +672,15 @@ def icc_distribution(icc: pd.DataFrame, source: str) -> tuple[Figure, pd.DataFra
             ax.boxplot(list(groups.values()), orientation="horizontal", tick_labels=list(groups), showfliers=True)
         for reference in ICC_REFERENCES:
             ax.axvline(reference, color="0.5", linestyle="--", linewidth=0.8)
+        by_value: dict[float, list[str]] = {}
+        for label, value in (thresholds or {}).items():
+            by_value.setdefault(float(value), []).append(label)
+        for index, (value, labels) in enumerate(sorted(by_value.items())):
+            ax.axvline(
+                value, color=f"C{index + 3}", linewidth=1.2, label=f"{', '.join(labels)} filter (ICC >= {value:g})"
+            )
+        if by_value:
+            ax.legend(loc="lower left", fontsize="small")
         ax.set_xlim(min(-0.1, min((v.min() for v in groups.values()), default=0.0)), 1.02)
         ax.set_xlabel("ICC(1,1) across perturbations")
         ax.set_title(title)

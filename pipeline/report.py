@@ -988,7 +988,14 @@ def robustness_section(icc_path: Path | None, metrics: dict[str, Any] | None = N
 
     n = int(icc["n_patients"].max()) if "n_patients" in icc else 0
     k = int(icc["n_perturbations"].max()) if "n_perturbations" in icc else 0
-    fig, _ = icc_distribution(icc, f"{icc_path}: {icc['icc'].notna().sum()} features, {n} patients x {k} perturbations")
+    applied = {
+        task: float(note["icc_filter"]["threshold"])
+        for task, note in ((metrics or {}).get("notes") or {}).get("robustness", {}).items()
+        if (note or {}).get("icc_filter") and note["icc_filter"].get("applied")
+    }
+    fig, _ = icc_distribution(
+        icc, f"{icc_path}: {icc['icc'].notna().sum()} features, {n} patients x {k} perturbations", applied
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     fig.clear()
@@ -996,7 +1003,8 @@ def robustness_section(icc_path: Path | None, metrics: dict[str, Any] | None = N
     caption = (
         "ICC(1,1) of each imaging feature across image perturbations of the training patients "
         "(noise, rotation, translation, volume adaptation, contour randomisation, slice thickness; "
-        "docs/robustness.md). Dashed: 0.75 and 0.9."
+        "docs/robustness.md). Dashed: 0.75 and 0.9"
+        + (f"; solid: the ICC filter of {', '.join(applied)}." if applied else ".")
     )
     figure = {"uri": uri, "name": Path(icc_path).name, "caption": caption, "problem": None}
     return {"problem": None, "figure": figure, "settings": settings}

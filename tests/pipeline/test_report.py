@@ -407,7 +407,21 @@ def test_icc_distribution_is_embedded_when_icc_csv_is_given(inputs, tmp_path):
     assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
     # this run's models (recurrence only) were trained without robustness, and it says so
     assert "<li>recurrence: no robustness (every imaging column, no copies)</li>" in section.group(0)
-    assert "<li>response" not in section.group(0)
+    assert "<li>response" not in section.group(0) and "solid:" not in section.group(0)
+    filtered = {
+        **METRICS,
+        "notes": {
+            "robustness": {
+                "recurrence": {"icc_filter": {"threshold": 0.5, "applied": True, "note": "ICC filter: kept 9 of 20"}}
+            }
+        },
+    }
+    (inputs["train"] / "metrics.json").write_text(json.dumps(filtered))
+    section = re.search(
+        r'<section id="robustness">.*?</section>', _build(inputs, tmp_path, icc=tmp_path / "icc.csv"), re.S
+    )
+    assert "<li>recurrence: ICC filter: kept 9 of 20</li>" in section.group(0)
+    assert "solid: the ICC filter of recurrence." in section.group(0)
     icc["icc"] = np.nan  # too few patients: said, not drawn
     icc.to_csv(tmp_path / "icc.csv", index=False)
     text = _build(inputs, tmp_path, icc=tmp_path / "icc.csv")
@@ -452,3 +466,21 @@ def test_the_report_says_per_task_what_train_robustness_did():
     assert report.robustness_settings({"recurrence": {}}) == [
         "recurrence: no robustness (every imaging column, no copies)"
     ]
+
+
+def test_the_icc_plot_draws_each_applied_filter_once_per_threshold():
+    from models.plots import icc_distribution
+
+    icc = pd.DataFrame(
+        {
+            "icc": [0.2, 0.6, 0.95, 0.8],
+            "feature_class": ["glcm", "glcm", "firstorder", "firstorder"],
+            "image_type": "original",
+        }
+    )
+    fig, data = icc_distribution(icc, "test", {"recurrence": 0.5, "response": 0.5})
+    legend = fig.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["recurrence, response filter (ICC >= 0.5)"]
+    assert set(data["group"]) == {"glcm", "firstorder", "original"}
+    fig, _ = icc_distribution(icc, "test")
+    assert fig.axes[0].get_legend() is None
