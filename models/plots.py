@@ -679,8 +679,8 @@ def icc_distribution(
             ax.axvline(
                 value, color=f"C{index + 3}", linewidth=1.2, label=f"{', '.join(labels)} filter (ICC >= {value:g})"
             )
-        if by_value:
-            ax.legend(loc="lower left", fontsize="small")
+        if by_value and ax is axes[0]:  # below the x label, clear of the boxes
+            ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), fontsize="small", frameon=False)
         ax.set_xlim(min(-0.1, min((v.min() for v in groups.values()), default=0.0)), 1.02)
         ax.set_xlabel("ICC(1,1) across perturbations")
         ax.set_title(title)
