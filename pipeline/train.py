@@ -334,7 +334,9 @@ def robustness_inputs(
         if icc is None:
             raise ValueError(
                 f"{said}train.robustness.icc_threshold is {settings.icc_threshold} but no ICC table was given: "
-                "pass --icc data/features/train/icc.csv (written by crlm perturb), or set icc_threshold: null"
+                "pass --icc data/features/train/icc.csv (written by crlm perturb), or set icc_threshold: null "
+                "in params.yaml (train.robustness.icc_threshold, or train.robustness.tasks."
+                f"{task or '<task>'}.icc_threshold where the task has its own setting)"
             )
         if "icc" not in read:
             read["icc"] = robustness.read_icc(icc)

@@ -142,6 +142,10 @@ def test_imaging_cohort_with_an_icc_threshold_and_no_icc_table_stops_with_the_fi
     params = _params(tmp_path, {"icc_threshold": 0.5, "augment": False})
     with pytest.raises(ValueError, match="pass --icc data/features/train/icc.csv"):
         run_train(inputs / "features.parquet", tmp_path / "out", None, params, ("response",), track=False)
+    # the default params.yaml sets it per task (recurrence): the message names that key too
+    params = _params(tmp_path, {"tasks": {"recurrence": {"icc_threshold": 0.5}}})
+    with pytest.raises(ValueError, match=r"recurrence: .*train\.robustness\.tasks\.recurrence\.icc_threshold"):
+        run_train(inputs / "features.parquet", tmp_path / "out", None, params, ("recurrence",), track=False)
 
 
 def test_a_per_task_setting_filters_that_task_only(tmp_path, inputs, capsys):
