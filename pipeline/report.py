@@ -937,12 +937,17 @@ def _report_path(out: Path) -> Path:
     return out if out.suffix.lower() in {".html", ".htm"} else out / REPORT_NAME
 
 
+def _robustness_notes(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``notes.robustness`` of metrics.json (per task; empty when robustness was off)."""
+    return (metrics.get("notes") or {}).get("robustness") or {}
+
+
 def robustness_settings(metrics: dict[str, Any]) -> list[str]:
     """Per task, one sentence saying what ``train.robustness`` did to its models, from
     ``metrics.json`` (``notes.robustness.<task>``): the ICC filter's note (columns kept of how
     many, or why it was not applied) and the perturbed copies used; "no robustness" for a task
     without a note (the setting was off)."""
-    notes = (metrics.get("notes") or {}).get("robustness") or {}
+    notes = _robustness_notes(metrics)
     lines = []
     for task in TASKS:
         if task not in metrics:
@@ -988,11 +993,8 @@ def robustness_section(icc_path: Path | None, metrics: dict[str, Any] | None = N
 
     n = int(icc["n_patients"].max()) if "n_patients" in icc else 0
     k = int(icc["n_perturbations"].max()) if "n_perturbations" in icc else 0
-    applied = {
-        task: float(note["icc_filter"]["threshold"])
-        for task, note in ((metrics or {}).get("notes") or {}).get("robustness", {}).items()
-        if (note or {}).get("icc_filter") and note["icc_filter"].get("applied")
-    }
+    filters = {task: (note or {}).get("icc_filter") or {} for task, note in _robustness_notes(metrics or {}).items()}
+    applied = {task: float(f["threshold"]) for task, f in filters.items() if f.get("applied") and f.get("threshold")}
     fig, _ = icc_distribution(
         icc, f"{icc_path}: {icc['icc'].notna().sum()} features, {n} patients x {k} perturbations", applied
     )
