@@ -38,9 +38,11 @@ flagged on held-out A, B and C, and the C-index / AUC of flagged vs unflagged pa
 Candidates (``--candidates``) are small functions that change the extraction settings
 (configs/extraction.yaml) and the ``train`` block of params.yaml of a run: ``none`` (the default
 run), ``norm`` (liver reference-tissue normalisation), ``icc`` (train.robustness.icc_threshold =
-``--icc-threshold``, default 0.5), ``augment`` (train.robustness.augment = true) and ``chosen``
-(``crlm choose-robustness``'s `models.robustness_choice.site_shift_cv` and `choose` on site A's
-training split, then trained with the chosen setting). The last three first run ``crlm perturb``
+``--icc-threshold``, default 0.5), ``augment`` (train.robustness.augment = icc), ``site``
+(train.robustness.augment = site: every training patient's simulated-scanner copies, 2026-12-06)
+and ``chosen`` (``crlm choose-robustness``'s `models.robustness_choice.site_shift_cv` and `choose` on site A's
+training split, then trained with the chosen setting; its run folders are named after
+`CHOICE_VERSION`, so a changed candidate set is a new choice, not a cached one). The last four first run ``crlm perturb``
 (`pipeline.perturb.run_perturb`) on site A's cohort of the seed, once per seed and extraction
 setting (``--light``: a reduced robustness block, `LIGHT_PERTURB`), and pass its ``icc.csv`` /
 ``perturbed.parquet`` to `pipeline.train.run_train`. Site B and C are never used for any choice.
@@ -186,15 +188,29 @@ def candidate_icc(setup: Setup) -> Setup:
 def candidate_augment(setup: Setup) -> Setup:
     """Train-time augmentation: the training patients' perturbed ``icc-*`` copies as extra rows
     (train.robustness.augment; ``crlm perturb`` of site A's cohort)."""
-    setup.train = {**setup.train, "robustness": {"icc_threshold": None, "augment": True}}
+    setup.train = {**setup.train, "robustness": {"icc_threshold": None, "augment": "icc"}}
     setup.perturb = True
     return setup
+
+
+def candidate_site(setup: Setup) -> Setup:
+    """Scanner-like augmentation: every training patient's ``site-*`` rows (the `SITE_SCANNERS`
+    simulated other scanners of ``crlm perturb``) as extra rows (train.robustness.augment = site)."""
+    setup.train = {**setup.train, "robustness": {"icc_threshold": None, "augment": "site"}}
+    setup.perturb = True
+    return setup
+
+
+# The choice's candidate set: v4 (2026-12-02) thresholds x {no copies, icc copies}; v5 (2026-12-06)
+# also the site copies, scored leaving one scanner out. A run folder of one version is never reused for another.
+CHOICE_VERSION = "v5"
 
 
 def candidate_chosen(setup: Setup) -> Setup:
     """What ``crlm choose-robustness`` chooses on site A's training split alone
     (`models.robustness_choice.site_shift_cv` and `choose`, thresholds 0.5 / 0.75 / 0.9 and none,
-    each with and without augmentation); the choice is made in `run_one`, after ``crlm perturb``."""
+    each without copies, with the icc copies and with the site copies); the choice is made in
+    `run_one`, after ``crlm perturb``."""
     setup.perturb = True
     setup.choose = True
     return setup
@@ -205,6 +221,7 @@ CANDIDATES: dict[str, Callable[[Setup], Setup]] = {
     "icc": candidate_icc,
     "norm": candidate_norm,
     "augment": candidate_augment,
+    "site": candidate_site,
     "chosen": candidate_chosen,
 }
 
@@ -490,7 +507,7 @@ def run_one(
     tables = {site: features(work, folder, radiomics, setup.extraction, args.jobs) for site, folder in cohorts.items()}
     truths = {site: pd.read_csv(folder / "truth.csv", dtype={PATIENT_ID: str}) for site, folder in cohorts.items()}
 
-    label = f"icc{args.icc_threshold:g}" if candidate == "icc" else candidate
+    label = {"icc": f"icc{args.icc_threshold:g}", "chosen": f"chosen-{CHOICE_VERSION}"}.get(candidate, candidate)
     run = work / "runs" / f"seed{seed_index}-{label}-{radiomics.stem}-{args.grid}-n{args.n_train}-{args.folds}folds"
     run.mkdir(parents=True, exist_ok=True)
     robust_inputs: dict[str, Path] = {}

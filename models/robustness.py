@@ -10,9 +10,11 @@ Two inputs written by ``crlm perturb`` from the training cohort (docs/robustness
 
 Both are read here only (`read_perturbed`, `read_icc`). The filter drops imaging columns whose
 ICC is below ``train.robustness.icc_threshold`` (or undefined) before anything is fitted;
-clinical columns are never filtered. Augmentation adds the ``icc-*`` copies of *training*
-patients as extra training rows; every CV split is by patient and its validation rows are the
-original rows only (`splits_with_copies`), so a patient's copies are never on both sides.
+clinical columns are never filtered. Augmentation adds perturbed copies of *training* patients
+as extra training rows: ``augment: icc`` (or ``true``) the ``icc-*`` rows (the Zwanenburg chain,
+drawn for ``robustness.patients`` patients), ``augment: site`` the ``site-*`` rows (every training
+patient as imaged by each simulated other scanner). Every CV split is by patient and its validation
+rows are the original rows only (`splits_with_copies`), so a patient's copies are never on both sides.
 """
 
 from __future__ import annotations
@@ -37,6 +39,34 @@ from models.registry import IMAGING_PREFIXES, TASKS
 PERTURB_FIX = "rebuild it with crlm perturb from the training cohort's extraction (docs/robustness.md)"
 
 
+AUGMENT_CHAINS = (ICC_CHAIN, SITE_CHAIN)  # what ``augment`` may name: the perturbation chain of the copies
+
+
+def augment_chain(value: object) -> str | None:
+    """The perturbation chain an ``augment`` setting takes its copies from, or None (no copies):
+    ``false`` / ``none`` -> None, ``true`` / ``icc`` -> ``icc`` (true is the older spelling),
+    ``site`` -> ``site`` (also as text, any case, as a CSV gives them back). ``ValueError`` for
+    anything else."""
+    if value is None or isinstance(value, bool | np.bool_):
+        return ICC_CHAIN if value else None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("false", "none"):
+            return None
+        if text == "true":
+            return ICC_CHAIN
+        if text in AUGMENT_CHAINS:
+            return text
+    raise ValueError(
+        f"{value!r}; expected false (no copies), icc (the icc-* perturbed copies; true means the same) or "
+        "site (the site-* copies: every training patient as imaged by each simulated scanner)"
+    )
+
+
+def _check_augment(value: object) -> bool | str:
+    return augment_chain(value) or False
+
+
 def _check_threshold(value: float | None) -> float | None:
     if value is not None and not 0 < value < 1:
         raise ValueError(f"{value!r}; expected null (no filter) or an ICC between 0 and 1, e.g. 0.75")
@@ -47,16 +77,22 @@ def _check_threshold(value: float | None) -> float | None:
 class TaskRobustness:
     """What one task's models get: ``icc_threshold``: null (no filter) or an ICC(1,1) in (0, 1);
     imaging columns whose ICC is below it or undefined are not model inputs (needs ``crlm train
-    --icc``). ``augment``: the ``icc-*`` perturbed copies of training patients are extra
-    training rows (needs ``--perturbed``)."""
+    --icc``). ``augment``: false, or the chain whose perturbed copies of training patients are
+    extra training rows (needs ``--perturbed``): ``icc`` (``true`` is the same) or ``site``
+    (needs ``robustness.site_scanners`` > 0 in crlm perturb). Held as False, "icc" or "site"."""
 
     icc_threshold: float | None = None
-    augment: bool = False
+    augment: bool | str = False
 
     @field_validator("icc_threshold")
     @classmethod
     def _threshold(cls, value: float | None) -> float | None:
         return _check_threshold(value)
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, value: object) -> bool | str:
+        return _check_augment(value)
 
     @property
     def active(self) -> bool:
@@ -74,13 +110,18 @@ class RobustnessSettings:
     """
 
     icc_threshold: float | None = None
-    augment: bool = False
+    augment: bool | str = False
     tasks: dict[str, TaskRobustness] = field(default_factory=dict)
 
     @field_validator("icc_threshold")
     @classmethod
     def _threshold(cls, value: float | None) -> float | None:
         return _check_threshold(value)
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, value: object) -> bool | str:
+        return _check_augment(value)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tasks) - set(TASKS))

@@ -1,12 +1,14 @@
 """Choosing ``train.robustness`` on the training site only (issue 13 item 4; docs/robustness.md, "choice").
 
-Each candidate (an ICC threshold or none, augmentation or not) runs the same patient-grouped,
-stratified CV of the training split with every model family of the task at one grid point, and
-is summarised by the family ``crlm train`` would pick under it; every validation fold is scored
-on its patients' original rows (same site) and on their ``site-k`` rows, one score per
-simulated other scanner of ``crlm perturb`` (``robustness.site_scanners``), averaged over the
-scanners (site shift). The choice is made per task (`choose`): a filter that helps one task can
-cost the other. Site B and any external cohort are never read.
+Each candidate (an ICC threshold or none; no augmentation, ``icc`` or ``site`` copies) runs the
+same patient-grouped, stratified CV of the training split with every model family of the task at
+one grid point, and is summarised by the family ``crlm train`` would pick under it; every
+validation fold is scored on its patients' original rows (same site) and on their ``site-k``
+rows, one score per simulated other scanner of ``crlm perturb`` (``robustness.site_scanners``),
+averaged over the scanners (site shift). A candidate trained on ``site`` copies is scored on
+scanner k by a model that never saw scanner k: leave one scanner out (docs/robustness.md). The
+choice is made per task (`choose`): a filter that helps one task can cost the other. Site B and
+any external cohort are never read.
 """
 
 from __future__ import annotations
@@ -53,28 +55,40 @@ RESULT_COLUMNS = (
 )
 
 
+AUGMENT_OPTIONS = (False, robustness.ICC_CHAIN, robustness.SITE_CHAIN)  # simplest first
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """One setting of ``train.robustness``."""
+    """One setting of ``train.robustness``: ``augment`` False, ``"icc"`` or ``"site"`` (``True``
+    is read as ``"icc"``, `models.robustness.augment_chain`)."""
 
     icc_threshold: float | None
-    augment: bool
+    augment: bool | str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", robustness.augment_chain(self.augment) or False)
 
     @property
     def name(self) -> str:
         icc = "none" if self.icc_threshold is None else f"{self.icc_threshold:g}"
-        return f"icc={icc},augment={str(self.augment).lower()}"
+        return f"icc={icc},augment={self.augment or 'false'}"
 
     @property
-    def complexity(self) -> tuple[int, float]:
-        """Simpler first: no filter before a filter (a lower threshold drops less), no augmentation before it."""
-        return (int(self.augment) + int(self.icc_threshold is not None), self.icc_threshold or 0.0)
+    def complexity(self) -> tuple[int, float, int]:
+        """Simpler first: fewer methods (a filter, copies); a lower threshold (drops less); no
+        copies, then the ``icc`` copies (a few patients), then the ``site`` copies (every patient
+        once per simulated scanner)."""
+        methods = int(bool(self.augment)) + int(self.icc_threshold is not None)
+        return (methods, self.icc_threshold or 0.0, AUGMENT_OPTIONS.index(self.augment))
 
 
-def candidates(thresholds: Sequence[float | None]) -> list[Candidate]:
-    """Every threshold (None: no filter, always included) with and without augmentation."""
+def candidates(thresholds: Sequence[float | None], augment: Sequence[bool | str] = AUGMENT_OPTIONS) -> list[Candidate]:
+    """Every threshold (None: no filter, always included) with every ``augment`` option (no
+    copies always included)."""
     levels = [None, *sorted({t for t in thresholds if t is not None})]
-    return [Candidate(t, a) for t in levels for a in (False, True)]
+    chains = [False, *dict.fromkeys(c for c in map(robustness.augment_chain, augment) if c)]
+    return [Candidate(t, a) for t in levels for a in chains]
 
 
 def _score(task: str, model: Any, X: Any, y) -> float:
@@ -148,7 +162,9 @@ def site_shift_scores(
     ``train_index``: positions in ``table`` of the training split; nothing else is read. Folds are
     by patient, stratified by the outcome as in `training.fit_task`, the same for every candidate
     (repeat ``r`` shuffles with ``settings.seed + r``, so repeat 0 is the single CV's folds); copies
-    (``augment``) join the training side with their patient only. A validation patient without an
+    (``augment``) join the training side with their patient only. Under ``augment: site`` the
+    same-site score is of a model fitted with every scanner's copies, the score on scanner k of a
+    model fitted without scanner k's copies (leave one scanner out: S + 1 fits per fold). A validation patient without an
     ok ``site-k`` row counts for the other scores only. Every family of the task
     (`models.registry.MODELS`) is scored (`summarise` picks one per candidate). ``jobs``: candidates
     scored in parallel processes (-1: all cores; the same scores for any value).
@@ -211,51 +227,45 @@ def _candidate_scores(
     if option.icc_threshold is not None:
         applied = robustness.icc_filter(icc, option.icc_threshold, base_columns)
         columns = [c for c in base_columns if c not in applied.dropped]
+    pool = {robustness.ICC_CHAIN: copies, robustness.SITE_CHAIN: site}.get(option.augment)
     rows = []
     for repeat, fold, fit_rows, val_rows in splits:
-        X = training.model_frame(train.iloc[fit_rows], columns)
-        y_fit = y[fit_rows]
-        if option.augment and len(copies):
-            mine = copies.loc[copies[s.PATIENT_ID].isin(set(ids[fit_rows]))]
-            X = pd.concat([X, training.model_frame(mine, columns)], ignore_index=True)
-            y_fit = np.concatenate([y_fit, y[owner.loc[mine[s.PATIENT_ID]].to_numpy()]])
         validation = training.model_frame(train.iloc[val_rows], columns)
         val_ids = set(ids[val_rows])
-        others = {}
+        targets = {SAME_SITE: (validation, y[val_rows])}
         for name in scanners:
             other = site.loc[(site[s.PERTURBATION] == name) & site[s.PATIENT_ID].isin(val_ids)]
-            others[name] = (training.model_frame(other, columns), y[owner.loc[other[s.PATIENT_ID]].to_numpy()])
-        fitted = _preprocessing(train, columns, settings, len(fit_rows))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                X_fit = fitted.fit_transform(X, y_fit)
-            inputs = {SAME_SITE: (fitted.transform(validation), y[val_rows])}
-            inputs |= {
-                name: (fitted.transform(X_other), y_other)
-                for name, (X_other, y_other) in others.items()
-                if len(X_other)
+            if len(other):
+                targets[name] = (training.model_frame(other, columns), y[owner.loc[other[s.PATIENT_ID]].to_numpy()])
+        mine = None if pool is None else pool.loc[pool[s.PATIENT_ID].isin(set(ids[fit_rows]))]
+        if option.augment == robustness.SITE_CHAIN:  # leave one scanner out (docs/robustness.md)
+            fits = [(mine, [SAME_SITE])] + [(mine.loc[mine[s.PERTURBATION] != k], [k]) for k in scanners]
+        else:
+            fits = [(mine, [SAME_SITE, *scanners])]
+        scores: dict[str, dict[str, float]] = {family: {} for family in registry.MODELS[task]}
+        for extra, scored in fits:
+            shared, models = _fit_fold(
+                task, train.iloc[fit_rows], y[fit_rows], extra, owner, y, columns, settings, train
+            )
+            try:
+                inputs = {n: (shared.transform(targets[n][0]), targets[n][1]) for n in scored if n in targets}
+            except training.FIT_ERRORS:
+                inputs = {}  # the shared pre-processing cannot be applied on this fold: no score
+            for family, model in models.items():
+                for name in scored:
+                    fine = model is not None and name in inputs
+                    scores[family][name] = _score(task, model, *inputs[name]) if fine else math.nan
+        rows += [
+            {
+                "family": family,
+                "repeat": repeat,
+                "fold": fold,
+                "scanner": name,
+                "score": mine_scores.get(name, math.nan),
             }
-        except training.FIT_ERRORS:
-            X_fit, inputs = None, {}  # the shared pre-processing cannot be fitted on this fold: no score
-        for family in registry.MODELS[task]:
-            model = None
-            if X_fit is not None:
-                model = _estimator(task, family, settings)
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        model.fit(X_fit, y_fit)
-                except training.FIT_ERRORS:
-                    model = None  # this family cannot be fitted on this fold: no score
-            scores = {}
-            for name in [SAME_SITE, *others]:
-                fine = model is not None and name in inputs
-                scores[name] = _score(task, model, *inputs[name]) if fine else math.nan
-            rows += [
-                {"family": family, "repeat": repeat, "fold": fold, "scanner": name, "score": value}
-                for name, value in scores.items()
-            ]
+            for family, mine_scores in scores.items()
+            for name in [SAME_SITE, *scanners]
+        ]
     described = {
         "candidate": option.name,
         "icc_threshold": option.icc_threshold,
@@ -267,6 +277,44 @@ def _candidate_scores(
         "seconds": round(time.perf_counter() - start, 2),
     }
     return [{**described, **row} for row in rows]
+
+
+def _fit_fold(
+    task: str,
+    fit: pd.DataFrame,
+    y_fit,
+    extra: pd.DataFrame | None,
+    owner: pd.Series,
+    y,
+    columns: list[str],
+    settings: training.TrainSettings,
+    train: pd.DataFrame,
+) -> tuple[Pipeline, dict[str, Any]]:
+    """The shared pre-processing and every family of ``task`` fitted on a fold's training rows
+    ``fit`` plus the copies ``extra`` (their outcome is their patient's, found through ``owner``
+    in ``y``): (pre-processing, {family: model or None where it cannot be fitted})."""
+    X = training.model_frame(fit, columns)
+    if extra is not None and len(extra):
+        X = pd.concat([X, training.model_frame(extra, columns)], ignore_index=True)
+        y_fit = np.concatenate([y_fit, y[owner.loc[extra[s.PATIENT_ID].astype(str)].to_numpy()]])
+    shared = _preprocessing(train, columns, settings, len(fit))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            X_fit = shared.fit_transform(X, y_fit)
+    except training.FIT_ERRORS:
+        return shared, dict.fromkeys(registry.MODELS[task])  # the pre-processing cannot be fitted: no score
+    models: dict[str, Any] = {}
+    for family in registry.MODELS[task]:
+        model = _estimator(task, family, settings)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(X_fit, y_fit)
+        except training.FIT_ERRORS:
+            model = None  # this family cannot be fitted on this fold: no score
+        models[family] = model
+    return shared, models
 
 
 def summarise(scores: pd.DataFrame) -> pd.DataFrame:
@@ -412,7 +460,7 @@ def choose(results: pd.DataFrame, tolerance: float = TOLERANCE) -> Choice:
         se = float(best["site_shift_sd"]) / math.sqrt(folds) if np.isfinite(best["site_shift_sd"]) else 0.0
         within = eligible.loc[eligible["site_shift_mean"] >= best["site_shift_mean"] - se - 1e-12]
         options = {
-            name: Candidate(None if pd.isna(r.icc_threshold) else float(r.icc_threshold), bool(r.augment))
+            name: Candidate(None if pd.isna(r.icc_threshold) else float(r.icc_threshold), r.augment)
             for name, r in within.iterrows()
         }
         name, option = min(options.items(), key=lambda item: item[1].complexity)

@@ -40,9 +40,10 @@ def run_choose(
     tasks: Sequence[str] = training.TASKS,
     repeats: int = 1,
     jobs: int = 1,
+    augment: Sequence[bool | str] = robustness_choice.AUGMENT_OPTIONS,
 ) -> dict[str, Any]:
-    """Score every candidate (``thresholds`` and no filter, each with and without augmentation)
-    and choose; return what ``robustness_choice.json`` holds."""
+    """Score every candidate (``thresholds`` and no filter, each with every ``augment`` option:
+    none, ``icc`` copies, ``site`` copies) and choose; return what ``robustness_choice.json`` holds."""
     for value in thresholds:
         if not 0 < value < 1:
             raise ValueError(f"--thresholds: {value}; expected ICC values between 0 and 1, e.g. 0.75")
@@ -71,7 +72,10 @@ def run_choose(
             "scanner; set robustness.site_scanners: 3 in params.yaml and run crlm perturb (or "
             "dvc repro perturb) again"
         )
-    options = robustness_choice.candidates(thresholds)
+    try:
+        options = robustness_choice.candidates(thresholds, augment)
+    except ValueError as exc:
+        raise ValueError(f"--augment: {exc}") from None
     start = time.perf_counter()
     scores = robustness_choice.site_shift_scores(
         table, perturbed_table, icc_table, options, settings, train_index, tasks, repeats=repeats, jobs=jobs
@@ -101,6 +105,6 @@ def run_choose(
     lines = ["to use it, set in params.yaml:", "  train:", "    robustness:", "      tasks:"]
     for task, option in choice.tasks.items():
         threshold = "null" if option.icc_threshold is None else f"{option.icc_threshold:g}"
-        lines.append(f"        {task}: {{icc_threshold: {threshold}, augment: {str(option.augment).lower()}}}")
+        lines.append(f"        {task}: {{icc_threshold: {threshold}, augment: {option.augment or 'false'}}}")
     print("\n".join(lines))
     return record

@@ -226,6 +226,7 @@ def cmd_choose_robustness(args: argparse.Namespace) -> int:
     run_choose(
         args.features, args.perturbed, args.icc, args.params, args.out, args.thresholds, args.tolerance, tasks,
         repeats=args.repeats, jobs=args.jobs if args.jobs is not None else load_params(args.params, "train").train.jobs,
+        augment=args.augment,
     )  # fmt: skip
     return 0
 
@@ -493,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=0.01, help="same-site CV score a candidate may give up (default 0.01)"
     )
     cho.add_argument("--task", choices=("recurrence", "response", "all"), default="all", help="tasks scored")
+    cho.add_argument(
+        "--augment",
+        nargs="+",
+        choices=("false", "icc", "site"),
+        default=["false", "icc", "site"],
+        help="augmentation options to try with each threshold (default all three; false is always tried)",
+    )
     cho.add_argument(
         "--repeats", type=int, default=1, help="repeats of the train.cv_folds-fold CV, each reshuffled (default 1)"
     )

@@ -963,7 +963,9 @@ def robustness_settings(metrics: dict[str, Any]) -> list[str]:
         if augmentation:
             parts.append(
                 augmentation.get("note")
-                or f"{augmentation.get('rows_used', 0)} perturbed copies of training patients as extra training rows"
+                or f"{augmentation.get('rows_used', 0)} perturbed "
+                + (f"{augmentation['chain']}-k " if augmentation.get("chain") else "")
+                + "copies of training patients as extra training rows"
             )
         lines.append(
             f"{task}: " + ("; ".join(p for p in parts if p) or "no robustness (every imaging column, no copies)")

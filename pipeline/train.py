@@ -21,7 +21,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from features.schema import OK, PATIENT_ID, SITE, STATUS
+from features.schema import OK, PATIENT_ID, PERTURBATION, SITE, STATUS
 from models import comparison, evaluation, novelty, outcomes, plots, registry, robustness, training
 from models.evaluation import EvaluateSettings
 from models.predictor import OUT_OF_DISTRIBUTION, novelty_frame
@@ -316,8 +316,10 @@ def robustness_inputs(
     (``RobustnessSettings.for_task``; docs/robustness.md).
 
     Off (the default): nothing is read. The ICC filter needs ``icc``, augmentation ``perturbed``;
-    only training-split patients' ``icc-*`` copies are taken. ``read``: tables already read by
-    an earlier task (filled here), so that each file is read once per run.
+    only training-split patients' copies of the ``augment`` chain (``icc-*`` or ``site-*``) are
+    taken. ``augment: site`` without any ``site-*`` row of a training patient is an error naming
+    the fix (``robustness.site_scanners``). ``read``: tables already read by an earlier task
+    (filled here), so that each file is read once per run.
     """
     said = f"{task}: " if task else ""
     read = {} if read is None else read
@@ -346,29 +348,38 @@ def robustness_inputs(
         drop = applied.dropped
         notes["icc_filter"] = applied.as_dict()
     copies = None
-    if settings.augment:
+    chain = robustness.augment_chain(settings.augment)
+    if chain is not None:
         if perturbed is None:
             raise ValueError(
-                f"{said}train.robustness.augment is true but no perturbed features were given: pass --perturbed "
+                f"{said}train.robustness.augment is {chain} but no perturbed features were given: pass --perturbed "
                 "data/features/train/perturbed.parquet (written by crlm perturb), or set augment: false"
             )
         if "perturbed" not in read:
             read["perturbed"] = robustness.read_perturbed(perturbed)
         rows = read["perturbed"]
         train_ids = table.iloc[train_index][PATIENT_ID].astype(str)
-        copies = robustness.perturbed_rows(table, rows, train_ids, chain=robustness.ICC_CHAIN)
+        copies = robustness.perturbed_rows(table, rows, train_ids, chain=chain)
+        if chain == robustness.SITE_CHAIN and copies.empty:
+            raise ValueError(
+                f"{said}train.robustness.augment is site but {perturbed} has no ok {chain}-k row of a training "
+                "patient: set robustness.site_scanners (3 is what it is validated with) in params.yaml and run "
+                "crlm perturb (dvc repro perturb) again, or set augment: false or icc"
+            )
+        mine = rows[PERTURBATION].str.startswith(f"{chain}-")
         held_out = set(rows[PATIENT_ID]) - set(train_ids)
         notes["augmentation"] = {
             "source": str(perturbed),
+            "chain": chain,
             "rows_used": len(copies),
-            "rows_of_held_out_patients_not_used": int(rows[PATIENT_ID].isin(held_out).sum()),
+            "rows_of_held_out_patients_not_used": int((rows[PATIENT_ID].isin(held_out) & mine).sum()),
         }
         print(
-            f"{said}augmentation: {len(copies)} perturbed copies of {copies[PATIENT_ID].nunique()} training patients "
-            "(validation folds and the held-out split: original rows only)"
+            f"{said}augmentation: {len(copies)} perturbed {chain}-k copies of {copies[PATIENT_ID].nunique()} "
+            "training patients (validation folds and the held-out split: original rows only)"
         )
         if copies.empty:
-            notes["augmentation"]["note"] = f"no icc-* row of a training patient in {perturbed}: no augmentation"
+            notes["augmentation"]["note"] = f"no {chain}-* row of a training patient in {perturbed}: no augmentation"
             print(f"{said}{notes['augmentation']['note']}")
     return RobustInputs(drop, copies, notes)
 

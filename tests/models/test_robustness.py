@@ -14,7 +14,7 @@ import pytest
 
 from features import schema as s
 from features.settings import SettingsError, build
-from models import predictor, registry, robustness, robustness_choice, training
+from models import outcomes, predictor, registry, robustness, robustness_choice, training
 from models.robustness import ICC_CHAIN, PERTURBATION, SITE_CHAIN
 from tests.models.test_training import FAST, cohort_with_measured_traits
 
@@ -127,8 +127,15 @@ def test_robustness_settings_are_validated_with_did_you_mean():
         build(training.TrainSettings, {**base, "robustness": {"icc_treshold": 0.8}})
     with pytest.raises(SettingsError, match="between 0 and 1"):
         build(training.TrainSettings, {**base, "robustness": {"icc_threshold": 1.2}})
-    with pytest.raises(SettingsError, match="true or false"):
+    with pytest.raises(SettingsError, match=r"'maybe'; expected false .*icc .*site"):
         build(training.TrainSettings, {**base, "robustness": {"augment": "maybe"}})
+    # augment names the chain of the copies; true is the older spelling of icc
+    read = build(
+        training.TrainSettings, {**base, "robustness": {"augment": True, "tasks": {"response": {"augment": "site"}}}}
+    )
+    assert read.robustness.for_task("recurrence").augment == "icc"
+    assert read.robustness.for_task("response").augment == "site"
+    assert build(training.TrainSettings, {**base, "robustness": {"augment": False}}).robustness.augment is False
 
 
 def test_readers_name_the_file_the_column_and_the_fix(tmp_path, planted):
@@ -249,7 +256,22 @@ def test_robustness_off_fits_exactly_as_without_it(planted):
 # --------------------------------------------------------------------------- the choice
 
 
-OPTIONS = robustness_choice.candidates([0.75])
+OPTIONS = robustness_choice.candidates([0.75], augment=(False, ICC_CHAIN))  # site copies: their own test
+
+
+def test_candidates_names_and_order_simplest_first():
+    options = robustness_choice.candidates([0.9, None, 0.5])
+    assert [o.name for o in options] == [
+        f"icc={t},augment={a}" for t in ("none", "0.5", "0.9") for a in ("false", "icc", "site")
+    ]
+    ordered = sorted(options, key=lambda o: o.complexity)
+    assert [o.name for o in ordered[:3]] == ["icc=none,augment=false", "icc=none,augment=icc", "icc=none,augment=site"]
+    assert ordered[3].name == "icc=0.5,augment=false" and ordered[-1].name == "icc=0.9,augment=site"
+    assert robustness_choice.Candidate(None, True) == robustness_choice.Candidate(None, ICC_CHAIN)  # older spelling
+    assert robustness_choice.Candidate(0.5, "False").augment is False  # as a CSV gives it back
+    assert len(robustness_choice.candidates([0.5], augment=[False])) == 2
+    with pytest.raises(ValueError, match="'scanner'; expected false"):
+        robustness_choice.candidates([0.5], augment=["scanner"])
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +306,43 @@ def test_site_shift_cv_prefers_the_stable_feature(choice):
         assert chosen != robustness_choice.Candidate(None, False), picked.why[task]
         mine = choice.loc[(choice["candidate"] == chosen.name) & (choice["task"] == task)]
         assert (mine["same_site_mean"] - mine["site_shift_mean"]).abs().max() < 0.05, mine
+
+
+def test_site_copies_are_scored_leaving_their_scanner_out(planted):
+    """Under ``augment: site`` the score on scanner k comes from a model that never saw scanner
+    k's copies. Planted: on site-1 rows only, a noise column carries the response label; a model
+    fitted with site-1's copies finds it (AUC > 0.95 on site-1 validation rows), the choice's
+    site-1 score of the site candidate does not (within 0.1 of the candidate without copies)."""
+    table, perturbed, icc, train, _ = planted
+    rows = perturbed.copy()
+    label = table.set_index(s.PATIENT_ID)[s.RECIST].isin(s.RESPONDER_CATEGORIES).astype(float)
+    on_site_1 = rows[PERTURBATION] == f"{SITE_CHAIN}-1"
+    rows.loc[on_site_1, "rad_noise_0"] = 4 * label.loc[rows.loc[on_site_1, s.PATIENT_ID]].to_numpy() - 2
+    options = [robustness_choice.Candidate(None, False), robustness_choice.Candidate(None, SITE_CHAIN)]
+    scores = robustness_choice.site_shift_scores(table, rows, icc, options, SETTINGS, train, tasks=("response",))
+    per = scores.groupby(["candidate", "scanner"])["score"].mean()
+    site_1 = f"{SITE_CHAIN}-1"
+    assert abs(per[("icc=none,augment=site", site_1)] - per[("icc=none,augment=false", site_1)]) < 0.1, per
+    assert per[("icc=none,augment=site", site_1)] < 0.9, per
+    # the control: the same fold fitted with every scanner's copies finds the planted column
+    fold_rows = training.split_patients(table.iloc[train].reset_index(drop=True), 0.3, seed=1)
+    fit_ids = set(table.iloc[train].iloc[fold_rows[0]][s.PATIENT_ID])
+    val_ids = set(table.iloc[train].iloc[fold_rows[1]][s.PATIENT_ID])
+    known = table.loc[table[s.PATIENT_ID].isin(fit_ids | val_ids)].reset_index(drop=True)
+    known = known.loc[training.has_outcome(known, "response")].reset_index(drop=True)
+    y = outcomes.response_outcome(known)
+    owner = pd.Series(np.arange(len(known)), index=known[s.PATIENT_ID].astype(str))
+    fit = known.loc[known[s.PATIENT_ID].isin(fit_ids)]
+    columns = training.feature_columns(known, "response")
+    copies = rows.loc[rows[PERTURBATION].str.startswith(SITE_CHAIN) & rows[s.PATIENT_ID].isin(fit_ids)]
+    shared, models = robustness_choice._fit_fold(
+        "response", fit, y[fit.index], copies, owner, y, columns, SETTINGS, known
+    )
+    target = rows.loc[on_site_1 & rows[s.PATIENT_ID].isin(val_ids)]
+    X = shared.transform(training.model_frame(target, columns))
+    y_target = y[owner.loc[target[s.PATIENT_ID]].to_numpy()]
+    found = max(robustness_choice._score("response", m, X, y_target) for m in models.values() if m is not None)
+    assert found > 0.95, found
 
 
 def test_the_choice_reads_only_the_training_split(planted):

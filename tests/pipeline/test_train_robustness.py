@@ -57,13 +57,44 @@ def test_train_drops_unstable_columns_and_adds_training_copies(tmp_path, inputs,
         assert notes["icc_filter"]["dropped"] == {"original": 2}
         fitted = notes["augmentation"]["fitted"]
         assert fitted["rows"] == K_ICC * fitted["of_training_patients"] and fitted["of_training_patients"] <= n_train
-        held_out_rows = (K_ICC + SITE_SCANNERS) * (len(split) - n_train)
+        held_out_rows = K_ICC * (len(split) - n_train)  # the icc-k rows of held-out patients
         assert notes["augmentation"]["rows_of_held_out_patients_not_used"] == held_out_rows
+        assert notes["augmentation"]["chain"] == "icc"
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())["notes"]["robustness"]
     assert on_disk["response"]["icc_filter"]["dropped"] == {"original": 2}
     predictor = joblib.load(tmp_path / "out" / "models" / registry.predictor_file("response", "logistic"))
     assert not {"rad_unstable_rec", "rad_unstable_resp"} & set(predictor.feature_columns)
     assert "kept 8 of 10 imaging columns" in capsys.readouterr().out
+
+
+def test_site_augmentation_adds_every_training_patients_site_copies(tmp_path, inputs, capsys):
+    """augment: site takes the site-k rows: one copy per simulated scanner of every training
+    patient whose outcome is known, none of a held-out patient."""
+    params = _params(tmp_path, {"tasks": {"response": {"augment": "site"}}})
+    metrics = run_train(
+        inputs / "features.parquet", tmp_path / "out", None, params, ("response",), track=False,
+        perturbed=inputs / "perturbed.parquet",
+    )  # fmt: skip
+    split = pd.read_csv(tmp_path / "out" / "split.csv", dtype={"patient_id": str})
+    notes = metrics["notes"]["robustness"]["response"]
+    assert notes["augment"] == "site" and notes["augmentation"]["chain"] == "site"
+    fitted = notes["augmentation"]["fitted"]
+    assert fitted["rows"] == SITE_SCANNERS * fitted["of_training_patients"]
+    n_held_out = int((split["split"] == "test").sum())
+    assert notes["augmentation"]["rows_of_held_out_patients_not_used"] == SITE_SCANNERS * n_held_out
+    assert "perturbed site-k copies" in capsys.readouterr().out
+
+
+def test_site_augmentation_without_site_rows_names_the_fix(tmp_path, inputs, capsys):
+    rows = pd.read_parquet(inputs / "perturbed.parquet")
+    rows.loc[rows["perturbation"].str.startswith("icc-")].to_parquet(tmp_path / "perturbed.parquet")
+    params = _params(tmp_path, {"augment": "site"})
+    argv = ["train", "--features", str(inputs / "features.parquet"), "--out", str(tmp_path / "out")]
+    argv += ["--params", str(params), "--no-tracking", "--perturbed", str(tmp_path / "perturbed.parquet")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "augment is site but" in err and "robustness.site_scanners" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_too_few_icc_patients_trains_without_the_filter_and_says_so(tmp_path, inputs, capsys):
@@ -111,10 +142,11 @@ def test_choose_robustness_writes_the_table_and_the_choice(tmp_path, inputs, cap
     assert "--jobs must be a positive number or -1" in capsys.readouterr().err
     assert main([*argv, "--tolerance", "0.05", "--jobs", "2"]) == 0
     table = pd.read_csv(tmp_path / "choice" / "robustness_choice.csv")
-    assert len(table) == 4 and set(table["task"]) == {"response"}
+    assert len(table) == 6 and set(table["task"]) == {"response"}  # none / 0.75, each without, icc, site copies
+    assert set(table["augment"].astype(str)) == {"False", "icc", "site"}
     assert set(table["family"]) <= set(registry.MODELS["response"])
     folds = pd.read_csv(tmp_path / "choice" / "robustness_choice_folds.csv")  # every score the summary comes from
-    assert set(folds["family"]) == set(registry.MODELS["response"]) and len(folds) == 4 * 2 * 3 * (1 + SITE_SCANNERS)
+    assert set(folds["family"]) == set(registry.MODELS["response"]) and len(folds) == 6 * 2 * 3 * (1 + SITE_SCANNERS)
     record = json.loads((tmp_path / "choice" / "robustness_choice.json").read_text())
     assert list(record["chosen"]["tasks"]) == ["response"]
     assert record["chosen"]["tasks"]["response"] != {"icc_threshold": None, "augment": False}, record["why"]
