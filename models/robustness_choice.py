@@ -163,9 +163,9 @@ def site_shift_scores(
     by patient, stratified by the outcome as in `training.fit_task`, the same for every candidate
     (repeat ``r`` shuffles with ``settings.seed + r``, so repeat 0 is the single CV's folds); copies
     (``augment``) join the training side with their patient only. Under ``augment: site`` the
-    same-site score is of a model fitted with every scanner's copies, the score on scanner k of a
-    model fitted without scanner k's copies (leave one scanner out: S + 1 fits per fold). A validation patient without an
-    ok ``site-k`` row counts for the other scores only. Every family of the task
+    same-site score is of a model fitted with every scanner's copies, the score on scanner k of a model
+    fitted without scanner k's copies (leave one scanner out: S + 1 fits per fold). A validation
+    patient without an ok ``site-k`` row counts for the other scores only. Every family of the task
     (`models.registry.MODELS`) is scored (`summarise` picks one per candidate). ``jobs``: candidates
     scored in parallel processes (-1: all cores; the same scores for any value).
     """

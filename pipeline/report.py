@@ -961,11 +961,17 @@ def robustness_settings(metrics: dict[str, Any]) -> list[str]:
             parts.append(str(mine["icc_filter_note"]))
         augmentation = mine.get("augmentation")
         if augmentation:
+            fitted = augmentation.get("fitted") or {}
+            whose = (
+                f"{fitted['patients']} of the task's {fitted['of_training_patients']} training patients"
+                if {"patients", "of_training_patients"} <= set(fitted)
+                else "training patients"
+            )
             parts.append(
                 augmentation.get("note")
-                or f"{augmentation.get('rows_used', 0)} perturbed "
+                or f"{fitted.get('rows', augmentation.get('rows_used', 0))} perturbed "
                 + (f"{augmentation['chain']}-k " if augmentation.get("chain") else "")
-                + "copies of training patients as extra training rows"
+                + f"copies of {whose} as extra training rows"
             )
         lines.append(
             f"{task}: " + ("; ".join(p for p in parts if p) or "no robustness (every imaging column, no copies)")

@@ -30,6 +30,27 @@ def test_every_parameter_used_in_dvc_yaml_exists_in_params_yaml():
             _lookup(params, name)
 
 
+def test_the_train_stage_passes_what_the_default_train_robustness_reads():
+    """2026-12-06: params.yaml set augment: site and the train stage had no --perturbed: dvc repro
+    stopped at train (with a clear message). The stage must pass, and depend on, every input the
+    default setting reads, and crlm perturb must write the site rows it trains on."""
+    from models.robustness import augment_chain
+    from pipeline.settings import load_params
+
+    params = load_params(REPO / "params.yaml", "train", "robustness")
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    settings = [params.train.robustness.for_task(task) for task in ("recurrence", "response")]
+    if any(s.icc_threshold is not None for s in settings):
+        assert "--icc data/features/train/icc.csv" in stage["cmd"]
+        assert "data/features/train/icc.csv" in stage["deps"]
+    chains = {augment_chain(s.augment) for s in settings} - {None}
+    if chains:
+        assert "--perturbed data/features/train/perturbed.parquet" in stage["cmd"]
+        assert "data/features/train/perturbed.parquet" in stage["deps"]
+    if "site" in chains:
+        assert params.robustness.site_scanners > 0
+
+
 def test_dvc_analytics_is_off():
     config = configparser.ConfigParser()
     config.read(REPO / ".dvc" / "config")

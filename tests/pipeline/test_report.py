@@ -463,6 +463,11 @@ def test_the_report_says_per_task_what_train_robustness_did():
         "response: no imaging columns in the feature table: the ICC filter does not apply; "
         "240 perturbed copies of training patients as extra training rows"
     )
+    site = {"rows_used": 840, "chain": "site", "fitted": {"rows": 836, "patients": 280, "of_training_patients": 280}}
+    metrics["notes"]["robustness"]["response"] = {"augmentation": site}
+    assert report.robustness_settings(metrics)[1] == (
+        "response: 836 perturbed site-k copies of 280 of the task's 280 training patients as extra training rows"
+    )
     assert report.robustness_settings({"recurrence": {}}) == [
         "recurrence: no robustness (every imaging column, no copies)"
     ]
