@@ -349,11 +349,19 @@ def robustness_inputs(
         notes["icc_filter"] = applied.as_dict()
     copies = None
     chain = robustness.augment_chain(settings.augment)
-    if chain is not None:
+    if chain is not None and not imaging:
+        notes["augmentation"] = {
+            "chain": chain,
+            "note": f"no imaging columns in the feature table: the {chain}-k copies do not apply (no copies)",
+        }
+        print(f"{said}train.robustness.augment is {chain}: {notes['augmentation']['note']}")
+    elif chain is not None:
         if perturbed is None:
             raise ValueError(
                 f"{said}train.robustness.augment is {chain} but no perturbed features were given: pass --perturbed "
-                "data/features/train/perturbed.parquet (written by crlm perturb), or set augment: false"
+                "data/features/train/perturbed.parquet (written by crlm perturb), or set augment: false in "
+                "params.yaml (train.robustness.augment, or train.robustness.tasks."
+                f"{task or '<task>'}.augment where the task has its own setting)"
             )
         if "perturbed" not in read:
             read["perturbed"] = robustness.read_perturbed(perturbed)

@@ -12,7 +12,7 @@ import yaml
 from models import registry, robustness, training
 from pipeline.cli import main
 from pipeline.train import run_train
-from tests.conftest import SMALL_TRAIN
+from tests.conftest import REPO, SMALL_TRAIN
 from tests.models.test_robustness import K_ICC, NOISE, SITE_SCANNERS, planted_cohort
 
 EVALUATE = {"bootstrap": 20, "seed": 0, "reference": "fong", "baseline_min_coverage": 0.8}
@@ -168,6 +168,32 @@ def test_clinical_only_cohort_with_the_default_icc_threshold_trains_without_an_i
     notes = metrics["notes"]["robustness"]["response"]
     assert notes["icc_filter"] is None and "no imaging columns" in notes["icc_filter_note"]
     assert "the ICC filter does not apply" in capsys.readouterr().out
+
+
+def test_clinical_only_cohort_trains_under_the_default_params_robustness_without_perturbed_rows(
+    tmp_path, inputs, capsys
+):
+    """params.yaml trains on the site copies since 2026-12-06; a clinical-only cohort has no
+    imaging column to copy: it trains without --perturbed and --icc, and each task's note says why."""
+    default = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["robustness"]
+    assert any(entry.get("augment") for entry in default.get("tasks", {}).values()) or default.get("augment")
+    table = pd.read_parquet(inputs / "features.parquet")
+    table.drop(columns=robustness.imaging_columns(table.columns)).to_parquet(tmp_path / "clinical.parquet")
+    params = _params(tmp_path, default)
+    metrics = run_train(tmp_path / "clinical.parquet", tmp_path / "out", None, params, training.TASKS, track=False)
+    for task in training.TASKS:
+        note = metrics["notes"]["robustness"][task]["augmentation"]["note"]
+        assert "no imaging columns in the feature table" in note and "no copies" in note
+    assert "train.robustness.augment is site: no imaging columns" in capsys.readouterr().out
+
+
+def test_imaging_cohort_with_the_default_site_copies_and_no_perturbed_rows_stops_with_the_fix(tmp_path, inputs):
+    default = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["robustness"]
+    params = _params(
+        tmp_path, {**default, "tasks": {t: {**v, "icc_threshold": None} for t, v in default["tasks"].items()}}
+    )
+    with pytest.raises(ValueError, match=r"recurrence: .*augment is site.*--perturbed.*tasks\.recurrence\.augment"):
+        run_train(inputs / "features.parquet", tmp_path / "out", None, params, training.TASKS, track=False)
 
 
 def test_imaging_cohort_with_an_icc_threshold_and_no_icc_table_stops_with_the_fix(tmp_path, inputs):
