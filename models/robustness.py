@@ -32,14 +32,11 @@ from pydantic import field_validator
 # features.robustness (which writes icc.csv); re-exported here for the training side.
 from features import schema as s
 from features.robustness import ICC_COLUMNS, MIN_ICC_PATIENTS
-from features.schema import ICC_CHAIN, PERTURBATION, SITE_CHAIN
+from features.schema import ICC_CHAIN, PERTURBATION, PERTURBATION_CHAINS, SITE_CHAIN
 from features.settings import settings_class
 from models.registry import IMAGING_PREFIXES, TASKS
 
 PERTURB_FIX = "rebuild it with crlm perturb from the training cohort's extraction (docs/robustness.md)"
-
-
-AUGMENT_CHAINS = (ICC_CHAIN, SITE_CHAIN)  # what ``augment`` may name: the perturbation chain of the copies
 
 
 def augment_chain(value: object) -> str | None:
@@ -55,7 +52,7 @@ def augment_chain(value: object) -> str | None:
             return None
         if text == "true":
             return ICC_CHAIN
-        if text in AUGMENT_CHAINS:
+        if text in PERTURBATION_CHAINS:
             return text
     raise ValueError(
         f"{value!r}; expected false (no copies), icc (the icc-* perturbed copies; true means the same) or "

@@ -55,7 +55,7 @@ RESULT_COLUMNS = (
 )
 
 
-AUGMENT_OPTIONS = (False, robustness.ICC_CHAIN, robustness.SITE_CHAIN)  # simplest first
+AUGMENT_OPTIONS = (False, *s.PERTURBATION_CHAINS)  # simplest first: no copies, icc, site (the schema's order)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from features.schema import PERTURBATION_CHAINS
 from pipeline.paths import (
     DEFAULT_EXTRACTION,
     DEFAULT_LABELS,
@@ -497,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     cho.add_argument(
         "--augment",
         nargs="+",
-        choices=("false", "icc", "site"),
-        default=["false", "icc", "site"],
+        choices=("false", *PERTURBATION_CHAINS),
+        default=["false", *PERTURBATION_CHAINS],
         help="augmentation options to try with each threshold (default all three; false is always tried)",
     )
     cho.add_argument(
